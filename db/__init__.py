@@ -1,0 +1,1 @@
+"""PostgreSQL: numbered migrations, their runner, the pool, and the queries per area."""

@@ -1,0 +1,1 @@
+"""SQL per area, as small async functions taking a connection."""

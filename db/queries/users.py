@@ -1,0 +1,82 @@
+"""Users and refresh tokens."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import asyncpg
+
+USER_COLUMNS = "id, email, nickname, region, created_at"
+
+
+async def insert_user(
+    conn: asyncpg.Connection, *, email: str, password_hash: str, nickname: str, region: str
+) -> asyncpg.Record:
+    """Raises ``asyncpg.UniqueViolationError`` when the email is taken."""
+    row = await conn.fetchrow(
+        f"INSERT INTO users (email, password_hash, nickname, region) VALUES ($1, $2, $3, $4) "
+        f"RETURNING {USER_COLUMNS}",  # noqa: S608 - constant column list
+        email,
+        password_hash,
+        nickname,
+        region,
+    )
+    assert row is not None
+    return row
+
+
+async def user_by_id(conn: asyncpg.Connection | asyncpg.Pool, user_id: int) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"SELECT {USER_COLUMNS} FROM users WHERE id = $1",  # noqa: S608
+        user_id,
+    )
+
+
+async def credentials_by_email(
+    conn: asyncpg.Connection | asyncpg.Pool, email: str
+) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT id, password_hash FROM users WHERE lower(email) = lower($1)", email
+    )
+
+
+async def insert_refresh_token(
+    conn: asyncpg.Connection,
+    *,
+    user_id: int,
+    family_id: uuid.UUID,
+    token_hash: bytes,
+    expires_at: datetime,
+) -> None:
+    await conn.execute(
+        "INSERT INTO refresh_tokens (user_id, family_id, token_hash, expires_at) "
+        "VALUES ($1, $2, $3, $4)",
+        user_id,
+        family_id,
+        token_hash,
+        expires_at,
+    )
+
+
+async def lock_refresh_token(conn: asyncpg.Connection, token_hash: bytes) -> asyncpg.Record | None:
+    """The token's row, locked so two concurrent refreshes with it cannot both rotate it."""
+    return await conn.fetchrow(
+        "SELECT user_id, family_id, expires_at, rotated_at, revoked_at "
+        "FROM refresh_tokens WHERE token_hash = $1 FOR UPDATE",
+        token_hash,
+    )
+
+
+async def mark_rotated(conn: asyncpg.Connection, token_hash: bytes) -> None:
+    await conn.execute(
+        "UPDATE refresh_tokens SET rotated_at = now() WHERE token_hash = $1", token_hash
+    )
+
+
+async def revoke_family(conn: asyncpg.Connection, family_id: uuid.UUID) -> None:
+    await conn.execute(
+        "UPDATE refresh_tokens SET revoked_at = now() "
+        "WHERE family_id = $1 AND revoked_at IS NULL",
+        family_id,
+    )

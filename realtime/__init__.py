@@ -1,0 +1,1 @@
+"""Realtime delivery: WebSocket gateway, channel hub, Redis broker and outbox relay."""

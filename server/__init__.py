@@ -1,0 +1,1 @@
+"""jangteo: the realtime backend of a neighbourhood second-hand marketplace."""

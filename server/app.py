@@ -1,0 +1,37 @@
+"""The application factory: settings in, a ready-to-run aiohttp app out."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from server import docs, health, keys
+from server.auth import handlers as auth_handlers
+from server.auth.passwords import PasswordHasher
+from server.auth.tokens import TokenIssuer
+from server.metrics import Metrics
+from server.middlewares import observe_middleware, problem_middleware
+from server.openapi import ApiSpec
+from server.resources import pg_pool_ctx, redis_ctx
+from server.settings import Settings
+
+API_VERSION = "1.0.0"
+
+
+def create_app(settings: Settings) -> web.Application:
+    """Build the app; ``settings`` must already carry the database and Redis URLs."""
+    app = web.Application(
+        middlewares=[observe_middleware, problem_middleware],
+        client_max_size=settings.max_body_bytes,
+    )
+    app[keys.settings_key] = settings
+    app[keys.metrics_key] = Metrics()
+    app[keys.password_hasher_key] = PasswordHasher()
+    app[keys.token_issuer_key] = TokenIssuer(settings)
+    spec = ApiSpec(title="jangteo", version=API_VERSION)
+    app[keys.api_spec_key] = spec
+    app.cleanup_ctx.extend([pg_pool_ctx, redis_ctx])
+
+    health.setup_routes(app, spec)
+    docs.setup_routes(app)
+    auth_handlers.setup_routes(app, spec)
+    return app

@@ -1,0 +1,64 @@
+"""Liveness, readiness and metrics endpoints (outside /api/v1)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from server import keys
+from server.errors import ServiceUnavailable
+from server.jsonio import json_response
+from server.openapi import ApiSpec
+
+CHECK_TIMEOUT = 1.0
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 when PostgreSQL and Redis both answer within a second, else 503."""
+    checks = await asyncio.gather(_check_postgres(request.app), _check_redis(request.app))
+    report = {"postgres": checks[0], "redis": checks[1]}
+    if all(result == "ok" for result in checks):
+        return json_response({"status": "ok", **report})
+    failing = ", ".join(name for name, result in report.items() if result != "ok")
+    raise ServiceUnavailable(f"not ready: {failing}", retry_after=1, checks=report)
+
+
+async def _check_postgres(app: web.Application) -> str:
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT):
+            await app[keys.pg_pool_key].fetchval("SELECT 1")
+    except Exception as error:  # any failure means not ready; the reason is reported
+        return f"error: {type(error).__name__}"
+    return "ok"
+
+
+async def _check_redis(app: web.Application) -> str:
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT):
+            await app[keys.redis_key].ping()
+    except Exception as error:
+        return f"error: {type(error).__name__}"
+    return "ok"
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[keys.metrics_key].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def setup_routes(app: web.Application, spec: ApiSpec) -> None:
+    spec.route(app, "GET", "/healthz", healthz, summary="The process is up", tag="ops")
+    spec.route(
+        app, "GET", "/readyz", readyz, summary="PostgreSQL and Redis are reachable",
+        tag="ops", errors=(503,),
+    )  # fmt: skip
+    spec.route(
+        app, "GET", "/metrics", metrics, summary="Prometheus metrics of this process",
+        tag="ops", content_type="text/plain",
+    )  # fmt: skip

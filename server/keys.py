@@ -1,0 +1,23 @@
+"""Every typed ``web.AppKey`` of the application, in one place."""
+
+from __future__ import annotations
+
+import asyncpg
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from server.auth.passwords import PasswordHasher
+from server.auth.tokens import TokenIssuer
+from server.metrics import Metrics
+from server.openapi import ApiSpec
+from server.ratelimit import RateLimiter
+from server.settings import Settings
+
+settings_key = web.AppKey("settings", Settings)
+pg_pool_key = web.AppKey("pg_pool", asyncpg.Pool)
+redis_key = web.AppKey("redis", aioredis.Redis)
+metrics_key = web.AppKey("metrics", Metrics)
+rate_limiter_key = web.AppKey("rate_limiter", RateLimiter)
+password_hasher_key = web.AppKey("password_hasher", PasswordHasher)
+token_issuer_key = web.AppKey("token_issuer", TokenIssuer)
+api_spec_key = web.AppKey("api_spec", ApiSpec)

@@ -1,0 +1,42 @@
+"""Prometheus metrics of one process, in a registry of its own (one per app)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    """The metrics jangteo records; each app owns an instance, so tests never share one."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.request_duration = Histogram(
+            "jangteo_http_request_duration_seconds",
+            "HTTP request latency by route",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.requests = Counter(
+            "jangteo_http_requests",
+            "HTTP responses by route and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.rate_limited = Counter(
+            "jangteo_rate_limited",
+            "Requests refused by a rate limit",
+            ["limit"],
+            registry=self.registry,
+        )
+        self.dependency_errors = Counter(
+            "jangteo_dependency_errors",
+            "Requests answered 503 because a dependency failed",
+            ["dependency"],
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,122 @@
+"""Request id, metrics and logging around every request; every error as problem+json."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+
+import asyncpg
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from server import keys
+from server.errors import (
+    HTTP_STATUS_PROBLEMS,
+    HttpError,
+    PROBLEM_CONTENT_TYPE,
+    PayloadTooLarge,
+    Problem,
+    ServiceUnavailable,
+)
+from server.jsonio import dumps
+from server.logs import request_id_var
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+# Failures that mean "PostgreSQL or Redis is unreachable or too slow", not a bug here.
+POSTGRES_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.QueryCanceledError,
+    asyncpg.AdminShutdownError,
+)
+REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
+
+
+def problem_response(problem: Problem, request: web.Request) -> web.Response:
+    headers = dict(problem.headers)
+    headers["Content-Type"] = PROBLEM_CONTENT_TYPE
+    return web.Response(
+        body=dumps(problem.body(instance=request.path)), status=problem.status, headers=headers
+    )
+
+
+def _from_http_exception(error: web.HTTPException) -> Problem:
+    problem_class = HTTP_STATUS_PROBLEMS.get(error.status)
+    kept = {name: value for name, value in error.headers.items() if name in ("Allow",)}
+    if problem_class is None:
+        return HttpError(error.status, error.reason, kept)
+    detail = error.text if error.text and not error.text.startswith(str(error.status)) else None
+    return problem_class(detail, headers=kept)
+
+
+def _dependency(error: BaseException) -> str | None:
+    if isinstance(error, POSTGRES_ERRORS):
+        return "postgres"
+    if isinstance(error, REDIS_ERRORS):
+        return "redis"
+    if isinstance(error, (OSError, TimeoutError)):
+        return "network"
+    return None
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into an RFC 9457 answer; a 500 never shows a traceback."""
+    try:
+        limit = request.app[keys.settings_key].max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise PayloadTooLarge(f"at most {limit} bytes")
+        return await handler(request)
+    except Problem as problem:
+        return problem_response(problem, request)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        return problem_response(_from_http_exception(error), request)
+    except asyncio.CancelledError:
+        raise
+    except Exception as error:
+        dependency = _dependency(error)
+        if dependency is not None:
+            request.app[keys.metrics_key].dependency_errors.labels(dependency).inc()
+            log.warning("dependency unavailable", extra={"dependency": dependency, "error": repr(error)})
+            return problem_response(ServiceUnavailable(f"{dependency} is unavailable"), request)
+        log.exception("unhandled error")
+        return problem_response(Problem(), request)
+
+
+@web.middleware
+async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give the request an id (echoed back) and record its latency by route."""
+    incoming = request.headers.get(REQUEST_ID_HEADER, "")
+    request_id = incoming if _CLIENT_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request["request_id"] = request_id
+    token = request_id_var.set(request_id)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        response.headers[REQUEST_ID_HEADER] = request_id
+        return response
+    except web.HTTPException as error:  # 304 and redirects travel as exceptions
+        status = error.status
+        error.headers[REQUEST_ID_HEADER] = request_id
+        raise
+    finally:
+        route = request.match_info.route.resource
+        name = route.canonical if route is not None else "unmatched"
+        metrics = request.app[keys.metrics_key]
+        metrics.request_duration.labels(request.method, name).observe(time.perf_counter() - started)
+        metrics.requests.labels(request.method, name, str(status)).inc()
+        request_id_var.reset(token)

@@ -1,0 +1,143 @@
+"""The OpenAPI 3.1 document, assembled from the routes as they are registered."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic
+from aiohttp import web
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status"],
+    "properties": {
+        "type": {"type": "string", "format": "uri"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "field": {"type": "string"},
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+
+_STATUS_TEXT = {
+    200: "OK",
+    201: "Created",
+    204: "No content",
+    304: "Not modified",
+    400: "Malformed request",
+    401: "Missing, invalid or expired credentials",
+    403: "Not allowed",
+    404: "Not found",
+    409: "Conflict",
+    412: "Precondition failed",
+    413: "Body too large",
+    415: "Body is not JSON",
+    422: "Validation failed",
+    428: "Precondition required",
+    429: "Rate limited",
+    503: "A dependency is unavailable",
+}
+
+
+@dataclass(slots=True)
+class ApiSpec:
+    """Collects one OpenAPI operation per registered route."""
+
+    title: str
+    version: str
+    paths: dict[str, dict[str, Any]] = field(default_factory=dict)
+    schemas: dict[str, Any] = field(default_factory=dict)
+
+    def route(
+        self,
+        app: web.Application,
+        method: str,
+        path: str,
+        handler: Handler,
+        *,
+        summary: str,
+        tag: str,
+        body: type[pydantic.BaseModel] | None = None,
+        response: type[pydantic.BaseModel] | None = None,
+        status: int = 200,
+        errors: tuple[int, ...] = (),
+        auth: bool = False,
+        content_type: str = "application/json",
+    ) -> None:
+        """Add the route to ``app`` and describe it; the two never drift apart."""
+        app.router.add_route(method, path, handler)
+        operation: dict[str, Any] = {
+            "summary": summary,
+            "tags": [tag],
+            "operationId": handler.__name__,
+            "responses": {str(status): self._response(status, response, content_type)},
+        }
+        parameters = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in _path_parameters(path)
+        ]
+        if parameters:
+            operation["parameters"] = parameters
+        if body is not None:
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": self._schema(body)}},
+            }
+        problem_statuses = set(errors)
+        if body is not None:
+            problem_statuses |= {400, 413, 415, 422}
+        if auth:
+            operation["security"] = [{"bearer": []}]
+            problem_statuses.add(401)
+        for code in sorted(problem_statuses):
+            operation["responses"][str(code)] = {
+                "description": _STATUS_TEXT.get(code, "Error"),
+                "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+            }
+        self.paths.setdefault(path, {})[method.lower()] = operation
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "openapi": "3.1.0",
+            "info": {"title": self.title, "version": self.version},
+            "paths": self.paths,
+            "components": {
+                "schemas": {"Problem": _PROBLEM_SCHEMA, **self.schemas},
+                "securitySchemes": {
+                    "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+                },
+            },
+        }
+
+    def _response(
+        self, status: int, model: type[pydantic.BaseModel] | None, content_type: str
+    ) -> dict[str, Any]:
+        described: dict[str, Any] = {"description": _STATUS_TEXT.get(status, "OK")}
+        if model is not None:
+            described["content"] = {content_type: {"schema": self._schema(model)}}
+        return described
+
+    def _schema(self, model: type[pydantic.BaseModel]) -> dict[str, str]:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, definition in schema.pop("$defs", {}).items():
+            self.schemas[name] = definition
+        self.schemas[model.__name__] = schema
+        return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _path_parameters(path: str) -> list[str]:
+    return [part[1:-1].split(":")[0] for part in path.split("/") if part.startswith("{")]

@@ -1,0 +1,48 @@
+"""One cleanup context per resource, registered in dependency order (torn down in reverse)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+from aiohttp import web
+from prometheus_client import Gauge
+
+from db.pool import create_pool
+from server import keys
+from server.ratelimit import RateLimiter
+
+
+async def pg_pool_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The PostgreSQL pool; created lazily-connecting so the app starts while PG is down."""
+    settings = app[keys.settings_key]
+    pool = await create_pool(settings)
+    app[keys.pg_pool_key] = pool
+    metrics = app[keys.metrics_key]
+    gauge = Gauge(
+        "jangteo_pg_pool_connections", "PostgreSQL pool connections", ["state"],
+        registry=metrics.registry,
+    )  # fmt: skip
+    gauge.labels("open").set_function(pool.get_size)
+    gauge.labels("idle").set_function(pool.get_idle_size)
+    yield
+    await pool.close()
+
+
+async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The Redis client (connects on first use, reconnects by itself) and the rate limiter."""
+    settings = app[keys.settings_key]
+    assert settings.redis_url is not None, "resolve the Redis URL first"
+    client = aioredis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_timeout,
+        socket_connect_timeout=settings.redis_timeout,
+        health_check_interval=30,
+        max_connections=settings.redis_max_connections,
+    )
+    app[keys.redis_key] = client
+    app[keys.rate_limiter_key] = RateLimiter(
+        client, app[keys.metrics_key], enabled=settings.rate_limits_enabled
+    )
+    yield
+    await client.aclose()

@@ -1,0 +1,90 @@
+"""Run the app: one process, or N worker processes sharing one port through SO_REUSEPORT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import signal
+import time
+from types import FrameType
+
+import uvloop
+from aiohttp import web
+
+from server.app import create_app
+from server.logs import JsonAccessLogger, configure_logging
+from server.settings import Settings
+
+log = logging.getLogger("jangteo.serve")
+
+
+def run_worker(settings: Settings, reuse_port: bool) -> None:
+    """Serve until SIGTERM/SIGINT, then shut down gracefully within the shutdown timeout."""
+    configure_logging(settings.log_level)
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    log.info("listening", extra={"host": settings.host, "port": settings.port})
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        reuse_port=reuse_port,
+        backlog=2048,
+        shutdown_timeout=settings.shutdown_timeout,
+        access_log_class=JsonAccessLogger,
+        access_log=logging.getLogger("jangteo.access") if settings.access_log else None,
+        print=None,
+        loop=loop,
+    )
+
+
+def serve(settings: Settings, workers: int) -> int:
+    """Serve with ``workers`` processes; the parent restarts a worker that dies."""
+    if workers <= 1:
+        run_worker(settings, reuse_port=False)
+        return 0
+    configure_logging(settings.log_level)
+    return _Supervisor(settings, workers).run()
+
+
+class _Supervisor:
+    def __init__(self, settings: Settings, workers: int) -> None:
+        self.settings = settings
+        self.context = multiprocessing.get_context("spawn")
+        self.processes = [self._spawn() for _ in range(workers)]
+        self.stopping = False
+
+    def _spawn(self) -> multiprocessing.process.BaseProcess:
+        process = self.context.Process(target=run_worker, args=(self.settings, True), daemon=False)
+        process.start()
+        return process
+
+    def _forward(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
+        for process in self.processes:
+            if process.pid is not None and process.is_alive():
+                process.terminate() if signum == signal.SIGTERM else _interrupt(process)
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._forward)
+        signal.signal(signal.SIGINT, self._forward)
+        while not self.stopping:
+            for index, process in enumerate(self.processes):
+                if not process.is_alive() and not self.stopping:
+                    log.warning("worker exited; restarting", extra={"exitcode": process.exitcode})
+                    self.processes[index] = self._spawn()
+            time.sleep(0.5)
+        deadline = time.monotonic() + self.settings.shutdown_timeout + 5
+        for process in self.processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+        return 0
+
+
+def _interrupt(process: multiprocessing.process.BaseProcess) -> None:
+    import os
+
+    assert process.pid is not None
+    os.kill(process.pid, signal.SIGINT)

@@ -1,0 +1,193 @@
+"""The one frozen settings object, read from ``JANGTEO_*`` environment variables once."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+PURCHASE_STRATEGIES = ("pessimistic", "optimistic", "atomic", "redis_lock")
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value jangteo cannot use."""
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """At most ``limit`` hits per ``window_seconds`` (fixed window)."""
+
+    limit: int
+    window_seconds: int
+
+    @classmethod
+    def parse(cls, name: str, text: str) -> RateLimit:
+        try:
+            limit, window = (int(part) for part in text.split("/", 1))
+        except ValueError:
+            raise SettingsError(f"{name} must look like '10/60' (hits/seconds), got {text!r}") from None
+        if limit < 1 or window < 1:
+            raise SettingsError(f"{name} must be positive, got {text!r}")
+        return cls(limit, window)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything configurable; see the README's configuration table for meanings."""
+
+    data_dir: Path = Path(".data")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    database_url: str | None = None
+    redis_url: str | None = None
+    s3_endpoint: str | None = None
+    jwt_secret: str = ""
+    jwt_issuer: str = "jangteo"
+    jwt_audience: str = "jangteo-api"
+    access_token_ttl: int = 900
+    refresh_token_ttl: int = 30 * 24 * 3600
+    max_body_bytes: int = 64 * 1024
+    pg_pool_min: int = 0
+    pg_pool_max: int = 20
+    pg_acquire_timeout: float = 5.0
+    pg_statement_timeout: float = 10.0
+    pg_connect_timeout: float = 5.0
+    redis_timeout: float = 2.0
+    redis_max_connections: int = 200
+    shutdown_timeout: float = 10.0
+    rate_limits_enabled: bool = True
+    rate_limit_auth_ip: RateLimit = RateLimit(30, 60)
+    rate_limit_auth_email: RateLimit = RateLimit(10, 60)
+    rate_limit_writes: RateLimit = RateLimit(120, 60)
+    purchase_strategy: str = "atomic"
+    allowed_origins: tuple[str, ...] = ()
+    log_level: str = "INFO"
+    access_log: bool = True
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``); raise on bad values."""
+        env = os.environ if environ is None else environ
+        reader = _EnvReader(env)
+        defaults = cls()
+        data_dir = Path(reader.text("DATA_DIR", ".data"))
+        settings = cls(
+            data_dir=data_dir,
+            host=reader.text("HOST", defaults.host),
+            port=reader.integer("PORT", defaults.port),
+            database_url=reader.optional("DATABASE_URL"),
+            redis_url=reader.optional("REDIS_URL"),
+            s3_endpoint=reader.optional("S3_ENDPOINT"),
+            jwt_secret=reader.text("JWT_SECRET", ""),
+            jwt_issuer=reader.text("JWT_ISSUER", defaults.jwt_issuer),
+            jwt_audience=reader.text("JWT_AUDIENCE", defaults.jwt_audience),
+            access_token_ttl=reader.integer("ACCESS_TOKEN_TTL", defaults.access_token_ttl),
+            refresh_token_ttl=reader.integer("REFRESH_TOKEN_TTL", defaults.refresh_token_ttl),
+            max_body_bytes=reader.integer("MAX_BODY_BYTES", defaults.max_body_bytes),
+            pg_pool_min=reader.integer("PG_POOL_MIN", defaults.pg_pool_min),
+            pg_pool_max=reader.integer("PG_POOL_MAX", defaults.pg_pool_max),
+            pg_acquire_timeout=reader.number("PG_ACQUIRE_TIMEOUT", defaults.pg_acquire_timeout),
+            pg_statement_timeout=reader.number("PG_STATEMENT_TIMEOUT", defaults.pg_statement_timeout),
+            pg_connect_timeout=reader.number("PG_CONNECT_TIMEOUT", defaults.pg_connect_timeout),
+            redis_timeout=reader.number("REDIS_TIMEOUT", defaults.redis_timeout),
+            redis_max_connections=reader.integer(
+                "REDIS_MAX_CONNECTIONS", defaults.redis_max_connections
+            ),
+            shutdown_timeout=reader.number("SHUTDOWN_TIMEOUT", defaults.shutdown_timeout),
+            rate_limits_enabled=reader.switch("RATE_LIMITS", True),
+            rate_limit_auth_ip=reader.rate("RATE_LIMIT_AUTH_IP", defaults.rate_limit_auth_ip),
+            rate_limit_auth_email=reader.rate("RATE_LIMIT_AUTH_EMAIL", defaults.rate_limit_auth_email),
+            rate_limit_writes=reader.rate("RATE_LIMIT_WRITES", defaults.rate_limit_writes),
+            purchase_strategy=reader.choice(
+                "PURCHASE_STRATEGY", defaults.purchase_strategy, PURCHASE_STRATEGIES
+            ),
+            allowed_origins=reader.words("ALLOWED_ORIGINS"),
+            log_level=reader.text("LOG_LEVEL", defaults.log_level).upper(),
+            access_log=reader.switch("ACCESS_LOG", True),
+        )
+        return settings
+
+    def replace(self, **changes: object) -> Settings:
+        """A copy with some fields changed (tests and the CLI use this)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def with_jwt_secret(self) -> Settings:
+        """Fill in a JWT secret shared by every process using this data directory.
+
+        Without ``JANGTEO_JWT_SECRET`` a random secret is created once under the data
+        directory, so that several local instances accept each other's tokens.
+        """
+        if self.jwt_secret:
+            return self
+        path = self.data_dir / "jwt-secret"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return self.replace(jwt_secret=path.read_text().strip())
+        with os.fdopen(fd, "w") as handle:
+            secret = secrets.token_urlsafe(48)
+            handle.write(secret)
+        return self.replace(jwt_secret=secret)
+
+
+class _EnvReader:
+    """Typed access to ``JANGTEO_*`` variables with clear errors."""
+
+    prefix = "JANGTEO_"
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def optional(self, name: str) -> str | None:
+        value = self.env.get(self.prefix + name, "").strip()
+        return value or None
+
+    def text(self, name: str, default: str) -> str:
+        return self.optional(name) or default
+
+    def integer(self, name: str, default: int) -> int:
+        value = self.optional(name)
+        if value is None:
+            return default
+        try:
+            return int(value)
+        except ValueError:
+            raise SettingsError(f"{self.prefix}{name} must be an integer, got {value!r}") from None
+
+    def number(self, name: str, default: float) -> float:
+        value = self.optional(name)
+        if value is None:
+            return default
+        try:
+            return float(value)
+        except ValueError:
+            raise SettingsError(f"{self.prefix}{name} must be a number, got {value!r}") from None
+
+    def switch(self, name: str, default: bool) -> bool:
+        value = self.optional(name)
+        if value is None:
+            return default
+        lowered = value.lower()
+        if lowered in ("1", "on", "true", "yes"):
+            return True
+        if lowered in ("0", "off", "false", "no"):
+            return False
+        raise SettingsError(f"{self.prefix}{name} must be on or off, got {value!r}")
+
+    def rate(self, name: str, default: RateLimit) -> RateLimit:
+        value = self.optional(name)
+        return default if value is None else RateLimit.parse(self.prefix + name, value)
+
+    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
+        value = self.text(name, default)
+        if value not in allowed:
+            raise SettingsError(f"{self.prefix}{name} must be one of {', '.join(allowed)}")
+        return value
+
+    def words(self, name: str) -> tuple[str, ...]:
+        value = self.optional(name) or ""
+        return tuple(word for word in value.replace(",", " ").split() if word)
