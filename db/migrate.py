@@ -71,9 +71,7 @@ async def migrate(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
         await connection.close()
 
 
-async def _apply_pending(
-    connection: asyncpg.Connection, migrations: list[Migration]
-) -> list[str]:
+async def _apply_pending(connection: asyncpg.Connection, migrations: list[Migration]) -> list[str]:
     await connection.execute(_CREATE_LEDGER)
     rows = await connection.fetch("SELECT version, name, checksum FROM schema_migrations")
     applied = {row["version"]: row for row in rows}

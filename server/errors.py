@@ -104,9 +104,7 @@ class RateLimited(Problem):
     status, slug, title = 429, "rate-limited", "Too many requests"
 
     def __init__(self, retry_after: int) -> None:
-        super().__init__(
-            f"try again in {retry_after} s", headers={"Retry-After": str(retry_after)}
-        )
+        super().__init__(f"try again in {retry_after} s", headers={"Retry-After": str(retry_after)})
 
 
 class ServiceUnavailable(Problem):

@@ -7,7 +7,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from server.auth.passwords import PasswordHasher
-from server.auth.tokens import TokenIssuer
+from server.auth.tokens import AccessClaims, TokenIssuer
 from server.metrics import Metrics
 from server.openapi import ApiSpec
 from server.ratelimit import RateLimiter
@@ -21,3 +21,6 @@ rate_limiter_key = web.AppKey("rate_limiter", RateLimiter)
 password_hasher_key = web.AppKey("password_hasher", PasswordHasher)
 token_issuer_key = web.AppKey("token_issuer", TokenIssuer)
 api_spec_key = web.AppKey("api_spec", ApiSpec)
+
+request_id_key = web.RequestKey("request_id", str)
+claims_key = web.RequestKey("claims", AccessClaims)

@@ -12,6 +12,8 @@ import orjson
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from server.keys import request_id_key
+
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
@@ -53,7 +55,7 @@ class JsonAccessLogger(AbstractAccessLogger):
         self.logger.info(
             "request",
             extra={
-                "request_id": request.get("request_id"),
+                "request_id": request.get(request_id_key),
                 "method": request.method,
                 "path": request.path,
                 "status": response.status,

@@ -17,8 +17,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from server import keys
 from server.errors import (
     HTTP_STATUS_PROBLEMS,
-    HttpError,
     PROBLEM_CONTENT_TYPE,
+    HttpError,
     PayloadTooLarge,
     Problem,
     ServiceUnavailable,
@@ -89,7 +89,9 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         dependency = _dependency(error)
         if dependency is not None:
             request.app[keys.metrics_key].dependency_errors.labels(dependency).inc()
-            log.warning("dependency unavailable", extra={"dependency": dependency, "error": repr(error)})
+            log.warning(
+                "dependency unavailable", extra={"dependency": dependency, "error": repr(error)}
+            )
             return problem_response(ServiceUnavailable(f"{dependency} is unavailable"), request)
         log.exception("unhandled error")
         return problem_response(Problem(), request)
@@ -100,7 +102,7 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
     """Give the request an id (echoed back) and record its latency by route."""
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
     request_id = incoming if _CLIENT_REQUEST_ID.match(incoming) else uuid.uuid4().hex
-    request["request_id"] = request_id
+    request[keys.request_id_key] = request_id
     token = request_id_var.set(request_id)
     started = time.perf_counter()
     status = 500

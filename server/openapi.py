@@ -106,7 +106,9 @@ class ApiSpec:
         for code in sorted(problem_statuses):
             operation["responses"][str(code)] = {
                 "description": _STATUS_TEXT.get(code, "Error"),
-                "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+                "content": {
+                    "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+                },
             }
         self.paths.setdefault(path, {})[method.lower()] = operation
 

@@ -7,7 +7,7 @@ import asyncpg
 
 from server.settings import Settings
 
-DEMO_PASSWORD = "jangteo-demo"
+DEMO_PASSWORD = "jangteo-demo"  # noqa: S105 - published demo accounts
 DEMO_REGIONS = ("seoul-mapo", "seoul-gangnam", "busan-haeundae")
 
 

@@ -28,7 +28,9 @@ class RateLimit:
         try:
             limit, window = (int(part) for part in text.split("/", 1))
         except ValueError:
-            raise SettingsError(f"{name} must look like '10/60' (hits/seconds), got {text!r}") from None
+            raise SettingsError(
+                f"{name} must look like '10/60' (hits/seconds), got {text!r}"
+            ) from None
         if limit < 1 or window < 1:
             raise SettingsError(f"{name} must be positive, got {text!r}")
         return cls(limit, window)
@@ -90,7 +92,9 @@ class Settings:
             pg_pool_min=reader.integer("PG_POOL_MIN", defaults.pg_pool_min),
             pg_pool_max=reader.integer("PG_POOL_MAX", defaults.pg_pool_max),
             pg_acquire_timeout=reader.number("PG_ACQUIRE_TIMEOUT", defaults.pg_acquire_timeout),
-            pg_statement_timeout=reader.number("PG_STATEMENT_TIMEOUT", defaults.pg_statement_timeout),
+            pg_statement_timeout=reader.number(
+                "PG_STATEMENT_TIMEOUT", defaults.pg_statement_timeout
+            ),
             pg_connect_timeout=reader.number("PG_CONNECT_TIMEOUT", defaults.pg_connect_timeout),
             redis_timeout=reader.number("REDIS_TIMEOUT", defaults.redis_timeout),
             redis_max_connections=reader.integer(
@@ -99,7 +103,9 @@ class Settings:
             shutdown_timeout=reader.number("SHUTDOWN_TIMEOUT", defaults.shutdown_timeout),
             rate_limits_enabled=reader.switch("RATE_LIMITS", True),
             rate_limit_auth_ip=reader.rate("RATE_LIMIT_AUTH_IP", defaults.rate_limit_auth_ip),
-            rate_limit_auth_email=reader.rate("RATE_LIMIT_AUTH_EMAIL", defaults.rate_limit_auth_email),
+            rate_limit_auth_email=reader.rate(
+                "RATE_LIMIT_AUTH_EMAIL", defaults.rate_limit_auth_email
+            ),
             rate_limit_writes=reader.rate("RATE_LIMIT_WRITES", defaults.rate_limit_writes),
             purchase_strategy=reader.choice(
                 "PURCHASE_STRATEGY", defaults.purchase_strategy, PURCHASE_STRATEGIES

@@ -7,16 +7,16 @@ from datetime import datetime
 
 import asyncpg
 
-USER_COLUMNS = "id, email, nickname, region, created_at"
+from db.types import Connection, Queryable
 
 
 async def insert_user(
-    conn: asyncpg.Connection, *, email: str, password_hash: str, nickname: str, region: str
+    conn: Connection, *, email: str, password_hash: str, nickname: str, region: str
 ) -> asyncpg.Record:
     """Raises ``asyncpg.UniqueViolationError`` when the email is taken."""
     row = await conn.fetchrow(
-        f"INSERT INTO users (email, password_hash, nickname, region) VALUES ($1, $2, $3, $4) "
-        f"RETURNING {USER_COLUMNS}",  # noqa: S608 - constant column list
+        "INSERT INTO users (email, password_hash, nickname, region) VALUES ($1, $2, $3, $4) "
+        "RETURNING id, email, nickname, region, created_at",
         email,
         password_hash,
         nickname,
@@ -26,23 +26,21 @@ async def insert_user(
     return row
 
 
-async def user_by_id(conn: asyncpg.Connection | asyncpg.Pool, user_id: int) -> asyncpg.Record | None:
+async def user_by_id(conn: Queryable, user_id: int) -> asyncpg.Record | None:
     return await conn.fetchrow(
-        f"SELECT {USER_COLUMNS} FROM users WHERE id = $1",  # noqa: S608
+        "SELECT id, email, nickname, region, created_at FROM users WHERE id = $1",
         user_id,
     )
 
 
-async def credentials_by_email(
-    conn: asyncpg.Connection | asyncpg.Pool, email: str
-) -> asyncpg.Record | None:
+async def credentials_by_email(conn: Queryable, email: str) -> asyncpg.Record | None:
     return await conn.fetchrow(
         "SELECT id, password_hash FROM users WHERE lower(email) = lower($1)", email
     )
 
 
 async def insert_refresh_token(
-    conn: asyncpg.Connection,
+    conn: Connection,
     *,
     user_id: int,
     family_id: uuid.UUID,
@@ -59,7 +57,7 @@ async def insert_refresh_token(
     )
 
 
-async def lock_refresh_token(conn: asyncpg.Connection, token_hash: bytes) -> asyncpg.Record | None:
+async def lock_refresh_token(conn: Connection, token_hash: bytes) -> asyncpg.Record | None:
     """The token's row, locked so two concurrent refreshes with it cannot both rotate it."""
     return await conn.fetchrow(
         "SELECT user_id, family_id, expires_at, rotated_at, revoked_at "
@@ -68,15 +66,14 @@ async def lock_refresh_token(conn: asyncpg.Connection, token_hash: bytes) -> asy
     )
 
 
-async def mark_rotated(conn: asyncpg.Connection, token_hash: bytes) -> None:
+async def mark_rotated(conn: Connection, token_hash: bytes) -> None:
     await conn.execute(
         "UPDATE refresh_tokens SET rotated_at = now() WHERE token_hash = $1", token_hash
     )
 
 
-async def revoke_family(conn: asyncpg.Connection, family_id: uuid.UUID) -> None:
+async def revoke_family(conn: Connection, family_id: uuid.UUID) -> None:
     await conn.execute(
-        "UPDATE refresh_tokens SET revoked_at = now() "
-        "WHERE family_id = $1 AND revoked_at IS NULL",
+        "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL",
         family_id,
     )

@@ -50,7 +50,7 @@ class UserOut(pydantic.BaseModel):
 class TokenPairOut(pydantic.BaseModel):
     access_token: str
     refresh_token: str
-    token_type: Literal["Bearer"] = "Bearer"
+    token_type: Literal["Bearer"] = "Bearer"  # noqa: S105 - a scheme name
     expires_in: int
 
 

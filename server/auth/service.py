@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from db.queries import users as queries
+from db.types import Connection
 from server.auth.passwords import PasswordHasher
 from server.auth.schemas import TokenPairOut, UserOut
 from server.auth.tokens import TokenIssuer, hash_refresh_token
@@ -100,12 +101,12 @@ async def current_user(pool: asyncpg.Pool, user_id: int) -> UserOut:
     return UserOut(**dict(row))
 
 
-async def _start_session(conn: asyncpg.Connection, issuer: TokenIssuer, user_id: int) -> TokenPairOut:
+async def _start_session(conn: Connection, issuer: TokenIssuer, user_id: int) -> TokenPairOut:
     return await _issue_pair(conn, issuer, user_id, uuid.uuid4())
 
 
 async def _issue_pair(
-    conn: asyncpg.Connection, issuer: TokenIssuer, user_id: int, family_id: uuid.UUID
+    conn: Connection, issuer: TokenIssuer, user_id: int, family_id: uuid.UUID
 ) -> TokenPairOut:
     refresh_token = issuer.new_refresh()
     await queries.insert_refresh_token(

@@ -18,7 +18,6 @@ from server.auth.tokens import AccessClaims
 from server.errors import InvalidToken
 
 log = logging.getLogger(__name__)
-_CLAIMS = "jangteo.claims"
 
 
 def _revoked_key(session_id: uuid.UUID) -> str:
@@ -43,9 +42,8 @@ async def is_session_revoked(redis: aioredis.Redis, session_id: uuid.UUID) -> bo
 
 async def authenticate(request: web.Request) -> AccessClaims:
     """The caller's claims from ``Authorization: Bearer``; 401 when absent or invalid."""
-    cached: AccessClaims | None = request.get(_CLAIMS)
-    if cached is not None:
-        return cached
+    if keys.claims_key in request:
+        return request[keys.claims_key]
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -53,5 +51,5 @@ async def authenticate(request: web.Request) -> AccessClaims:
     claims = request.app[keys.token_issuer_key].decode_access(token.strip())
     if await is_session_revoked(request.app[keys.redis_key], claims.session_id):
         raise InvalidToken("this session was logged out")
-    request[_CLAIMS] = claims
+    request[keys.claims_key] = claims
     return claims

@@ -151,7 +151,7 @@ class EmbeddedPostgres:
 
 
 def _database_exists_sql(name: str) -> str:
-    return f"SELECT 1 FROM pg_database WHERE datname = '{name}'"
+    return f"SELECT 1 FROM pg_database WHERE datname = '{name}'"  # noqa: S608 - a constant
 
 
 def _make_traversable(path: Path) -> None:

@@ -1,0 +1,43 @@
+# The two commands: `make run` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
+PORT ?= 8080
+WORKERS ?= 1
+
+.PHONY: run test lint format services stop bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+services: $(STAMP)
+	$(BIN)/jangteo services start
+
+run: services
+	$(BIN)/jangteo migrate
+	$(BIN)/jangteo seed --if-empty
+	$(BIN)/jangteo serve --port $(PORT) --workers $(WORKERS)
+
+test: services
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+stop: $(STAMP)
+	$(BIN)/jangteo services stop
+
+clean: stop
+	rm -rf .data

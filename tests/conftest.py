@@ -1,0 +1,126 @@
+"""Real PostgreSQL and Redis for every test: a fresh database per run, cleaned after each test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from db.migrate import migrate
+from server.app import create_app
+from server.embedded.stack import EmbeddedStack
+from server.settings import Settings
+from tests.support import Client, make_settings
+
+# Tests use their own Redis database number, so a running `make run` keeps its data.
+TEST_REDIS_DB = 15
+
+
+def _with_path(url: str, path: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
+
+
+@pytest.fixture(scope="session")
+def service_urls() -> tuple[str, str]:
+    """The PostgreSQL and Redis the suite talks to: the URLs given, else the embedded stack."""
+    env = Settings.from_env()
+    if env.database_url and env.redis_url:
+        return env.database_url, env.redis_url
+    urls = EmbeddedStack(env.data_dir).start()
+    return env.database_url or urls.database_url, env.redis_url or urls.redis_url
+
+
+@pytest.fixture(scope="session")
+def database_url(service_urls: tuple[str, str]) -> Iterator[str]:
+    """A database of this run's own, migrated once, dropped at the end."""
+    import asyncio
+
+    admin_url = service_urls[0]
+    name = f"jangteo_test_{os.getpid()}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    url = _with_path(admin_url, f"/{name}")
+    asyncio.run(migrate(url))
+    yield url
+    asyncio.run(drop())
+
+
+@pytest.fixture(scope="session")
+def redis_url(service_urls: tuple[str, str]) -> str:
+    return _with_path(service_urls[1], f"/{TEST_REDIS_DB}")
+
+
+@pytest.fixture(autouse=True)
+async def clean_state(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Empty every table and the test Redis database after each test that used them."""
+    yield
+    if "database_url" not in request.fixturenames:
+        return
+    database = request.getfixturevalue("database_url")
+    conn = await asyncpg.connect(database)
+    try:
+        tables = await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+            "AND tablename <> 'schema_migrations'"
+        )
+        if tables:
+            names = ", ".join(f'"{row["tablename"]}"' for row in tables)
+            await conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+    finally:
+        await conn.close()
+    client = aioredis.Redis.from_url(request.getfixturevalue("redis_url"))
+    try:
+        await client.flushdb()
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def settings(database_url: str, redis_url: str) -> Settings:
+    return make_settings(database_url, redis_url)
+
+
+ClientFactory = Callable[[Settings], Awaitable[Client]]
+
+
+@pytest.fixture
+def make_client(aiohttp_client: Callable[..., Awaitable[Client]]) -> ClientFactory:
+    """Start the real app with the given settings and return a client for it."""
+
+    async def factory(app_settings: Settings) -> Client:
+        return await aiohttp_client(create_app(app_settings))
+
+    return factory
+
+
+@pytest.fixture
+async def client(make_client: ClientFactory, settings: Settings) -> Client:
+    return await make_client(settings)
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A direct connection for checking what the app wrote."""
+    conn = await asyncpg.connect(database_url)
+    yield conn
+    await conn.close()

@@ -1,0 +1,39 @@
+"""healthz, readyz, metrics and request ids."""
+
+from __future__ import annotations
+
+from tests.support import Client
+
+
+async def test_healthz_is_ok(client: Client) -> None:
+    response = await client.get("/healthz")
+    assert response.status == 200
+    assert await response.json() == {"status": "ok"}
+
+
+async def test_readyz_reports_both_dependencies(client: Client) -> None:
+    response = await client.get("/readyz")
+    assert response.status == 200
+    assert await response.json() == {"status": "ok", "postgres": "ok", "redis": "ok"}
+
+
+async def test_request_id_is_generated_or_echoed(client: Client) -> None:
+    generated = await client.get("/healthz")
+    assert len(generated.headers["X-Request-ID"]) == 32
+    echoed = await client.get("/healthz", headers={"X-Request-ID": "trace-42"})
+    assert echoed.headers["X-Request-ID"] == "trace-42"
+    unsafe = await client.get("/healthz", headers={"X-Request-ID": "bad id\twith spaces"})
+    assert unsafe.headers["X-Request-ID"] != "bad id\twith spaces"
+
+
+async def test_metrics_has_latency_histogram_per_route(client: Client) -> None:
+    await client.get("/healthz")
+    await client.get("/no/such/route")
+    response = await client.get("/metrics")
+    assert response.status == 200
+    text = await response.text()
+    assert (
+        'jangteo_http_request_duration_seconds_bucket{le="0.001",method="GET",route="/healthz"}'
+        in text
+    )
+    assert 'jangteo_http_requests_total{method="GET",route="unmatched",status="404"} 1.0' in text

@@ -1,0 +1,104 @@
+"""Helpers shared by the test suites: test settings, accounts, and server processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeAlias
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from server.embedded.process import free_port, port_accepts
+from server.settings import RateLimit, Settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEST_JWT_SECRET = "test-secret-0123456789abcdef0123456789"
+PASSWORD = "correct horse battery"
+
+Client: TypeAlias = "TestClient[web.Request, web.Application]"
+
+
+def make_settings(database_url: str, redis_url: str, **changes: Any) -> Settings:
+    """Settings for tests: fixed secret, generous rate limits unless a test narrows them."""
+    base = Settings(
+        data_dir=REPO_ROOT / ".data",
+        database_url=database_url,
+        redis_url=redis_url,
+        jwt_secret=TEST_JWT_SECRET,
+        rate_limit_auth_ip=RateLimit(10_000, 60),
+        rate_limit_auth_email=RateLimit(10_000, 60),
+        rate_limit_writes=RateLimit(10_000, 60),
+        access_log=False,
+        pg_acquire_timeout=2.0,
+    )
+    return base.replace(**changes)
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    user_id: int
+    email: str
+    access_token: str
+    refresh_token: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.access_token}"}
+
+
+async def sign_up(
+    client: Client, *, email: str | None = None, region: str = "seoul-mapo"
+) -> Account:
+    email = email or f"user-{uuid.uuid4().hex[:10]}@example.com"
+    response = await client.post(
+        "/api/v1/auth/signup",
+        json={"email": email, "password": PASSWORD, "nickname": "tester", "region": region},
+    )
+    assert response.status == 201, await response.text()
+    body = await response.json()
+    return Account(body["user"]["id"], email, body["access_token"], body["refresh_token"])
+
+
+class ServerProcess:
+    """A real ``jangteo serve`` child process on a free port, for multi-process tests."""
+
+    def __init__(self, env: Mapping[str, str], *, workers: int = 1) -> None:
+        self.port = free_port()
+        self.env = {**os.environ, **env, "JANGTEO_PORT": str(self.port)}
+        self.workers = workers
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ServerProcess:
+        command = [sys.executable, "-m", "server", "serve", "--workers", str(self.workers)]
+        self.process = subprocess.Popen(
+            command, env=self.env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + 30
+        while not port_accepts(self.port):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not start listening")
+            time.sleep(0.05)
+        return self
+
+    def stop(self, timeout: float = 20) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.terminate()
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
