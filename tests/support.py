@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Mapping
@@ -81,17 +82,30 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         command = [sys.executable, "-m", "server", "serve", "--workers", str(self.workers)]
+        # Logs go to a file: a pipe nobody drains could fill up and stall the server.
+        self.log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
-            command, env=self.env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            command, env=self.env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=self.log
         )
         deadline = time.monotonic() + 30
         while not port_accepts(self.port):
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not start listening")
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"server did not start: {self.output()[-2000:]}")
             time.sleep(0.05)
         return self
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def wait(self, timeout: float = 20) -> int:
+        """Wait for an exit already under way (after a signal the test sent itself)."""
+        assert self.process is not None
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self.stop()
 
     def stop(self, timeout: float = 20) -> int:
         assert self.process is not None
@@ -102,3 +116,6 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             return self.process.wait()
+        finally:
+            if not self.log.closed:
+                self.log.close()

@@ -180,7 +180,11 @@ def _run(
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         result = subprocess.run(  # noqa: S603 - fixed binaries from the wheel
             command,
+            # Drop root's groups too: as a member of group root, the user would be
+            # judged by the (often closed) group bits of root-owned parent folders.
             user=user,
+            group=user,
+            extra_groups=[] if user else None,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=err,

@@ -1,0 +1,47 @@
+"""/readyz follows Redis: 503 while it is stopped, 200 again once it is back, without a restart."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from server.embedded.process import free_port
+from server.embedded.redis import EmbeddedRedis
+from server.settings import Settings
+from tests.conftest import ClientFactory
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A Redis of this test's own, so stopping it disturbs nothing else."""
+    server = EmbeddedRedis(tmp_path / "redis", free_port())
+    server.ensure_running()
+    yield server
+    server.stop()
+
+
+async def test_readyz_follows_redis(
+    make_client: ClientFactory, settings: Settings, own_redis: EmbeddedRedis
+) -> None:
+    client = await make_client(settings.replace(redis_url=own_redis.url, redis_timeout=0.5))
+    assert (await client.get("/readyz")).status == 200
+
+    own_redis.stop()
+    response = await client.get("/readyz")
+    assert response.status == 503
+    assert response.headers["Retry-After"] == "1"
+    body = await response.json()
+    assert body["checks"]["postgres"] == "ok"
+    assert body["checks"]["redis"].startswith("error")
+
+    own_redis.ensure_running()
+    statuses = []
+    for _ in range(50):  # the client reconnects on its own; give it a few attempts
+        statuses.append((await client.get("/readyz")).status)
+        if statuses[-1] == 200:
+            break
+        await asyncio.sleep(0.1)
+    assert statuses[-1] == 200, statuses

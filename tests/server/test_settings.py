@@ -1,0 +1,68 @@
+"""Settings come from JANGTEO_* variables once, with clear errors for bad values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from server.settings import RateLimit, Settings, SettingsError
+
+
+def test_defaults_without_environment() -> None:
+    settings = Settings.from_env({})
+    assert settings.port == 8080
+    assert settings.host == "127.0.0.1"
+    assert settings.data_dir == Path(".data")
+    assert settings.database_url is None and settings.redis_url is None
+    assert settings.purchase_strategy == "atomic"
+    assert settings.access_token_ttl == 900
+    assert settings.rate_limits_enabled is True
+
+
+def test_values_are_read_and_typed() -> None:
+    settings = Settings.from_env(
+        {
+            "JANGTEO_PORT": "9000",
+            "JANGTEO_DATABASE_URL": "postgresql://db/x",
+            "JANGTEO_RATE_LIMITS": "off",
+            "JANGTEO_RATE_LIMIT_AUTH_IP": "5/10",
+            "JANGTEO_PG_ACQUIRE_TIMEOUT": "1.5",
+            "JANGTEO_ALLOWED_ORIGINS": "https://a.example, https://b.example",
+            "JANGTEO_PURCHASE_STRATEGY": "redis_lock",
+            "OTHER_VARIABLE": "ignored",
+        }
+    )
+    assert settings.port == 9000
+    assert settings.database_url == "postgresql://db/x"
+    assert settings.rate_limits_enabled is False
+    assert settings.rate_limit_auth_ip == RateLimit(5, 10)
+    assert settings.pg_acquire_timeout == 1.5
+    assert settings.allowed_origins == ("https://a.example", "https://b.example")
+    assert settings.purchase_strategy == "redis_lock"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("JANGTEO_PORT", "eighty", "must be an integer"),
+        ("JANGTEO_REDIS_TIMEOUT", "soon", "must be a number"),
+        ("JANGTEO_RATE_LIMITS", "maybe", "must be on or off"),
+        ("JANGTEO_RATE_LIMIT_WRITES", "10", "hits/seconds"),
+        ("JANGTEO_RATE_LIMIT_WRITES", "0/10", "must be positive"),
+        ("JANGTEO_PURCHASE_STRATEGY", "yolo", "must be one of"),
+    ],
+)
+def test_bad_values_are_refused(name: str, value: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env({name: value})
+
+
+def test_jwt_secret_is_created_once_per_data_dir(tmp_path: Path) -> None:
+    first = Settings(data_dir=tmp_path).with_jwt_secret()
+    second = Settings(data_dir=tmp_path).with_jwt_secret()
+    assert len(first.jwt_secret) >= 48
+    assert first.jwt_secret == second.jwt_secret
+    assert (tmp_path / "jwt-secret").stat().st_mode & 0o777 == 0o600
+    given = Settings(data_dir=tmp_path, jwt_secret="given").with_jwt_secret()
+    assert given.jwt_secret == "given"
