@@ -6,6 +6,7 @@ from aiohttp import web
 
 from server import docs, health, keys
 from server.auth import handlers as auth_handlers
+from server.listings import handlers as listing_handlers
 from server.auth.passwords import PasswordHasher
 from server.auth.tokens import TokenIssuer
 from server.metrics import Metrics
@@ -34,4 +35,5 @@ def create_app(settings: Settings) -> web.Application:
     health.setup_routes(app, spec)
     docs.setup_routes(app)
     auth_handlers.setup_routes(app, spec)
+    listing_handlers.setup_routes(app, spec)
     return app

@@ -85,6 +85,14 @@ class EmailTaken(Conflict):
     slug, title = "email-taken", "An account with this email already exists"
 
 
+class PreconditionFailed(Problem):
+    status, slug, title = 412, "precondition-failed", "The resource changed since you read it"
+
+
+class PreconditionRequired(Problem):
+    status, slug, title = 428, "precondition-required", "Send If-Match with the ETag you read"
+
+
 class PayloadTooLarge(Problem):
     status, slug, title = 413, "payload-too-large", "Request body is too large"
 
@@ -94,7 +102,7 @@ class UnsupportedMediaType(Problem):
 
 
 class ValidationFailed(Problem):
-    status, slug, title = 422, "validation-failed", "Request body failed validation"
+    status, slug, title = 422, "validation-failed", "Request failed validation"
 
     def __init__(self, errors: list[dict[str, str]]) -> None:
         super().__init__(f"{len(errors)} field error(s)", errors=errors)

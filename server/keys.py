@@ -8,8 +8,10 @@ from aiohttp import web
 
 from server.auth.passwords import PasswordHasher
 from server.auth.tokens import AccessClaims, TokenIssuer
+from server.listings.cache import ListingCache
 from server.metrics import Metrics
 from server.openapi import ApiSpec
+from server.photos.storage import PhotoStorage
 from server.ratelimit import RateLimiter
 from server.settings import Settings
 
@@ -21,6 +23,8 @@ rate_limiter_key = web.AppKey("rate_limiter", RateLimiter)
 password_hasher_key = web.AppKey("password_hasher", PasswordHasher)
 token_issuer_key = web.AppKey("token_issuer", TokenIssuer)
 api_spec_key = web.AppKey("api_spec", ApiSpec)
+photo_storage_key = web.AppKey("photo_storage", PhotoStorage)
+listing_cache_key = web.AppKey("listing_cache", ListingCache)
 
 request_id_key = web.RequestKey("request_id", str)
 claims_key = web.RequestKey("claims", AccessClaims)

@@ -38,5 +38,12 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.cache = Counter(
+            "jangteo_cache_lookups",
+            "Cache lookups by kind and outcome (hit, miss = rebuilt here, waited, bypass)",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -10,6 +10,7 @@ from prometheus_client import Gauge
 
 from db.pool import create_pool
 from server import keys
+from server.listings.cache import ListingCache
 from server.ratelimit import RateLimiter
 
 
@@ -44,5 +45,6 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     app[keys.rate_limiter_key] = RateLimiter(
         client, app[keys.metrics_key], enabled=settings.rate_limits_enabled
     )
+    app[keys.listing_cache_key] = ListingCache(client, app[keys.metrics_key])
     yield
     await client.aclose()

@@ -1,0 +1,1 @@
+"""Listings: create, read, edit, hide, the neighbourhood feed, likes, and their cache."""

@@ -1,0 +1,107 @@
+"""Cache-aside in Redis for listing detail and a region's first feed page.
+
+Entries are keyed by a generation number that every committed change increments
+(after commit). A reader looks up the generation and the entry in one round trip; if
+it then builds the entry from PostgreSQL, it stores it under the generation it read
+*before* building. A change that commits meanwhile has already moved the generation
+on, so a stale entry can be written but never read: a client always sees its own
+write. Rebuilding a missing entry is done by one request at a time (a short Redis
+lock); the others wait for it briefly. When Redis is unreachable the cache is bypassed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+DETAIL_TTL_MS = 60_000
+FEED_TTL_MS = 30_000
+GENERATION_TTL_S = 24 * 3600  # longer than any entry, so a generation never restarts under one
+REBUILD_LOCK_MS = 2_000
+WAIT_STEP_S = 0.005
+
+_LOOKUP = """
+local generation = redis.call('GET', KEYS[1]) or '0'
+return {generation, redis.call('GET', ARGV[1] .. generation)}
+"""
+_BUMP = """
+for _, key in ipairs(KEYS) do
+    redis.call('INCR', key)
+    redis.call('EXPIRE', key, ARGV[1])
+end
+return #KEYS
+"""
+
+Builder = Callable[[], Awaitable[bytes]]
+
+
+class ListingCache:
+    def __init__(self, redis: aioredis.Redis, metrics: Metrics) -> None:
+        self.redis = redis
+        self.metrics = metrics
+        self._lookup = redis.register_script(_LOOKUP)
+        self._bump = redis.register_script(_BUMP)
+
+    async def detail(self, listing_id: int, build: Builder) -> bytes:
+        return await self._cached("detail", f"cache:listing:{listing_id}", build, DETAIL_TTL_MS)
+
+    async def feed_first_page(self, region: str, limit: int, build: Builder) -> bytes:
+        return await self._cached(
+            "feed", f"cache:feed:{region}", build, FEED_TTL_MS, variant=f"limit{limit}"
+        )
+
+    async def changed(self, listing_id: int, region: str) -> None:
+        """Call after a change to a listing has committed."""
+        try:
+            await self._bump(
+                keys=[f"cache:listing:{listing_id}:gen", f"cache:feed:{region}:gen"],
+                args=[GENERATION_TTL_S],
+            )
+        except (RedisError, OSError) as error:
+            # Entries then live out their TTL; logged so an operator can see it.
+            log.warning("cache invalidation failed", extra={"error": str(error)})
+
+    async def _cached(
+        self, kind: str, base: str, build: Builder, ttl_ms: int, variant: str = ""
+    ) -> bytes:
+        prefix = f"{base}:{variant}:" if variant else f"{base}:"
+        try:
+            generation, value = await self._lookup(keys=[f"{base}:gen"], args=[prefix])
+        except (RedisError, OSError):
+            self.metrics.cache.labels(kind, "bypass").inc()
+            return await build()
+        if value is not None:
+            self.metrics.cache.labels(kind, "hit").inc()
+            return bytes(value)
+        entry_key = prefix + generation.decode()
+        try:
+            return await self._rebuild(kind, entry_key, build, ttl_ms)
+        except (RedisError, OSError):
+            self.metrics.cache.labels(kind, "bypass").inc()
+            return await build()
+
+    async def _rebuild(self, kind: str, entry_key: str, build: Builder, ttl_ms: int) -> bytes:
+        lock_key = entry_key + ":lock"
+        if not await self.redis.set(lock_key, 1, nx=True, px=REBUILD_LOCK_MS):
+            # Someone else is rebuilding: wait for their entry rather than hit PostgreSQL.
+            for _ in range(int(REBUILD_LOCK_MS / 1000 / WAIT_STEP_S)):
+                await asyncio.sleep(WAIT_STEP_S)
+                value = await self.redis.get(entry_key)
+                if isinstance(value, bytes):
+                    self.metrics.cache.labels(kind, "waited").inc()
+                    return value
+        self.metrics.cache.labels(kind, "miss").inc()
+        try:
+            value = await build()
+            await self.redis.set(entry_key, value, px=ttl_ms)
+        finally:
+            await self.redis.delete(lock_key)
+        return value

@@ -1,0 +1,233 @@
+"""HTTP endpoints of listings: parse, check preconditions, call the service, answer.
+
+Reading listings needs no account (browsing comes before signing up); changing does.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from server import keys
+from server.auth.sessions import authenticate
+from server.errors import PreconditionFailed, PreconditionRequired, ValidationFailed
+from server.jsonio import JSON_CONTENT_TYPE, dumps, json_response, read_json, validate
+from server.listings import service
+from server.listings.schemas import FeedQuery, ListingCreate, ListingOut, ListingPage, ListingPatch
+from server.openapi import ApiSpec
+
+PREFIX = "/api/v1/listings"
+_ETAG = re.compile(r'^(?:W/)?"(\d+)-(\d+)-(\d+)"$')
+
+
+def etag_of(row: asyncpg.Record) -> str:
+    """Changes with every edit (version) and every like (like_count)."""
+    return f'"{row["id"]}-{row["version"]}-{row["like_count"]}"'
+
+
+def listing_json(app: web.Application, row: asyncpg.Record) -> dict[str, Any]:
+    storage = app.get(keys.photo_storage_key)
+    photos = [
+        {
+            "id": photo["id"],
+            "url": storage.public_url(photo["key"]) if storage else None,
+            "content_type": photo["content_type"],
+        }
+        for photo in row["photos"]
+    ]
+    return {
+        "id": row["id"],
+        "seller_id": row["seller_id"],
+        "title": row["title"],
+        "description": row["description"],
+        "price": row["price"],
+        "quantity": row["quantity"],
+        "category": row["category"],
+        "region": row["region"],
+        "status": row["status"],
+        "like_count": row["like_count"],
+        "version": row["version"],
+        "photos": photos,
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+    }
+
+
+def _listing_id(request: web.Request) -> int:
+    try:
+        return int(request.match_info["id"])
+    except ValueError:
+        raise service.ListingNotFound() from None
+
+
+def _expected_version(request: web.Request, listing_id: int) -> int | None:
+    """The version named by If-Match (None for ``*``); 428 when absent, 412 when foreign.
+
+    Only the version part is compared: a like never makes a seller's edit conflict.
+    """
+    header = request.headers.get("If-Match")
+    if header is None:
+        raise PreconditionRequired()
+    if header.strip() == "*":
+        return None
+    match = _ETAG.match(header.strip())
+    if match is None or int(match.group(1)) != listing_id:
+        raise PreconditionFailed("If-Match does not name a version of this listing")
+    return int(match.group(2))
+
+
+def _listing_response(request: web.Request, row: asyncpg.Record, status: int = 200) -> web.Response:
+    headers = {"ETag": etag_of(row)}
+    if status == 201:
+        headers["Location"] = f"{PREFIX}/{row['id']}"
+    return json_response(listing_json(request.app, row), status=status, headers=headers)
+
+
+async def _after_change(request: web.Request, row: asyncpg.Record) -> None:
+    await request.app[keys.listing_cache_key].changed(row["id"], row["region"])
+
+
+async def _limit_writes(request: web.Request, user_id: int) -> None:
+    settings = request.app[keys.settings_key]
+    await request.app[keys.rate_limiter_key].hit("writes", str(user_id), settings.rate_limit_writes)
+
+
+async def create_listing(request: web.Request) -> web.Response:
+    claims = await authenticate(request)
+    body = await read_json(request, ListingCreate)
+    await _limit_writes(request, claims.user_id)
+    row = await service.create_listing(request.app[keys.pg_pool_key], claims.user_id, body)
+    await _after_change(request, row)
+    return _listing_response(request, row, status=201)
+
+
+async def get_listing(request: web.Request) -> web.Response:
+    listing_id = _listing_id(request)
+
+    async def build() -> bytes:
+        try:
+            row = await service.get_listing(request.app[keys.pg_pool_key], listing_id)
+        except service.ListingNotFound:
+            return b""  # cached too, so unknown ids do not reach PostgreSQL every time
+        return etag_of(row).encode() + b"\n" + dumps(listing_json(request.app, row))
+
+    entry = await request.app[keys.listing_cache_key].detail(listing_id, build)
+    if not entry:
+        raise service.ListingNotFound()
+    etag, _, body = entry.partition(b"\n")
+    headers = {"ETag": etag.decode(), "Cache-Control": "private, no-cache"}
+    if etag.decode() in _if_none_match(request):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=body, headers=headers, content_type=JSON_CONTENT_TYPE)
+
+
+def _if_none_match(request: web.Request) -> set[str]:
+    header = request.headers.get("If-None-Match", "")
+    return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}
+
+
+async def update_listing(request: web.Request) -> web.Response:
+    claims = await authenticate(request)
+    listing_id = _listing_id(request)
+    expected = _expected_version(request, listing_id)
+    body = await read_json(request, ListingPatch)
+    await _limit_writes(request, claims.user_id)
+    row, changed = await service.update_listing(
+        request.app[keys.pg_pool_key], listing_id, claims.user_id, expected, body
+    )
+    if changed:
+        await _after_change(request, row)
+    return _listing_response(request, row)
+
+
+async def hide_listing(request: web.Request) -> web.Response:
+    claims = await authenticate(request)
+    listing_id = _listing_id(request)
+    expected = _expected_version(request, listing_id)
+    await _limit_writes(request, claims.user_id)
+    row = await service.hide_listing(
+        request.app[keys.pg_pool_key], listing_id, claims.user_id, expected
+    )
+    await _after_change(request, row)
+    return web.Response(status=204)
+
+
+async def list_listings(request: web.Request) -> web.Response:
+    params: dict[str, str] = {}
+    for name in request.query:
+        values = request.query.getall(name)
+        if len(values) > 1:
+            raise ValidationFailed([{"field": name, "code": "repeated", "message": "give it once"}])
+        params[name] = values[0]
+    query = validate(params, FeedQuery)
+
+    async def build() -> bytes:
+        rows, next_cursor = await service.list_listings(request.app[keys.pg_pool_key], query)
+        items = [listing_json(request.app, row) for row in rows]
+        return dumps({"items": items, "next_cursor": next_cursor})
+
+    first_page_of_region = query.region is not None and set(params) <= {"region", "limit"}
+    if first_page_of_region:
+        assert query.region is not None
+        body = await request.app[keys.listing_cache_key].feed_first_page(
+            query.region, query.limit, build
+        )
+    else:
+        body = await build()
+    return web.Response(body=body, content_type=JSON_CONTENT_TYPE)
+
+
+async def like(request: web.Request) -> web.Response:
+    return await _set_like(request, liked=True)
+
+
+async def unlike(request: web.Request) -> web.Response:
+    return await _set_like(request, liked=False)
+
+
+async def _set_like(request: web.Request, *, liked: bool) -> web.Response:
+    claims = await authenticate(request)
+    listing_id = _listing_id(request)
+    await _limit_writes(request, claims.user_id)
+    region = await service.like_listing(
+        request.app[keys.pg_pool_key], listing_id, claims.user_id, liked
+    )
+    await request.app[keys.listing_cache_key].changed(listing_id, region)
+    return web.Response(status=204)
+
+
+def setup_routes(app: web.Application, spec: ApiSpec) -> None:
+    item = PREFIX + "/{id}"
+    spec.route(
+        app, "GET", PREFIX, list_listings, summary="The feed: filters, newest first, keyset pages",
+        tag="listings", response=ListingPage, errors=(422,),
+    )  # fmt: skip
+    spec.route(
+        app, "POST", PREFIX, create_listing, summary="List something for sale",
+        tag="listings", body=ListingCreate, response=ListingOut, status=201, auth=True,
+        errors=(429,),
+    )  # fmt: skip
+    spec.route(
+        app, "GET", item, get_listing, summary="One listing, with ETag (If-None-Match gives 304)",
+        tag="listings", response=ListingOut, errors=(304, 404),
+    )  # fmt: skip
+    spec.route(
+        app, "PATCH", item, update_listing, summary="Edit (seller only; If-Match required)",
+        tag="listings", body=ListingPatch, response=ListingOut, auth=True,
+        errors=(403, 404, 412, 428, 429),
+    )  # fmt: skip
+    spec.route(
+        app, "DELETE", item, hide_listing, summary="Hide (seller only; If-Match required)",
+        tag="listings", status=204, auth=True, errors=(403, 404, 412, 428, 429),
+    )  # fmt: skip
+    spec.route(
+        app, "PUT", item + "/like", like, summary="Like (idempotent)",
+        tag="listings", status=204, auth=True, errors=(404, 429),
+    )  # fmt: skip
+    spec.route(
+        app, "DELETE", item + "/like", unlike, summary="Unlike (idempotent)",
+        tag="listings", status=204, auth=True, errors=(404, 429),
+    )  # fmt: skip

@@ -1,0 +1,90 @@
+"""Request bodies and query parameters of the listing endpoints, and the listing shape."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import pydantic
+from pydantic import Field, StringConstraints
+
+from server.auth.schemas import REGION_PATTERN
+from server.jsonio import StrictModel
+
+Category = Literal[
+    "digital", "appliances", "furniture", "kids", "fashion", "beauty", "sports",
+    "hobby", "books", "pets", "plants", "food", "tickets", "etc",
+]  # fmt: skip
+Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+Description = Annotated[str, StringConstraints(max_length=5000)]
+Price = Annotated[int, Field(ge=0, le=10_000_000_000)]
+Quantity = Annotated[int, Field(ge=0, le=10_000)]
+Region = Annotated[str, StringConstraints(pattern=REGION_PATTERN)]
+# Sellers set these two; "sold" follows from quantity 0 and "hidden" from DELETE.
+SellerStatus = Literal["on_sale", "reserved"]
+ListingStatus = Literal["on_sale", "reserved", "sold", "hidden"]
+
+
+class ListingCreate(StrictModel):
+    title: Title
+    description: Description = ""
+    price: Price
+    quantity: Quantity = 1
+    category: Category
+    region: Region | None = None  # the seller's own region when left out
+
+
+class ListingPatch(StrictModel):
+    title: Title | None = None
+    description: Description | None = None
+    price: Price | None = None
+    quantity: Quantity | None = None
+    category: Category | None = None
+    status: SellerStatus | None = None
+
+
+class FeedQuery(pydantic.BaseModel):
+    """Query string of GET /listings; strings are converted, unknown names refused."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    region: Region | None = None
+    category: Category | None = None
+    q: (
+        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+        | None
+    ) = None
+    status: Literal["on_sale", "reserved", "sold"] | None = None
+    seller: Annotated[int, Field(ge=1)] | None = None
+    min_price: Price | None = None
+    max_price: Price | None = None
+    cursor: Annotated[str, StringConstraints(max_length=200)] | None = None
+    limit: Annotated[int, Field(ge=1, le=100)] = 20
+
+
+class PhotoOut(pydantic.BaseModel):
+    id: str
+    url: str
+    content_type: str
+
+
+class ListingOut(pydantic.BaseModel):
+    id: int
+    seller_id: int
+    title: str
+    description: str
+    price: int
+    quantity: int
+    category: Category
+    region: str
+    status: ListingStatus
+    like_count: int
+    version: int
+    photos: list[PhotoOut]
+    created_at: datetime
+    updated_at: datetime
+
+
+class ListingPage(pydantic.BaseModel):
+    items: list[ListingOut]
+    next_cursor: str | None

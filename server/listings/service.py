@@ -1,0 +1,222 @@
+"""Listing rules: who may change what, derived status, and the events each change emits.
+
+Every change and its outbox events are written in one transaction here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import asyncpg
+import orjson
+
+from db.queries import listings as queries
+from db.queries.outbox import Event, insert_events
+from server.errors import Forbidden, NotFound, PreconditionFailed, ValidationFailed
+from server.listings.schemas import FeedQuery, ListingCreate, ListingPatch
+
+EVENT_FIELDS = (
+    "id", "seller_id", "title", "price", "quantity", "category", "region", "status",
+    "like_count", "version",
+)  # fmt: skip
+
+
+class ListingNotFound(NotFound):
+    slug, title = "listing-not-found", "No such listing"
+
+
+class NotTheSeller(Forbidden):
+    slug, title = "not-the-seller", "Only the seller may change this listing"
+
+
+def event_snapshot(row: asyncpg.Record) -> dict[str, Any]:
+    """The listing as events carry it (no photo URLs: those depend on the storage)."""
+    return {name: row[name] for name in EVENT_FIELDS}
+
+
+async def create_listing(pool: asyncpg.Pool, seller_id: int, data: ListingCreate) -> asyncpg.Record:
+    async with pool.acquire() as conn, conn.transaction():
+        region = data.region or await conn.fetchval(
+            "SELECT region FROM users WHERE id = $1", seller_id
+        )
+        row = await queries.insert_listing(
+            conn,
+            seller_id=seller_id,
+            title=data.title,
+            description=data.description,
+            price=data.price,
+            quantity=data.quantity,
+            category=data.category,
+            region=region,
+        )
+        await insert_events(conn, [Event(f"feed:{region}", "listing.created", event_snapshot(row))])
+    return row
+
+
+async def get_listing(pool: asyncpg.Pool, listing_id: int) -> asyncpg.Record:
+    """A visible listing; hidden ones are gone for everybody."""
+    row = await queries.listing_by_id(pool, listing_id)
+    if row is None or row["status"] == "hidden":
+        raise ListingNotFound()
+    return row
+
+
+def _changes(current: asyncpg.Record, patch: ListingPatch) -> dict[str, Any]:
+    """The columns that really change, with the status that follows from quantity."""
+    given = patch.model_dump(exclude_unset=True)
+    nulls = [name for name, value in given.items() if value is None]
+    if nulls:
+        raise ValidationFailed(
+            [{"field": name, "code": "null", "message": "may not be null"} for name in nulls]
+        )
+    changes = {name: value for name, value in given.items() if value != current[name]}
+    quantity = changes.get("quantity", current["quantity"])
+    status = changes.get("status", current["status"])
+    if quantity == 0:
+        if "status" in given:
+            raise ValidationFailed(
+                [{"field": "status", "code": "sold_out", "message": "quantity 0 means sold"}]
+            )
+        status = "sold"
+    elif current["status"] == "sold":
+        status = given.get("status", "on_sale")
+    if status != current["status"]:
+        changes["status"] = status
+    else:
+        changes.pop("status", None)
+    return changes
+
+
+def _events(before: asyncpg.Record, after: asyncpg.Record, changed: set[str]) -> list[Event]:
+    channel = f"listing:{after['id']}"
+    snapshot = event_snapshot(after)
+    events = []
+    if "price" in changed:
+        events.append(
+            Event(channel, "listing.price_changed", {**snapshot, "old_price": before["price"]})
+        )
+    if "status" in changed:
+        events.append(
+            Event(channel, "listing.status_changed", {**snapshot, "old_status": before["status"]})
+        )
+    if "quantity" in changed:
+        events.append(
+            Event(
+                channel, "listing.stock_changed", {**snapshot, "old_quantity": before["quantity"]}
+            )
+        )
+    other = sorted(changed - {"price", "status", "quantity"})
+    if other:
+        events.append(Event(channel, "listing.updated", {**snapshot, "changed": other}))
+    return events
+
+
+async def _lock_for_seller(
+    conn: Any, listing_id: int, user_id: int, expected_version: int | None
+) -> asyncpg.Record:
+    current = await queries.lock_listing(conn, listing_id)
+    if current is None or current["status"] == "hidden":
+        raise ListingNotFound()
+    if current["seller_id"] != user_id:
+        raise NotTheSeller()
+    if expected_version is not None and expected_version != current["version"]:
+        raise PreconditionFailed(f"the listing is at version {current['version']}")
+    return current
+
+
+async def update_listing(
+    pool: asyncpg.Pool,
+    listing_id: int,
+    user_id: int,
+    expected_version: int | None,
+    patch: ListingPatch,
+) -> tuple[asyncpg.Record, bool]:
+    """Apply a seller's edit if ``expected_version`` is current; returns (listing, changed)."""
+    async with pool.acquire() as conn, conn.transaction():
+        current = await _lock_for_seller(conn, listing_id, user_id, expected_version)
+        changes = _changes(current, patch)
+        if changes:
+            await queries.update_listing(conn, listing_id, changes)
+        row = await queries.listing_by_id(conn, listing_id)
+        assert row is not None
+        if changes:
+            await insert_events(conn, _events(current, row, set(changes)))
+    return row, bool(changes)
+
+
+async def hide_listing(
+    pool: asyncpg.Pool, listing_id: int, user_id: int, expected_version: int | None
+) -> asyncpg.Record:
+    """DELETE: the listing becomes hidden (orders may still refer to it)."""
+    async with pool.acquire() as conn, conn.transaction():
+        current = await _lock_for_seller(conn, listing_id, user_id, expected_version)
+        await queries.update_listing(conn, listing_id, {"status": "hidden"})
+        row = await queries.listing_by_id(conn, listing_id)
+        assert row is not None
+        await insert_events(conn, _events(current, row, {"status"}))
+    return row
+
+
+def encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps({"before": last_id})).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        value = orjson.loads(base64.urlsafe_b64decode(padded))["before"]
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(value)
+        return value
+    except (binascii.Error, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+        raise ValidationFailed(
+            [{"field": "cursor", "code": "invalid", "message": "not a cursor from this API"}]
+        ) from None
+
+
+async def list_listings(
+    pool: asyncpg.Pool, query: FeedQuery
+) -> tuple[list[asyncpg.Record], str | None]:
+    """One page, newest first; ids only decrease along pages, so inserts never shift them."""
+    feed = queries.FeedFilter(
+        region=query.region,
+        category=query.category,
+        status=query.status,
+        seller_id=query.seller,
+        min_price=query.min_price,
+        max_price=query.max_price,
+        query=query.q,
+        before_id=decode_cursor(query.cursor) if query.cursor else None,
+    )
+    rows = list(await queries.feed_page(pool, feed, query.limit + 1))
+    if len(rows) <= query.limit:
+        return rows, None
+    rows = rows[: query.limit]
+    return rows, encode_cursor(rows[-1]["id"])
+
+
+async def like_listing(pool: asyncpg.Pool, listing_id: int, user_id: int, liked: bool) -> str:
+    """Like or unlike, idempotently; returns the listing's region (for cache invalidation)."""
+    async with pool.acquire() as conn, conn.transaction():
+        meta = await queries.visible_listing_meta(conn, listing_id)
+        if meta is None:
+            raise ListingNotFound()
+        if liked:
+            result = await queries.add_like(conn, listing_id, user_id)
+        else:
+            result = await queries.remove_like(conn, listing_id, user_id)
+        if result is not None:
+            data = {
+                "listing_id": listing_id,
+                "like_count": result["like_count"],
+                "liked": liked,
+                "user_id": user_id,
+            }
+            events = [Event(f"listing:{listing_id}", "listing.liked", data)]
+            if liked:
+                events.append(Event(f"user:{result['seller_id']}", "listing.liked", data))
+            await insert_events(conn, events)
+    region: str = meta["region"]
+    return region
