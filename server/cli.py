@@ -62,7 +62,9 @@ def _seed(args: argparse.Namespace, settings: Settings) -> int:
     from server.seed import seed
 
     settings = resolve_services(settings)
-    summary = asyncio.run(seed(settings, users=args.users, if_empty=args.if_empty))
+    summary = asyncio.run(
+        seed(settings, users=args.users, listings=args.listings, if_empty=args.if_empty)
+    )
     print(summary)
     return 0
 
@@ -86,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     seed_cmd = commands.add_parser("seed", help="fill a demo neighbourhood")
     seed_cmd.add_argument("--users", type=int, default=20)
-    seed_cmd.add_argument("--listings", type=int, default=0)
+    seed_cmd.add_argument("--listings", type=int, default=60)
     seed_cmd.add_argument("--if-empty", action="store_true", help="only when there are no users")
     seed_cmd.set_defaults(run=_seed)
     return parser
