@@ -6,9 +6,9 @@ from aiohttp import web
 
 from server import docs, health, keys
 from server.auth import handlers as auth_handlers
-from server.listings import handlers as listing_handlers
 from server.auth.passwords import PasswordHasher
 from server.auth.tokens import TokenIssuer
+from server.listings import handlers as listing_handlers
 from server.metrics import Metrics
 from server.middlewares import observe_middleware, problem_middleware
 from server.openapi import ApiSpec

@@ -76,8 +76,9 @@ async def _seed_users(conn: asyncpg.Connection, count: int) -> list[int]:
 async def _seed_listings(conn: asyncpg.Connection, user_ids: list[int], count: int) -> None:
     if not user_ids or count <= 0:
         return
-    regions = dict(await conn.fetch("SELECT id, region FROM users WHERE id = any($1)", user_ids))
-    rng = random.Random(2024)  # the same demo neighbourhood every time
+    rows = await conn.fetch("SELECT id, region FROM users WHERE id = any($1)", user_ids)
+    regions: dict[int, str] = {row["id"]: row["region"] for row in rows}
+    rng = random.Random(2024)  # noqa: S311 - the same demo neighbourhood every time
     columns: list[list[object]] = [[] for _ in range(7)]
     for n in range(count):
         seller = rng.choice(user_ids)

@@ -128,7 +128,8 @@ def feed_sql(feed: FeedFilter, limit: int) -> tuple[str, list[Any]]:
     if feed.before_id is not None:
         where("l.id < {}", feed.before_id)
     params.append(limit)
-    sql = f"{LISTING_SELECT} WHERE {' AND '.join(conditions)} ORDER BY l.id DESC LIMIT ${len(params)}"
+    where_sql = " AND ".join(conditions)
+    sql = f"{LISTING_SELECT} WHERE {where_sql} ORDER BY l.id DESC LIMIT ${len(params)}"
     return sql, params
 
 

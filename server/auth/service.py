@@ -57,7 +57,9 @@ async def log_in(
     pool: asyncpg.Pool, hasher: PasswordHasher, issuer: TokenIssuer, *, email: str, password: str
 ) -> TokenPairOut:
     """Unknown email and wrong password give the same error after the same work."""
-    row = await queries.credentials_by_email(pool, email)
+    # Lower-cased here as at sign-up: PostgreSQL's lower() differs from Python's for some
+    # letters (e.g. "İ"), so only the same function on both sides finds the stored email.
+    row = await queries.credentials_by_email(pool, email.lower())
     if not await hasher.verify(row["password_hash"] if row else None, password):
         raise InvalidCredentials()
     assert row is not None
