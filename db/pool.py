@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncpg
 import orjson
+from asyncpg.pool import PoolAcquireContext
 
 from server.settings import Settings
+
+
+class TimedPool(asyncpg.Pool):
+    """A pool whose every acquire, including the implicit one of ``pool.fetch()``, times out.
+
+    A request waiting for a connection longer than the acquire timeout fails fast with
+    ``TimeoutError`` (answered 503) instead of queueing without end.
+    """
+
+    acquire_timeout: float = 5.0
+
+    def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext:
+        return super().acquire(timeout=self.acquire_timeout if timeout is None else timeout)
 
 
 async def _init_connection(connection: asyncpg.Connection) -> None:
@@ -22,18 +38,26 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
     """A pool for ``settings.database_url``; statements time out on the server and client."""
     assert settings.database_url is not None, "resolve the database URL first"
     statement_ms = int(settings.pg_statement_timeout * 1000)
-    pool = await asyncpg.create_pool(
-        settings.database_url,
-        min_size=settings.pg_pool_min,
-        max_size=settings.pg_pool_max,
-        timeout=settings.pg_connect_timeout,
-        command_timeout=settings.pg_statement_timeout + 1,
-        init=_init_connection,
-        server_settings={
+    options: dict[str, Any] = {
+        "min_size": settings.pg_pool_min,
+        "max_size": settings.pg_pool_max,
+        "max_queries": 50_000,
+        "max_inactive_connection_lifetime": 300.0,
+        "setup": None,
+        "init": _init_connection,
+        "reset": None,
+        "loop": None,
+        "connection_class": asyncpg.Connection,
+        "record_class": asyncpg.Record,
+        "timeout": settings.pg_connect_timeout,
+        "command_timeout": settings.pg_statement_timeout + 1,
+        "server_settings": {
             "statement_timeout": str(statement_ms),
             "idle_in_transaction_session_timeout": str(statement_ms * 3),
             "application_name": "jangteo",
         },
-    )
-    assert pool is not None
+    }
+    pool = TimedPool(settings.database_url, **options)
+    pool.acquire_timeout = settings.pg_acquire_timeout
+    await pool
     return pool

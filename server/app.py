@@ -12,8 +12,10 @@ from server.listings import handlers as listing_handlers
 from server.metrics import Metrics
 from server.middlewares import observe_middleware, problem_middleware
 from server.openapi import ApiSpec
+from server.orders import handlers as order_handlers
 from server.resources import pg_pool_ctx, redis_ctx
 from server.settings import Settings
+from server.wallet import handlers as wallet_handlers
 
 API_VERSION = "1.0.0"
 
@@ -36,4 +38,6 @@ def create_app(settings: Settings) -> web.Application:
     docs.setup_routes(app)
     auth_handlers.setup_routes(app, spec)
     listing_handlers.setup_routes(app, spec)
+    wallet_handlers.setup_routes(app, spec)
+    order_handlers.setup_routes(app, spec)
     return app

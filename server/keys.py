@@ -11,6 +11,7 @@ from server.auth.tokens import AccessClaims, TokenIssuer
 from server.listings.cache import ListingCache
 from server.metrics import Metrics
 from server.openapi import ApiSpec
+from server.orders.locks import PurchaseLocks
 from server.photos.storage import PhotoStorage
 from server.ratelimit import RateLimiter
 from server.settings import Settings
@@ -25,6 +26,7 @@ token_issuer_key = web.AppKey("token_issuer", TokenIssuer)
 api_spec_key = web.AppKey("api_spec", ApiSpec)
 photo_storage_key = web.AppKey("photo_storage", PhotoStorage)
 listing_cache_key = web.AppKey("listing_cache", ListingCache)
+purchase_locks_key = web.AppKey("purchase_locks", PurchaseLocks)
 
 request_id_key = web.RequestKey("request_id", str)
 claims_key = web.RequestKey("claims", AccessClaims)

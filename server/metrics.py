@@ -45,5 +45,24 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.purchases = Counter(
+            "jangteo_purchases",
+            "Purchase requests by strategy and outcome (paid, replayed, or a problem type)",
+            ["strategy", "outcome"],
+            registry=self.registry,
+        )
+        self.purchase_retries = Counter(
+            "jangteo_purchase_retries",
+            "Optimistic purchase attempts that lost a version race and retried",
+            ["strategy"],
+            registry=self.registry,
+        )
+        self.transaction_retries = Counter(
+            "jangteo_transaction_retries",
+            "Transactions run again after a deadlock or serialization failure",
+            ["reason"],
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

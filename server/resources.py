@@ -11,6 +11,7 @@ from prometheus_client import Gauge
 from db.pool import create_pool
 from server import keys
 from server.listings.cache import ListingCache
+from server.orders.locks import PurchaseLocks
 from server.ratelimit import RateLimiter
 
 
@@ -46,5 +47,6 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         client, app[keys.metrics_key], enabled=settings.rate_limits_enabled
     )
     app[keys.listing_cache_key] = ListingCache(client, app[keys.metrics_key])
+    app[keys.purchase_locks_key] = PurchaseLocks(client)
     yield
     await client.aclose()

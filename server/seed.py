@@ -10,6 +10,7 @@ import asyncpg
 from server.settings import Settings
 
 DEMO_PASSWORD = "jangteo-demo"  # noqa: S105 - published demo accounts
+DEMO_TOP_UP = 1_000_000
 DEMO_REGIONS = ("seoul-mapo", "seoul-gangnam", "busan-haeundae")
 DEMO_ITEMS = (
     ("digital", "아이폰 13 미니 128GB", 450_000),
@@ -70,7 +71,21 @@ async def _seed_users(conn: asyncpg.Connection, count: int) -> list[int]:
         [f"이웃 {n}" for n in range(start + 1, start + count + 1)],
         [DEMO_REGIONS[n % len(DEMO_REGIONS)] for n in range(start + 1, start + count + 1)],
     )
-    return [row["id"] for row in rows]
+    user_ids = [row["id"] for row in rows]
+    # Every neighbour starts with a wallet and one top-up, so demo purchases work at once.
+    await conn.execute(
+        "INSERT INTO wallets (user_id) SELECT unnest($1::bigint[]) ON CONFLICT DO NOTHING",
+        user_ids,
+    )
+    await conn.execute(
+        "WITH added AS (INSERT INTO topups (user_id, amount)"
+        " SELECT unnest($1::bigint[]), $2 RETURNING user_id, amount)"
+        " UPDATE wallets w SET balance = w.balance + added.amount FROM added"
+        " WHERE w.user_id = added.user_id",
+        user_ids,
+        DEMO_TOP_UP,
+    )
+    return user_ids
 
 
 async def _seed_listings(conn: asyncpg.Connection, user_ids: list[int], count: int) -> None:

@@ -16,8 +16,9 @@ from server.embedded.stack import EmbeddedStack
 from server.settings import Settings
 from tests.support import Client, make_settings
 
-# Tests use their own Redis database number, so a running `make run` keeps its data.
-TEST_REDIS_DB = 15
+# Tests use a Redis database number of their own (never 0, which `make run` uses), picked
+# per run so that two suites running at once on one stack rarely flush each other's keys.
+TEST_REDIS_DB = 1 + os.getpid() % 15
 
 
 def _with_path(url: str, path: str) -> str:

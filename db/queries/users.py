@@ -13,10 +13,13 @@ from db.types import Connection, Queryable
 async def insert_user(
     conn: Connection, *, email: str, password_hash: str, nickname: str, region: str
 ) -> asyncpg.Record:
-    """Raises ``asyncpg.UniqueViolationError`` when the email is taken."""
+    """A user and their empty wallet; ``asyncpg.UniqueViolationError`` if the email is taken."""
     row = await conn.fetchrow(
-        "INSERT INTO users (email, password_hash, nickname, region) VALUES ($1, $2, $3, $4) "
-        "RETURNING id, email, nickname, region, created_at",
+        "WITH created AS ("
+        "  INSERT INTO users (email, password_hash, nickname, region) VALUES ($1, $2, $3, $4)"
+        "  RETURNING id, email, nickname, region, created_at),"
+        " wallet AS (INSERT INTO wallets (user_id) SELECT id FROM created)"
+        " SELECT * FROM created",
         email,
         password_hash,
         nickname,

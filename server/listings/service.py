@@ -5,15 +5,13 @@ Every change and its outbox events are written in one transaction here.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any
 
 import asyncpg
-import orjson
 
 from db.queries import listings as queries
 from db.queries.outbox import Event, insert_events
+from server.cursors import decode_cursor, encode_cursor
 from server.errors import Forbidden, NotFound, PreconditionFailed, ValidationFailed
 from server.listings.schemas import FeedQuery, ListingCreate, ListingPatch
 
@@ -157,23 +155,6 @@ async def hide_listing(
         assert row is not None
         await insert_events(conn, _events(current, row, {"status"}))
     return row
-
-
-def encode_cursor(last_id: int) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps({"before": last_id})).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        value = orjson.loads(base64.urlsafe_b64decode(padded))["before"]
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(value)
-        return value
-    except (binascii.Error, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
-        raise ValidationFailed(
-            [{"field": "cursor", "code": "invalid", "message": "not a cursor from this API"}]
-        ) from None
 
 
 async def list_listings(

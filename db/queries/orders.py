@@ -1,0 +1,72 @@
+"""Orders: created by a purchase, completed or cancelled once."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+
+from db.types import Connection, Queryable
+
+ORDER_COLUMNS = (
+    "id, listing_id, buyer_id, seller_id, quantity, unit_price, amount, status,"
+    " created_at, updated_at"
+)
+
+
+async def insert_order(
+    conn: Connection,
+    *,
+    listing_id: int,
+    buyer_id: int,
+    seller_id: int,
+    quantity: int,
+    unit_price: int,
+) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        "INSERT INTO orders (listing_id, buyer_id, seller_id, quantity, unit_price, amount)"
+        " VALUES ($1, $2, $3, $4::int, $5::bigint, $4::int * $5::bigint) RETURNING "
+        + ORDER_COLUMNS,
+        listing_id,
+        buyer_id,
+        seller_id,
+        quantity,
+        unit_price,
+    )
+    assert row is not None
+    return row
+
+
+async def order_by_id(conn: Queryable, order_id: int) -> asyncpg.Record | None:
+    return await conn.fetchrow(f"SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1", order_id)
+
+
+async def lock_order(conn: Connection, order_id: int) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1 FOR UPDATE",
+        order_id,
+    )
+
+
+async def set_status(conn: Connection, order_id: int, status: str) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        "UPDATE orders SET status = $2, updated_at = now() WHERE id = $1 RETURNING "
+        + ORDER_COLUMNS,
+        order_id,
+        status,
+    )
+    assert row is not None
+    return row
+
+
+async def orders_page(
+    conn: Queryable, *, user_id: int, role: str, before_id: int | None, limit: int
+) -> Sequence[asyncpg.Record]:
+    column = "buyer_id" if role == "buyer" else "seller_id"
+    return await conn.fetch(
+        f"SELECT {ORDER_COLUMNS} FROM orders WHERE {column} = $1"
+        " AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+        user_id,
+        before_id,
+        limit,
+    )

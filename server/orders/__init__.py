@@ -1,0 +1,1 @@
+"""Orders: purchases under four locking strategies, completion and cancellation with escrow."""

@@ -1,0 +1,1 @@
+"""Wallets: balances and simulated top-ups."""
