@@ -8,6 +8,7 @@ from server import docs, health, keys
 from server.auth import handlers as auth_handlers
 from server.auth.passwords import PasswordHasher
 from server.auth.tokens import TokenIssuer
+from server.janitor import janitor_ctx
 from server.listings import handlers as listing_handlers
 from server.metrics import Metrics
 from server.middlewares import observe_middleware, problem_middleware
@@ -32,7 +33,7 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.token_issuer_key] = TokenIssuer(settings)
     spec = ApiSpec(title="jangteo", version=API_VERSION)
     app[keys.api_spec_key] = spec
-    app.cleanup_ctx.extend([pg_pool_ctx, redis_ctx])
+    app.cleanup_ctx.extend([pg_pool_ctx, redis_ctx, janitor_ctx])
 
     health.setup_routes(app, spec)
     docs.setup_routes(app)
