@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -63,6 +65,24 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+
+        # Label children looked up once per (method, route[, status]), not on every request.
+        self._durations: dict[tuple[str, str], Any] = {}
+        self._counts: dict[tuple[str, str, int], Any] = {}
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        duration = self._durations.get((method, route))
+        if duration is None:
+            duration = self._durations[(method, route)] = self.request_duration.labels(
+                method, route
+            )
+        duration.observe(seconds)
+        count = self._counts.get((method, route, status))
+        if count is None:
+            count = self._counts[(method, route, status)] = self.requests.labels(
+                method, route, str(status)
+            )
+        count.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

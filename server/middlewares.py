@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
-import uuid
 
 import asyncpg
 from aiohttp import web
@@ -97,11 +97,15 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         return problem_response(Problem(), request)
 
 
+def _new_id() -> str:
+    return os.urandom(16).hex()
+
+
 @web.middleware
 async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give the request an id (echoed back) and record its latency by route."""
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    request_id = incoming if _CLIENT_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request_id = incoming if incoming and _CLIENT_REQUEST_ID.match(incoming) else _new_id()
     request[keys.request_id_key] = request_id
     token = request_id_var.set(request_id)
     started = time.perf_counter()
@@ -116,9 +120,9 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         error.headers[REQUEST_ID_HEADER] = request_id
         raise
     finally:
-        route = request.match_info.route.resource
-        name = route.canonical if route is not None else "unmatched"
-        metrics = request.app[keys.metrics_key]
-        metrics.request_duration.labels(request.method, name).observe(time.perf_counter() - started)
-        metrics.requests.labels(request.method, name, str(status)).inc()
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        request.app[keys.metrics_key].observe_request(
+            request.method, route, status, time.perf_counter() - started
+        )
         request_id_var.reset(token)
