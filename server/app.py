@@ -14,6 +14,7 @@ from server.metrics import Metrics
 from server.middlewares import observe_middleware, problem_middleware
 from server.openapi import ApiSpec
 from server.orders import handlers as order_handlers
+from server.photos.handlers import setup_photos
 from server.resources import pg_pool_ctx, redis_ctx
 from server.settings import Settings
 from server.wallet import handlers as wallet_handlers
@@ -41,4 +42,5 @@ def create_app(settings: Settings) -> web.Application:
     listing_handlers.setup_routes(app, spec)
     wallet_handlers.setup_routes(app, spec)
     order_handlers.setup_routes(app, spec)
+    setup_photos(app, spec)
     return app

@@ -25,6 +25,7 @@ from server.errors import (
 )
 from server.jsonio import dumps
 from server.logs import request_id_var
+from server.photos.storage_local import UPLOAD_PATH as STREAMED_UPLOAD_PATH
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,8 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     """Turn every failure into an RFC 9457 answer; a 500 never shows a traceback."""
     try:
         limit = request.app[keys.settings_key].max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
+        streamed = request.path.startswith(STREAMED_UPLOAD_PATH)  # checks its own, larger limit
+        if request.content_length is not None and request.content_length > limit and not streamed:
             raise PayloadTooLarge(f"at most {limit} bytes")
         return await handler(request)
     except Problem as problem:
