@@ -46,7 +46,9 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     app[keys.rate_limiter_key] = RateLimiter(
         client, app[keys.metrics_key], enabled=settings.rate_limits_enabled
     )
-    app[keys.listing_cache_key] = ListingCache(client, app[keys.metrics_key])
+    app[keys.listing_cache_key] = ListingCache(
+        client, app[keys.metrics_key], enabled=settings.cache_enabled
+    )
     app[keys.purchase_locks_key] = PurchaseLocks(client)
     yield
     await client.aclose()

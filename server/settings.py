@@ -73,6 +73,7 @@ class Settings:
     rate_limit_auth_email: RateLimit = RateLimit(10, 60)
     rate_limit_writes: RateLimit = RateLimit(120, 60)
     purchase_strategy: str = "atomic"
+    cache_enabled: bool = True
     allowed_origins: tuple[str, ...] = ()
     log_level: str = "INFO"
     access_log: bool = True
@@ -126,6 +127,7 @@ class Settings:
             purchase_strategy=reader.choice(
                 "PURCHASE_STRATEGY", defaults.purchase_strategy, PURCHASE_STRATEGIES
             ),
+            cache_enabled=reader.switch("CACHE", True),
             allowed_origins=reader.words("ALLOWED_ORIGINS"),
             log_level=reader.text("LOG_LEVEL", defaults.log_level).upper(),
             access_log=reader.switch("ACCESS_LOG", True),

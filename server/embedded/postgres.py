@@ -26,7 +26,7 @@ POSTGRES_BIN_PATH = PG_INSTALL / "bin"
 SERVER_CONFIG = {
     "listen_addresses": "'127.0.0.1'",
     "unix_socket_directories": "''",
-    "max_connections": "400",
+    "max_connections": "600",
     "shared_buffers": "256MB",
     "log_min_messages": "warning",
     "logging_collector": "off",

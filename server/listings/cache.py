@@ -44,9 +44,10 @@ Builder = Callable[[], Awaitable[bytes]]
 
 
 class ListingCache:
-    def __init__(self, redis: aioredis.Redis, metrics: Metrics) -> None:
+    def __init__(self, redis: aioredis.Redis, metrics: Metrics, *, enabled: bool = True) -> None:
         self.redis = redis
         self.metrics = metrics
+        self.enabled = enabled  # off: every read goes to PostgreSQL (benchmarks, debugging)
         self._lookup = redis.register_script(_LOOKUP)
         self._bump = redis.register_script(_BUMP)
 
@@ -72,6 +73,8 @@ class ListingCache:
     async def _cached(
         self, kind: str, base: str, build: Builder, ttl_ms: int, variant: str = ""
     ) -> bytes:
+        if not self.enabled:
+            return await build()
         prefix = f"{base}:{variant}:" if variant else f"{base}:"
         try:
             generation, value = await self._lookup(keys=[f"{base}:gen"], args=[prefix])
