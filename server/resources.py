@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
@@ -11,6 +12,9 @@ from prometheus_client import Gauge
 from db.pool import create_pool
 from server import keys
 from server.listings.cache import ListingCache
+from server.listings.invalidation import listen_for_invalidations
+from server.listings.invalidation import stop as stop_listener
+from server.listings.near_cache import NearCache
 from server.orders.locks import PurchaseLocks
 from server.ratelimit import RateLimiter
 
@@ -46,9 +50,14 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     app[keys.rate_limiter_key] = RateLimiter(
         client, app[keys.metrics_key], enabled=settings.rate_limits_enabled
     )
+    near = NearCache()
     app[keys.listing_cache_key] = ListingCache(
-        client, app[keys.metrics_key], enabled=settings.cache_enabled
+        client, app[keys.metrics_key], enabled=settings.cache_enabled, near=near
     )
     app[keys.purchase_locks_key] = PurchaseLocks(client)
+    listener = asyncio.create_task(
+        listen_for_invalidations(settings.redis_url, near), name="jangteo-cache-invalidations"
+    )
     yield
+    await stop_listener(listener)
     await client.aclose()

@@ -7,6 +7,10 @@ it then builds the entry from PostgreSQL, it stores it under the generation it r
 on, so a stale entry can be written but never read: a client always sees its own
 write. Rebuilding a missing entry is done by one request at a time (a short Redis
 lock); the others wait for it briefly. When Redis is unreachable the cache is bypassed.
+
+In front of Redis, each process keeps a near cache (``near_cache.py``) that the same
+change empties everywhere through Redis pub/sub (``invalidation.py``) before the writer
+answers, so the hottest reads cost no network round trip at all.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from collections.abc import Awaitable, Callable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from server.listings.invalidation import CHANNEL as INVALIDATION_CHANNEL
+from server.listings.near_cache import NearCache
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -37,16 +43,24 @@ for _, key in ipairs(KEYS) do
     redis.call('INCR', key)
     redis.call('EXPIRE', key, ARGV[1])
 end
-return #KEYS
+return redis.call('PUBLISH', ARGV[2], ARGV[3])
 """
 
 Builder = Callable[[], Awaitable[bytes]]
 
 
 class ListingCache:
-    def __init__(self, redis: aioredis.Redis, metrics: Metrics, *, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        metrics: Metrics,
+        *,
+        enabled: bool = True,
+        near: NearCache | None = None,
+    ) -> None:
         self.redis = redis
         self.metrics = metrics
+        self.near = near or NearCache()
         self.enabled = enabled  # off: every read goes to PostgreSQL (benchmarks, debugging)
         self._lookup = redis.register_script(_LOOKUP)
         self._bump = redis.register_script(_BUMP)
@@ -60,11 +74,13 @@ class ListingCache:
         )
 
     async def changed(self, listing_id: int, region: str) -> None:
-        """Call after a change to a listing has committed."""
+        """Call after a change to a listing has committed, before answering the client."""
+        bases = [f"cache:listing:{listing_id}", f"cache:feed:{region}"]
+        self.near.invalidate(bases)
         try:
             await self._bump(
-                keys=[f"cache:listing:{listing_id}:gen", f"cache:feed:{region}:gen"],
-                args=[GENERATION_TTL_S],
+                keys=[f"{base}:gen" for base in bases],
+                args=[GENERATION_TTL_S, INVALIDATION_CHANNEL, " ".join(bases)],
             )
         except (RedisError, OSError) as error:
             # Entries then live out their TTL; logged so an operator can see it.
@@ -75,6 +91,18 @@ class ListingCache:
     ) -> bytes:
         if not self.enabled:
             return await build()
+        local = self.near.get(base, variant)
+        if local is not None:
+            self.metrics.cache.labels(kind, "local").inc()
+            return local
+        epoch = self.near.epoch
+        value = await self._shared(kind, base, build, ttl_ms, variant)
+        self.near.put(base, variant, value, epoch)
+        return value
+
+    async def _shared(
+        self, kind: str, base: str, build: Builder, ttl_ms: int, variant: str
+    ) -> bytes:
         prefix = f"{base}:{variant}:" if variant else f"{base}:"
         try:
             generation, value = await self._lookup(keys=[f"{base}:gen"], args=[prefix])
@@ -101,6 +129,13 @@ class ListingCache:
                 if isinstance(value, bytes):
                     self.metrics.cache.labels(kind, "waited").inc()
                     return value
+        else:
+            # The previous holder may have stored the entry after our lookup: use it.
+            value = await self.redis.get(entry_key)
+            if isinstance(value, bytes):
+                await self.redis.delete(lock_key)
+                self.metrics.cache.labels(kind, "hit").inc()
+                return value
         self.metrics.cache.labels(kind, "miss").inc()
         try:
             value = await build()

@@ -1,0 +1,124 @@
+"""The per-process near cache: guarded fills, invalidation by pub/sub, off while unsubscribed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from server import keys
+from server.embedded.process import free_port
+from server.embedded.redis import EmbeddedRedis
+from server.listings.invalidation import CHANNEL, listen_for_invalidations, stop
+from server.listings.near_cache import NearCache
+from server.settings import Settings
+from tests.conftest import ClientFactory
+from tests.support import sign_up
+
+
+def test_entries_are_kept_and_dropped_by_base() -> None:
+    near = NearCache()
+    near.reset(enabled=True)
+    near.put("cache:listing:1", "", b"one", near.epoch)
+    near.put("cache:feed:seoul-mapo", "limit20", b"feed", near.epoch)
+    assert near.get("cache:listing:1") == b"one"
+    assert near.get("cache:feed:seoul-mapo", "limit20") == b"feed"
+    near.invalidate(["cache:feed:seoul-mapo"])
+    assert near.get("cache:feed:seoul-mapo", "limit20") is None
+    assert near.get("cache:listing:1") == b"one"
+
+
+def test_a_value_fetched_across_an_invalidation_is_not_kept() -> None:
+    near = NearCache()
+    near.reset(enabled=True)
+    epoch = near.epoch
+    near.invalidate(["cache:listing:9"])  # a change lands while the value was being fetched
+    near.put("cache:listing:1", "", b"maybe stale", epoch)
+    assert near.get("cache:listing:1") is None
+
+
+def test_nothing_is_served_or_kept_while_disabled() -> None:
+    near = NearCache()
+    near.put("cache:listing:1", "", b"x", near.epoch)
+    assert near.get("cache:listing:1") is None
+    near.reset(enabled=True)
+    near.put("cache:listing:1", "", b"x", near.epoch)
+    near.reset(enabled=False)
+    assert near.get("cache:listing:1") is None
+
+
+def test_size_is_bounded_least_recently_used_first() -> None:
+    near = NearCache(max_entries=2)
+    near.reset(enabled=True)
+    for n in range(3):
+        near.put(f"cache:listing:{n}", "", b"%d" % n, near.epoch)
+    assert near.get("cache:listing:0") is None
+    assert near.get("cache:listing:2") == b"2"
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path / "redis", free_port())
+    server.ensure_running()
+    yield server
+    server.stop()
+
+
+async def _until(condition: object, attempts: int = 100) -> bool:
+    for _ in range(attempts):
+        if callable(condition) and condition():
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_listener_applies_messages_and_follows_the_connection(
+    own_redis: EmbeddedRedis,
+) -> None:
+    near = NearCache()
+    listener = asyncio.create_task(listen_for_invalidations(own_redis.url, near))
+    publisher = aioredis.Redis.from_url(own_redis.url)
+    try:
+        assert await _until(lambda: near.enabled)
+        near.put("cache:listing:5", "", b"five", near.epoch)
+        receivers = await publisher.publish(CHANNEL, "cache:listing:5 cache:feed:x")
+        assert receivers == 1
+        assert await _until(lambda: near.get("cache:listing:5") is None)
+
+        near.put("cache:listing:6", "", b"six", near.epoch)
+        own_redis.stop()
+        assert await _until(lambda: not near.enabled)
+        assert near.get("cache:listing:6") is None  # emptied: messages may have been missed
+
+        own_redis.ensure_running()
+        assert await _until(lambda: near.enabled)
+    finally:
+        await stop(listener)
+        await publisher.aclose()
+
+
+async def test_app_serves_local_copies_and_drops_them_on_change(
+    make_client: ClientFactory, settings: Settings
+) -> None:
+    client = await make_client(settings)
+    near = client.app[keys.listing_cache_key].near
+    assert await _until(lambda: near.enabled)
+    seller = await sign_up(client)
+    created = await client.post(
+        "/api/v1/listings",
+        json={"title": "lamp", "price": 5000, "category": "furniture"},
+        headers=seller.auth,
+    )
+    listing = await created.json()
+    path = f"/api/v1/listings/{listing['id']}"
+    await client.get(path)
+    assert near.get(f"cache:listing:{listing['id']}") is not None
+    patched = await client.patch(
+        path, json={"price": 4000}, headers={**seller.auth, "If-Match": created.headers["ETag"]}
+    )
+    assert patched.status == 200
+    assert near.get(f"cache:listing:{listing['id']}") is None
+    assert (await (await client.get(path)).json())["price"] == 4000
