@@ -42,7 +42,7 @@ class Metrics:
 
         self.cache = Counter(
             "jangteo_cache_lookups",
-            "Cache lookups by kind and outcome (hit, miss = rebuilt here, waited, bypass)",
+            "Cache lookups by kind and outcome (local, hit, miss = rebuilt here, waited, bypass)",
             ["kind", "outcome"],
             registry=self.registry,
         )
