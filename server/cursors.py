@@ -9,6 +9,8 @@ import orjson
 
 from server.errors import ValidationFailed
 
+MAX_ID = 2**63 - 1  # ids are bigint; a larger one could only reach PostgreSQL as an error
+
 
 def encode_cursor(last_id: int) -> str:
     return base64.urlsafe_b64encode(orjson.dumps({"before": last_id})).decode().rstrip("=")
@@ -19,7 +21,7 @@ def decode_cursor(cursor: str) -> int:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         value = orjson.loads(base64.urlsafe_b64decode(padded))["before"]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_ID:
             raise ValueError(value)
         return value
     except (binascii.Error, ValueError, KeyError, TypeError, orjson.JSONDecodeError):

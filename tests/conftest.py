@@ -74,10 +74,13 @@ def redis_url(service_urls: tuple[str, str]) -> str:
 @pytest.fixture(autouse=True)
 async def clean_state(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     """Empty every table and the test Redis database after each test that used them."""
-    yield
     if "database_url" not in request.fixturenames:
+        yield
         return
+    # Looked up before the test runs: pytest refuses new fixtures during teardown.
     database = request.getfixturevalue("database_url")
+    redis_db_url = request.getfixturevalue("redis_url")
+    yield
     conn = await asyncpg.connect(database)
     try:
         tables = await conn.fetch(
@@ -89,7 +92,7 @@ async def clean_state(request: pytest.FixtureRequest) -> AsyncIterator[None]:
             await conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
     finally:
         await conn.close()
-    client = aioredis.Redis.from_url(request.getfixturevalue("redis_url"))
+    client = aioredis.Redis.from_url(redis_db_url)
     try:
         await client.flushdb()
     finally:

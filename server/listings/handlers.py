@@ -21,6 +21,7 @@ from server.openapi import ApiSpec
 
 PREFIX = "/api/v1/listings"
 _ETAG = re.compile(r'^(?:W/)?"(\d+)-(\d+)-(\d+)"$')
+MAX_ID = 2**63 - 1  # ids are bigint
 
 
 def etag_of(row: asyncpg.Record) -> str:
@@ -57,10 +58,11 @@ def listing_json(app: web.Application, row: asyncpg.Record) -> dict[str, Any]:
 
 
 def _listing_id(request: web.Request) -> int:
-    try:
-        return int(request.match_info["id"])
-    except ValueError:
-        raise service.ListingNotFound() from None
+    """The id in the path; anything that cannot be a bigint id is simply not found."""
+    text = request.match_info["id"]
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_ID:
+        raise service.ListingNotFound()
+    return int(text)
 
 
 def _expected_version(request: web.Request, listing_id: int) -> int | None:

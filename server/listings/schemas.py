@@ -55,7 +55,7 @@ class FeedQuery(pydantic.BaseModel):
         | None
     ) = None
     status: Literal["on_sale", "reserved", "sold"] | None = None
-    seller: Annotated[int, Field(ge=1)] | None = None
+    seller: Annotated[int, Field(ge=1, le=2**63 - 1)] | None = None
     min_price: Price | None = None
     max_price: Price | None = None
     cursor: Annotated[str, StringConstraints(max_length=200)] | None = None
