@@ -14,7 +14,7 @@ from db.migrate import migrate
 from server.app import create_app
 from server.embedded.stack import EmbeddedStack
 from server.settings import Settings
-from tests.support import Client, make_settings
+from tests.support import TEST_JWT_SECRET, Client, ServerProcess, make_settings
 
 # Tests use a Redis database number of their own (never 0, which `make run` uses), picked
 # per run so that two suites running at once on one stack rarely flush each other's keys.
@@ -128,3 +128,30 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(database_url)
     yield conn
     await conn.close()
+
+
+@pytest.fixture
+def server_env(database_url: str, redis_url: str) -> dict[str, str]:
+    """The environment of a `jangteo serve` child process on this run's database and Redis."""
+    return {
+        "JANGTEO_DATABASE_URL": database_url,
+        "JANGTEO_REDIS_URL": redis_url,
+        "JANGTEO_JWT_SECRET": TEST_JWT_SECRET,
+        "JANGTEO_ACCESS_LOG": "off",
+        "JANGTEO_RATE_LIMITS": "off",
+        "JANGTEO_SHUTDOWN_TIMEOUT": "5",
+    }
+
+
+@pytest.fixture
+def two_servers(server_env: dict[str, str]) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """Two instances sharing one PostgreSQL and one Redis, as behind a load balancer."""
+    first = ServerProcess(server_env).start()
+    try:
+        second = ServerProcess(server_env).start()
+    except BaseException:
+        first.stop()
+        raise
+    yield first, second
+    first.stop()
+    second.stop()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import aiohttp
@@ -28,7 +28,7 @@ from tests.server.listings_support import (
     read_cache_counts,
     served,
 )
-from tests.support import TEST_JWT_SECRET, Account, Client, ServerProcess
+from tests.support import Account, Client, ServerProcess
 
 
 @pytest.fixture
@@ -255,26 +255,6 @@ async def test_everything_works_with_redis_unreachable(
 
 
 # --- two real server processes sharing PostgreSQL and Redis ----------------------------------
-
-
-@pytest.fixture
-def two_servers(database_url: str, redis_url: str) -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    env = {
-        "JANGTEO_DATABASE_URL": database_url,
-        "JANGTEO_REDIS_URL": redis_url,
-        "JANGTEO_JWT_SECRET": TEST_JWT_SECRET,
-        "JANGTEO_ACCESS_LOG": "off",
-        "JANGTEO_SHUTDOWN_TIMEOUT": "5",
-    }
-    first = ServerProcess(env).start()
-    try:
-        second = ServerProcess(env).start()
-    except BaseException:
-        first.stop()
-        raise
-    yield first, second
-    first.stop()
-    second.stop()
 
 
 async def remote_json(

@@ -4,31 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Iterator
 
 import aiohttp
-import pytest
 
-from tests.support import PASSWORD, TEST_JWT_SECRET, ServerProcess
-
-
-@pytest.fixture
-def server_env(database_url: str, redis_url: str) -> dict[str, str]:
-    return {
-        "JANGTEO_DATABASE_URL": database_url,
-        "JANGTEO_REDIS_URL": redis_url,
-        "JANGTEO_JWT_SECRET": TEST_JWT_SECRET,
-        "JANGTEO_ACCESS_LOG": "off",
-        "JANGTEO_SHUTDOWN_TIMEOUT": "5",
-    }
-
-
-@pytest.fixture
-def two_servers(server_env: dict[str, str]) -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    first, second = ServerProcess(server_env).start(), ServerProcess(server_env).start()
-    yield first, second
-    first.stop()
-    second.stop()
+from tests.support import PASSWORD, ServerProcess
 
 
 async def test_an_account_made_on_one_instance_works_on_the_other(

@@ -4,27 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
 
 import aiohttp
-import pytest
 
-from tests.support import PASSWORD, TEST_JWT_SECRET, ServerProcess
-
-
-@pytest.fixture
-def two_servers(database_url: str, redis_url: str) -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    env = {
-        "JANGTEO_DATABASE_URL": database_url,
-        "JANGTEO_REDIS_URL": redis_url,
-        "JANGTEO_JWT_SECRET": TEST_JWT_SECRET,
-        "JANGTEO_ACCESS_LOG": "off",
-        "JANGTEO_RATE_LIMITS": "off",
-    }
-    first, second = ServerProcess(env).start(), ServerProcess(env).start()
-    yield first, second
-    first.stop()
-    second.stop()
+from tests.support import PASSWORD, ServerProcess
 
 
 async def _hammer(http: aiohttp.ClientSession, url: str, stop: asyncio.Event) -> None:
