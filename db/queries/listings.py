@@ -224,9 +224,13 @@ async def set_stock_if_version(
 
 
 async def restock(conn: Connection, listing_id: int, quantity: int) -> asyncpg.Record:
-    """Give back cancelled stock; a sold listing is on sale again."""
+    """Give back cancelled stock; a sold listing is on sale again.
+
+    The stock stays within the 10000 a listing may hold: a seller who refilled it in the
+    meantime must not turn the buyer's refund into a CHECK violation.
+    """
     row = await conn.fetchrow(
-        "UPDATE listings SET quantity = quantity + $2,"
+        "UPDATE listings SET quantity = least(quantity + $2, 10000),"
         " status = CASE WHEN status = 'sold' THEN 'on_sale' ELSE status END,"
         f" version = version + 1, updated_at = now() WHERE id = $1 RETURNING {STOCK_COLUMNS}",
         listing_id,

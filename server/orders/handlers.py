@@ -25,12 +25,15 @@ from server.orders.errors import OrderNotFound
 from server.orders.purchase import PurchaseRequest, order_json, purchase
 from server.orders.schemas import OrderOut, OrderPage, OrdersQuery, PurchaseBody
 
+MAX_ID = 2**63 - 1  # ids are bigint; a larger one would reach PostgreSQL only as an error
+
 
 def _path_id(request: web.Request, missing: type[Problem]) -> int:
-    try:
-        return int(request.match_info["id"])
-    except ValueError:
-        raise missing() from None
+    """The id in the path; anything that cannot be a bigint id is simply not found."""
+    text = request.match_info["id"]
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_ID:
+        raise missing()
+    return int(text)
 
 
 async def _limit_writes(request: web.Request, user_id: int) -> None:

@@ -28,6 +28,10 @@ async def top_up(request: web.Request) -> web.Response:
     claims = await authenticate(request)
     body = await read_json(request, TopUpBody)
     idempotent = idempotent_request(request, claims.user_id, body.model_dump())
+    settings = request.app[keys.settings_key]
+    await request.app[keys.rate_limiter_key].hit(
+        "writes", str(claims.user_id), settings.rate_limit_writes
+    )
 
     async def work(conn: Connection) -> tuple[int, object]:
         return 200, {"balance": await queries.top_up(conn, claims.user_id, body.amount)}

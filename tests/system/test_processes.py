@@ -6,6 +6,7 @@ import asyncio
 import signal
 
 import aiohttp
+import psutil
 
 from tests.support import PASSWORD, ServerProcess
 
@@ -81,16 +82,19 @@ async def test_sigterm_lets_in_flight_requests_finish(server_env: dict[str, str]
 
 async def test_workers_share_one_port_and_stop_together(server_env: dict[str, str]) -> None:
     server = ServerProcess(server_env, workers=2).start()
+    assert server.process is not None
     try:
         async with aiohttp.ClientSession() as http:
             for _ in range(20):
                 assert (await http.get(f"{server.url}/healthz")).status == 200
-        import psutil
-
-        assert server.process is not None
-        children = psutil.Process(server.process.pid).children()
-        assert len(children) >= 2
+        workers = [
+            child
+            for child in psutil.Process(server.process.pid).children()
+            if "resource_tracker" not in " ".join(child.cmdline())
+        ]
+        assert len(workers) == 2
     finally:
         exit_code = await asyncio.to_thread(server.stop)
     assert exit_code == 0
-    assert not any(child.is_running() and child.status() != "zombie" for child in children)
+    _, alive = await asyncio.to_thread(psutil.wait_procs, workers, 10)
+    assert alive == []
