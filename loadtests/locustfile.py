@@ -37,7 +37,9 @@ def expect(response: ResponseContextManager, status: int, *fields: str) -> dict[
     """
     body: dict[str, Any] = {}
     problem: str | None = None
-    if response.status_code != status:
+    if not response.status_code:
+        problem = f"no response: {response.error}"
+    elif response.status_code != status:
         detail = (response.text or "")[:200]
         problem = f"expected {status}, got {response.status_code}: {detail}"
     elif fields:
