@@ -36,6 +36,13 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Benchmarks need wrk on PATH (Debian: apt-get install -y wrk); results in loadtests/results/.
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m loadtests.bench_http
+	$(BIN)/python -m loadtests.bench_listings
+	$(BIN)/python -m loadtests.bench_purchase
+
 stop: $(STAMP)
 	$(BIN)/jangteo services stop
 

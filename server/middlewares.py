@@ -65,7 +65,9 @@ def _dependency(error: BaseException) -> str | None:
         return "postgres"
     if isinstance(error, REDIS_ERRORS):
         return "redis"
-    if isinstance(error, (OSError, TimeoutError)):
+    if isinstance(error, TimeoutError):
+        return "timeout"  # e.g. no pooled connection free in time
+    if isinstance(error, OSError):
         return "network"
     return None
 
@@ -94,7 +96,12 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             log.warning(
                 "dependency unavailable", extra={"dependency": dependency, "error": repr(error)}
             )
-            return problem_response(ServiceUnavailable(f"{dependency} is unavailable"), request)
+            detail = (
+                "a dependency did not answer in time"
+                if dependency == "timeout"
+                else f"{dependency} is unavailable"
+            )
+            return problem_response(ServiceUnavailable(detail), request)
         log.exception("unhandled error")
         return problem_response(Problem(), request)
 

@@ -39,13 +39,17 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     """The Redis client (connects on first use, reconnects by itself) and the rate limiter."""
     settings = app[keys.settings_key]
     assert settings.redis_url is not None, "resolve the Redis URL first"
-    client = aioredis.Redis.from_url(
+    # A blocking pool: a burst of requests waits (up to the Redis timeout) for a free
+    # connection instead of failing at once when all of them are busy.
+    pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_timeout,
         socket_timeout=settings.redis_timeout,
         socket_connect_timeout=settings.redis_timeout,
         health_check_interval=30,
-        max_connections=settings.redis_max_connections,
     )
+    client = aioredis.Redis(connection_pool=pool)
     app[keys.redis_key] = client
     app[keys.rate_limiter_key] = RateLimiter(
         client, app[keys.metrics_key], enabled=settings.rate_limits_enabled
