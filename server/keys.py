@@ -28,5 +28,4 @@ photo_storage_key = web.AppKey("photo_storage", PhotoStorage)
 listing_cache_key = web.AppKey("listing_cache", ListingCache)
 purchase_locks_key = web.AppKey("purchase_locks", PurchaseLocks)
 
-request_id_key = web.RequestKey("request_id", str)
 claims_key = web.RequestKey("claims", AccessClaims)

@@ -12,8 +12,6 @@ import orjson
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from server.keys import request_id_key
-
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
@@ -55,7 +53,7 @@ class JsonAccessLogger(AbstractAccessLogger):
         self.logger.info(
             "request",
             extra={
-                "request_id": request.get(request_id_key),
+                "request_id": response.headers.get("X-Request-ID"),
                 "method": request.method,
                 "path": request.path,
                 "status": response.status,

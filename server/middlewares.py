@@ -76,10 +76,12 @@ def _dependency(error: BaseException) -> str | None:
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every failure into an RFC 9457 answer; a 500 never shows a traceback."""
     try:
-        limit = request.app[keys.settings_key].max_body_bytes
-        streamed = request.path.startswith(STREAMED_UPLOAD_PATH)  # checks its own, larger limit
-        if request.content_length is not None and request.content_length > limit and not streamed:
-            raise PayloadTooLarge(f"at most {limit} bytes")
+        declared = request.content_length
+        if declared is not None:
+            limit = request.app[keys.settings_key].max_body_bytes
+            streamed = request.path.startswith(STREAMED_UPLOAD_PATH)  # has its own, larger limit
+            if declared > limit and not streamed:
+                raise PayloadTooLarge(f"at most {limit} bytes")
         return await handler(request)
     except Problem as problem:
         return problem_response(problem, request)
@@ -115,7 +117,6 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
     """Give the request an id (echoed back) and record its latency by route."""
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
     request_id = incoming if incoming and _CLIENT_REQUEST_ID.match(incoming) else _new_id()
-    request[keys.request_id_key] = request_id
     token = request_id_var.set(request_id)
     started = time.perf_counter()
     status = 500

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -61,6 +62,7 @@ class ListingCache:
         self.redis = redis
         self.metrics = metrics
         self.near = near or NearCache()
+        self._outcomes: dict[tuple[str, str], Any] = {}
         self.enabled = enabled  # off: every read goes to PostgreSQL (benchmarks, debugging)
         self._lookup = redis.register_script(_LOOKUP)
         self._bump = redis.register_script(_BUMP)
@@ -72,6 +74,12 @@ class ListingCache:
         return await self._cached(
             "feed", f"cache:feed:{region}", build, FEED_TTL_MS, variant=f"limit{limit}"
         )
+
+    def _count(self, kind: str, outcome: str) -> None:
+        counter = self._outcomes.get((kind, outcome))
+        if counter is None:
+            counter = self._outcomes[(kind, outcome)] = self.metrics.cache.labels(kind, outcome)
+        counter.inc()
 
     async def changed(self, listing_id: int, region: str) -> None:
         """Call after a change to a listing has committed, before answering the client."""
@@ -93,7 +101,7 @@ class ListingCache:
             return await build()
         local = self.near.get(base, variant)
         if local is not None:
-            self.metrics.cache.labels(kind, "local").inc()
+            self._count(kind, "local")
             return local
         epoch = self.near.epoch
         value = await self._shared(kind, base, build, ttl_ms, variant)
@@ -107,16 +115,16 @@ class ListingCache:
         try:
             generation, value = await self._lookup(keys=[f"{base}:gen"], args=[prefix])
         except (RedisError, OSError):
-            self.metrics.cache.labels(kind, "bypass").inc()
+            self._count(kind, "bypass")
             return await build()
         if value is not None:
-            self.metrics.cache.labels(kind, "hit").inc()
+            self._count(kind, "hit")
             return bytes(value)
         entry_key = prefix + generation.decode()
         try:
             return await self._rebuild(kind, entry_key, build, ttl_ms)
         except (RedisError, OSError):
-            self.metrics.cache.labels(kind, "bypass").inc()
+            self._count(kind, "bypass")
             return await build()
 
     async def _rebuild(self, kind: str, entry_key: str, build: Builder, ttl_ms: int) -> bytes:
@@ -127,16 +135,16 @@ class ListingCache:
                 await asyncio.sleep(WAIT_STEP_S)
                 value = await self.redis.get(entry_key)
                 if isinstance(value, bytes):
-                    self.metrics.cache.labels(kind, "waited").inc()
+                    self._count(kind, "waited")
                     return value
         else:
             # The previous holder may have stored the entry after our lookup: use it.
             value = await self.redis.get(entry_key)
             if isinstance(value, bytes):
                 await self.redis.delete(lock_key)
-                self.metrics.cache.labels(kind, "hit").inc()
+                self._count(kind, "hit")
                 return value
-        self.metrics.cache.labels(kind, "miss").inc()
+        self._count(kind, "miss")
         try:
             value = await build()
             await self.redis.set(entry_key, value, px=ttl_ms)

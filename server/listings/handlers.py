@@ -119,9 +119,10 @@ async def get_listing(request: web.Request) -> web.Response:
     entry = await request.app[keys.listing_cache_key].detail(listing_id, build)
     if not entry:
         raise service.ListingNotFound()
-    etag, _, body = entry.partition(b"\n")
-    headers = {"ETag": etag.decode(), "Cache-Control": "private, no-cache"}
-    if etag.decode() in _if_none_match(request):
+    raw_etag, _, body = entry.partition(b"\n")
+    etag = raw_etag.decode()
+    headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
+    if "If-None-Match" in request.headers and etag in _if_none_match(request):
         return web.Response(status=304, headers=headers)
     return web.Response(body=body, headers=headers, content_type=JSON_CONTENT_TYPE)
 
