@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import re
@@ -108,8 +109,14 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         return problem_response(Problem(), request)
 
 
+# Request ids only need to be unique, not secret: a random per-process prefix and a counter
+# (32 hex characters) cost far less than reading the system's random source per request.
+_ID_PREFIX = os.urandom(6).hex()
+_id_counter = itertools.count(1)
+
+
 def _new_id() -> str:
-    return os.urandom(16).hex()
+    return f"{_ID_PREFIX}{next(_id_counter):020x}"
 
 
 @web.middleware
