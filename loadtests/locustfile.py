@@ -1,7 +1,8 @@
-"""Locust users for the REST API: accounts that sign up, read themselves and rotate tokens."""
+"""Locust users for the REST API: accounts that rotate tokens, and neighbours who trade."""
 
 from __future__ import annotations
 
+import random
 import uuid
 from typing import Any
 
@@ -127,3 +128,124 @@ class AccountUser(HttpUser):
             body = expect(response, 200, "access_token", "refresh_token", "expires_in")
         if body is not None:
             self._keep_tokens(body)
+
+
+class MarketUser(AccountUser):
+    """A neighbour who browses, searches, likes, lists things and buys from the wallet.
+
+    Purchases accept the answers a busy market gives (sold out, reserved, someone else's
+    sale in between) and count anything else, above all a 5xx, as a failure.
+    """
+
+    weight = 3
+    seen: list[int]
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.seen = []
+        key = uuid.uuid4().hex
+        with self.client.post(
+            f"{API}/wallet/topup",
+            json={"amount": 1_000_000},
+            headers={**self.auth, **JSON_HEADERS, "Idempotency-Key": key},
+            catch_response=True,
+        ) as response:
+            expect(response, 200, "balance")
+
+    @task(10)
+    def feed(self) -> None:
+        with self.client.get(
+            f"{API}/listings",
+            params={"region": CONFIG.region},
+            name=f"{API}/listings?region",
+            catch_response=True,
+        ) as response:
+            body = expect(response, 200, "items", "next_cursor")
+        if body:
+            self.seen = [int(item["id"]) for item in body["items"]][:20] or self.seen
+
+    @task(8)
+    def listing(self) -> None:
+        if not self.seen:
+            return
+        listing_id = random.choice(self.seen)
+        with self.client.get(
+            f"{API}/listings/{listing_id}", name=f"{API}/listings/{{id}}", catch_response=True
+        ) as response:
+            expect(response, 200, "id", "price", "version")
+
+    @task(2)
+    def search(self) -> None:
+        with self.client.get(
+            f"{API}/listings",
+            params={"q": random.choice(SEARCH_WORDS), "limit": "10"},
+            name=f"{API}/listings?q",
+            catch_response=True,
+        ) as response:
+            expect(response, 200, "items")
+
+    @task(2)
+    def like(self) -> None:
+        if not self.seen:
+            return
+        listing_id = random.choice(self.seen)
+        method = self.client.put if random.random() < 0.7 else self.client.delete
+        with method(
+            f"{API}/listings/{listing_id}/like",
+            headers=self.auth,
+            name=f"{API}/listings/{{id}}/like",
+            catch_response=True,
+        ) as response:
+            expect(response, 204)
+
+    @task(1)
+    def sell(self) -> None:
+        title, category, price = random.choice(THINGS)
+        with self.client.post(
+            f"{API}/listings",
+            json={"title": title, "price": price, "category": category, "quantity": 3},
+            headers={**self.auth, **JSON_HEADERS},
+            catch_response=True,
+        ) as response:
+            expect(response, 201, "id", "version")
+
+    @task(1)
+    def buy(self) -> None:
+        if not self.seen:
+            return
+        listing_id = random.choice(self.seen)
+        with self.client.post(
+            f"{API}/listings/{listing_id}/purchase",
+            json={"quantity": 1},
+            headers={**self.auth, **JSON_HEADERS, "Idempotency-Key": uuid.uuid4().hex},
+            name=f"{API}/listings/{{id}}/purchase",
+            catch_response=True,
+        ) as response:
+            if response.status_code == 409 and _problem_slug(response) in BUSY_MARKET:
+                response.success()
+            else:
+                expect(response, 201, "id", "amount", "status")
+
+
+SEARCH_WORDS = ("아이폰", "의자", "bike", "LEGO", "책", "패딩")
+THINGS = (
+    ("중고 의자 팝니다", "furniture", 15_000),
+    ("아이폰 케이스", "digital", 8_000),
+    ("Kids bike 16 inch", "kids", 45_000),
+    ("소설책 묶음", "books", 12_000),
+)
+# Answers a purchase may get in a busy market without anything being wrong.
+BUSY_MARKET = {
+    "insufficient-stock",
+    "listing-not-on-sale",
+    "own-listing",
+    "insufficient-funds",
+    "purchase-conflict",
+}
+
+
+def _problem_slug(response: ResponseContextManager) -> str:
+    try:
+        return str(response.json().get("type", "")).rsplit("/", 1)[-1]
+    except ValueError:
+        return ""
