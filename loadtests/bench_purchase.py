@@ -15,7 +15,6 @@ import os
 import platform
 import re
 import shlex
-import signal
 import statistics
 import subprocess
 import sys
@@ -23,8 +22,8 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,8 +37,15 @@ import uvloop
 
 from db.migrate import migrate
 from db.queries.listings import STOCK_COLUMNS
+from loadtests.bench_http import (
+    BenchError,
+    background,
+    cpu_model,
+    jangteo_command,
+    run_checked,
+)
 from server.auth.tokens import TokenIssuer
-from server.embedded.process import free_port, port_accepts
+from server.embedded.process import free_port
 from server.settings import PURCHASE_STRATEGIES, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,10 +73,6 @@ BASELINE_SCRIPT = {
 }
 OPTIMISTIC_ATTEMPTS = 8  # as server.orders.purchase
 OPTIMISTIC_BACKOFF_US = 4000  # doubled per attempt, full jitter, as server.orders.purchase
-
-
-class BenchError(RuntimeError):
-    """The benchmark could not run; the message says why."""
 
 
 # ----------------------------------------------------------------------------- data
@@ -271,65 +273,6 @@ async def check_invariants(
 
 
 # ----------------------------------------------------------------------------- processes
-
-
-def jangteo_command(*args: str) -> list[str]:
-    """The ``jangteo`` console script of this interpreter's environment (else ``-m server``)."""
-    script = Path(sys.executable).parent / "jangteo"
-    if script.exists():
-        return [str(script), *args]
-    return [sys.executable, "-m", "server", *args]
-
-
-def run_checked(command: Sequence[str], env: Mapping[str, str]) -> str:
-    """Run a short command to its end; its stdout, or BenchError with its stderr."""
-    done = subprocess.run(  # noqa: S603 - our own commands, no shell
-        list(command), env=dict(env), cwd=ROOT, capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        raise BenchError(f"{shlex.join(command)} failed:\n{done.stderr[-2000:]}")
-    return done.stdout
-
-
-def stop_group(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    """SIGTERM the leader (it stops its workers), then SIGKILL whatever of its group is left."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    with suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)  # workers orphaned by a leader that died early
-
-
-@contextmanager
-def background(
-    command: Sequence[str], env: Mapping[str, str], port: int, log: Path
-) -> Iterator[None]:
-    """Run a server in its own process group until the block ends; wait until it listens."""
-    with log.open("wb") as output:
-        process = subprocess.Popen(  # noqa: S603 - our own commands, no shell
-            list(command),
-            env=dict(env),
-            cwd=ROOT,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while not port_accepts(port):
-            if process.poll() is not None:
-                tail = log.read_text(errors="replace")[-2000:]
-                raise BenchError(f"{shlex.join(command)} exited:\n{tail}")
-            if time.monotonic() > deadline:
-                raise BenchError(f"{shlex.join(command)} did not listen on port {port}")
-            time.sleep(0.1)
-        yield
-    finally:
-        stop_group(process)
 
 
 def wait_ready(port: int, timeout: float = 60) -> None:
@@ -977,16 +920,6 @@ def plot(
 
 def shown_path(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 # ----------------------------------------------------------------------------- main
