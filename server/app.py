@@ -8,6 +8,7 @@ from server import docs, health, keys
 from server.auth import handlers as auth_handlers
 from server.auth.passwords import PasswordHasher
 from server.auth.tokens import TokenIssuer
+from server.client_address import parse_networks
 from server.janitor import janitor_ctx
 from server.listings import handlers as listing_handlers
 from server.metrics import Metrics
@@ -29,6 +30,7 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.max_body_bytes,
     )
     app[keys.settings_key] = settings
+    app[keys.trusted_proxies_key] = parse_networks(settings.trusted_proxies)
     app[keys.metrics_key] = Metrics()
     app[keys.password_hasher_key] = PasswordHasher()
     app[keys.token_issuer_key] = TokenIssuer(settings)

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from server.auth.passwords import PasswordHasher
 from server.auth.tokens import AccessClaims, TokenIssuer
+from server.client_address import Network
 from server.listings.cache import ListingCache
 from server.metrics import Metrics
 from server.openapi import ApiSpec
@@ -17,6 +18,7 @@ from server.ratelimit import RateLimiter
 from server.settings import Settings
 
 settings_key = web.AppKey("settings", Settings)
+trusted_proxies_key: web.AppKey[tuple[Network, ...]] = web.AppKey("trusted_proxies")
 pg_pool_key = web.AppKey("pg_pool", asyncpg.Pool)
 redis_key = web.AppKey("redis", aioredis.Redis)
 metrics_key = web.AppKey("metrics", Metrics)

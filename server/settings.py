@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from server.client_address import parse_networks
+
 PURCHASE_STRATEGIES = ("pessimistic", "optimistic", "atomic", "redis_lock")
 
 
@@ -75,6 +77,7 @@ class Settings:
     purchase_strategy: str = "atomic"
     cache_enabled: bool = True
     allowed_origins: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
     log_level: str = "INFO"
     access_log: bool = True
 
@@ -129,6 +132,7 @@ class Settings:
             ),
             cache_enabled=reader.switch("CACHE", True),
             allowed_origins=reader.words("ALLOWED_ORIGINS"),
+            trusted_proxies=reader.networks("TRUSTED_PROXIES"),
             log_level=reader.text("LOG_LEVEL", defaults.log_level).upper(),
             access_log=reader.switch("ACCESS_LOG", True),
         )
@@ -211,6 +215,14 @@ class _EnvReader:
         if value not in allowed:
             raise SettingsError(f"{self.prefix}{name} must be one of {', '.join(allowed)}")
         return value
+
+    def networks(self, name: str) -> tuple[str, ...]:
+        words = self.words(name)
+        try:
+            parse_networks(words)
+        except ValueError as error:
+            raise SettingsError(f"{self.prefix}{name}: {error}") from None
+        return words
 
     def words(self, name: str) -> tuple[str, ...]:
         value = self.optional(name) or ""

@@ -15,6 +15,7 @@ from server.auth.schemas import (
     UserOut,
 )
 from server.auth.sessions import authenticate, revoke_session
+from server.client_address import client_address
 from server.errors import InvalidToken
 from server.jsonio import json_response, read_json
 from server.openapi import ApiSpec
@@ -23,7 +24,9 @@ from server.openapi import ApiSpec
 async def _limit_auth(request: web.Request, email: str) -> None:
     settings = request.app[keys.settings_key]
     limiter = request.app[keys.rate_limiter_key]
-    await limiter.hit("auth-ip", request.remote or "unknown", settings.rate_limit_auth_ip)
+    trusted = request.app[keys.trusted_proxies_key]
+    address = client_address(request, trusted)
+    await limiter.hit("auth-ip", address, settings.rate_limit_auth_ip)
     await limiter.hit("auth-email", email.lower(), settings.rate_limit_auth_email)
 
 
