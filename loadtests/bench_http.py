@@ -316,6 +316,18 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def machine(load_before: list[float]) -> dict[str, Any]:
+    """What a result was measured on, and how busy the machine was before and after."""
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu_model(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_average_before": load_before,
+        "load_average_after": [round(value, 2) for value in os.getloadavg()],
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     wrk_path = shutil.which("wrk")
     if wrk_path is None:
@@ -424,14 +436,7 @@ def run(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {
         "benchmark": "http",
         "date": date,
-        "machine": {
-            "cores": os.cpu_count(),
-            "cpu": cpu_model(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "load_average_before": load_before,
-            "load_average_after": [round(value, 2) for value in os.getloadavg()],
-        },
+        "machine": machine(load_before),
         "load": {
             "tool": "wrk",
             "duration_s": args.duration,

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -40,9 +39,9 @@ from loadtests.bench_http import (
     Measurement,
     Target,
     background,
-    cpu_model,
     fetch,
     jangteo_command,
+    machine,
     run_checked,
     wrk,
 )
@@ -134,6 +133,7 @@ def _serve_env(base: Mapping[str, str], database_url: str, cache: bool) -> dict[
 
 
 def run(args: argparse.Namespace) -> int:
+    load_before = [round(value, 2) for value in os.getloadavg()]
     wrk_path = shutil.which("wrk")
     if wrk_path is None:
         print("bench_listings: wrk is not on PATH (apt-get install -y wrk)", file=sys.stderr)
@@ -217,12 +217,7 @@ def run(args: argparse.Namespace) -> int:
     results = {
         "benchmark": "listings",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "cores": os.cpu_count(),
-            "cpu": cpu_model(),
-            "platform": platform.platform(),
-            "load_average_before": list(os.getloadavg()),
-        },
+        "machine": machine(load_before),
         "load": {**load, "processes_per_server": WORKERS, "pgbench_clients": clients},
         "commands": commands,
         "results": [asdict(m) for m in measurements],

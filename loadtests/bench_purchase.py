@@ -12,7 +12,6 @@ import http.client
 import json
 import multiprocessing
 import os
-import platform
 import re
 import shlex
 import statistics
@@ -40,8 +39,8 @@ from db.queries.listings import STOCK_COLUMNS
 from loadtests.bench_http import (
     BenchError,
     background,
-    cpu_model,
     jangteo_command,
+    machine,
     run_checked,
 )
 from server.auth.tokens import TokenIssuer
@@ -1026,14 +1025,7 @@ def run(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {
         "benchmark": "purchase",
         "date": date,
-        "machine": {
-            "cores": os.cpu_count(),
-            "cpu": cpu_model(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "load_average_before": load_before,
-            "load_average_after": [round(value, 2) for value in os.getloadavg()],
-        },
+        "machine": machine(load_before),
         "load": {
             "buyers": args.buyers,
             "warmup_s": args.warmup,
