@@ -12,7 +12,7 @@ from server.client_address import parse_networks
 from server.janitor import janitor_ctx
 from server.listings import handlers as listing_handlers
 from server.metrics import Metrics
-from server.middlewares import observe_middleware, problem_middleware
+from server.middlewares import request_middleware
 from server.openapi import ApiSpec
 from server.orders import handlers as order_handlers
 from server.photos.handlers import setup_photos
@@ -26,7 +26,7 @@ API_VERSION = "1.0.0"
 def create_app(settings: Settings) -> web.Application:
     """Build the app; ``settings`` must already carry the database and Redis URLs."""
     app = web.Application(
-        middlewares=[observe_middleware, problem_middleware],
+        middlewares=[request_middleware],
         client_max_size=settings.max_body_bytes,
     )
     app[keys.settings_key] = settings

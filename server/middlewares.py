@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import logging
 import os
@@ -73,40 +74,35 @@ def _dependency(error: BaseException) -> str | None:
     return None
 
 
-@web.middleware
-async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every failure into an RFC 9457 answer; a 500 never shows a traceback."""
-    try:
-        declared = request.content_length
-        if declared is not None:
-            limit = request.app[keys.settings_key].max_body_bytes
-            streamed = request.path.startswith(STREAMED_UPLOAD_PATH)  # has its own, larger limit
-            if declared > limit and not streamed:
-                raise PayloadTooLarge(f"at most {limit} bytes")
-        return await handler(request)
-    except Problem as problem:
-        return problem_response(problem, request)
-    except web.HTTPException as error:
-        if error.status < 400:
-            raise
+def answer_failure(error: Exception, request: web.Request) -> web.Response:
+    """The problem+json answer for a failed request; a 500 never shows a traceback."""
+    if isinstance(error, Problem):
+        return problem_response(error, request)
+    if isinstance(error, web.HTTPException):
         return problem_response(_from_http_exception(error), request)
-    except asyncio.CancelledError:
-        raise
-    except Exception as error:
-        dependency = _dependency(error)
-        if dependency is not None:
-            request.app[keys.metrics_key].dependency_errors.labels(dependency).inc()
-            log.warning(
-                "dependency unavailable", extra={"dependency": dependency, "error": repr(error)}
-            )
-            detail = (
-                "a dependency did not answer in time"
-                if dependency == "timeout"
-                else f"{dependency} is unavailable"
-            )
-            return problem_response(ServiceUnavailable(detail), request)
-        log.exception("unhandled error")
-        return problem_response(Problem(), request)
+    dependency = _dependency(error)
+    if dependency is not None:
+        request.app[keys.metrics_key].dependency_errors.labels(dependency).inc()
+        log.warning(
+            "dependency unavailable", extra={"dependency": dependency, "error": repr(error)}
+        )
+        detail = (
+            "a dependency did not answer in time"
+            if dependency == "timeout"
+            else f"{dependency} is unavailable"
+        )
+        return problem_response(ServiceUnavailable(detail), request)
+    log.exception("unhandled error", exc_info=error)
+    return problem_response(Problem(), request)
+
+
+def _check_declared_size(request: web.Request) -> None:
+    declared = request.content_length
+    if declared is not None:
+        limit = request.app[keys.settings_key].max_body_bytes
+        streamed = request.path.startswith(STREAMED_UPLOAD_PATH)  # has its own, larger limit
+        if declared > limit and not streamed:
+            raise PayloadTooLarge(f"at most {limit} bytes")
 
 
 # Request ids only need to be unique, not secret: a random per-process prefix and a counter
@@ -120,26 +116,39 @@ def _new_id() -> str:
 
 
 @web.middleware
-async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give the request an id (echoed back) and record its latency by route."""
+async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Around every request: an id (echoed back, logged), its latency by route, and every
+    failure turned into problem+json. One middleware, as every layer costs each request."""
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
     request_id = incoming if incoming and _CLIENT_REQUEST_ID.match(incoming) else _new_id()
     token = request_id_var.set(request_id)
     started = time.perf_counter()
-    status = 500
+    response: web.StreamResponse
     try:
+        _check_declared_size(request)
         response = await handler(request)
-        status = response.status
-        response.headers[REQUEST_ID_HEADER] = request_id
-        return response
-    except web.HTTPException as error:  # 304 and redirects travel as exceptions
-        status = error.status
-        error.headers[REQUEST_ID_HEADER] = request_id
+    except web.HTTPException as error:
+        if error.status < 400:  # 304 and redirects travel as exceptions
+            error.headers[REQUEST_ID_HEADER] = request_id
+            _observe(request, error.status, started, token)
+            raise
+        response = answer_failure(error, request)
+    except asyncio.CancelledError:
+        _observe(request, 499, started, token)
         raise
-    finally:
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "unmatched"
-        request.app[keys.metrics_key].observe_request(
-            request.method, route, status, time.perf_counter() - started
-        )
-        request_id_var.reset(token)
+    except Exception as error:
+        response = answer_failure(error, request)
+    response.headers[REQUEST_ID_HEADER] = request_id
+    _observe(request, response.status, started, token)
+    return response
+
+
+def _observe(
+    request: web.Request, status: int, started: float, token: contextvars.Token[str | None]
+) -> None:
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    request.app[keys.metrics_key].observe_request(
+        request.method, route, status, time.perf_counter() - started
+    )
+    request_id_var.reset(token)
