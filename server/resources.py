@@ -49,7 +49,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         socket_connect_timeout=settings.redis_timeout,
         health_check_interval=30,
     )
-    client = aioredis.Redis(connection_pool=pool)
+    client = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
     app[keys.redis_key] = client
     app[keys.rate_limiter_key] = RateLimiter(
         client, app[keys.metrics_key], enabled=settings.rate_limits_enabled
