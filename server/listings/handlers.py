@@ -30,11 +30,11 @@ def etag_of(row: asyncpg.Record) -> str:
 
 
 def listing_json(app: web.Application, row: asyncpg.Record) -> dict[str, Any]:
-    storage = app.get(keys.photo_storage_key)
+    storage = app[keys.photo_storage_key]
     photos = [
         {
             "id": photo["id"],
-            "url": storage.public_url(photo["key"]) if storage else None,
+            "url": storage.public_url(photo["key"]),
             "content_type": photo["content_type"],
         }
         for photo in row["photos"]
