@@ -96,3 +96,17 @@ async def bump_listing_version(conn: Connection, listing_id: int) -> asyncpg.Rec
     )
     assert row is not None, "the caller holds the listing's row lock"
     return row
+
+
+async def delete_abandoned_photos(conn: Queryable, older_than_s: int, limit: int) -> list[str]:
+    """Forget pending photos asked for longer ago than ``older_than_s`` (their tickets are
+    dead); returns their object keys. A photo completed meanwhile is ready, so it stays."""
+    rows = await conn.fetch(
+        "DELETE FROM listing_photos WHERE id = any(ARRAY("
+        " SELECT id FROM listing_photos WHERE status = 'pending'"
+        " AND created_at < now() - make_interval(secs => $1) ORDER BY created_at LIMIT $2))"
+        " AND status = 'pending' RETURNING object_key",
+        older_than_s,
+        limit,
+    )
+    return [row["object_key"] for row in rows]

@@ -36,3 +36,7 @@ class PhotoStorage(Protocol):
     def public_url(self, key: str) -> str:
         """A URL clients can GET the photo from."""
         ...
+
+    async def delete(self, key: str) -> None:
+        """Remove the object if there is one (abandoned uploads)."""
+        ...

@@ -169,6 +169,11 @@ class LocalPhotoStorage:
     def public_url(self, key: str) -> str:
         return f"{PUBLIC_PATH}{quote(key)}"
 
+    async def delete(self, key: str) -> None:
+        path = self.path_of(key)
+        if path is not None:
+            path.unlink(missing_ok=True)
+
     def path_of(self, key: str) -> Path | None:
         """Where ``key`` lives on disk; None for anything that is not a photo key."""
         if not KEY_PATTERN.match(key):

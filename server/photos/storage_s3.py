@@ -185,6 +185,10 @@ class S3PhotoStorage:
                 first: bytes = await body.read()
         return StoredObject(size=size, head=first[:HEAD_BYTES])
 
+    async def delete(self, key: str) -> None:
+        with _unavailable_as_503():
+            await self._client.delete_object(Bucket=self.bucket, Key=key)
+
     def public_url(self, key: str) -> str:
         if self._public_base is not None:
             return f"{self._public_base}/{key}"

@@ -19,8 +19,10 @@ import pytest
 from aiohttp import ClientResponse, web
 from openapi_spec_validator import validate
 
+from server import keys
 from server.app import create_app
 from server.errors import PROBLEM_CONTENT_TYPE
+from server.janitor import ABANDONED_AFTER_TICKET_S, sweep_abandoned_photos
 from server.photos.formats import has_magic_number
 from server.photos.service import MAX_PHOTOS_PER_LISTING
 from server.photos.storage_local import LocalPhotoStorage, derive_upload_secret
@@ -660,3 +662,35 @@ async def test_a_photo_larger_than_the_json_body_limit_uploads(
     assert response.status == 200, await response.text()
     served = await client.get((await response.json())["url"])
     assert await served.read() == image
+
+
+async def test_the_janitor_forgets_abandoned_uploads_and_their_files(
+    photo_client: Client,
+    seller: Account,
+    listing_id: int,
+    db: asyncpg.Connection,
+    photo_settings: Settings,
+) -> None:
+    abandoned = await ask_upload(photo_client, seller, listing_id, "image/png", len(PNG))
+    assert (await put_bytes(photo_client, abandoned, PNG)).status == 204
+    fresh = await ask_upload(photo_client, seller, listing_id, "image/png", len(PNG))
+    done = await ask_upload(photo_client, seller, listing_id, "image/png", len(PNG))
+    assert (await put_bytes(photo_client, done, PNG)).status == 204
+    assert (await complete(photo_client, seller, listing_id, done["photo_id"])).status == 200
+    long_ago = photo_settings.photo_upload_ttl + ABANDONED_AFTER_TICKET_S + 60
+    await db.execute(
+        "UPDATE listing_photos SET created_at = now() - make_interval(secs => $1)"
+        " WHERE id = any($2::uuid[])",
+        long_ago,
+        [uuid.UUID(abandoned["photo_id"]), uuid.UUID(done["photo_id"])],
+    )
+    storage = photo_client.app[keys.photo_storage_key]
+    abandoned_key = (await photo_row(db, abandoned["photo_id"]))["object_key"]
+    assert await storage.inspect(abandoned_key) is not None
+
+    assert await sweep_abandoned_photos(photo_client.app) == 1
+    remaining = {str(row["id"]) for row in await db.fetch("SELECT id FROM listing_photos")}
+    assert remaining == {fresh["photo_id"], done["photo_id"]}
+    assert await storage.inspect(abandoned_key) is None
+    assert len((await get_listing(photo_client, listing_id))["photos"]) == 1
+    assert await sweep_abandoned_photos(photo_client.app) == 0

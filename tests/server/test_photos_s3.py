@@ -12,6 +12,7 @@ import pytest
 from aiobotocore.session import get_session
 from moto.server import ThreadedMotoServer
 
+from server import keys
 from server.app import create_app
 from server.embedded.process import free_port
 from server.settings import Settings
@@ -215,3 +216,21 @@ async def test_s3_down_is_a_503_and_takes_no_slot(
     await problem(response, 503, "storage-unavailable")
     assert int(response.headers["Retry-After"]) >= 1
     assert await db.fetchval("SELECT count(*) FROM listing_photos") == 0
+
+
+async def test_deleting_an_object_removes_it_from_the_bucket(
+    s3_client: Client,
+    s3_settings: Settings,
+    seller: Account,
+    listing_id: int,
+    db: asyncpg.Connection,
+) -> None:
+    ticket = await ask_upload(s3_client, seller, listing_id, "image/png", len(PNG))
+    assert await send(ticket, PNG) == 200
+    key = (await photo_row(db, ticket["photo_id"]))["object_key"]
+    storage = s3_client.app[keys.photo_storage_key]
+    assert await storage.inspect(key) is not None
+    await storage.delete(key)
+    assert await storage.inspect(key) is None
+    assert await bucket_keys(s3_settings) == []
+    await storage.delete(key)  # deleting what is gone is harmless
