@@ -46,6 +46,11 @@ class Metrics:
             ["kind", "outcome"],
             registry=self.registry,
         )
+        self.silent_subscribers = Counter(
+            "jangteo_cache_silent_subscribers",
+            "Cache invalidations after which a process that did not confirm was disconnected",
+            registry=self.registry,
+        )
 
         self.purchases = Counter(
             "jangteo_purchases",

@@ -9,14 +9,16 @@ write. Rebuilding a missing entry is done by one request at a time (a short Redi
 lock); the others wait for it briefly. When Redis is unreachable the cache is bypassed.
 
 In front of Redis, each process keeps a near cache (``near_cache.py``) that the same
-change empties everywhere through Redis pub/sub (``invalidation.py``) before the writer
-answers, so the hottest reads cost no network round trip at all.
+change empties everywhere through Redis pub/sub (``invalidation.py``); the writer
+answers only once every subscribed process has confirmed, so the hottest reads cost no
+network round trip at all and still never show a client something older than its write.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,6 +26,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from server.listings.invalidation import CHANNEL as INVALIDATION_CHANNEL
+from server.listings.invalidation import wait_for_acks
 from server.listings.near_cache import NearCache
 from server.metrics import Metrics
 
@@ -34,6 +37,7 @@ FEED_TTL_MS = 30_000
 GENERATION_TTL_S = 24 * 3600  # longer than any entry, so a generation never restarts under one
 REBUILD_LOCK_MS = 2_000
 WAIT_STEP_S = 0.005
+ACK_TIMEOUT_S = 0.5  # a process silent for this long is disconnected (see invalidation.py)
 
 _LOOKUP = """
 local generation = redis.call('GET', KEYS[1]) or '0'
@@ -58,12 +62,14 @@ class ListingCache:
         *,
         enabled: bool = True,
         near: NearCache | None = None,
+        ack_timeout_s: float = ACK_TIMEOUT_S,
     ) -> None:
         self.redis = redis
         self.metrics = metrics
         self.near = near or NearCache()
         self._outcomes: dict[tuple[str, str], Any] = {}
         self.enabled = enabled  # off: every read goes to PostgreSQL (benchmarks, debugging)
+        self.ack_timeout_s = ack_timeout_s
         self._lookup = redis.register_script(_LOOKUP)
         self._bump = redis.register_script(_BUMP)
 
@@ -82,16 +88,23 @@ class ListingCache:
         counter.inc()
 
     async def changed(self, listing_id: int, region: str) -> None:
-        """Call after a change to a listing has committed, before answering the client."""
+        """Call after a change to a listing has committed, before answering the client.
+
+        Returns once every process has dropped its near copies (or been disconnected).
+        """
         bases = [f"cache:listing:{listing_id}", f"cache:feed:{region}"]
         self.near.invalidate(bases)
+        ack_key = f"cache:ack:{secrets.token_hex(8)}"
         try:
-            await self._bump(
+            receivers = await self._bump(
                 keys=[f"{base}:gen" for base in bases],
-                args=[GENERATION_TTL_S, INVALIDATION_CHANNEL, " ".join(bases)],
+                args=[GENERATION_TTL_S, INVALIDATION_CHANNEL, " ".join([ack_key, *bases])],
             )
+            if await wait_for_acks(self.redis, ack_key, int(receivers), self.ack_timeout_s):
+                self.metrics.silent_subscribers.inc()
         except (RedisError, OSError) as error:
-            # Entries then live out their TTL; logged so an operator can see it.
+            # Redis is down: entries then live out their TTL, and every process's
+            # subscription is gone too, which switches its near cache off.
             log.warning("cache invalidation failed", extra={"error": str(error)})
 
     async def _cached(

@@ -1,11 +1,19 @@
-"""Hear cache invalidations from Redis pub/sub and apply them to this process's near cache.
+"""Near-cache invalidation over Redis pub/sub, confirmed by every process before a write answers.
 
-The subscription is a plain asyncio protocol, on purpose: its ``data_received`` runs
-in the event loop's I/O phase, before any request handler of that loop iteration. A
-writer publishes the invalidation (and waits for Redis to accept it) before it answers
-its client, so the message reaches this process's socket before any request that
-client can send next; it is therefore applied before that request reads the cache,
-and a client reads its own write on every instance.
+A writer publishes ``<ack key> <base> <base>...`` on ``CHANNEL`` and then waits until
+each subscriber that Redis delivered it to has pushed its client id onto the ack key
+(``wait_for_acks``). Each process hears the message on a raw asyncio protocol; its
+``data_received`` drops the entries and sends the ack in the same call, in the event
+loop's I/O phase, so once the writer has every ack no process can still serve the old
+copy, and a client reads its own write on every instance.
+
+A subscriber that does not confirm in time (a stalled process) is disconnected by the
+writer with CLIENT KILL. Losing the connection switches its near cache off, and because
+a stalled loop handles pending socket events before it runs any request handler, it
+drops its copies before serving another request.
+
+The subscription speaks RESP3, where a subscribed connection may also send ordinary
+commands, so the ack leaves on the same socket without a task switch.
 """
 
 from __future__ import annotations
@@ -17,42 +25,55 @@ from typing import cast
 from urllib.parse import unquote, urlsplit
 
 import hiredis
+import redis.asyncio as aioredis
 
 from server.listings.near_cache import NearCache
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "jangteo:cache-invalidate"
+SUBSCRIBER_NAME = "jangteo-near-cache"  # CLIENT SETNAME of every subscription connection
+ACK_KEY_TTL_MS = 10_000  # a late ack, after the writer gave up, is not kept for long
 RECONNECT_DELAY_S = 0.5
 PING_INTERVAL_S = 1.0
 SILENCE_LIMIT_S = 3.0  # no answer to our pings for this long: treat Redis as gone
 
 
-def _command(*parts: str) -> bytes:
-    encoded = [part.encode() for part in parts]
+def _command(*parts: str | bytes) -> bytes:
+    encoded = [part if isinstance(part, bytes) else part.encode() for part in parts]
     return b"*%d\r\n" % len(encoded) + b"".join(
         b"$%d\r\n%s\r\n" % (len(part), part) for part in encoded
     )
 
 
 class _Subscription(asyncio.Protocol):
-    def __init__(self, near: NearCache, password: str | None, username: str | None) -> None:
+    def __init__(self, near: NearCache, redis_url: str) -> None:
+        parts = urlsplit(redis_url)
         self.near = near
-        self.password = password
-        self.username = username
+        self.password = unquote(parts.password) if parts.password else None
+        self.username = unquote(parts.username) if parts.username else None
+        self.database = parts.path.strip("/") or "0"  # acks go to the writers' database
         self.reader = hiredis.Reader()
         self.loop = asyncio.get_running_loop()
         self.closed: asyncio.Future[None] = self.loop.create_future()
         self.last_heard = self.loop.time()
         self.transport: asyncio.Transport | None = None
+        self.client_id: bytes | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
         self.transport = cast(asyncio.Transport, transport)
+        hello: list[str] = ["HELLO", "3"]
         if self.password is not None:
-            user = (self.username,) if self.username else ()
-            self.transport.write(_command("AUTH", *user, self.password))
-        self.transport.write(_command("SUBSCRIBE", CHANNEL))
+            hello += ["AUTH", self.username or "default", self.password]
+        hello += ["SETNAME", SUBSCRIBER_NAME]
+        self.transport.write(
+            _command(*hello)
+            + _command("SELECT", self.database)
+            + _command("CLIENT", "ID")
+            + _command("SUBSCRIBE", CHANNEL)
+        )
+        self.near.bind(self.transport.is_closing)
 
     def ping(self) -> None:
         """Check Redis still answers; close the connection if it has gone quiet."""
@@ -63,15 +84,34 @@ class _Subscription(asyncio.Protocol):
             self.transport.write(_command("PING"))
 
     def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
         self.last_heard = self.loop.time()
         self.reader.feed(data)
         while (reply := self.reader.gets()) is not False:
-            if isinstance(reply, list) and len(reply) == 3:
+            if isinstance(reply, hiredis.ReplyError):
+                log.warning("cache invalidation subscription refused", extra={"error": str(reply)})
+                self.transport.close()
+            elif isinstance(reply, int) and self.client_id is None:
+                self.client_id = b"%d" % reply  # the answer to CLIENT ID
+            elif isinstance(reply, list) and len(reply) == 3:
                 kind = reply[0]
                 if kind == b"subscribe":
                     self.near.reset(enabled=True)
                 elif kind == b"message":
-                    self.near.invalidate(reply[2].decode().split())
+                    self._apply(reply[2])
+
+    def _apply(self, message: bytes) -> None:
+        assert self.transport is not None and self.client_id is not None
+        ack_key, *bases = message.decode().split()
+        self.near.invalidate(bases)
+        self.transport.write(
+            _command("RPUSH", ack_key, self.client_id)
+            + _command("PEXPIRE", ack_key, str(ACK_KEY_TTL_MS))
+        )
+
+    def eof_received(self) -> None:
+        # Called in the I/O phase, unlike connection_lost (scheduled for later).
+        self.near.reset(enabled=False)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.near.reset(enabled=False)
@@ -83,13 +123,11 @@ async def listen_for_invalidations(redis_url: str, near: NearCache) -> None:
     """Stay subscribed for as long as the task runs, reconnecting after any failure."""
     parts = urlsplit(redis_url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 6379
-    password = unquote(parts.password) if parts.password else None
-    username = unquote(parts.username) if parts.username else None
     loop = asyncio.get_running_loop()
     while True:
         try:
             transport, protocol = await loop.create_connection(
-                lambda: _Subscription(near, password, username), host, port
+                lambda: _Subscription(near, redis_url), host, port
             )
         except OSError as error:
             log.warning("cache invalidation subscription failed", extra={"error": repr(error)})
@@ -104,6 +142,39 @@ async def listen_for_invalidations(redis_url: str, near: NearCache) -> None:
             transport.close()
         log.warning("cache invalidation subscription lost; near cache off until it is back")
         await asyncio.sleep(RECONNECT_DELAY_S)
+
+
+async def wait_for_acks(
+    redis: aioredis.Redis, ack_key: str, receivers: int, timeout_s: float
+) -> int:
+    """Wait until ``receivers`` subscribers confirmed; disconnect the silent ones.
+
+    Returns how many were disconnected (0 when everybody answered in time).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    acked: set[str] = set()
+    while len(acked) < receivers:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return await _disconnect_all_but(redis, acked)
+        popped = await redis.blpop([ack_key], timeout=remaining)
+        if popped is not None:
+            client_id = popped[1]
+            acked.add(client_id.decode() if isinstance(client_id, bytes) else client_id)
+    return 0
+
+
+async def _disconnect_all_but(redis: aioredis.Redis, acked: set[str]) -> int:
+    silent = [
+        client["id"]
+        for client in await redis.client_list(_type="pubsub")
+        if client.get("name") == SUBSCRIBER_NAME and client["id"] not in acked
+    ]
+    for client_id in silent:
+        await redis.client_kill_filter(_id=client_id)
+    log.warning("near cache subscribers did not confirm; disconnected", extra={"ids": silent})
+    return len(silent)
 
 
 async def stop(task: asyncio.Task[None]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 MAX_ENTRIES = 20_000
 TTL_S = 30.0  # a safety net only; invalidations normally remove entries first
@@ -22,12 +23,13 @@ class NearCache:
         self.ttl_s = ttl_s
         self.enabled = False  # becomes True once subscribed, False when the subscription drops
         self.epoch = 0  # +1 on every invalidation heard
+        self._connection_closing: Callable[[], bool] = lambda: False
         self._entries: OrderedDict[tuple[str, str], tuple[float, bytes]] = OrderedDict()
         self._by_base: dict[str, set[tuple[str, str]]] = {}
 
     def get(self, base: str, variant: str = "") -> bytes | None:
         key = (base, variant)
-        if not self.enabled:
+        if not self.enabled or self._connection_closing():
             return None
         found = self._entries.get(key)
         if found is None:
@@ -49,6 +51,10 @@ class NearCache:
         while len(self._entries) > self.max_entries:
             evicted, _ = self._entries.popitem(last=False)
             self._forget(evicted)
+
+    def bind(self, connection_closing: Callable[[], bool]) -> None:
+        """Serve nothing once the subscription is closing, even before it is reported lost."""
+        self._connection_closing = connection_closing
 
     def invalidate(self, bases: list[str]) -> None:
         self.epoch += 1

@@ -13,6 +13,7 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import asyncpg
 
@@ -49,6 +50,7 @@ class Purchase:
     listing: asyncpg.Record
 
 
+T = TypeVar("T")
 TakeStock = Callable[[Connection, PurchaseRequest, Metrics], Awaitable[asyncpg.Record]]
 
 
@@ -103,19 +105,40 @@ async def take_stock_pessimistic(
 async def take_stock_optimistic(
     conn: Connection, request: PurchaseRequest, metrics: Metrics
 ) -> asyncpg.Record:
-    """Read without locking, write only if the version is unchanged; retry with backoff."""
-    for attempt in range(OPTIMISTIC_ATTEMPTS):
-        listing = await listing_queries.stock_row(conn, request.listing_id, lock=False)
-        check_purchasable(listing, request)
-        assert listing is not None
-        row = await listing_queries.set_stock_if_version(
-            conn, request.listing_id, listing["quantity"] - request.quantity, listing["version"]
-        )
-        if row is not None:
-            return row
-        metrics.purchase_retries.labels("optimistic").inc()
-        await asyncio.sleep(random.uniform(0, OPTIMISTIC_BACKOFF_S * 2**attempt))  # noqa: S311
-    raise PurchaseConflict(f"the listing kept changing ({OPTIMISTIC_ATTEMPTS} attempts)")
+    """Read without locking, write only if the version is unchanged (else VersionMoved)."""
+    listing = await listing_queries.stock_row(conn, request.listing_id, lock=False)
+    check_purchasable(listing, request)
+    assert listing is not None
+    row = await listing_queries.set_stock_if_version(
+        conn, request.listing_id, listing["quantity"] - request.quantity, listing["version"]
+    )
+    if row is None:
+        raise VersionMoved()
+    return row
+
+
+class VersionMoved(PurchaseConflict):
+    """Another purchase changed the listing between our read and our write."""
+
+    def __init__(self) -> None:
+        super().__init__(f"the listing kept changing ({OPTIMISTIC_ATTEMPTS} attempts)")
+
+
+async def with_optimistic_retries(attempt: Callable[[], Awaitable[T]], metrics: Metrics) -> T:
+    """Run ``attempt`` (a whole transaction) again after a lost version race.
+
+    The backoff happens between transactions, so a waiting buyer holds neither a
+    database connection nor its idempotency lock.
+    """
+    for number in range(OPTIMISTIC_ATTEMPTS):
+        try:
+            return await attempt()
+        except VersionMoved:
+            if number == OPTIMISTIC_ATTEMPTS - 1:
+                raise
+            metrics.purchase_retries.labels("optimistic").inc()
+            await asyncio.sleep(random.uniform(0, OPTIMISTIC_BACKOFF_S * 2**number))  # noqa: S311
+    raise AssertionError("unreachable")
 
 
 async def take_stock_fenced(

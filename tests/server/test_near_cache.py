@@ -12,8 +12,15 @@ import redis.asyncio as aioredis
 from server import keys
 from server.embedded.process import free_port
 from server.embedded.redis import EmbeddedRedis
-from server.listings.invalidation import CHANNEL, listen_for_invalidations, stop
+from server.listings.cache import ListingCache
+from server.listings.invalidation import (
+    CHANNEL,
+    SUBSCRIBER_NAME,
+    listen_for_invalidations,
+    stop,
+)
 from server.listings.near_cache import NearCache
+from server.metrics import Metrics
 from server.settings import Settings
 from tests.conftest import ClientFactory
 from tests.support import sign_up
@@ -75,6 +82,11 @@ async def _until(condition: object, attempts: int = 100) -> bool:
     return False
 
 
+async def _subscriber_ids(redis: aioredis.Redis) -> list[str]:
+    clients = await redis.client_list(_type="pubsub")
+    return [client["id"] for client in clients if client.get("name") == SUBSCRIBER_NAME]
+
+
 async def test_listener_applies_messages_and_follows_the_connection(
     own_redis: EmbeddedRedis,
 ) -> None:
@@ -84,9 +96,15 @@ async def test_listener_applies_messages_and_follows_the_connection(
     try:
         assert await _until(lambda: near.enabled)
         near.put("cache:listing:5", "", b"five", near.epoch)
-        receivers = await publisher.publish(CHANNEL, "cache:listing:5 cache:feed:x")
+        receivers = await publisher.publish(CHANNEL, "ack:1 cache:listing:5 cache:feed:x")
         assert receivers == 1
         assert await _until(lambda: near.get("cache:listing:5") is None)
+        acked = await publisher.blpop(["ack:1"], timeout=5)
+        assert acked is not None
+        _, client_id = acked
+        assert [client_id.decode() if isinstance(client_id, bytes) else client_id] == (
+            await _subscriber_ids(publisher)
+        )
 
         near.put("cache:listing:6", "", b"six", near.epoch)
         own_redis.stop()
@@ -122,3 +140,70 @@ async def test_app_serves_local_copies_and_drops_them_on_change(
     assert patched.status == 200
     assert near.get(f"cache:listing:{listing['id']}") is None
     assert (await (await client.get(path)).json())["price"] == 4000
+
+
+async def test_a_change_returns_only_once_every_process_dropped_its_copy(
+    own_redis: EmbeddedRedis,
+) -> None:
+    processes = [NearCache() for _ in range(3)]
+    listeners = [
+        asyncio.create_task(listen_for_invalidations(own_redis.url, near)) for near in processes
+    ]
+    redis = aioredis.Redis.from_url(own_redis.url)
+    cache = ListingCache(redis, Metrics(), near=processes[0])
+    try:
+        assert await _until(lambda: all(near.enabled for near in processes))
+        for round_number in range(50):
+            for near in processes:
+                near.put("cache:listing:7", "", b"v%d" % round_number, near.epoch)
+            await cache.changed(7, "seoul-mapo")
+            # No waiting here: the write has returned, so no process may still hold a copy.
+            assert [near.get("cache:listing:7") for near in processes] == [None, None, None]
+        assert await redis.keys("cache:ack:*") == []
+        assert (
+            cache.metrics.registry.get_sample_value("jangteo_cache_silent_subscribers_total") == 0
+        )
+    finally:
+        for listener in listeners:
+            await stop(listener)
+        await redis.aclose()
+
+
+async def test_a_process_that_does_not_confirm_is_disconnected(own_redis: EmbeddedRedis) -> None:
+    near = NearCache()
+    listener = asyncio.create_task(listen_for_invalidations(own_redis.url, near))
+    redis = aioredis.Redis.from_url(own_redis.url)
+    # A stalled process: subscribed under the subscribers' name, but never answering.
+    stalled = aioredis.Redis.from_url(own_redis.url, client_name=SUBSCRIBER_NAME)
+    stalled_pubsub = stalled.pubsub()
+    cache = ListingCache(redis, Metrics(), near=near, ack_timeout_s=0.3)
+    try:
+        await stalled_pubsub.subscribe(CHANNEL)
+        assert await _until(lambda: near.enabled)
+        assert len(await _subscriber_ids(redis)) == 2
+        near.put("cache:listing:8", "", b"old", near.epoch)
+
+        await cache.changed(8, "seoul-mapo")
+
+        assert near.get("cache:listing:8") is None
+        assert len(await _subscriber_ids(redis)) == 1  # the stalled one is gone, ours stays
+        assert near.enabled
+        assert (
+            cache.metrics.registry.get_sample_value("jangteo_cache_silent_subscribers_total") == 1
+        )
+    finally:
+        await stop(listener)
+        await stalled_pubsub.aclose()  # type: ignore[no-untyped-call]
+        await stalled.aclose()
+        await redis.aclose()
+
+
+def test_a_closing_subscription_stops_serving_before_it_is_reported_lost() -> None:
+    near = NearCache()
+    near.reset(enabled=True)
+    near.put("cache:listing:1", "", b"x", near.epoch)
+    closing = False
+    near.bind(lambda: closing)
+    assert near.get("cache:listing:1") == b"x"
+    closing = True
+    assert near.get("cache:listing:1") is None
