@@ -11,6 +11,9 @@ import asyncpg
 import pytest
 from aiohttp import ClientResponse
 
+from server import keys
+from server.orders.locks import PurchaseLocks
+from server.orders.purchase import PurchaseRequest, StaleFence, purchase
 from server.settings import RateLimit, Settings
 from tests.conftest import ClientFactory
 from tests.orders_support import (
@@ -713,6 +716,42 @@ async def test_complete_and_cancel_need_a_key(
         response = await client.post(order_url(order["id"], action), headers=market.buyer.auth)
         await problem(response, 400, "idempotency-key-missing")
     assert await snapshot(db) == before
+
+
+async def test_a_lock_that_expires_mid_purchase_cannot_oversell(
+    make_client: ClientFactory, db: asyncpg.Connection, settings: Settings
+) -> None:
+    """Holder A pauses past its lock's expiry; B takes the lock and buys; A's write is refused."""
+    client = await make_client(settings.replace(purchase_strategy="redis_lock"))
+    # Stock for both: only the fencing token can refuse the late write.
+    market = await open_market(client, db, settings, stock=2)
+    second_buyer = await quick_account(db, settings, balance=5_000)
+    app = client.app
+    redis, pool, metrics = app[keys.redis_key], app[keys.pg_pool_key], app[keys.metrics_key]
+    process_a, process_b = PurchaseLocks(redis), PurchaseLocks(redis)  # two instances
+
+    async def buy_with(buyer: Account, fence: int) -> int:
+        async with pool.acquire() as conn, conn.transaction():
+            request = PurchaseRequest(buyer.user_id, market.listing_id, 1, fence)
+            done = await purchase(conn, request, "redis_lock", metrics)
+            order_id: int = done.order["id"]
+            return order_id
+
+    async def paused_holder(fence: int) -> int:
+        await redis.delete(f"lock:listing:{market.listing_id}")  # its timeout ran out
+        winner = await process_b.run(market.listing_id, lambda later: buy_with(second_buyer, later))
+        winners.append(winner)
+        return await buy_with(market.buyer, fence)  # wakes up and writes, too late
+
+    winners: list[int] = []
+    with pytest.raises(StaleFence):
+        await process_a.run(market.listing_id, paused_holder)
+
+    orders = await db.fetch("SELECT id, buyer_id FROM orders")
+    assert [(row["id"], row["buyer_id"]) for row in orders] == [(winners[0], second_buyer.user_id)]
+    assert await listing_stock(db, market.listing_id) == (1, "on_sale")
+    assert await balance_of(db, market.buyer.user_id) == 5_000
+    await check_money(db)
 
 
 async def test_a_stale_fencing_token_is_refused_once_then_moved_past(
