@@ -22,12 +22,7 @@ from server.listings.service import ListingNotFound
 from server.openapi import ApiSpec
 from server.orders import service
 from server.orders.errors import OrderNotFound
-from server.orders.purchase import (
-    PurchaseRequest,
-    order_json,
-    purchase,
-    with_optimistic_retries,
-)
+from server.orders.purchase import PurchaseRequest, order_json, purchase
 from server.orders.schemas import OrderOut, OrderPage, OrdersQuery, PurchaseBody
 
 MAX_ID = 2**63 - 1  # ids are bigint; a larger one would reach PostgreSQL only as an error
@@ -81,8 +76,6 @@ async def purchase_listing(request: web.Request) -> web.Response:
     try:
         if strategy == "redis_lock":
             stored = await app[keys.purchase_locks_key].run(listing_id, buy)
-        elif strategy == "optimistic":
-            stored = await with_optimistic_retries(lambda: buy(None), metrics)
         else:
             stored = await buy(None)
     except Problem as problem:
