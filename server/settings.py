@@ -53,6 +53,7 @@ class Settings:
     s3_access_key: str | None = None
     s3_secret_key: str | None = None
     s3_public_url: str | None = None
+    s3_presign_endpoint: str | None = None  # S3 as clients reach it; default s3_endpoint
     s3_timeout: float = 5.0
     photo_max_bytes: int = 10 * 1024 * 1024
     photo_upload_ttl: int = 600
@@ -100,6 +101,7 @@ class Settings:
             s3_access_key=reader.optional("S3_ACCESS_KEY"),
             s3_secret_key=reader.optional("S3_SECRET_KEY"),
             s3_public_url=reader.optional("S3_PUBLIC_URL"),
+            s3_presign_endpoint=reader.optional("S3_PRESIGN_ENDPOINT"),
             s3_timeout=reader.number("S3_TIMEOUT", defaults.s3_timeout),
             photo_max_bytes=reader.integer("PHOTO_MAX_BYTES", defaults.photo_max_bytes),
             photo_upload_ttl=reader.integer("PHOTO_UPLOAD_TTL", defaults.photo_upload_ttl),

@@ -76,12 +76,13 @@ def _signing_client(settings: Settings) -> Any:
     """A synchronous botocore client used only to presign URLs, which needs no network.
 
     ``public_url`` is synchronous (listing representations call it per photo), and
-    aiobotocore's presigning is a coroutine.
+    aiobotocore's presigning is a coroutine. Its endpoint is S3 as the clients reach it,
+    which differs from jangteo's own when S3 sits on an internal network.
     """
+    arguments = _client_arguments(settings)
+    arguments["endpoint_url"] = settings.s3_presign_endpoint or settings.s3_endpoint
     session = botocore.session.get_session()
-    return session.create_client(
-        "s3", config=_config(settings, Config), **_client_arguments(settings)
-    )
+    return session.create_client("s3", config=_config(settings, Config), **arguments)
 
 
 class S3PhotoStorage:

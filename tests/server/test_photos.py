@@ -623,6 +623,7 @@ def test_photo_settings_come_from_the_environment() -> None:
     assert defaults.photo_upload_ttl == 600
     assert defaults.s3_bucket == "jangteo-photos"
     assert defaults.s3_public_url is None
+    assert defaults.s3_presign_endpoint is None
     settings = Settings.from_env(
         {
             "JANGTEO_PHOTO_MAX_BYTES": "2048",
@@ -633,6 +634,7 @@ def test_photo_settings_come_from_the_environment() -> None:
             "JANGTEO_S3_ACCESS_KEY": "key",
             "JANGTEO_S3_SECRET_KEY": "secret",
             "JANGTEO_S3_PUBLIC_URL": "https://cdn.example/photos",
+            "JANGTEO_S3_PRESIGN_ENDPOINT": "http://localhost:9000",
             "JANGTEO_S3_TIMEOUT": "1.5",
         }
     )
@@ -643,6 +645,7 @@ def test_photo_settings_come_from_the_environment() -> None:
     assert settings.s3_region == "ap-northeast-2"
     assert (settings.s3_access_key, settings.s3_secret_key) == ("key", "secret")
     assert settings.s3_public_url == "https://cdn.example/photos"
+    assert settings.s3_presign_endpoint == "http://localhost:9000"
     assert settings.s3_timeout == 1.5
 
 

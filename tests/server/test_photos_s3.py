@@ -203,6 +203,24 @@ async def test_a_public_base_url_replaces_presigned_downloads(
     assert (await response.json())["url"] == f"{base}/{key}"
 
 
+async def test_presigned_urls_name_s3_as_clients_reach_it(
+    aiohttp_client: AiohttpClient, s3_settings: Settings, s3_endpoint: str
+) -> None:
+    # jangteo reaches S3 as 127.0.0.1; its clients know it by another name.
+    outside = s3_endpoint.replace("127.0.0.1", "localhost")
+    client = await aiohttp_client(create_app(s3_settings.replace(s3_presign_endpoint=outside)))
+    seller = await sign_up(client)
+    listing_id = await create_listing(client, seller)
+    ticket = await ask_upload(client, seller, listing_id, "image/png", len(PNG))
+    assert ticket["upload_url"].startswith(f"{outside}/{s3_settings.s3_bucket}/")
+    assert await send(ticket, PNG) == 200  # the signature covers the outside host name
+    response = await complete(client, seller, listing_id, ticket["photo_id"])
+    assert response.status == 200, await response.text()
+    photo_url = (await response.json())["url"]
+    assert photo_url.startswith(f"{outside}/")
+    assert await fetch(photo_url) == (200, PNG)
+
+
 async def test_s3_down_is_a_503_and_takes_no_slot(
     aiohttp_client: AiohttpClient, s3_settings: Settings, db: asyncpg.Connection
 ) -> None:
