@@ -12,7 +12,7 @@ from prometheus_client import Gauge
 from db.pool import create_pool
 from server import keys
 from server.listings.cache import ListingCache
-from server.listings.invalidation import listen_for_invalidations
+from server.listings.invalidation import listen_for_invalidations, redis_database
 from server.listings.invalidation import stop as stop_listener
 from server.listings.near_cache import NearCache
 from server.orders.locks import PurchaseLocks
@@ -56,7 +56,11 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     near = NearCache()
     app[keys.listing_cache_key] = ListingCache(
-        client, app[keys.metrics_key], enabled=settings.cache_enabled, near=near
+        client,
+        app[keys.metrics_key],
+        enabled=settings.cache_enabled,
+        near=near,
+        database=redis_database(settings.redis_url),
     )
     app[keys.purchase_locks_key] = PurchaseLocks(client)
     listener = asyncio.create_task(

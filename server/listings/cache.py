@@ -25,8 +25,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from server.listings.invalidation import CHANNEL as INVALIDATION_CHANNEL
-from server.listings.invalidation import wait_for_acks
+from server.listings.invalidation import channel_name, wait_for_acks
 from server.listings.near_cache import NearCache
 from server.metrics import Metrics
 
@@ -63,6 +62,7 @@ class ListingCache:
         enabled: bool = True,
         near: NearCache | None = None,
         ack_timeout_s: float = ACK_TIMEOUT_S,
+        database: str = "0",
     ) -> None:
         self.redis = redis
         self.metrics = metrics
@@ -70,6 +70,7 @@ class ListingCache:
         self._outcomes: dict[tuple[str, str], Any] = {}
         self.enabled = enabled  # off: every read goes to PostgreSQL (benchmarks, debugging)
         self.ack_timeout_s = ack_timeout_s
+        self.database = database  # of ``redis``: its subscribers listen on its own channel
         self._lookup = redis.register_script(_LOOKUP)
         self._bump = redis.register_script(_BUMP)
 
@@ -98,9 +99,12 @@ class ListingCache:
         try:
             receivers = await self._bump(
                 keys=[f"{base}:gen" for base in bases],
-                args=[GENERATION_TTL_S, INVALIDATION_CHANNEL, " ".join([ack_key, *bases])],
+                args=[GENERATION_TTL_S, channel_name(self.database), " ".join([ack_key, *bases])],
             )
-            if await wait_for_acks(self.redis, ack_key, int(receivers), self.ack_timeout_s):
+            waited = wait_for_acks(
+                self.redis, self.database, ack_key, int(receivers), self.ack_timeout_s
+            )
+            if await waited:
                 self.metrics.silent_subscribers.inc()
         except (RedisError, OSError) as error:
             # Redis is down: entries then live out their TTL, and every process's

@@ -1,6 +1,7 @@
 """Near-cache invalidation over Redis pub/sub, confirmed by every process before a write answers.
 
-A writer publishes ``<ack key> <base> <base>...`` on ``CHANNEL`` and then waits until
+A writer publishes ``<ack key> <base> <base>...`` on its database's channel
+(``channel_name``; pub/sub is shared by every database of a Redis server) and waits until
 each subscriber that Redis delivered it to has pushed its client id onto the ack key
 (``wait_for_acks``). Each process hears the message on a raw asyncio protocol; its
 ``data_received`` drops the entries and sends the ack in the same call, in the event
@@ -22,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 from typing import cast
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 import redis.asyncio as aioredis
@@ -31,12 +32,23 @@ from server.listings.near_cache import NearCache
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "jangteo:cache-invalidate"
+CHANNEL_PREFIX = "jangteo:cache-invalidate"
 SUBSCRIBER_NAME = "jangteo-near-cache"  # CLIENT SETNAME of every subscription connection
 ACK_KEY_TTL_MS = 10_000  # a late ack, after the writer gave up, is not kept for long
 RECONNECT_DELAY_S = 0.5
 PING_INTERVAL_S = 1.0
 SILENCE_LIMIT_S = 3.0  # no answer to our pings for this long: treat Redis as gone
+
+
+def redis_database(redis_url: str) -> str:
+    """The database number of a Redis URL, read as redis-py reads it."""
+    parts = urlsplit(redis_url)
+    in_query = parse_qs(parts.query).get("db")
+    return in_query[0] if in_query else parts.path.strip("/") or "0"
+
+
+def channel_name(database: str) -> str:
+    return f"{CHANNEL_PREFIX}:{database}"
 
 
 def _command(*parts: str | bytes) -> bytes:
@@ -52,7 +64,7 @@ class _Subscription(asyncio.Protocol):
         self.near = near
         self.password = unquote(parts.password) if parts.password else None
         self.username = unquote(parts.username) if parts.username else None
-        self.database = parts.path.strip("/") or "0"  # acks go to the writers' database
+        self.database = redis_database(redis_url)  # acks go to the writers' database
         self.reader = hiredis.Reader()
         self.loop = asyncio.get_running_loop()
         self.closed: asyncio.Future[None] = self.loop.create_future()
@@ -71,7 +83,7 @@ class _Subscription(asyncio.Protocol):
             _command(*hello)
             + _command("SELECT", self.database)
             + _command("CLIENT", "ID")
-            + _command("SUBSCRIBE", CHANNEL)
+            + _command("SUBSCRIBE", channel_name(self.database))
         )
         self.near.bind(self.transport.is_closing)
 
@@ -145,9 +157,9 @@ async def listen_for_invalidations(redis_url: str, near: NearCache) -> None:
 
 
 async def wait_for_acks(
-    redis: aioredis.Redis, ack_key: str, receivers: int, timeout_s: float
+    redis: aioredis.Redis, database: str, ack_key: str, receivers: int, timeout_s: float
 ) -> int:
-    """Wait until ``receivers`` subscribers confirmed; disconnect the silent ones.
+    """Wait until ``receivers`` subscribers of ``database`` confirmed; disconnect the silent ones.
 
     Returns how many were disconnected (0 when everybody answered in time).
     """
@@ -157,7 +169,7 @@ async def wait_for_acks(
     while len(acked) < receivers:
         remaining = deadline - loop.time()
         if remaining <= 0:
-            return await _disconnect_all_but(redis, acked)
+            return await _disconnect_all_but(redis, database, acked)
         popped = await redis.blpop([ack_key], timeout=remaining)
         if popped is not None:
             client_id = popped[1]
@@ -165,11 +177,13 @@ async def wait_for_acks(
     return 0
 
 
-async def _disconnect_all_but(redis: aioredis.Redis, acked: set[str]) -> int:
+async def _disconnect_all_but(redis: aioredis.Redis, database: str, acked: set[str]) -> int:
     silent = [
         client["id"]
         for client in await redis.client_list(_type="pubsub")
-        if client.get("name") == SUBSCRIBER_NAME and client["id"] not in acked
+        if client.get("name") == SUBSCRIBER_NAME
+        and client.get("db") == database  # each subscriber selects its database
+        and client["id"] not in acked
     ]
     for client_id in silent:
         await redis.client_kill_filter(_id=client_id)

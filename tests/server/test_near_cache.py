@@ -14,9 +14,10 @@ from server.embedded.process import free_port
 from server.embedded.redis import EmbeddedRedis
 from server.listings.cache import ListingCache
 from server.listings.invalidation import (
-    CHANNEL,
     SUBSCRIBER_NAME,
+    channel_name,
     listen_for_invalidations,
+    redis_database,
     stop,
 )
 from server.listings.near_cache import NearCache
@@ -96,7 +97,8 @@ async def test_listener_applies_messages_and_follows_the_connection(
     try:
         assert await _until(lambda: near.enabled)
         near.put("cache:listing:5", "", b"five", near.epoch)
-        receivers = await publisher.publish(CHANNEL, "ack:1 cache:listing:5 cache:feed:x")
+        message = "ack:1 cache:listing:5 cache:feed:x"
+        receivers = await publisher.publish(channel_name("0"), message)
         assert receivers == 1
         assert await _until(lambda: near.get("cache:listing:5") is None)
         acked = await publisher.blpop(["ack:1"], timeout=5)
@@ -178,7 +180,7 @@ async def test_a_process_that_does_not_confirm_is_disconnected(own_redis: Embedd
     stalled_pubsub = stalled.pubsub()
     cache = ListingCache(redis, Metrics(), near=near, ack_timeout_s=0.3)
     try:
-        await stalled_pubsub.subscribe(CHANNEL)
+        await stalled_pubsub.subscribe(channel_name("0"))
         assert await _until(lambda: near.enabled)
         assert len(await _subscriber_ids(redis)) == 2
         near.put("cache:listing:8", "", b"old", near.epoch)
@@ -207,3 +209,45 @@ def test_a_closing_subscription_stops_serving_before_it_is_reported_lost() -> No
     assert near.get("cache:listing:1") == b"x"
     closing = True
     assert near.get("cache:listing:1") is None
+
+
+async def test_deployments_on_other_databases_of_one_server_are_left_alone(
+    own_redis: EmbeddedRedis,
+) -> None:
+    ours, theirs = NearCache(), NearCache()
+    server = f"redis://127.0.0.1:{own_redis.port}"
+    listeners = [
+        asyncio.create_task(listen_for_invalidations(f"{server}/3", ours)),
+        asyncio.create_task(listen_for_invalidations(f"{server}/0", theirs)),
+    ]
+    redis = aioredis.Redis.from_url(f"{server}/3")
+    cache = ListingCache(redis, Metrics(), near=ours, database="3", ack_timeout_s=5)
+    try:
+        assert await _until(lambda: ours.enabled and theirs.enabled)
+        subscribers = await _subscriber_ids(redis)
+        for near in (ours, theirs):
+            near.put("cache:listing:4", "", b"four", near.epoch)
+        await cache.changed(4, "seoul-mapo")
+        assert ours.get("cache:listing:4") is None
+        assert theirs.get("cache:listing:4") == b"four"  # another deployment's listing 4
+        assert await _subscriber_ids(redis) == subscribers  # nobody disconnected
+        assert (
+            cache.metrics.registry.get_sample_value("jangteo_cache_silent_subscribers_total") == 0
+        )
+    finally:
+        for listener in listeners:
+            await stop(listener)
+        await redis.aclose()
+
+
+@pytest.mark.parametrize(
+    ("url", "database"),
+    [
+        ("redis://127.0.0.1:6379", "0"),
+        ("redis://127.0.0.1:6379/0", "0"),
+        ("redis://:secret@127.0.0.1:6379/7", "7"),
+        ("redis://127.0.0.1:6379?db=5", "5"),
+    ],
+)
+def test_the_database_is_read_from_the_url(url: str, database: str) -> None:
+    assert redis_database(url) == database
