@@ -46,9 +46,15 @@ class Metrics:
             ["kind", "outcome"],
             registry=self.registry,
         )
-        self.silent_subscribers = Counter(
-            "jangteo_cache_silent_subscribers",
-            "Cache invalidations after which a process that did not confirm was disconnected",
+        self.unconfirmed_invalidations = Counter(
+            "jangteo_cache_unconfirmed_invalidations",
+            "Cache invalidations some subscriber did not confirm in time (the writer then"
+            " disconnected it and waited out its lease)",
+            registry=self.registry,
+        )
+        self.failed_invalidations = Counter(
+            "jangteo_cache_failed_invalidations",
+            "Cache invalidations that could not reach Redis after a committed change",
             registry=self.registry,
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -12,6 +13,8 @@ import redis.asyncio as aioredis
 
 from db.migrate import migrate
 from server.app import create_app
+from server.embedded.process import free_port
+from server.embedded.redis import EmbeddedRedis
 from server.embedded.stack import EmbeddedStack
 from server.settings import Settings
 from tests.support import TEST_JWT_SECRET, Client, ServerProcess, make_settings
@@ -155,3 +158,12 @@ def two_servers(server_env: dict[str, str]) -> Iterator[tuple[ServerProcess, Ser
     yield first, second
     first.stop()
     second.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A Redis of this test's own, so stopping or pausing it disturbs nothing else."""
+    server = EmbeddedRedis(tmp_path / "redis", free_port())
+    server.ensure_running()
+    yield server
+    server.stop()

@@ -36,7 +36,7 @@ FEED_TTL_MS = 30_000
 GENERATION_TTL_S = 24 * 3600  # longer than any entry, so a generation never restarts under one
 REBUILD_LOCK_MS = 2_000
 WAIT_STEP_S = 0.005
-ACK_TIMEOUT_S = 0.5  # a process silent for this long is disconnected (see invalidation.py)
+ACK_TIMEOUT_S = 0.5  # then silent processes are disconnected and their leases waited out
 
 _LOOKUP = """
 local generation = redis.call('GET', KEYS[1]) or '0'
@@ -91,7 +91,8 @@ class ListingCache:
     async def changed(self, listing_id: int, region: str) -> None:
         """Call after a change to a listing has committed, before answering the client.
 
-        Returns once every process has dropped its near copies (or been disconnected).
+        Returns once every process has dropped its near copies, or can no longer serve
+        them (its lease ran out; see invalidation.py).
         """
         bases = [f"cache:listing:{listing_id}", f"cache:feed:{region}"]
         self.near.invalidate(bases)
@@ -105,10 +106,11 @@ class ListingCache:
                 self.redis, self.database, ack_key, int(receivers), self.ack_timeout_s
             )
             if await waited:
-                self.metrics.silent_subscribers.inc()
+                self.metrics.unconfirmed_invalidations.inc()
         except (RedisError, OSError) as error:
-            # Redis is down: entries then live out their TTL, and every process's
-            # subscription is gone too, which switches its near cache off.
+            # Usually Redis is down, and every process's lease runs out too. If only
+            # this writer lost Redis, the others keep their copies until the TTLs.
+            self.metrics.failed_invalidations.inc()
             log.warning("cache invalidation failed", extra={"error": str(error)})
 
     async def _cached(

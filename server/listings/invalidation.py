@@ -8,10 +8,14 @@ each subscriber that Redis delivered it to has pushed its client id onto the ack
 loop's I/O phase, so once the writer has every ack no process can still serve the old
 copy, and a client reads its own write on every instance.
 
-A subscriber that does not confirm in time (a stalled process) is disconnected by the
-writer with CLIENT KILL. Losing the connection switches its near cache off, and because
-a stalled loop handles pending socket events before it runs any request handler, it
-drops its copies before serving another request.
+A process that does not confirm in time (stalled, or behind a slow link) is covered by
+a lease: a process serves its near cache only until ``LEASE_S`` after it *sent* the last
+PING that Redis answered, and it pings every ``PING_INTERVAL_S``. Replies on one
+connection arrive in order, so a PING answered after the invalidation was published
+reaches the process after the invalidation itself. A writer missing an ack therefore
+waits until ``LEASE_S`` after Redis answered its PUBLISH: by then every lease granted
+before the invalidation has run out. It also disconnects the silent subscribers (CLIENT
+KILL) so that the next writes do not wait for them again.
 
 The subscription speaks RESP3, where a subscribed connection may also send ordinary
 commands, so the ack leaves on the same socket without a task switch.
@@ -22,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -35,9 +40,12 @@ log = logging.getLogger(__name__)
 CHANNEL_PREFIX = "jangteo:cache-invalidate"
 SUBSCRIBER_NAME = "jangteo-near-cache"  # CLIENT SETNAME of every subscription connection
 ACK_KEY_TTL_MS = 10_000  # a late ack, after the writer gave up, is not kept for long
-RECONNECT_DELAY_S = 0.5
-PING_INTERVAL_S = 1.0
+LEASE_S = 1.0
+PING_INTERVAL_S = 0.25  # several pings per lease, so a busy moment does not end it
 SILENCE_LIMIT_S = 3.0  # no answer to our pings for this long: treat Redis as gone
+RECONNECT_DELAY_S = 0.5
+MIN_BLOCK_S = 0.01  # Redis reads a shorter BLPOP timeout as 0, which blocks forever
+_LEASE_PREFIX = b"lease:"
 
 
 def redis_database(redis_url: str) -> str:
@@ -69,6 +77,7 @@ class _Subscription(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.closed: asyncio.Future[None] = self.loop.create_future()
         self.last_heard = self.loop.time()
+        self.suspect = False  # silent at the last check; closed if still silent at the next
         self.transport: asyncio.Transport | None = None
         self.client_id: bytes | None = None
 
@@ -84,33 +93,57 @@ class _Subscription(asyncio.Protocol):
             + _command("SELECT", self.database)
             + _command("CLIENT", "ID")
             + _command("SUBSCRIBE", channel_name(self.database))
+            + self._lease_ping()
         )
         self.near.bind(self.transport.is_closing)
 
+    @staticmethod
+    def _lease_ping() -> bytes:
+        return _command("PING", _LEASE_PREFIX + repr(time.monotonic()).encode())
+
     def ping(self) -> None:
-        """Check Redis still answers; close the connection if it has gone quiet."""
+        """Renew the lease; close the connection if Redis stopped answering.
+
+        Silence is only acted on at the second check in a row: after a stalled event
+        loop the answers may be waiting in the socket, and are read in between.
+        """
         assert self.transport is not None
-        if self.loop.time() - self.last_heard > SILENCE_LIMIT_S:
+        if self.loop.time() - self.last_heard <= SILENCE_LIMIT_S:
+            self.suspect = False
+        elif self.suspect:
             self.transport.close()
+            return
         else:
-            self.transport.write(_command("PING"))
+            self.suspect = True
+        self.transport.write(self._lease_ping())
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
         self.last_heard = self.loop.time()
         self.reader.feed(data)
-        while (reply := self.reader.gets()) is not False:
-            if isinstance(reply, hiredis.ReplyError):
-                log.warning("cache invalidation subscription refused", extra={"error": str(reply)})
-                self.transport.close()
-            elif isinstance(reply, int) and self.client_id is None:
-                self.client_id = b"%d" % reply  # the answer to CLIENT ID
-            elif isinstance(reply, list) and len(reply) == 3:
-                kind = reply[0]
-                if kind == b"subscribe":
-                    self.near.reset(enabled=True)
-                elif kind == b"message":
-                    self._apply(reply[2])
+        try:
+            while (reply := self.reader.gets()) is not False:
+                self._handle(reply)
+        except (ValueError, hiredis.ProtocolError) as error:
+            # Not a message jangteo sends: fail safe, the near cache goes off until
+            # the subscription is back.
+            log.warning("bad cache invalidation message", extra={"error": repr(error)})
+            self.near.reset(enabled=False)
+            self.transport.close()
+
+    def _handle(self, reply: object) -> None:
+        assert self.transport is not None
+        if isinstance(reply, hiredis.ReplyError):
+            raise ValueError(f"redis refused: {reply}")
+        if isinstance(reply, hiredis.PushNotification):
+            if reply[0] == b"subscribe":
+                self.near.reset(enabled=True)
+            elif reply[0] == b"message":
+                self._apply(reply[2])
+        elif isinstance(reply, bytes) and reply.startswith(_LEASE_PREFIX):
+            self.near.renew(float(reply[len(_LEASE_PREFIX) :]) + LEASE_S)
+        elif isinstance(reply, int) and self.client_id is None:
+            self.client_id = b"%d" % reply  # the answer to CLIENT ID
 
     def _apply(self, message: bytes) -> None:
         assert self.transport is not None and self.client_id is not None
@@ -159,17 +192,22 @@ async def listen_for_invalidations(redis_url: str, near: NearCache) -> None:
 async def wait_for_acks(
     redis: aioredis.Redis, database: str, ack_key: str, receivers: int, timeout_s: float
 ) -> int:
-    """Wait until ``receivers`` subscribers of ``database`` confirmed; disconnect the silent ones.
+    """Wait until ``receivers`` subscribers confirmed; if some did not, make it safe.
 
-    Returns how many were disconnected (0 when everybody answered in time).
+    Returns how many subscribers did not confirm (0 when everybody answered in time).
+    Those of ``database`` that are jangteo processes are disconnected, and the call
+    returns only once no lease granted before the invalidation can still be running.
     """
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
+    published = loop.time()
+    deadline = published + timeout_s
     acked: set[str] = set()
     while len(acked) < receivers:
         remaining = deadline - loop.time()
-        if remaining <= 0:
-            return await _disconnect_all_but(redis, database, acked)
+        if remaining < MIN_BLOCK_S:
+            await _disconnect_all_but(redis, database, acked)
+            await asyncio.sleep(max(0.0, published + LEASE_S - loop.time()))
+            return receivers - len(acked)
         popped = await redis.blpop([ack_key], timeout=remaining)
         if popped is not None:
             client_id = popped[1]
@@ -177,7 +215,7 @@ async def wait_for_acks(
     return 0
 
 
-async def _disconnect_all_but(redis: aioredis.Redis, database: str, acked: set[str]) -> int:
+async def _disconnect_all_but(redis: aioredis.Redis, database: str, acked: set[str]) -> None:
     silent = [
         client["id"]
         for client in await redis.client_list(_type="pubsub")
@@ -188,7 +226,6 @@ async def _disconnect_all_but(redis: aioredis.Redis, database: str, acked: set[s
     for client_id in silent:
         await redis.client_kill_filter(_id=client_id)
     log.warning("near cache subscribers did not confirm; disconnected", extra={"ids": silent})
-    return len(silent)
 
 
 async def stop(task: asyncio.Task[None]) -> None:

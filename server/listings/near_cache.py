@@ -2,9 +2,10 @@
 
 Reading Redis costs a network round trip per request; this copy costs a dict lookup.
 It is only used while this process is subscribed to the invalidation channel
-(``invalidation.py``): a process that cannot hear invalidations serves nothing from it.
-An entry fetched while an invalidation arrived is not kept, so a copy can never be
-older than the last change this process has heard of.
+(``invalidation.py``) and holds a lease that Redis renews by answering its pings: a
+process that cannot hear invalidations, or has not heard from Redis lately, serves
+nothing from it. An entry fetched while an invalidation arrived is not kept, so a copy
+can never be older than the last change this process has heard of.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class NearCache:
         self.ttl_s = ttl_s
         self.enabled = False  # becomes True once subscribed, False when the subscription drops
         self.epoch = 0  # +1 on every invalidation heard
+        self.lease_until = 0.0  # time.monotonic() until which copies may be served
         self._connection_closing: Callable[[], bool] = lambda: False
         self._entries: OrderedDict[tuple[str, str], tuple[float, bytes]] = OrderedDict()
         self._by_base: dict[str, set[tuple[str, str]]] = {}
@@ -35,7 +37,8 @@ class NearCache:
         if found is None:
             return None
         stored_at, value = found
-        if time.monotonic() - stored_at > self.ttl_s:
+        now = time.monotonic()
+        if now > self.lease_until or now - stored_at > self.ttl_s:
             return None
         self._entries.move_to_end(key)
         return value
@@ -51,6 +54,13 @@ class NearCache:
         while len(self._entries) > self.max_entries:
             evicted, _ = self._entries.popitem(last=False)
             self._forget(evicted)
+
+    def __contains__(self, base: str) -> bool:
+        """Whether copies of ``base`` are kept (served or not: see ``get``)."""
+        return base in self._by_base
+
+    def renew(self, lease_until: float) -> None:
+        self.lease_until = max(self.lease_until, lease_until)
 
     def bind(self, connection_closing: Callable[[], bool]) -> None:
         """Serve nothing once the subscription is closing, even before it is reported lost."""
@@ -68,6 +78,7 @@ class NearCache:
         self._entries.clear()
         self._by_base.clear()
         self.enabled = enabled
+        self.lease_until = 0.0  # a new subscription earns its own lease
 
     def _forget(self, key: tuple[str, str]) -> None:
         base = key[0]

@@ -3,24 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-
-from server.embedded.process import free_port
 from server.embedded.redis import EmbeddedRedis
 from server.settings import Settings
 from tests.conftest import ClientFactory
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    """A Redis of this test's own, so stopping it disturbs nothing else."""
-    server = EmbeddedRedis(tmp_path / "redis", free_port())
-    server.ensure_running()
-    yield server
-    server.stop()
 
 
 async def test_readyz_follows_redis(
