@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 
 import aiohttp
 
@@ -17,27 +19,41 @@ async def _hammer(http: aiohttp.ClientSession, url: str, stop: asyncio.Event) ->
             await response.read()
 
 
+async def _listing_for_sale(
+    http: aiohttp.ClientSession, server: ServerProcess
+) -> tuple[dict[str, str], int]:
+    """A seller's token header and a listing of theirs priced 1000, created on ``server``."""
+    signup = await http.post(
+        f"{server.url}/api/v1/auth/signup",
+        json={
+            "email": "ryw@example.com",
+            "password": PASSWORD,
+            "nickname": "r",
+            "region": "seoul-mapo",
+        },
+    )
+    auth = {"Authorization": f"Bearer {(await signup.json())['access_token']}"}
+    created = await http.post(
+        f"{server.url}/api/v1/listings",
+        json={"title": "desk", "price": 1000, "category": "furniture"},
+        headers=auth,
+    )
+    listing_id: int = (await created.json())["id"]
+    return auth, listing_id
+
+
+async def _price(http: aiohttp.ClientSession, url: str) -> int:
+    async with http.get(url) as response:
+        price: int = (await response.json())["price"]
+        return price
+
+
 async def test_each_read_on_the_other_instance_sees_the_write(
     two_servers: tuple[ServerProcess, ServerProcess],
 ) -> None:
     writer, reader = two_servers
     async with aiohttp.ClientSession() as http:
-        signup = await http.post(
-            f"{writer.url}/api/v1/auth/signup",
-            json={
-                "email": "ryw@example.com",
-                "password": PASSWORD,
-                "nickname": "r",
-                "region": "seoul-mapo",
-            },
-        )
-        auth = {"Authorization": f"Bearer {(await signup.json())['access_token']}"}
-        created = await http.post(
-            f"{writer.url}/api/v1/listings",
-            json={"title": "desk", "price": 1000, "category": "furniture"},
-            headers=auth,
-        )
-        listing_id = (await created.json())["id"]
+        auth, listing_id = await _listing_for_sale(http, writer)
         read_url = f"{reader.url}/api/v1/listings/{listing_id}"
         feed_url = f"{reader.url}/api/v1/listings?region=seoul-mapo"
 
@@ -65,3 +81,32 @@ async def test_each_read_on_the_other_instance_sees_the_write(
 
         metrics = await (await http.get(f"{reader.url}/metrics")).text()
         assert 'jangteo_cache_lookups_total{kind="detail",outcome="local"}' in metrics
+
+
+async def test_a_stalled_instance_neither_blocks_writes_nor_serves_its_old_copy(
+    two_servers: tuple[ServerProcess, ServerProcess],
+) -> None:
+    writer, reader = two_servers
+    assert reader.process is not None
+    async with aiohttp.ClientSession() as http:
+        auth, listing_id = await _listing_for_sale(http, writer)
+        read_url = f"{reader.url}/api/v1/listings/{listing_id}"
+        for _ in range(20):
+            assert await _price(http, read_url) == 1000
+        reader_metrics = await (await http.get(f"{reader.url}/metrics")).text()
+        assert 'kind="detail",outcome="local"' in reader_metrics  # it keeps a near copy
+
+        os.kill(reader.process.pid, signal.SIGSTOP)  # it can neither confirm nor serve
+        try:
+            patched = await http.patch(
+                f"{writer.url}/api/v1/listings/{listing_id}",
+                json={"price": 2000},
+                headers={**auth, "If-Match": "*"},
+            )
+            assert patched.status == 200  # answered without the stalled instance
+        finally:
+            os.kill(reader.process.pid, signal.SIGCONT)
+
+        assert await _price(http, read_url) == 2000
+        metrics = await (await http.get(f"{writer.url}/metrics")).text()
+        assert "jangteo_cache_unconfirmed_invalidations_total 1.0" in metrics
