@@ -102,10 +102,10 @@ class ListingCache:
                 keys=[f"{base}:gen" for base in bases],
                 args=[GENERATION_TTL_S, channel_name(self.database), " ".join([ack_key, *bases])],
             )
-            waited = wait_for_acks(
+            unconfirmed = await wait_for_acks(
                 self.redis, self.database, ack_key, int(receivers), self.ack_timeout_s
             )
-            if await waited:
+            if unconfirmed:
                 self.metrics.unconfirmed_invalidations.inc()
         except (RedisError, OSError) as error:
             # Usually Redis is down, and every process's lease runs out too. If only
