@@ -232,3 +232,11 @@ async def check_listing_events(db: asyncpg.Connection, listing_id: int) -> None:
         if row.channel == f"listing:{listing_id}" and row.type == "listing.status_changed"
     ]
     assert len(status_events) == flips, (flips, status_events)
+
+
+async def check_invariants(db: asyncpg.Connection, listing_id: int, initial: int) -> None:
+    """Every invariant at once: no oversell, money conserved, events consistent."""
+    await check_stock(db, listing_id, initial)
+    await check_money(db)
+    await check_order_events(db)
+    await check_listing_events(db, listing_id)

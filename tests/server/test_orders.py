@@ -24,6 +24,7 @@ from tests.orders_support import (
     JsonObject,
     OutboxRow,
     balance_of,
+    check_invariants,
     check_listing_events,
     check_money,
     check_order_events,
@@ -401,10 +402,7 @@ async def test_concurrent_buyers_never_oversell(
     quantity, _ = await listing_stock(db, market.listing_id)
     assert sold == 10 - quantity
     assert await db.fetchval("SELECT count(*) FROM orders") == statuses.count(201)
-    await check_stock(db, market.listing_id, 10)
-    await check_money(db)
-    await check_order_events(db)
-    await check_listing_events(db, market.listing_id)
+    await check_invariants(db, market.listing_id, 10)
 
 
 async def test_a_cancelled_sale_can_be_bought_again(
@@ -636,10 +634,7 @@ async def test_cancelling_refunds_and_restocks_once(
         refused = await act(client, account, order["id"], action)
         await problem(refused, 409, "illegal-order-transition")
         assert await snapshot(db) == after
-    await check_money(db)
-    await check_stock(db, market.listing_id, 2)
-    await check_order_events(db)
-    await check_listing_events(db, market.listing_id)
+    await check_invariants(db, market.listing_id, 2)
 
 
 async def test_cancelling_part_of_the_stock_keeps_the_listing_on_sale(

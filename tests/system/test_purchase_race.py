@@ -21,7 +21,7 @@ from tests.orders_support import (
     STRATEGIES,
     JsonObject,
     balance_of,
-    check_listing_events,
+    check_invariants,
     check_money,
     check_order_events,
     check_stock,
@@ -249,10 +249,7 @@ async def test_hundreds_of_buyers_race_for_one_listing(
             if refused.status != 200:
                 assert (refused.status, refused.slug) == (409, "illegal-order-transition")
 
-    await check_stock(db, listing_id, STOCK)
-    await check_money(db)
-    await check_order_events(db)
-    await check_listing_events(db, listing_id)
+    await check_invariants(db, listing_id, STOCK)
     stored = await db.fetchval("SELECT count(*) FROM idempotency_keys")
     assert stored == len(early) + len(made) + len(early)  # one winning move per early order
 
@@ -325,10 +322,7 @@ async def test_cancel_and_complete_racing_on_one_order_move_it_once(
     assert await balance_of(db, seller.user_id) == completed * 2 * PRICE
     quantity, _ = await listing_stock(db, listing_id)
     assert quantity == 12 - 2 * completed
-    await check_stock(db, listing_id, 12)
-    await check_money(db)
-    await check_order_events(db)
-    await check_listing_events(db, listing_id)
+    await check_invariants(db, listing_id, 12)
 
 
 async def blocked_backend(
