@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from realtime import handlers as realtime_handlers
+from realtime.setup import setup_realtime
 from server import docs, health, keys
 from server.auth import handlers as auth_handlers
 from server.auth.passwords import PasswordHasher
@@ -37,6 +39,7 @@ def create_app(settings: Settings) -> web.Application:
     spec = ApiSpec(title="jangteo", version=API_VERSION)
     app[keys.api_spec_key] = spec
     app.cleanup_ctx.extend([pg_pool_ctx, redis_ctx, janitor_ctx])
+    setup_realtime(app)
 
     health.setup_routes(app, spec)
     docs.setup_routes(app)
@@ -45,4 +48,5 @@ def create_app(settings: Settings) -> web.Application:
     wallet_handlers.setup_routes(app, spec)
     order_handlers.setup_routes(app, spec)
     setup_photos(app, spec)
+    realtime_handlers.setup_routes(app, spec)
     return app

@@ -20,10 +20,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """200 when PostgreSQL and Redis both answer within a second, else 503."""
+    """200 when PostgreSQL and Redis answer within a second and events arrive, else 503."""
     checks = await asyncio.gather(_check_postgres(request.app), _check_redis(request.app))
-    report = {"postgres": checks[0], "redis": checks[1]}
-    if all(result == "ok" for result in checks):
+    report = {"postgres": checks[0], "redis": checks[1], "events": _check_events(request.app)}
+    if all(result == "ok" for result in report.values()):
         return json_response({"status": "ok", **report})
     failing = ", ".join(name for name, result in report.items() if result != "ok")
     raise ServiceUnavailable(f"not ready: {failing}", retry_after=1, checks=report)
@@ -45,6 +45,14 @@ async def _check_redis(app: web.Application) -> str:
     except Exception as error:
         return f"error: {type(error).__name__}"
     return "ok"
+
+
+def _check_events(app: web.Application) -> str:
+    """Whether this instance receives events: its subscription's watchdog hears Redis."""
+    broker = app.get(keys.broker_key)
+    if broker is None or broker.healthy:
+        return "ok"
+    return "error: event subscription down"
 
 
 async def metrics(request: web.Request) -> web.Response:

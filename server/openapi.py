@@ -34,6 +34,7 @@ _PROBLEM_SCHEMA: dict[str, Any] = {
 }
 
 _STATUS_TEXT = {
+    101: "Switching protocols (WebSocket)",
     200: "OK",
     201: "Created",
     204: "No content",

@@ -12,11 +12,12 @@ from prometheus_client import Gauge
 from db.pool import create_pool
 from server import keys
 from server.listings.cache import ListingCache
-from server.listings.invalidation import listen_for_invalidations, redis_database
+from server.listings.invalidation import listen_for_invalidations
 from server.listings.invalidation import stop as stop_listener
 from server.listings.near_cache import NearCache
 from server.orders.locks import PurchaseLocks
 from server.ratelimit import RateLimiter
+from server.resp import redis_database
 
 
 async def pg_pool_ctx(app: web.Application) -> AsyncIterator[None]:

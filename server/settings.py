@@ -81,6 +81,19 @@ class Settings:
     trusted_proxies: tuple[str, ...] = ()
     log_level: str = "INFO"
     access_log: bool = True
+    event_retention: int = 7 * 24 * 3600  # seconds; published events older are pruned
+    relay_poll_interval: float = 1.0  # safety net beside LISTEN/NOTIFY
+    relay_batch_size: int = 500
+    ws_max_connections: int = 20_000  # per instance; beyond it new sockets close with 1013
+    ws_max_subscriptions: int = 100  # per socket
+    ws_max_frame_bytes: int = 64 * 1024  # larger client frames close with 1009
+    ws_frames_per_second: float = 20.0  # per socket, with bursts of twice as many
+    ws_max_bad_frames: int = 10  # error replies before a socket is closed with 1008
+    ws_send_queue: int = 512  # frames waiting for a slow client before it is closed (1013)
+    ws_heartbeat: float = 20.0  # seconds between server pings; no pong in half of it: dead
+    ws_replay_limit: int = 10_000  # events one resume may replay; further back is `resync`
+    ws_ticket_ttl: int = 30
+    redis_watchdog_interval: float = 1.0  # the event subscription pings this often
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -137,6 +150,25 @@ class Settings:
             trusted_proxies=reader.networks("TRUSTED_PROXIES"),
             log_level=reader.text("LOG_LEVEL", defaults.log_level).upper(),
             access_log=reader.switch("ACCESS_LOG", True),
+            event_retention=reader.duration("EVENT_RETENTION", defaults.event_retention),
+            relay_poll_interval=reader.number("RELAY_POLL_INTERVAL", defaults.relay_poll_interval),
+            relay_batch_size=reader.integer("RELAY_BATCH_SIZE", defaults.relay_batch_size),
+            ws_max_connections=reader.integer("WS_MAX_CONNECTIONS", defaults.ws_max_connections),
+            ws_max_subscriptions=reader.integer(
+                "WS_MAX_SUBSCRIPTIONS", defaults.ws_max_subscriptions
+            ),
+            ws_max_frame_bytes=reader.integer("WS_MAX_FRAME_BYTES", defaults.ws_max_frame_bytes),
+            ws_frames_per_second=reader.number(
+                "WS_FRAMES_PER_SECOND", defaults.ws_frames_per_second
+            ),
+            ws_max_bad_frames=reader.integer("WS_MAX_BAD_FRAMES", defaults.ws_max_bad_frames),
+            ws_send_queue=reader.integer("WS_SEND_QUEUE", defaults.ws_send_queue),
+            ws_heartbeat=reader.number("WS_HEARTBEAT", defaults.ws_heartbeat),
+            ws_replay_limit=reader.integer("WS_REPLAY_LIMIT", defaults.ws_replay_limit),
+            ws_ticket_ttl=reader.integer("WS_TICKET_TTL", defaults.ws_ticket_ttl),
+            redis_watchdog_interval=reader.number(
+                "REDIS_WATCHDOG_INTERVAL", defaults.redis_watchdog_interval
+            ),
         )
         return settings
 
@@ -207,6 +239,23 @@ class _EnvReader:
         if lowered in ("0", "off", "false", "no"):
             return False
         raise SettingsError(f"{self.prefix}{name} must be on or off, got {value!r}")
+
+    def duration(self, name: str, default: int) -> int:
+        """Seconds, plainly (``3600``) or with a unit (``90s``, ``30m``, ``12h``, ``7d``)."""
+        value = self.optional(name)
+        if value is None:
+            return default
+        units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+        number, unit = (value[:-1], units[value[-1]]) if value[-1] in units else (value, 1)
+        try:
+            seconds = int(number) * unit
+        except ValueError:
+            raise SettingsError(
+                f"{self.prefix}{name} must be seconds or a number with s, m, h or d, got {value!r}"
+            ) from None
+        if seconds <= 0:
+            raise SettingsError(f"{self.prefix}{name} must be positive, got {value!r}")
+        return seconds
 
     def rate(self, name: str, default: RateLimit) -> RateLimit:
         value = self.optional(name)

@@ -8,6 +8,9 @@ from typing import Any
 
 from db.types import Connection
 
+# Internal channel: session revocations, which every instance follows to close sockets.
+SESSIONS_CHANNEL = "sessions"
+
 
 @dataclass(frozen=True, slots=True)
 class Event:

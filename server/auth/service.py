@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from db.queries import users as queries
+from db.queries.outbox import SESSIONS_CHANNEL, Event, insert_events
 from db.types import Connection
 from server.auth.passwords import PasswordHasher
 from server.auth.schemas import TokenPairOut, UserOut
@@ -76,7 +77,7 @@ async def refresh(pool: asyncpg.Pool, issuer: TokenIssuer, refresh_token: str) -
             return RefreshOutcome(None)
         if row["rotated_at"] is not None or row["revoked_at"] is not None:
             # Someone holds an old token of this family: assume it was stolen.
-            await queries.revoke_family(conn, row["family_id"])
+            await _revoke_session(conn, row["family_id"])
             return RefreshOutcome(None, revoked_family=row["family_id"])
         if row["expires_at"] <= datetime.now(UTC):
             return RefreshOutcome(None)
@@ -91,7 +92,7 @@ async def log_out(pool: asyncpg.Pool, refresh_token: str) -> uuid.UUID:
         row = await queries.lock_refresh_token(conn, hash_refresh_token(refresh_token))
         if row is None:
             raise InvalidToken("unknown refresh token")
-        await queries.revoke_family(conn, row["family_id"])
+        await _revoke_session(conn, row["family_id"])
         family_id: uuid.UUID = row["family_id"]
         return family_id
 
@@ -101,6 +102,14 @@ async def current_user(pool: asyncpg.Pool, user_id: int) -> UserOut:
     if row is None:
         raise InvalidToken("the account no longer exists")
     return UserOut(**dict(row))
+
+
+async def _revoke_session(conn: Connection, family_id: uuid.UUID) -> None:
+    """Revoke a session; the event tells every instance to close its sockets (4401)."""
+    await queries.revoke_family(conn, family_id)
+    await insert_events(
+        conn, [Event(SESSIONS_CHANNEL, "session.revoked", {"session_id": str(family_id)})]
+    )
 
 
 async def _start_session(conn: Connection, issuer: TokenIssuer, user_id: int) -> TokenPairOut:

@@ -31,6 +31,7 @@ SERVER_CONFIG = {
     "shared_buffers": "256MB",
     "log_min_messages": "warning",
     "logging_collector": "off",
+    "track_commit_timestamp": "on",  # events carry their commit time (`ts`)
 }
 
 

@@ -28,12 +28,13 @@ import contextlib
 import logging
 import time
 from typing import cast
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 import redis.asyncio as aioredis
 
 from server.listings.near_cache import NearCache
+from server.resp import address, hello, redis_database
+from server.resp import command as _command
 
 log = logging.getLogger(__name__)
 
@@ -48,30 +49,14 @@ MIN_BLOCK_S = 0.01  # Redis reads a shorter BLPOP timeout as 0, which blocks for
 _LEASE_PREFIX = b"lease:"
 
 
-def redis_database(redis_url: str) -> str:
-    """The database number of a Redis URL, read as redis-py reads it."""
-    parts = urlsplit(redis_url)
-    in_query = parse_qs(parts.query).get("db")
-    return in_query[0] if in_query else parts.path.strip("/") or "0"
-
-
 def channel_name(database: str) -> str:
     return f"{CHANNEL_PREFIX}:{database}"
 
 
-def _command(*parts: str | bytes) -> bytes:
-    encoded = [part if isinstance(part, bytes) else part.encode() for part in parts]
-    return b"*%d\r\n" % len(encoded) + b"".join(
-        b"$%d\r\n%s\r\n" % (len(part), part) for part in encoded
-    )
-
-
 class _Subscription(asyncio.Protocol):
     def __init__(self, near: NearCache, redis_url: str) -> None:
-        parts = urlsplit(redis_url)
         self.near = near
-        self.password = unquote(parts.password) if parts.password else None
-        self.username = unquote(parts.username) if parts.username else None
+        self.redis_url = redis_url
         self.database = redis_database(redis_url)  # acks go to the writers' database
         self.reader = hiredis.Reader()
         self.loop = asyncio.get_running_loop()
@@ -84,13 +69,8 @@ class _Subscription(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
         self.transport = cast(asyncio.Transport, transport)
-        hello: list[str] = ["HELLO", "3"]
-        if self.password is not None:
-            hello += ["AUTH", self.username or "default", self.password]
-        hello += ["SETNAME", SUBSCRIBER_NAME]
         self.transport.write(
-            _command(*hello)
-            + _command("SELECT", self.database)
+            hello(self.redis_url, SUBSCRIBER_NAME)
             + _command("CLIENT", "ID")
             + _command("SUBSCRIBE", channel_name(self.database))
             + self._lease_ping()
@@ -166,8 +146,7 @@ class _Subscription(asyncio.Protocol):
 
 async def listen_for_invalidations(redis_url: str, near: NearCache) -> None:
     """Stay subscribed for as long as the task runs, reconnecting after any failure."""
-    parts = urlsplit(redis_url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 6379
+    host, port = address(redis_url)
     loop = asyncio.get_running_loop()
     while True:
         try:

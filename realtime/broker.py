@@ -1,0 +1,58 @@
+"""The broker carries published events between instances; the hub listens through a sink.
+
+Two implementations sit beside this interface: ``broker_redis`` (Redis pub/sub, one
+subscription per channel per process) and ``broker_memory`` (an in-process twin for unit
+tests). Messages are ``b"<offset> <prev> "`` followed by the event frame's JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+
+class BrokerSink(Protocol):
+    """What receives messages: the hub."""
+
+    def on_message(self, channel: str, payload: bytes) -> None:
+        """A message of a subscribed channel, in the order the relay published it."""
+
+    def on_resubscribed(self) -> None:
+        """Subscriptions are live again after an outage: anything may have been missed."""
+
+
+class Broker(Protocol):
+    """Publish to channels and receive the channels this process subscribed to."""
+
+    @property
+    def healthy(self) -> bool:
+        """True while messages published now are known to reach this process."""
+
+    def bind(self, sink: BrokerSink) -> None:
+        """Send every received message to ``sink``; call once, before subscribing."""
+
+    async def subscribe(self, channel: str) -> None:
+        """Return once messages published on ``channel`` from now on reach the sink.
+
+        While the broker is disconnected it returns at once: the reconnect calls
+        ``on_resubscribed`` afterwards, and the hub backfills from the database.
+        """
+
+    def unsubscribe(self, channel: str) -> None:
+        """Stop receiving ``channel``."""
+
+    async def publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Publish in order; raise when the broker cannot take them."""
+
+    async def close(self) -> None:
+        """Stop receiving and release connections."""
+
+
+def encode_message(offset: int, prev: int, event_json: bytes) -> bytes:
+    return b"%d %d %b" % (offset, prev, event_json)
+
+
+def decode_message(payload: bytes) -> tuple[int, int, bytes]:
+    """``(offset, prev, event JSON)``; raises ValueError on anything else."""
+    offset, prev, event_json = payload.split(b" ", 2)
+    return int(offset), int(prev), event_json

@@ -1,0 +1,184 @@
+"""One client socket: who holds it, what it subscribed to, and how it is held to its limits."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from realtime import frames
+from realtime.channels import Caller, ChannelRefused, ChannelRules
+from realtime.hub import TRANSIENT_ERRORS, Hub
+from realtime.log import ResyncNeeded
+from realtime.metrics import GatewayMetrics
+from realtime.protocol import BadFrame, ClientFrame, Ping, Subscribe, Unsubscribe, parse_frame
+from realtime.writer import SocketWriter
+
+log = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT_S = 5.0  # a peer that does not take our close frame in time is cut off
+
+
+class CloseCode:
+    GOING_AWAY = 1001
+    POLICY = 1008
+    TOO_BIG = 1009
+    TRY_AGAIN_LATER = 1013
+    SESSION_ENDED = 4401
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_subscriptions: int
+    frames_per_second: float
+    max_bad_frames: int
+    send_queue: int
+    replay_limit: int
+
+
+OpHandler = Callable[["Connection", ClientFrame], Awaitable[None]]
+
+
+class Connection:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        transport: asyncio.BaseTransport,
+        *,
+        user_id: int,
+        session_id: uuid.UUID,
+        limits: Limits,
+        hub: Hub,
+        rules: ChannelRules,
+        ops: dict[str, tuple[type[ClientFrame], OpHandler]],
+        metrics: GatewayMetrics,
+    ) -> None:
+        self.ws = ws
+        self.transport = transport
+        self.user_id = user_id
+        self.session_id = session_id
+        self.limits = limits
+        self.hub = hub
+        self.rules = rules
+        self.ops = ops
+        self.metrics = metrics
+        self.writer = SocketWriter(transport, limits.send_queue, self._too_slow)
+        self.channels: set[str] = set()
+        self.bad_frames = 0
+        self.loop = asyncio.get_running_loop()
+        self.allowance = 2 * limits.frames_per_second  # token bucket: bursts of 2 s worth
+        self.stamp = self.loop.time()
+        self.closing: asyncio.Task[None] | None = None
+        self.expiry: asyncio.TimerHandle | None = None
+        self.background: set[asyncio.Task[bool]] = set()
+
+    # -- reading -----------------------------------------------------------------------
+
+    async def handle_text(self, text: str) -> None:
+        if not self._take_token():
+            self._refuse("rate_limited", "too many frames; slow down")
+            return
+        try:
+            frame = parse_frame(text, {op: model for op, (model, _) in self.ops.items()})
+        except BadFrame as error:
+            self._refuse("bad_frame", str(error))
+            return
+        if isinstance(frame, Subscribe):
+            await self._subscribe(frame)
+        elif isinstance(frame, Unsubscribe):
+            self._unsubscribe(frame.channel)
+            self.send(frames.control("unsubscribed", channel=frame.channel))
+        elif isinstance(frame, Ping):
+            self.send(frames.PONG)
+        else:
+            await self.ops[frame.op][1](self, frame)  # type: ignore[attr-defined]
+
+    def handle_binary(self) -> None:
+        self._refuse("bad_frame", "frames are JSON text frames")
+
+    def _take_token(self) -> bool:
+        now = self.loop.time()
+        rate = self.limits.frames_per_second
+        self.allowance = min(2 * rate, self.allowance + (now - self.stamp) * rate)
+        self.stamp = now
+        if self.allowance < 1:
+            return False
+        self.allowance -= 1
+        return True
+
+    def _refuse(self, code: str, detail: str, channel: str | None = None) -> None:
+        """Answer a bad frame; the ``max_bad_frames``-th one closes the socket (1008)."""
+        self.metrics.bad_frames.labels(code).inc()
+        self.bad_frames += 1
+        if self.bad_frames >= self.limits.max_bad_frames:
+            self.close_soon(CloseCode.POLICY, "too many bad frames", reason="abuse")
+            return
+        self.send(frames.error(code, detail, channel))
+
+    async def _subscribe(self, frame: Subscribe) -> None:
+        channel = frame.channel
+        if channel in self.channels:
+            self._unsubscribe(channel)  # subscribing again restarts from `since`
+        elif len(self.channels) >= self.limits.max_subscriptions:
+            limit = self.limits.max_subscriptions
+            self._refuse("too_many_subscriptions", f"at most {limit} per socket", channel)
+            return
+        try:
+            await self.rules.authorize(Caller(self.user_id), channel)
+        except ChannelRefused as refused:
+            self._refuse(refused.code, refused.detail, channel)
+            return
+        self.channels.add(channel)
+        try:
+            await self.hub.join(channel, self.writer, frame.since, self._subscribed(channel))
+        except ResyncNeeded as error:
+            self.channels.discard(channel)
+            self.send(frames.error("resync", str(error), channel))
+        except TRANSIENT_ERRORS as error:
+            self.channels.discard(channel)
+            log.warning("subscribe failed", extra={"channel": channel, "error": repr(error)})
+            self.send(frames.error("unavailable", "try again shortly", channel))
+
+    def _subscribed(self, channel: str) -> Callable[[int], None]:
+        return lambda offset: self.send(
+            frames.control("subscribed", channel=channel, offset=offset)
+        )
+
+    def _unsubscribe(self, channel: str) -> None:
+        if channel in self.channels:
+            self.channels.discard(channel)
+            self.hub.leave(channel, self.writer)
+
+    # -- writing and closing -------------------------------------------------------------
+
+    def send(self, frame: bytes) -> None:
+        self.writer.send(frame)
+
+    def _too_slow(self) -> None:
+        self.close_soon(CloseCode.TRY_AGAIN_LATER, "too slow; resume with since", reason="slow")
+
+    def close_soon(self, code: int, message: str, *, reason: str) -> None:
+        """Close with ``code`` from any task; the handler's read loop then ends."""
+        if self.closing is not None:
+            return
+        self.metrics.closes.labels(reason).inc()
+        self.writer.stop()
+        self.closing = asyncio.create_task(self._close(code, message))
+
+    async def _close(self, code: int, message: str) -> None:
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await self.ws.close(code=code, message=message.encode())
+        except TimeoutError:
+            # A peer that stopped reading never takes the close frame: cut it off so its
+            # buffers are freed.
+            self.transport.abort()  # type: ignore[attr-defined]
+
+    def leave_all(self) -> None:
+        for channel in list(self.channels):
+            self._unsubscribe(channel)
+        self.writer.stop()

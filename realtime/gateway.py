@@ -1,0 +1,233 @@
+"""The WebSocket gateway: tickets, the socket endpoint, and the sockets of this instance.
+
+``POST /api/v1/ws/ticket`` turns an access token into a single-use ticket; ``GET
+/api/v1/ws?ticket=`` redeems it and speaks the protocol of ``realtime.protocol``. A socket
+belongs to the session (refresh-token family) its ticket came from: the ``sessions``
+channel, fed through the outbox like every other event, tells every instance when a
+session is revoked, and a timer closes sockets when their session expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+import asyncpg
+import orjson
+import redis.asyncio as aioredis
+from aiohttp import WSMsgType, web
+
+from db.queries.outbox import SESSIONS_CHANNEL
+from realtime import tickets
+from realtime.channels import ChannelRules
+from realtime.connection import CloseCode, Connection, Limits, OpHandler
+from realtime.event import Delivery
+from realtime.hub import TRANSIENT_ERRORS, Hub
+from realtime.metrics import GatewayMetrics
+from realtime.protocol import FRAMES, ClientFrame
+from server.errors import Forbidden, ServiceUnavailable
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_SESSION_STATE = """
+SELECT bool_or(revoked_at IS NOT NULL) AS revoked, max(expires_at) AS expires_at
+FROM refresh_tokens WHERE family_id = $1
+"""
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: Settings,
+        hub: Hub,
+        redis: aioredis.Redis,
+        pool: asyncpg.Pool,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self.settings = settings
+        self.hub = hub
+        self.redis = redis
+        self.pool = pool
+        self.metrics = metrics
+        self.rules = ChannelRules()
+        self.ops: dict[str, tuple[type[ClientFrame], OpHandler]] = {
+            op: (model, _builtin) for op, model in FRAMES.items()
+        }
+        self.limits = Limits(
+            max_subscriptions=settings.ws_max_subscriptions,
+            frames_per_second=settings.ws_frames_per_second,
+            max_bad_frames=settings.ws_max_bad_frames,
+            send_queue=settings.ws_send_queue,
+            replay_limit=settings.ws_replay_limit,
+        )
+        self.connections: set[Connection] = set()
+        self.sessions: dict[uuid.UUID, set[Connection]] = {}
+        self.shutting_down = False
+
+    def add_op(self, op: str, model: type[ClientFrame], handler: OpHandler) -> None:
+        """Teach the gateway a client op (chat's send and typing come this way)."""
+        self.ops[op] = (model, handler)
+
+    # -- HTTP --------------------------------------------------------------------------
+
+    async def issue_ticket(self, user_id: int, session_id: uuid.UUID) -> str:
+        holder = tickets.TicketHolder(user_id, session_id)
+        return await tickets.issue_ticket(self.redis, holder, self.settings.ws_ticket_ttl)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Check before the upgrade what can be refused with a status; the rest with a code."""
+        if not self._origin_allowed(request):
+            raise Forbidden("this Origin may not open sockets here")
+        if self.shutting_down:
+            raise ServiceUnavailable("shutting down; connect to another instance", retry_after=1)
+        holder = await tickets.redeem_ticket(self.redis, request.query.get("ticket", ""))
+        ws = web.WebSocketResponse(
+            heartbeat=self.settings.ws_heartbeat,
+            max_msg_size=self.settings.ws_max_frame_bytes,
+            compress=False,
+            autoping=True,
+        )
+        await ws.prepare(request)
+        if holder is None:
+            await ws.close(code=CloseCode.POLICY, message=b"invalid, expired or used ticket")
+            self.metrics.closes.labels("bad_ticket").inc()
+            return ws
+        if len(self.connections) >= self.settings.ws_max_connections:
+            await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=b"instance full; retry")
+            self.metrics.closes.labels("full").inc()
+            return ws
+        assert request.transport is not None
+        connection = Connection(
+            ws,
+            request.transport,
+            user_id=holder.user_id,
+            session_id=holder.session_id,
+            limits=self.limits,
+            hub=self.hub,
+            rules=self.rules,
+            ops=self.ops,
+            metrics=self.metrics,
+        )
+        async with self._registered(connection):
+            if await self._session_alive(connection):
+                await self._read(connection)
+        return ws
+
+    def _origin_allowed(self, request: web.Request) -> bool:
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return True  # not a browser: nothing to forge
+        allowed = self.settings.allowed_origins
+        if allowed:
+            return "*" in allowed or origin in allowed
+        return urlsplit(origin).netloc == request.host  # same origin only
+
+    @contextlib.asynccontextmanager
+    async def _registered(self, connection: Connection) -> AsyncIterator[None]:
+        self.connections.add(connection)
+        self.sessions.setdefault(connection.session_id, set()).add(connection)
+        self.metrics.connections.set(len(self.connections))
+        try:
+            yield
+        finally:
+            if connection.expiry is not None:
+                connection.expiry.cancel()
+            connection.leave_all()
+            self.connections.discard(connection)
+            peers = self.sessions.get(connection.session_id)
+            if peers is not None:
+                peers.discard(connection)
+                if not peers:
+                    del self.sessions[connection.session_id]
+            self.metrics.connections.set(len(self.connections))
+            if connection.closing is not None:
+                with contextlib.suppress(Exception):
+                    await connection.closing
+
+    async def _read(self, connection: Connection) -> None:
+        async for message in connection.ws:
+            if message.type is WSMsgType.TEXT:
+                await connection.handle_text(message.data)
+            elif message.type is WSMsgType.BINARY:
+                connection.handle_binary()
+            if connection.closing is not None:
+                break
+
+    # -- session lifetime ----------------------------------------------------------------
+
+    async def _session_alive(self, connection: Connection) -> bool:
+        """Check the session (after registering, so a revocation racing this is seen)."""
+        try:
+            row = await self.pool.fetchrow(_SESSION_STATE, connection.session_id)
+        except TRANSIENT_ERRORS:
+            connection.close_soon(CloseCode.TRY_AGAIN_LATER, "try again", reason="unavailable")
+            return False
+        assert row is not None
+        expires_at: datetime | None = row["expires_at"]
+        if row["revoked"] or expires_at is None or expires_at <= datetime.now(UTC):
+            connection.close_soon(CloseCode.SESSION_ENDED, "session ended", reason="session")
+            return False
+        self._expire_at(connection, expires_at)
+        return True
+
+    def _expire_at(self, connection: Connection, expires_at: datetime) -> None:
+        delay = (expires_at - datetime.now(UTC)).total_seconds()
+        # Rotation extends a session, so look again when the timer fires.
+        connection.expiry = asyncio.get_running_loop().call_later(
+            min(max(delay, 0.0), 86400.0), self._recheck_session, connection
+        )
+
+    def _recheck_session(self, connection: Connection) -> None:
+        if connection.closing is None:
+            task = asyncio.create_task(self._session_alive(connection))
+            connection.background.add(task)
+            task.add_done_callback(connection.background.discard)
+
+    def revoke(self, session_id: uuid.UUID) -> None:
+        for connection in list(self.sessions.get(session_id, ())):
+            connection.close_soon(CloseCode.SESSION_ENDED, "session ended", reason="session")
+
+    async def follow_sessions(self) -> None:
+        """Stay subscribed to the internal sessions channel (retrying while PG is down)."""
+        listener = _SessionListener(self)
+        while True:
+            try:
+                await self.hub.join(SESSIONS_CHANNEL, listener)
+                return
+            except TRANSIENT_ERRORS as error:
+                log.warning("cannot follow sessions yet", extra={"error": repr(error)})
+                await asyncio.sleep(1.0)
+
+    # -- shutdown ------------------------------------------------------------------------
+
+    async def close_all(self) -> None:
+        """Close every socket with 1001 (clients resume on another instance)."""
+        self.shutting_down = True
+        for connection in list(self.connections):
+            connection.close_soon(CloseCode.GOING_AWAY, "server shutting down", reason="shutdown")
+        closing = [c.closing for c in self.connections if c.closing is not None]
+        if closing:
+            await asyncio.wait(closing, timeout=self.settings.shutdown_timeout)
+
+
+class _SessionListener:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def deliver(self, event: Delivery) -> None:
+        try:
+            session_id = uuid.UUID(orjson.loads(event.json)["data"]["session_id"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("malformed sessions event", extra={"offset": event.offset})
+            return
+        self.gateway.revoke(session_id)
+
+
+async def _builtin(connection: Connection, frame: ClientFrame) -> None:
+    raise AssertionError("built-in ops are handled by the connection")  # pragma: no cover

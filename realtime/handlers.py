@@ -1,0 +1,44 @@
+"""HTTP routes of the realtime gateway: the ticket endpoint and the socket endpoint."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from server import keys
+from server.auth.sessions import authenticate
+from server.jsonio import StrictModel, json_response
+from server.openapi import ApiSpec
+
+
+class TicketOut(StrictModel):
+    ticket: str
+    expires_in: int
+
+
+async def ws_ticket(request: web.Request) -> web.Response:
+    claims = await authenticate(request)
+    settings = request.app[keys.settings_key]
+    await request.app[keys.rate_limiter_key].hit(
+        "writes", str(claims.user_id), settings.rate_limit_writes
+    )
+    ticket = await request.app[keys.gateway_key].issue_ticket(claims.user_id, claims.session_id)
+    out = TicketOut(ticket=ticket, expires_in=settings.ws_ticket_ttl)
+    return json_response(out, status=201, headers={"Cache-Control": "no-store"})
+
+
+async def ws_connect(request: web.Request) -> web.StreamResponse:
+    return await request.app[keys.gateway_key].handle(request)
+
+
+def setup_routes(app: web.Application, spec: ApiSpec) -> None:
+    prefix = "/api/v1"
+    spec.route(
+        app, "POST", f"{prefix}/ws/ticket", ws_ticket,
+        summary="A single-use ticket (30 s) for opening a WebSocket on any instance",
+        tag="realtime", response=TicketOut, status=201, auth=True, errors=(429, 503),
+    )  # fmt: skip
+    spec.route(
+        app, "GET", f"{prefix}/ws", ws_connect,
+        summary="Open the realtime WebSocket: GET /api/v1/ws?ticket=... (protocol in README)",
+        tag="realtime", status=101, errors=(403, 503),
+    )  # fmt: skip

@@ -1,0 +1,74 @@
+"""Prometheus metrics of the realtime path, registered in the app's own registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class RelayMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.published = Counter(
+            "jangteo_relay_events_published", "Outbox events published by this relay",
+            registry=registry,
+        )  # fmt: skip
+        self.republished = Counter(
+            "jangteo_relay_events_republished",
+            "Events published again after a takeover or a failed publish",
+            registry=registry,
+        )
+        self.publish_failures = Counter(
+            "jangteo_relay_publish_failures", "Batches the broker refused", registry=registry
+        )
+        self.pruned = Counter(
+            "jangteo_relay_events_pruned", "Events deleted after the retention window",
+            registry=registry,
+        )  # fmt: skip
+        self.lag = Histogram(
+            "jangteo_relay_lag_seconds", "Commit to publish, per event",
+            buckets=LAG_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.leader = Gauge(
+            "jangteo_relay_leader", "1 while this process is the relay leader", registry=registry
+        )
+
+
+class HubMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.received = Counter(
+            "jangteo_hub_events_received", "Events received from the broker", registry=registry
+        )
+        self.deliveries = Counter(
+            "jangteo_ws_deliveries", "Event frames queued to sockets", registry=registry
+        )
+        self.duplicates = Counter(
+            "jangteo_hub_duplicates_dropped", "Events dropped as already delivered",
+            registry=registry,
+        )  # fmt: skip
+        self.gap_fills = Counter(
+            "jangteo_hub_gap_fills", "Reads of missed events from PostgreSQL, by reason",
+            ["reason"], registry=registry,
+        )  # fmt: skip
+        self.filled = Counter(
+            "jangteo_hub_events_filled", "Events delivered from PostgreSQL instead of Redis",
+            registry=registry,
+        )  # fmt: skip
+        self.channels = Gauge(
+            "jangteo_hub_channels", "Channels with local subscribers", registry=registry
+        )
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.connections = Gauge(
+            "jangteo_ws_connections", "Open WebSocket connections", registry=registry
+        )
+        self.closes = Counter(
+            "jangteo_ws_closes", "WebSocket connections closed by the server, by reason",
+            ["reason"], registry=registry,
+        )  # fmt: skip
+        self.bad_frames = Counter(
+            "jangteo_ws_bad_frames", "Client frames answered with an error", ["code"],
+            registry=registry,
+        )  # fmt: skip

@@ -1,0 +1,250 @@
+"""The outbox relay: one leader at a time moves committed outbox rows into the event log.
+
+The leader holds a PostgreSQL advisory lock on a connection of its own; every instance
+runs a relay, and the others wait on that lock, so when the leader dies (its connection
+closes) another takes over at once. The leader wakes on NOTIFY (sent by a trigger at
+commit) or after a slow poll, takes the committed rows that have no position yet, gives
+them the next positions with each channel's previous position as ``prev``, commits that
+on the lock connection (so a relay that lost its lock cannot assign anything), then
+publishes them through the broker in one pipeline.
+
+A row that commits late simply has no position yet when a later one is published, so
+it is picked up by a later batch with a larger position: nothing is skipped, and nothing
+waits for unrelated open transactions. A leader that dies between committing positions
+and publishing them is covered by ``published_through``: the next leader publishes
+again everything after it, and instances drop offsets they already delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+import asyncpg
+from redis.exceptions import RedisError
+
+from realtime.broker import Broker, encode_message
+from realtime.frames import event_json
+from realtime.metrics import RelayMetrics
+
+log = logging.getLogger(__name__)
+
+LEADER_LOCK_ID = 0x6A746F72  # "jtor"; advisory locks are per database
+NOTIFY_CHANNEL = "jangteo_outbox"
+PRUNE_EVERY_S = 60.0
+PRUNE_CHUNK = 5000
+RETRY_DELAY_S = 0.5
+
+_PENDING_WITH_COMMIT_TS = """
+SELECT id, channel, type, data::text AS data,
+       coalesce(pg_xact_commit_timestamp(xmin), created_at) AS committed_at
+FROM outbox WHERE position IS NULL ORDER BY id LIMIT $1
+"""
+_PENDING = """
+SELECT id, channel, type, data::text AS data, created_at AS committed_at
+FROM outbox WHERE position IS NULL ORDER BY id LIMIT $1
+"""
+_ASSIGN = """
+UPDATE outbox SET position = a.position, prev = a.prev, committed_at = a.committed_at
+FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::timestamptz[])
+     AS a (id, position, prev, committed_at)
+WHERE outbox.id = a.id
+"""
+_SET_HEADS = """
+INSERT INTO channel_heads (channel, position)
+SELECT * FROM unnest($1::text[], $2::bigint[])
+ON CONFLICT (channel) DO UPDATE SET position = excluded.position
+"""
+_TAIL = """
+SELECT channel, position, prev, type, data::text AS data, committed_at
+FROM outbox WHERE position > $1 ORDER BY position LIMIT $2
+"""
+_PRUNE = """
+DELETE FROM outbox WHERE id IN (
+    SELECT id FROM outbox
+    WHERE position IS NOT NULL AND committed_at < now() - make_interval(secs => $1)
+    LIMIT $2)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySettings:
+    database_url: str
+    batch_size: int = 500
+    poll_interval: float = 1.0
+    retention_seconds: int = 7 * 24 * 3600
+
+
+class OutboxRelay:
+    """Run ``run()`` as a task in every instance; at most one of them leads."""
+
+    def __init__(self, settings: RelaySettings, broker: Broker, metrics: RelayMetrics) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.metrics = metrics
+        self.is_leader = False
+        self.wake = asyncio.Event()
+        self.published_through = 0  # everything up to here reached the broker
+        self.last_position = 0
+        self.stopping = False
+        self.connection: asyncpg.Connection | None = None
+
+    async def run(self) -> None:
+        """Wait for leadership, lead until the connection fails, and start over."""
+        while not self.stopping:
+            try:
+                await self._serve_once()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as error:
+                log.warning("relay connection failed", extra={"error": repr(error)})
+            finally:
+                self._set_leader(False)
+                await self._close_connection()
+            if not self.stopping:
+                await asyncio.sleep(RETRY_DELAY_S)
+
+    async def _serve_once(self) -> None:
+        conn = await asyncpg.connect(
+            self.settings.database_url,
+            timeout=10,
+            server_settings={"application_name": "jangteo-relay", "statement_timeout": "0"},
+        )
+        self.connection = conn
+        # Blocks until the current leader's connection goes away.
+        await conn.execute("SELECT pg_advisory_lock($1)", LEADER_LOCK_ID)
+        await conn.execute("SET statement_timeout = '30s'")
+        await conn.add_listener(NOTIFY_CHANNEL, self._notified)
+        self._set_leader(True)
+        await conn.execute("INSERT INTO relay_state DEFAULT VALUES ON CONFLICT DO NOTHING")
+        state = await conn.fetchrow("SELECT last_position, published_through FROM relay_state")
+        assert state is not None
+        self.last_position = state["last_position"]
+        self.published_through = state["published_through"]
+        commit_ts = await conn.fetchval("SHOW track_commit_timestamp") == "on"
+        pending_sql = _PENDING_WITH_COMMIT_TS if commit_ts else _PENDING
+        log.info("relay leader", extra={"from_position": self.last_position})
+        last_prune = 0.0
+        while True:
+            self.wake.clear()
+            try:
+                await self._publish_tail(conn)
+                while await self._relay_batch(conn, pending_sql) == self.settings.batch_size:
+                    pass
+            except (RedisError, OSError, ConnectionError) as error:
+                # Positions stay committed; the tail is published again once the broker
+                # is back, and new rows wait in the outbox meanwhile.
+                log.warning("relay cannot publish", extra={"error": repr(error)})
+                self.metrics.publish_failures.inc()
+                if not self.stopping:
+                    await asyncio.sleep(RETRY_DELAY_S)
+                continue
+            if self.stopping:  # everything committed so far is published: hand over
+                return
+            if time.monotonic() - last_prune > PRUNE_EVERY_S:
+                await self._prune(conn)
+                last_prune = time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), self.settings.poll_interval)
+
+    def _notified(self, *_: object) -> None:
+        self.wake.set()
+
+    async def _relay_batch(self, conn: asyncpg.Connection, pending_sql: str) -> int:
+        """Assign positions to one batch of committed rows, then publish it."""
+        async with conn.transaction():
+            rows = await conn.fetch(pending_sql, self.settings.batch_size)
+            if not rows:
+                return 0
+            channels = sorted({row["channel"] for row in rows})
+            heads: dict[str, int] = {
+                head["channel"]: head["position"]
+                for head in await conn.fetch(
+                    "SELECT channel, position FROM channel_heads WHERE channel = ANY($1)",
+                    channels,
+                )
+            }
+            ids, positions, prevs, times, messages = [], [], [], [], []
+            position = self.last_position
+            for row in rows:
+                position += 1
+                prev = heads.get(row["channel"], 0)
+                heads[row["channel"]] = position
+                ts = int(row["committed_at"].timestamp() * 1000)
+                ids.append(row["id"])
+                positions.append(position)
+                prevs.append(prev)
+                times.append(row["committed_at"])
+                frame = event_json(row["channel"], position, prev, ts, row["type"], row["data"])
+                messages.append((row["channel"], encode_message(position, prev, frame)))
+            await conn.execute(_ASSIGN, ids, positions, prevs, times)
+            await conn.execute(_SET_HEADS, list(heads), list(heads.values()))
+            await conn.execute(
+                "UPDATE relay_state SET last_position = $1, published_through = $2",
+                position,
+                self.published_through,
+            )
+        self.last_position = position
+        await self._publish(messages, [row["committed_at"].timestamp() for row in rows])
+        self.published_through = position
+        return len(rows)
+
+    async def _publish(self, messages: list[tuple[str, bytes]], commit_times: list[float]) -> None:
+        await self.broker.publish(messages)
+        now = time.time()
+        for committed in commit_times:
+            self.metrics.lag.observe(max(0.0, now - committed))
+        self.metrics.published.inc(len(messages))
+
+    async def _publish_tail(self, conn: asyncpg.Connection) -> None:
+        """Publish again what may not have reached the broker (after a takeover or failure)."""
+        while self.published_through < self.last_position:
+            rows = await conn.fetch(_TAIL, self.published_through, self.settings.batch_size)
+            if not rows:
+                self.published_through = self.last_position
+                return
+            messages = []
+            for row in rows:
+                ts = int(row["committed_at"].timestamp() * 1000)
+                frame = event_json(
+                    row["channel"], row["position"], row["prev"], ts, row["type"], row["data"]
+                )
+                messages.append(
+                    (row["channel"], encode_message(row["position"], row["prev"], frame))
+                )
+            await self.broker.publish(messages)
+            self.metrics.republished.inc(len(messages))
+            self.published_through = rows[-1]["position"]
+
+    async def _prune(self, conn: asyncpg.Connection) -> None:
+        while True:
+            status = await conn.execute(_PRUNE, float(self.settings.retention_seconds), PRUNE_CHUNK)
+            deleted = int(status.split()[-1])
+            self.metrics.pruned.inc(deleted)
+            if deleted < PRUNE_CHUNK:
+                return
+
+    def _set_leader(self, leader: bool) -> None:
+        self.is_leader = leader
+        self.metrics.leader.set(1 if leader else 0)
+
+    async def _close_connection(self) -> None:
+        conn, self.connection = self.connection, None
+        if conn is not None and not conn.is_closed():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 2)
+            if not conn.is_closed():
+                conn.terminate()
+
+    async def stop(self, task: asyncio.Task[None]) -> None:
+        """Publish what committed so far, then give leadership away (close the connection)."""
+        self.stopping = True
+        self.wake.set()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(asyncio.shield(task), 5)
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._close_connection()

@@ -1,0 +1,69 @@
+"""The realtime path wired into the app: broker, hub, relay and gateway, in one cleanup context."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from realtime.broker_redis import RedisBroker
+from realtime.gateway import Gateway
+from realtime.hub import Hub
+from realtime.log import PostgresEventLog
+from realtime.metrics import GatewayMetrics, HubMetrics, RelayMetrics
+from realtime.relay import OutboxRelay, RelaySettings
+from server import keys
+
+
+async def realtime_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.settings_key]
+    assert settings.redis_url is not None and settings.database_url is not None
+    registry = app[keys.metrics_key].registry
+    broker = RedisBroker(
+        settings.redis_url, app[keys.redis_key], watchdog_interval=settings.redis_watchdog_interval
+    )
+    hub = Hub(
+        broker,
+        PostgresEventLog(app[keys.pg_pool_key]),
+        HubMetrics(registry),
+        replay_limit=settings.ws_replay_limit,
+    )
+    relay = OutboxRelay(
+        RelaySettings(
+            database_url=settings.database_url,
+            batch_size=settings.relay_batch_size,
+            poll_interval=settings.relay_poll_interval,
+            retention_seconds=settings.event_retention,
+        ),
+        broker,
+        RelayMetrics(registry),
+    )
+    gateway = Gateway(
+        settings, hub, app[keys.redis_key], app[keys.pg_pool_key], GatewayMetrics(registry)
+    )
+    app[keys.broker_key] = broker
+    app[keys.relay_key] = relay
+    app[keys.gateway_key] = gateway
+    relay_task = asyncio.create_task(relay.run(), name="jangteo-relay")
+    sessions_task = asyncio.create_task(gateway.follow_sessions(), name="jangteo-sessions")
+    yield
+    await gateway.close_all()  # normally done already by on_shutdown
+    await relay.stop(relay_task)  # publishes what committed, then hands leadership over
+    sessions_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sessions_task
+    await hub.close()
+    await broker.close()
+
+
+async def close_sockets_on_shutdown(app: web.Application) -> None:
+    """on_shutdown: every socket gets 1001 before in-flight requests are awaited."""
+    if keys.gateway_key in app:
+        await app[keys.gateway_key].close_all()
+
+
+def setup_realtime(app: web.Application) -> None:
+    app.cleanup_ctx.append(realtime_ctx)
+    app.on_shutdown.append(close_sockets_on_shutdown)

@@ -1,0 +1,78 @@
+"""One socket's outgoing side: whole frames straight to the transport, a bounded queue behind.
+
+While the peer keeps up, a frame is written at once (the fan-out loop never waits). When
+the transport's buffer is past its high-water mark, frames wait in a bounded queue that a
+writer task of this socket drains as the peer reads; when the queue is full the peer is
+too slow, and ``on_overflow`` closes it (1013): it resumes later with ``since``. So one
+slow client never delays the others, and its memory is bounded by the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Callable
+
+from realtime.event import Delivery
+
+HIGH_WATER = 64 * 1024  # bytes buffered in the transport before frames queue up
+LOW_WATER = 16 * 1024  # the queue is drained again once the buffer is below this
+DRAIN_POLL_S = 0.005
+
+
+class SocketWriter:
+    __slots__ = ("closed", "limit", "on_overflow", "queue", "task", "transport")
+
+    def __init__(
+        self, transport: asyncio.BaseTransport, limit: int, on_overflow: Callable[[], None]
+    ) -> None:
+        self.transport: asyncio.WriteTransport = transport  # type: ignore[assignment]
+        self.limit = limit
+        self.on_overflow = on_overflow
+        self.queue: collections.deque[bytes] = collections.deque()
+        self.task: asyncio.Task[None] | None = None
+        self.closed = False
+
+    def deliver(self, event: Delivery) -> None:
+        self.send(event.frame)
+
+    def send(self, frame: bytes) -> None:
+        """Write or queue one complete WebSocket frame; never waits."""
+        if self.closed:
+            return
+        if self.queue:  # older frames wait: keep the order
+            if len(self.queue) >= self.limit:
+                self.stop()
+                self.on_overflow()
+                return
+            self.queue.append(frame)
+        elif self.transport.is_closing():
+            self.stop()
+        elif self.transport.get_write_buffer_size() <= HIGH_WATER:
+            self.transport.write(frame)
+        else:
+            self.queue.append(frame)
+            self.task = asyncio.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        transport = self.transport
+        while self.queue and not self.closed:
+            if transport.is_closing():
+                self.stop()
+                return
+            if transport.get_write_buffer_size() > LOW_WATER:
+                # asyncio offers no public "wait for drain" on a bare transport; a short
+                # poll costs nothing while only slow sockets run it.
+                await asyncio.sleep(DRAIN_POLL_S)
+                continue
+            while self.queue and transport.get_write_buffer_size() <= HIGH_WATER:
+                transport.write(self.queue.popleft())
+        self.task = None
+
+    def stop(self) -> None:
+        """Send nothing more (the socket is closing); drops what waits."""
+        self.closed = True
+        self.queue.clear()
+        if self.task is not None and self.task is not asyncio.current_task():
+            self.task.cancel()
+        self.task = None
