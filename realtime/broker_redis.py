@@ -53,6 +53,13 @@ class RedisBroker:
         self.channels: set[str] = set()
         self.connection: _Subscription | None = None
         self.task: asyncio.Task[None] | None = None
+        self.live = asyncio.Event()
+
+    async def wait_live(self, timeout: float) -> bool:
+        """Wait (at most ``timeout``) for the first subscription to be live."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.live.wait(), timeout)
+        return self.live.is_set()
 
     @property
     def healthy(self) -> bool:
@@ -84,6 +91,7 @@ class RedisBroker:
 
     def ready(self) -> None:
         log.info("event subscription live", extra={"channels": len(self.channels)})
+        self.live.set()
         assert self.sink is not None
         self.sink.on_resubscribed()
 

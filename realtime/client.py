@@ -18,7 +18,8 @@ import orjson
 from yarl import URL
 
 State: TypeAlias = Literal["idle", "connecting", "live", "reconnecting", "closed"]
-# An access token, or an async callable returning a fresh one (asked again on every reconnect).
+# An access token, or an async callable returning a fresh one, asked on every (re)connect; if it
+# raises anything but a network error the client stops with that as the cause.
 TokenProvider: TypeAlias = str | Callable[[], Awaitable[str]]
 
 TICKET_PATH = "/api/v1/ws/ticket"
@@ -64,6 +65,8 @@ class ProtocolError(RealtimeClosed):
 
 @dataclass(frozen=True, slots=True)
 class Event:
+    """One change on a channel, delivered once and in offset order."""
+
     channel: str
     offset: int
     prev: int  # offset of the channel's previous event, 0 when none
@@ -84,6 +87,8 @@ class Resync:
 
 @dataclass(frozen=True, slots=True)
 class ErrorFrame:
+    """An ``error`` frame as received; ``channel`` is set when it is about one."""
+
     code: str
     channel: str | None
     detail: str | None
@@ -105,7 +110,7 @@ class _Transient(Exception):
 
 
 class RealtimeClient:
-    """One WebSocket that survives reconnects: new ticket, resubscribe with ``since``, no dups.
+    """One WebSocket that survives reconnects: new ticket, resubscribe with ``since``, dedupe.
 
     Use ``async with RealtimeClient(...) as client`` (or ``connect()`` / ``close()``).
     ``uniform`` and ``sleep`` are injectable so tests can check the backoff without a clock.
@@ -240,7 +245,10 @@ class RealtimeClient:
                 waiters.remove(waiter)
 
     async def unsubscribe(self, channel: str) -> None:
-        """Stop the channel; its events still in flight are dropped, not delivered."""
+        """Stop the channel; its events still in flight are dropped, not delivered.
+
+        A ``subscribe()`` of it still waiting raises ``SubscriptionError`` (code "unsubscribed").
+        """
         self._wanted.pop(channel, None)
         self.last_offsets.pop(channel, None)
         self._since_sent.pop(channel, None)
@@ -289,7 +297,7 @@ class RealtimeClient:
             await self._changed.wait()
 
     async def wait_live(self) -> None:
-        """Wait until a socket is open and every channel was resubscribed on it."""
+        """Wait until a socket is open and every channel's subscribe was sent on it."""
         await self.wait_until(lambda: self.state in ("live", "closed"))
         if self.state == "closed":
             raise self._stopped()

@@ -46,6 +46,8 @@ async def realtime_ctx(app: web.Application) -> AsyncIterator[None]:
     app[keys.broker_key] = broker
     app[keys.relay_key] = relay
     app[keys.gateway_key] = gateway
+    # Start ready when Redis is there; start anyway (not ready) when it is not.
+    await broker.wait_live(settings.redis_timeout)
     relay_task = asyncio.create_task(relay.run(), name="jangteo-relay")
     sessions_task = asyncio.create_task(gateway.follow_sessions(), name="jangteo-sessions")
     yield

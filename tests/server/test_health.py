@@ -11,10 +11,15 @@ async def test_healthz_is_ok(client: Client) -> None:
     assert await response.json() == {"status": "ok"}
 
 
-async def test_readyz_reports_both_dependencies(client: Client) -> None:
+async def test_readyz_reports_dependencies_and_the_event_subscription(client: Client) -> None:
     response = await client.get("/readyz")
     assert response.status == 200
-    assert await response.json() == {"status": "ok", "postgres": "ok", "redis": "ok"}
+    assert await response.json() == {
+        "status": "ok",
+        "postgres": "ok",
+        "redis": "ok",
+        "events": "ok",
+    }
 
 
 async def test_request_id_is_generated_or_echoed(client: Client) -> None:

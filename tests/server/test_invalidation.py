@@ -16,11 +16,11 @@ from server.listings.invalidation import (
     SUBSCRIBER_NAME,
     channel_name,
     listen_for_invalidations,
-    redis_database,
     stop,
 )
 from server.listings.near_cache import NearCache
 from server.metrics import Metrics
+from server.resp import redis_database
 
 
 async def _until(condition: Callable[[], bool], attempts: int = 200) -> bool:

@@ -1,0 +1,375 @@
+"""Realtime across two real `jangteo serve` processes on one PostgreSQL and one Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+
+import aiohttp
+import asyncpg
+import redis.asyncio as aioredis
+
+from server.embedded.redis import EmbeddedRedis
+from tests.support import PASSWORD, ServerProcess
+from tests.system.realtime_support import (
+    User,
+    committed_offsets,
+    create_listing,
+    insert_events,
+    metric,
+    open_socket,
+    set_price,
+    sign_up,
+)
+
+
+async def test_an_edit_through_one_instance_reaches_a_subscriber_on_the_other(
+    two_servers: tuple[ServerProcess, ServerProcess],
+) -> None:
+    first, second = two_servers
+    async with aiohttp.ClientSession() as http:
+        seller = await sign_up(http, first)
+        buyer = await sign_up(http, second)
+        listing_id = await create_listing(http, first, seller)
+        watcher = await open_socket(http, second, buyer)
+        seller_socket = await open_socket(http, second, seller)
+        start = await watcher.subscribe(f"listing:{listing_id}")
+        await seller_socket.subscribe(f"user:{seller.user_id}")
+
+        await set_price(http, first, seller, listing_id, 900)
+        await watcher.wait_events(f"listing:{listing_id}", 1)
+        event = watcher.events[f"listing:{listing_id}"][0]
+        assert event["type"] == "listing.price_changed"
+        assert event["data"]["price"] == 900
+        assert event["offset"] > start
+        assert isinstance(event["ts"], int)
+
+        liked = await http.put(f"{first.url}/api/v1/listings/{listing_id}/like", headers=buyer.auth)
+        assert liked.status == 204
+        await seller_socket.wait_events(f"user:{seller.user_id}", 1)
+        like = seller_socket.events[f"user:{seller.user_id}"][0]
+        assert like["type"] == "listing.liked"
+        assert like["data"]["listing_id"] == listing_id
+
+
+async def test_logout_on_one_instance_closes_that_sessions_sockets_on_the_other(
+    two_servers: tuple[ServerProcess, ServerProcess], database_url: str
+) -> None:
+    first, second = two_servers
+    async with aiohttp.ClientSession() as http:
+        user = await sign_up(http, first)
+        login = await http.post(
+            f"{first.url}/api/v1/auth/login", json={"email": user.email, "password": PASSWORD}
+        )
+        assert login.status == 200
+        other_session = User(user.user_id, user.email, **{
+            key: (await login.json())[key] for key in ("access_token", "refresh_token")
+        })  # fmt: skip
+        doomed = await open_socket(http, first, user)
+        kept = await open_socket(http, first, other_session)
+        await doomed.subscribe(f"user:{user.user_id}")
+        await kept.subscribe("feed:logout-test")
+
+        logout = await http.post(
+            f"{second.url}/api/v1/auth/logout", json={"refresh_token": user.refresh_token}
+        )
+        assert logout.status == 204
+        assert await doomed.wait_close() == 4401
+        await insert_events(database_url, "feed:logout-test", 1)
+        await kept.wait_events("feed:logout-test", 1)  # the other session's socket lives on
+
+
+async def test_resume_on_the_other_instance_gets_exactly_the_missed_events(
+    two_servers: tuple[ServerProcess, ServerProcess], database_url: str
+) -> None:
+    first, second = two_servers
+    channel = "feed:resume-test"
+    async with aiohttp.ClientSession() as http:
+        user = await sign_up(http, first)
+        socket = await open_socket(http, first, user)
+        await socket.subscribe(channel)
+        await insert_events(database_url, channel, 5)
+        await socket.wait_events(channel, 5)
+        last = socket.offsets(channel)[-1]
+        await socket.ws.close()
+
+        await insert_events(database_url, channel, 7, start=5)
+        resumed = await open_socket(http, second, user)
+        await resumed.subscribe(channel, since=last)
+        await resumed.wait_events(channel, 7)
+        await insert_events(database_url, channel, 2, start=12)
+        await resumed.wait_events(channel, 9)
+        assert resumed.offsets(channel) == await committed_offsets(database_url, channel, last)
+        assert [e["data"]["n"] for e in resumed.events[channel]] == list(range(5, 14))
+
+
+async def test_a_row_that_commits_late_is_delivered_and_a_resume_past_it_keeps_it(
+    two_servers: tuple[ServerProcess, ServerProcess], database_url: str
+) -> None:
+    first, _ = two_servers
+    channel = "feed:late-commit"
+    async with aiohttp.ClientSession() as http:
+        user = await sign_up(http, first)
+        socket = await open_socket(http, first, user)
+        await socket.subscribe(channel)
+        late = await asyncpg.connect(database_url)
+        try:
+            late_tx = late.transaction()
+            await late_tx.start()
+            # Takes its outbox id first...
+            await late.execute(
+                "INSERT INTO outbox (channel, type, data) VALUES ($1, 'test.late', '{}')", channel
+            )
+            # ...while a later row commits and is delivered.
+            await insert_events(database_url, channel, 1)
+            await socket.wait_events(channel, 1)
+            delivered_first = socket.offsets(channel)[0]
+            await late_tx.commit()
+        finally:
+            await late.close()
+        await socket.wait_events(channel, 2)
+        late_event = socket.events[channel][1]
+        assert late_event["type"] == "test.late"
+        assert late_event["offset"] > delivered_first
+        assert late_event["prev"] == delivered_first
+
+        await socket.ws.close()
+        resumed = await open_socket(http, first, user)
+        await resumed.subscribe(channel, since=delivered_first)
+        await resumed.wait_events(channel, 1)
+        assert resumed.events[channel][0]["type"] == "test.late"
+
+
+async def test_an_idle_transaction_holding_an_xid_does_not_hold_events_back(
+    two_servers: tuple[ServerProcess, ServerProcess], database_url: str
+) -> None:
+    first, _ = two_servers
+    channel = "feed:idle-xid"
+    async with aiohttp.ClientSession() as http:
+        user = await sign_up(http, first)
+        socket = await open_socket(http, first, user)
+        await socket.subscribe(channel)
+        idle = await asyncpg.connect(database_url)
+        try:
+            async with idle.transaction():
+                await idle.fetchval("SELECT pg_current_xact_id()")  # an xid, held open
+                await idle.execute("CREATE TEMP TABLE scratch (n int)")
+                await insert_events(database_url, channel, 3)
+                # Delivered while the transaction is still open.
+                await socket.wait_events(channel, 3, timeout=20)
+        finally:
+            await idle.close()
+
+
+async def test_sigterm_closes_sockets_with_1001_and_clients_resume_elsewhere(
+    server_env: dict[str, str], database_url: str
+) -> None:
+    leaving = ServerProcess(server_env).start()
+    staying = ServerProcess(server_env).start()
+    channel = "feed:sigterm"
+    try:
+        async with aiohttp.ClientSession() as http:
+            user = await sign_up(http, leaving)
+            sockets = [await open_socket(http, leaving, user) for _ in range(20)]
+            for socket in sockets:
+                await socket.subscribe(channel)
+            await insert_events(database_url, channel, 3)
+            for socket in sockets:
+                await socket.wait_events(channel, 3)
+            assert leaving.process is not None
+            leaving.process.send_signal(signal.SIGTERM)
+            codes = await asyncio.gather(*(socket.wait_close() for socket in sockets))
+            assert set(codes) == {1001}
+            assert await asyncio.to_thread(leaving.wait) == 0
+
+            await insert_events(database_url, channel, 4, start=3)
+            last = sockets[0].offsets(channel)[-1]
+            resumed = await open_socket(http, staying, user)
+            await resumed.subscribe(channel, since=last)
+            await resumed.wait_events(channel, 4)
+            assert [e["data"]["n"] for e in resumed.events[channel]] == [3, 4, 5, 6]
+    finally:
+        leaving.stop()
+        staying.stop()
+
+
+async def test_the_relay_leader_killed_mid_stream_loses_and_doubles_nothing(
+    server_env: dict[str, str], database_url: str
+) -> None:
+    first = ServerProcess(server_env).start()
+    second = ServerProcess(server_env).start()
+    channel = "feed:failover"
+    try:
+        async with aiohttp.ClientSession() as http:
+            leader, follower = first, second
+            for _ in range(200):
+                if await metric(http, first, "jangteo_relay_leader") == 1.0:
+                    break
+                if await metric(http, second, "jangteo_relay_leader") == 1.0:
+                    leader, follower = second, first
+                    break
+                await asyncio.sleep(0.05)
+            user = await sign_up(http, follower)
+            socket = await open_socket(http, follower, user)
+            await socket.subscribe(channel)
+
+            writer = asyncio.create_task(insert_events(database_url, channel, 300))
+            await socket.wait_events(channel, 50)
+            assert leader.process is not None
+            os.kill(leader.process.pid, signal.SIGKILL)
+            await writer
+            await socket.wait_events(channel, 300, timeout=60)
+            assert await metric(http, follower, "jangteo_relay_leader") == 1.0
+            assert socket.offsets(channel) == await committed_offsets(database_url, channel)
+            assert [e["data"]["n"] for e in socket.events[channel]] == list(range(300))
+    finally:
+        first.stop()
+        second.stop()
+
+
+async def test_clients_that_drop_and_resume_at_random_miss_nothing_and_see_nothing_twice(
+    two_servers: tuple[ServerProcess, ServerProcess], database_url: str
+) -> None:
+    servers = two_servers
+    channels = [f"feed:random-{n}" for n in range(3)]
+    rng = random.Random(7)
+    async with aiohttp.ClientSession() as http:
+        user = await sign_up(http, servers[0])
+        writing = True
+
+        async def write() -> None:
+            conn = await asyncpg.connect(database_url)
+            try:
+                for n in range(240):
+                    await conn.execute(
+                        "INSERT INTO outbox (channel, type, data) VALUES ($1, 'test.tick', $2)",
+                        rng.choice(channels),
+                        f'{{"n": {n}}}',
+                    )
+                    if n % 20 == 0:
+                        await asyncio.sleep(0.01)
+            finally:
+                await conn.close()
+
+        async def client(seed: int) -> dict[str, tuple[int, list[int]]]:
+            """Returns, per channel, its first subscribe offset and every offset received."""
+            local = random.Random(seed)
+            starts: dict[str, int] = {}
+            received: dict[str, list[int]] = {channel: [] for channel in channels}
+            while writing or local.random() < 0.5:
+                socket = await open_socket(http, local.choice(servers), user)
+                for channel in channels:
+                    if channel in starts:
+                        since = received[channel][-1] if received[channel] else starts[channel]
+                        await socket.subscribe(channel, since=since)
+                    else:
+                        starts[channel] = await socket.subscribe(channel)
+                for _ in range(local.randint(1, 40)):
+                    with contextlib.suppress(TimeoutError):
+                        await socket.next_frame(timeout=0.2)
+                await socket.ws.close()
+                for channel in channels:  # recorded by the socket, replays included
+                    received[channel] += socket.offsets(channel)
+            # A last connection that stays until everything is in.
+            socket = await open_socket(http, local.choice(servers), user)
+            for channel in channels:
+                since = received[channel][-1] if received[channel] else starts[channel]
+                await socket.subscribe(channel, since=since)
+            for channel in channels:
+                expected = await committed_offsets(database_url, channel, starts[channel])
+                missing = len(expected) - len(received[channel])
+                await socket.wait_events(channel, missing, timeout=30)
+                received[channel] += socket.offsets(channel)
+            await socket.ws.close()
+            return {channel: (starts[channel], received[channel]) for channel in channels}
+
+        clients = [asyncio.create_task(client(seed)) for seed in range(6)]
+        await write()
+        writing = False
+        results = await asyncio.gather(*clients)
+        for result in results:
+            for channel, (start, offsets) in result.items():
+                assert offsets == await committed_offsets(database_url, channel, start), channel
+
+
+async def test_redis_killed_and_restarted_while_events_commit_loses_none(
+    server_env: dict[str, str], database_url: str, own_redis: EmbeddedRedis
+) -> None:
+    env = {**server_env, "JANGTEO_REDIS_URL": own_redis.url}
+    first = ServerProcess(env).start()
+    second = ServerProcess(env).start()
+    channel = "feed:redis-restart"
+    try:
+        async with aiohttp.ClientSession() as http:
+            user = await sign_up(http, first)
+            sockets = [await open_socket(http, server, user) for server in (first, second)]
+            for socket in sockets:
+                await socket.subscribe(channel)
+            await insert_events(database_url, channel, 10)
+            for socket in sockets:
+                await socket.wait_events(channel, 10)
+
+            pid = own_redis.running_pid()
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            await insert_events(database_url, channel, 10, start=10)  # while Redis is gone
+            for server in (first, second):
+                assert await _ready_status(http, server) == 503
+            own_redis.ensure_running()
+            await insert_events(database_url, channel, 10, start=20)
+            for socket in sockets:
+                await socket.wait_events(channel, 30, timeout=60)
+                assert [e["data"]["n"] for e in socket.events[channel]] == list(range(30))
+                assert socket.offsets(channel) == await committed_offsets(database_url, channel)
+            for server in (first, second):
+                await _wait_ready(http, server)
+    finally:
+        first.stop()
+        second.stop()
+
+
+async def test_killed_subscriber_connections_are_detected_and_backfilled(
+    two_servers: tuple[ServerProcess, ServerProcess], database_url: str, redis_url: str
+) -> None:
+    first, second = two_servers
+    channel = "feed:client-kill"
+    async with aiohttp.ClientSession() as http:
+        user = await sign_up(http, first)
+        sockets = [await open_socket(http, server, user) for server in two_servers]
+        for socket in sockets:
+            await socket.subscribe(channel)
+        redis = aioredis.Redis.from_url(redis_url)
+        try:
+            for _ in range(3):
+                await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+                await insert_events(database_url, channel, 5)  # while they reconnect
+        finally:
+            await redis.aclose()
+        for socket in sockets:
+            await socket.wait_events(channel, 15, timeout=60)
+            assert socket.offsets(channel) == await committed_offsets(database_url, channel)
+        for server in (first, second):
+            assert await metric(http, server, "jangteo_hub_events_filled_total") > 0 or (
+                await metric(http, server, "jangteo_hub_events_received_total") >= 15
+            )
+
+
+async def _ready_status(http: aiohttp.ClientSession, server: ServerProcess) -> int:
+    """/readyz once the instance noticed (its watchdog needs a few intervals)."""
+    for _ in range(200):
+        status = (await http.get(f"{server.url}/readyz")).status
+        if status == 503:
+            return status
+        await asyncio.sleep(0.05)
+    return 200
+
+
+async def _wait_ready(http: aiohttp.ClientSession, server: ServerProcess) -> None:
+    for _ in range(400):
+        if (await http.get(f"{server.url}/readyz")).status == 200:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{server.url} never became ready again")
