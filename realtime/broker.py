@@ -2,7 +2,8 @@
 
 Two implementations sit beside this interface: ``broker_redis`` (Redis pub/sub, one
 subscription per channel per process) and ``broker_memory`` (an in-process twin for unit
-tests). Messages are ``b"<offset> <prev> "`` followed by the event frame's JSON.
+tests). Messages are ``b"<offset> <prev> "`` followed by the event frame's JSON, or ``b"!"``
+followed by an ephemeral frame (presence), which has no offset.
 """
 
 from __future__ import annotations
@@ -50,6 +51,13 @@ class Broker(Protocol):
 
 def encode_message(offset: int, prev: int, event_json: bytes) -> bytes:
     return b"%d %d %b" % (offset, prev, event_json)
+
+
+EPHEMERAL_MARK = b"!"  # presence and typing: no offset, never stored, never replayed
+
+
+def encode_ephemeral(frame_json: bytes) -> bytes:
+    return EPHEMERAL_MARK + frame_json
 
 
 def decode_message(payload: bytes) -> tuple[int, int, bytes]:

@@ -55,11 +55,9 @@ class RedisBroker:
         self.task: asyncio.Task[None] | None = None
         self.live = asyncio.Event()
 
-    async def wait_live(self, timeout: float) -> bool:
-        """Wait (at most ``timeout``) for the first subscription to be live."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.live.wait(), timeout)
-        return self.live.is_set()
+    async def wait_live(self) -> None:
+        """Wait for the first subscription to be live."""
+        await self.live.wait()
 
     @property
     def healthy(self) -> bool:

@@ -15,6 +15,7 @@ from realtime.channels import Caller, ChannelRefused, ChannelRules
 from realtime.hub import TRANSIENT_ERRORS, Hub
 from realtime.log import ResyncNeeded
 from realtime.metrics import GatewayMetrics
+from realtime.presence import Presence
 from realtime.protocol import BadFrame, ClientFrame, Ping, Subscribe, Unsubscribe, parse_frame
 from realtime.writer import SocketWriter
 
@@ -56,6 +57,7 @@ class Connection:
         rules: ChannelRules,
         ops: dict[str, tuple[type[ClientFrame], OpHandler]],
         metrics: GatewayMetrics,
+        presence: Presence | None = None,
     ) -> None:
         self.ws = ws
         self.transport = transport
@@ -66,6 +68,7 @@ class Connection:
         self.rules = rules
         self.ops = ops
         self.metrics = metrics
+        self.presence = presence
         self.writer = SocketWriter(transport, limits.send_queue, self._too_slow)
         self.channels: set[str] = set()
         self.bad_frames = 0
@@ -74,6 +77,7 @@ class Connection:
         self.stamp = self.loop.time()
         self.closing: asyncio.Task[None] | None = None
         self.expiry: asyncio.TimerHandle | None = None
+        self.last_typing: dict[str, float] = {}
         self.background: set[asyncio.Task[bool]] = set()
 
     # -- reading -----------------------------------------------------------------------
@@ -142,6 +146,9 @@ class Connection:
             self.channels.discard(channel)
             log.warning("subscribe failed", extra={"channel": channel, "error": repr(error)})
             self.send(frames.error("unavailable", "try again shortly", channel))
+            return
+        if self.presence is not None and channel in self.channels:
+            self.presence.joined(channel, self.user_id)
 
     def _subscribed(self, channel: str) -> Callable[[int], None]:
         return lambda offset: self.send(
@@ -152,6 +159,8 @@ class Connection:
         if channel in self.channels:
             self.channels.discard(channel)
             self.hub.leave(channel, self.writer)
+            if self.presence is not None:
+                self.presence.left(channel, self.user_id)
 
     # -- writing and closing -------------------------------------------------------------
 

@@ -45,8 +45,8 @@ def control(op: str, **fields: Any) -> bytes:
     return text_frame(orjson.dumps({"op": op, **fields}))
 
 
-def error(code: str, detail: str, channel: str | None = None) -> bytes:
-    fields: dict[str, Any] = {"code": code, "detail": detail}
+def error(code: str, detail: str, channel: str | None = None, **more: Any) -> bytes:
+    fields: dict[str, Any] = {"code": code, "detail": detail, **more}
     if channel is not None:
         fields["channel"] = channel
     return control("error", **fields)

@@ -29,6 +29,7 @@ from realtime.connection import CloseCode, Connection, Limits, OpHandler
 from realtime.event import Delivery
 from realtime.hub import TRANSIENT_ERRORS, Hub
 from realtime.metrics import GatewayMetrics
+from realtime.presence import Presence
 from realtime.protocol import FRAMES, ClientFrame
 from server.errors import Forbidden, ServiceUnavailable
 from server.settings import Settings
@@ -49,12 +50,14 @@ class Gateway:
         redis: aioredis.Redis,
         pool: asyncpg.Pool,
         metrics: GatewayMetrics,
+        presence: Presence | None = None,
     ) -> None:
         self.settings = settings
         self.hub = hub
         self.redis = redis
         self.pool = pool
         self.metrics = metrics
+        self.presence = presence
         self.rules = ChannelRules()
         self.ops: dict[str, tuple[type[ClientFrame], OpHandler]] = {
             op: (model, _builtin) for op, model in FRAMES.items()
@@ -89,7 +92,8 @@ class Gateway:
         holder = await tickets.redeem_ticket(self.redis, request.query.get("ticket", ""))
         ws = web.WebSocketResponse(
             heartbeat=self.settings.ws_heartbeat,
-            max_msg_size=self.settings.ws_max_frame_bytes,
+            # aiohttp refuses a message of exactly max_msg_size; the limit is what is allowed.
+            max_msg_size=self.settings.ws_max_frame_bytes + 1,
             compress=False,
             autoping=True,
         )
@@ -113,6 +117,7 @@ class Gateway:
             rules=self.rules,
             ops=self.ops,
             metrics=self.metrics,
+            presence=self.presence,
         )
         async with self._registered(connection):
             if await self._session_alive(connection):
@@ -227,6 +232,9 @@ class _SessionListener:
             log.warning("malformed sessions event", extra={"offset": event.offset})
             return
         self.gateway.revoke(session_id)
+
+    def send(self, frame: bytes) -> None:
+        """Presence frames never come on this channel."""
 
 
 async def _builtin(connection: Connection, frame: ClientFrame) -> None:

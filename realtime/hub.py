@@ -23,8 +23,9 @@ from typing import Protocol
 import asyncpg
 from redis.exceptions import RedisError
 
-from realtime.broker import Broker
+from realtime.broker import EPHEMERAL_MARK, Broker
 from realtime.event import Delivery
+from realtime.frames import text_frame
 from realtime.log import EventLog
 from realtime.metrics import HubMetrics
 
@@ -45,6 +46,9 @@ TRANSIENT_ERRORS = (
 class Subscriber(Protocol):
     def deliver(self, event: Delivery) -> None:
         """Take an event without waiting (a socket queues it)."""
+
+    def send(self, frame: bytes) -> None:
+        """Take an ephemeral frame (presence) without waiting."""
 
 
 class Feed:
@@ -94,7 +98,8 @@ class Hub:
         since: int | None = None,
         on_ready: Callable[[int], None] | None = None,
     ) -> int:
-        """Subscribe; ``on_ready(offset)`` runs before any replayed event is delivered.
+        """Subscribe; ``on_ready(offset)`` runs once ``since`` proved in reach, before any
+        replayed event is delivered.
 
         Returns the channel's offset at joining. Raises ResyncNeeded when ``since`` is
         out of reach, or a database error; the subscriber is then not subscribed.
@@ -110,13 +115,16 @@ class Hub:
             assert feed.opening is not None
             await asyncio.shield(feed.opening)
             upto = feed.last
+            threshold = upto
+            replayed: list[Delivery] = []
+            if since is not None:
+                # Read before `on_ready`: a `since` out of reach gets resync, not subscribed.
+                replayed = await self.log.replay(channel, since, upto, self.replay_limit)
+                threshold = max(since, upto)
             if on_ready is not None:
                 on_ready(upto)
-            threshold = upto
-            if since is not None:
-                for event in await self.log.replay(channel, since, upto, self.replay_limit):
-                    subscriber.deliver(event)
-                threshold = max(since, upto)
+            for event in replayed:
+                subscriber.deliver(event)
         except BaseException:
             self.leave(channel, subscriber)
             raise
@@ -143,6 +151,9 @@ class Hub:
     def on_message(self, channel: str, payload: bytes) -> None:
         feed = self.feeds.get(channel)
         if feed is None:
+            return
+        if payload[:1] == EPHEMERAL_MARK:
+            self._deliver_ephemeral(feed, text_frame(payload[1:]))
             return
         try:
             event = Delivery.from_message(channel, payload)
@@ -202,6 +213,12 @@ class Hub:
             else:
                 state.append(event)  # type: ignore[union-attr]
         self.metrics.deliveries.inc(delivered)
+
+    def _deliver_ephemeral(self, feed: Feed, frame: bytes) -> None:
+        """Presence and typing go to live subscribers as they come; they have no offset."""
+        for subscriber, state in feed.subscribers.items():
+            if type(state) is int:
+                subscriber.send(frame)
 
     def _start_fill(self, feed: Feed, reason: str) -> None:
         self.metrics.gap_fills.labels(reason).inc()

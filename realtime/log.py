@@ -24,8 +24,9 @@ class EventLog(Protocol):
         """Every event of ``channel`` in (``since``, ``upto``], or ResyncNeeded."""
 
 
+# `ts` truncated to the millisecond like the relay's live frames (a bare cast would round).
 _EVENTS = """
-SELECT position, prev, (extract(epoch FROM committed_at) * 1000)::bigint AS ts, type,
+SELECT position, prev, floor(extract(epoch FROM committed_at) * 1000)::bigint AS ts, type,
        data::text AS data
 FROM outbox
 WHERE channel = $1 AND position > $2 AND position <= $3

@@ -137,8 +137,9 @@ class OutboxRelay:
                 # is back, and new rows wait in the outbox meanwhile.
                 log.warning("relay cannot publish", extra={"error": repr(error)})
                 self.metrics.publish_failures.inc()
-                if not self.stopping:
-                    await asyncio.sleep(RETRY_DELAY_S)
+                if self.stopping:  # cannot publish now: the next leader republishes the tail
+                    return
+                await asyncio.sleep(RETRY_DELAY_S)
                 continue
             if self.stopping:  # everything committed so far is published: hand over
                 return

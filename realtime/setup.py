@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from realtime.broker_redis import RedisBroker
+from realtime.chat import ChatOps
 from realtime.gateway import Gateway
 from realtime.hub import Hub
 from realtime.log import PostgresEventLog
 from realtime.metrics import GatewayMetrics, HubMetrics, RelayMetrics
+from realtime.presence import Presence
 from realtime.relay import OutboxRelay, RelaySettings
 from server import keys
 
@@ -40,15 +42,25 @@ async def realtime_ctx(app: web.Application) -> AsyncIterator[None]:
         broker,
         RelayMetrics(registry),
     )
+    presence = Presence(app[keys.redis_key], broker)
     gateway = Gateway(
-        settings, hub, app[keys.redis_key], app[keys.pg_pool_key], GatewayMetrics(registry)
+        settings,
+        hub,
+        app[keys.redis_key],
+        app[keys.pg_pool_key],
+        GatewayMetrics(registry),
+        presence,
     )
+    ChatOps(gateway, app[keys.pg_pool_key], app[keys.rate_limiter_key], settings.rate_limit_writes)
     app[keys.broker_key] = broker
     app[keys.relay_key] = relay
     app[keys.gateway_key] = gateway
     # Start ready when Redis is there; start anyway (not ready) when it is not.
-    await broker.wait_live(settings.redis_timeout)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(settings.redis_timeout):
+            await broker.wait_live()
     relay_task = asyncio.create_task(relay.run(), name="jangteo-relay")
+    presence.start()
     sessions_task = asyncio.create_task(gateway.follow_sessions(), name="jangteo-sessions")
     yield
     await gateway.close_all()  # normally done already by on_shutdown
@@ -56,6 +68,7 @@ async def realtime_ctx(app: web.Application) -> AsyncIterator[None]:
     sessions_task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await sessions_task
+    await presence.close()
     await hub.close()
     await broker.close()
 

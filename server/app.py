@@ -10,6 +10,7 @@ from server import docs, health, keys
 from server.auth import handlers as auth_handlers
 from server.auth.passwords import PasswordHasher
 from server.auth.tokens import TokenIssuer
+from server.chats import handlers as chat_handlers
 from server.client_address import parse_networks
 from server.janitor import janitor_ctx
 from server.listings import handlers as listing_handlers
@@ -48,5 +49,6 @@ def create_app(settings: Settings) -> web.Application:
     wallet_handlers.setup_routes(app, spec)
     order_handlers.setup_routes(app, spec)
     setup_photos(app, spec)
+    chat_handlers.setup_routes(app, spec)
     realtime_handlers.setup_routes(app, spec)
     return app

@@ -344,7 +344,7 @@ async def test_killed_subscriber_connections_are_detected_and_backfilled(
         redis = aioredis.Redis.from_url(redis_url)
         try:
             for _ in range(3):
-                await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+                await redis.client_kill_filter(_type="pubsub")
                 await insert_events(database_url, channel, 5)  # while they reconnect
         finally:
             await redis.aclose()
