@@ -72,6 +72,8 @@ class Gateway:
         self.connections: set[Connection] = set()
         self.sessions: dict[uuid.UUID, set[Connection]] = {}
         self.shutting_down = False
+        # Until this instance follows the sessions channel it could miss a logout.
+        self.following_sessions = asyncio.Event()
 
     def add_op(self, op: str, model: type[ClientFrame], handler: OpHandler) -> None:
         """Teach the gateway a client op (chat's send and typing come this way)."""
@@ -89,6 +91,8 @@ class Gateway:
             raise Forbidden("this Origin may not open sockets here")
         if self.shutting_down:
             raise ServiceUnavailable("shutting down; connect to another instance", retry_after=1)
+        if not self.following_sessions.is_set():
+            raise ServiceUnavailable("starting; try again", retry_after=1)
         holder = await tickets.redeem_ticket(self.redis, request.query.get("ticket", ""))
         ws = web.WebSocketResponse(
             heartbeat=self.settings.ws_heartbeat,
@@ -204,6 +208,7 @@ class Gateway:
         while True:
             try:
                 await self.hub.join(SESSIONS_CHANNEL, listener)
+                self.following_sessions.set()
                 return
             except TRANSIENT_ERRORS as error:
                 log.warning("cannot follow sessions yet", extra={"error": repr(error)})

@@ -37,6 +37,7 @@ NOTIFY_CHANNEL = "jangteo_outbox"
 PRUNE_EVERY_S = 60.0
 PRUNE_CHUNK = 5000
 RETRY_DELAY_S = 0.5
+FLUSH_TIMEOUT_S = 5.0  # at shutdown, the leader's last publish may take this long
 
 _PENDING_WITH_COMMIT_TS = """
 SELECT id, channel, type, data::text AS data,
@@ -242,8 +243,9 @@ class OutboxRelay:
         """Publish what committed so far, then give leadership away (close the connection)."""
         self.stopping = True
         self.wake.set()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await asyncio.wait_for(asyncio.shield(task), 5)
+        if self.is_leader:  # a follower only waits on the lock: nothing to finish
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(task), FLUSH_TIMEOUT_S)
         if not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
