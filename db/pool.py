@@ -8,6 +8,7 @@ import asyncpg
 import orjson
 from asyncpg.pool import PoolAcquireContext
 
+from db.queries.outbox import notify_if_events_written
 from server.settings import Settings
 
 
@@ -24,9 +25,11 @@ class TimedPool(asyncpg.Pool):
         return super().acquire(timeout=self.acquire_timeout if timeout is None else timeout)
 
 
-async def _keep_session(connection: asyncpg.Connection) -> None:
-    """Skip asyncpg's reset query on release: it costs a round trip per request, and jangteo
-    leaves nothing session-wide behind (no session advisory locks, LISTEN, SET or cursors)."""
+async def _on_release(connection: asyncpg.Connection) -> None:
+    """Instead of asyncpg's reset query (a round trip per request; jangteo leaves nothing
+    session-wide behind: no session advisory locks, LISTEN, SET or cursors), only wake
+    the outbox relay when the connection's transaction wrote events."""
+    await notify_if_events_written(connection)
 
 
 async def _init_connection(connection: asyncpg.Connection) -> None:
@@ -50,7 +53,7 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
         "max_inactive_connection_lifetime": 300.0,
         "setup": None,
         "init": _init_connection,
-        "reset": _keep_session,
+        "reset": _on_release,
         "loop": None,
         "connection_class": asyncpg.Connection,
         "record_class": asyncpg.Record,
@@ -60,6 +63,8 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
             "statement_timeout": str(statement_ms),
             "idle_in_transaction_session_timeout": str(statement_ms * 3),
             "application_name": "jangteo",
+            # The outbox trigger leaves the NOTIFY to _on_release, after the commit.
+            "jangteo.notify_after_commit": "on",
         },
     }
     pool = TimedPool(settings.database_url, **options)

@@ -359,6 +359,7 @@ class RealtimeClient:
         self.connections += 1
         self._ws = ws
         served = False
+        close_code: int | None = None
         try:
             for channel in list(self._wanted):  # channels added meanwhile send themselves
                 self._cancel_retry(channel)
@@ -369,12 +370,17 @@ class RealtimeClient:
                 if msg.type is aiohttp.WSMsgType.TEXT:
                     served = True
                     await self._on_frame(msg.data)
+                elif msg.type is aiohttp.WSMsgType.CLOSE:
+                    # The server's code; ws.close_code may say 1006 when the server drops
+                    # the connection before our echoed close frame is written.
+                    close_code = msg.data
+                    break
                 elif msg.type is not aiohttp.WSMsgType.BINARY:
-                    break  # CLOSE, CLOSING, CLOSED or ERROR; binary frames are not ours
+                    break  # CLOSING, CLOSED or ERROR; binary frames are not ours
         finally:
             self._ws = None
             await ws.close()
-        return _fatal_close(ws.close_code), served
+        return _fatal_close(close_code if close_code is not None else ws.close_code), served
 
     async def _fetch_ticket(self) -> str:
         """A new single-use ticket for one upgrade (any instance accepts it for 30 s)."""

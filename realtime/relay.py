@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import asyncpg
 from redis.exceptions import RedisError
 
+from db.queries.outbox import NOTIFY_CHANNEL
 from realtime.broker import Broker, encode_message
 from realtime.frames import event_json
 from realtime.metrics import RelayMetrics
@@ -33,32 +34,46 @@ from realtime.metrics import RelayMetrics
 log = logging.getLogger(__name__)
 
 LEADER_LOCK_ID = 0x6A746F72  # "jtor"; advisory locks are per database
-NOTIFY_CHANNEL = "jangteo_outbox"
 PRUNE_EVERY_S = 60.0
 PRUNE_CHUNK = 5000
 RETRY_DELAY_S = 0.5
 FLUSH_TIMEOUT_S = 5.0  # at shutdown, the leader's last publish may take this long
 
-_PENDING_WITH_COMMIT_TS = """
-SELECT id, channel, type, data::text AS data,
-       coalesce(pg_xact_commit_timestamp(xmin), created_at) AS committed_at
-FROM outbox WHERE position IS NULL ORDER BY id LIMIT $1
-"""
-_PENDING = """
-SELECT id, channel, type, data::text AS data, created_at AS committed_at
-FROM outbox WHERE position IS NULL ORDER BY id LIMIT $1
-"""
+# One statement (so one round trip and one commit): number the committed rows that have
+# no position yet in id order after the leader's last position, chain each to its
+# channel's previous position (within the batch, else the channel's head), record all
+# that, and return the rows to publish.
 _ASSIGN = """
-UPDATE outbox SET position = a.position, prev = a.prev, committed_at = a.committed_at
-FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::timestamptz[])
-     AS a (id, position, prev, committed_at)
-WHERE outbox.id = a.id
+WITH pending AS (
+    SELECT id, channel, type, data::text AS data, {commit_time} AS committed_at
+    FROM outbox WHERE position IS NULL ORDER BY id LIMIT $1
+), numbered AS (
+    SELECT pending.*, $2::bigint + row_number() OVER (ORDER BY id) AS position FROM pending
+), chained AS (
+    SELECT numbered.*,
+           coalesce(lag(numbered.position) OVER (PARTITION BY numbered.channel
+                                                 ORDER BY numbered.position),
+                    heads.position, 0) AS prev
+    FROM numbered LEFT JOIN channel_heads heads ON heads.channel = numbered.channel
+), assigned AS (
+    UPDATE outbox SET position = chained.position, prev = chained.prev,
+                      committed_at = chained.committed_at
+    FROM chained WHERE outbox.id = chained.id
+), new_heads AS (
+    INSERT INTO channel_heads (channel, position)
+    SELECT channel, max(position) FROM numbered GROUP BY channel
+    ON CONFLICT (channel) DO UPDATE SET position = excluded.position
+), state AS (
+    UPDATE relay_state SET last_position = $2 + (SELECT count(*) FROM pending),
+                           published_through = $3
+    WHERE EXISTS (SELECT 1 FROM pending)
+)
+SELECT channel, type, data, committed_at, position, prev FROM chained ORDER BY position
 """
-_SET_HEADS = """
-INSERT INTO channel_heads (channel, position)
-SELECT * FROM unnest($1::text[], $2::bigint[])
-ON CONFLICT (channel) DO UPDATE SET position = excluded.position
-"""
+# The writing transaction's commit time needs track_commit_timestamp; without it the
+# insert time is the best there is. (Read before the UPDATE above replaces xmin.)
+_COMMIT_TIME = "coalesce(pg_xact_commit_timestamp(xmin), created_at)"
+_INSERT_TIME = "created_at"
 _TAIL = """
 SELECT channel, position, prev, type, data::text AS data, committed_at
 FROM outbox WHERE position > $1 ORDER BY position LIMIT $2
@@ -124,14 +139,14 @@ class OutboxRelay:
         self.last_position = state["last_position"]
         self.published_through = state["published_through"]
         commit_ts = await conn.fetchval("SHOW track_commit_timestamp") == "on"
-        pending_sql = _PENDING_WITH_COMMIT_TS if commit_ts else _PENDING
+        assign_sql = _ASSIGN.format(commit_time=_COMMIT_TIME if commit_ts else _INSERT_TIME)
         log.info("relay leader", extra={"from_position": self.last_position})
         last_prune = 0.0
         while True:
             self.wake.clear()
             try:
                 await self._publish_tail(conn)
-                while await self._relay_batch(conn, pending_sql) == self.settings.batch_size:
+                while await self._relay_batch(conn, assign_sql) == self.settings.batch_size:
                     pass
             except (RedisError, OSError, ConnectionError) as error:
                 # Positions stay committed; the tail is published again once the broker
@@ -153,43 +168,17 @@ class OutboxRelay:
     def _notified(self, *_: object) -> None:
         self.wake.set()
 
-    async def _relay_batch(self, conn: asyncpg.Connection, pending_sql: str) -> int:
+    async def _relay_batch(self, conn: asyncpg.Connection, assign_sql: str) -> int:
         """Assign positions to one batch of committed rows, then publish it."""
-        async with conn.transaction():
-            rows = await conn.fetch(pending_sql, self.settings.batch_size)
-            if not rows:
-                return 0
-            channels = sorted({row["channel"] for row in rows})
-            heads: dict[str, int] = {
-                head["channel"]: head["position"]
-                for head in await conn.fetch(
-                    "SELECT channel, position FROM channel_heads WHERE channel = ANY($1)",
-                    channels,
-                )
-            }
-            ids, positions, prevs, times, messages = [], [], [], [], []
-            position = self.last_position
-            for row in rows:
-                position += 1
-                prev = heads.get(row["channel"], 0)
-                heads[row["channel"]] = position
-                ts = int(row["committed_at"].timestamp() * 1000)
-                ids.append(row["id"])
-                positions.append(position)
-                prevs.append(prev)
-                times.append(row["committed_at"])
-                frame = event_json(row["channel"], position, prev, ts, row["type"], row["data"])
-                messages.append((row["channel"], encode_message(position, prev, frame)))
-            await conn.execute(_ASSIGN, ids, positions, prevs, times)
-            await conn.execute(_SET_HEADS, list(heads), list(heads.values()))
-            await conn.execute(
-                "UPDATE relay_state SET last_position = $1, published_through = $2",
-                position,
-                self.published_through,
-            )
-        self.last_position = position
+        rows = await conn.fetch(
+            assign_sql, self.settings.batch_size, self.last_position, self.published_through
+        )
+        if not rows:
+            return 0
+        messages = [_message(row) for row in rows]
+        self.last_position = rows[-1]["position"]
         await self._publish(messages, [row["committed_at"].timestamp() for row in rows])
-        self.published_through = position
+        self.published_through = self.last_position
         return len(rows)
 
     async def _publish(self, messages: list[tuple[str, bytes]], commit_times: list[float]) -> None:
@@ -206,15 +195,7 @@ class OutboxRelay:
             if not rows:
                 self.published_through = self.last_position
                 return
-            messages = []
-            for row in rows:
-                ts = int(row["committed_at"].timestamp() * 1000)
-                frame = event_json(
-                    row["channel"], row["position"], row["prev"], ts, row["type"], row["data"]
-                )
-                messages.append(
-                    (row["channel"], encode_message(row["position"], row["prev"], frame))
-                )
+            messages = [_message(row) for row in rows]
             await self.broker.publish(messages)
             self.metrics.republished.inc(len(messages))
             self.published_through = rows[-1]["position"]
@@ -251,3 +232,11 @@ class OutboxRelay:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._close_connection()
+
+
+def _message(row: asyncpg.Record) -> tuple[str, bytes]:
+    """A published event as it travels through the broker."""
+    ts = int(row["committed_at"].timestamp() * 1000)
+    position, prev = row["position"], row["prev"]
+    frame = event_json(row["channel"], position, prev, ts, row["type"], row["data"])
+    return row["channel"], encode_message(position, prev, frame)

@@ -37,10 +37,16 @@ CREATE TABLE relay_state (
 INSERT INTO relay_state DEFAULT VALUES;
 
 -- Wake the relay when outbox rows commit (NOTIFY is delivered at commit, and repeated
--- notifications of one transaction are folded into one).
+-- notifications of one transaction are folded into one). jangteo's own pooled
+-- connections set jangteo.notify_after_commit and notify right after their commit
+-- instead (db/pool.py): PostgreSQL serializes the commits of notifying transactions,
+-- WAL flush included, which would cap every writer at one commit per flush. Any other
+-- writer (psql, a batch job) is woken for by this trigger.
 CREATE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('jangteo_outbox', '');
+    IF current_setting('jangteo.notify_after_commit', true) IS DISTINCT FROM 'on' THEN
+        PERFORM pg_notify('jangteo_outbox', '');
+    END IF;
     RETURN NULL;
 END
 $$;

@@ -82,8 +82,9 @@ async def closed_with(ws: ClientWebSocketResponse) -> tuple[int, str]:
     """The close code and reason of the next message, which must be the server's close."""
     message = await ws.receive(timeout=TIMEOUT)
     assert message.type is WSMsgType.CLOSE, message
+    # The code the server sent. (aiohttp's client may report 1006 in ws.close_code when the
+    # server drops the connection before the client's echoed close frame is written.)
     code: int = message.data
-    assert ws.close_code == code
     return code, str(message.extra)
 
 

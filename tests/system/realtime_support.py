@@ -113,8 +113,12 @@ class Socket:
         async with asyncio.timeout(timeout):
             while True:
                 message = await self.ws.receive()
+                if message.type is aiohttp.WSMsgType.CLOSE:
+                    # The server's code: ws.close_code says 1006 when the server drops the
+                    # connection before the client's echoed close frame is written.
+                    code: int = message.data
+                    return code
                 if message.type in (
-                    aiohttp.WSMsgType.CLOSE,
                     aiohttp.WSMsgType.CLOSED,
                     aiohttp.WSMsgType.CLOSING,
                     aiohttp.WSMsgType.ERROR,
