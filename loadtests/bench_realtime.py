@@ -1,0 +1,1149 @@
+"""Realtime benchmark: fan-out, relay lag and idle sockets, jangteo against bare aiohttp.
+
+Run as ``python -m loadtests.bench_realtime``. In one run, with the same load client
+(``loadtests/ws_load.py``, 2 processes) for every server:
+
+1. fan-out: ``--sockets`` sockets over 2 jangteo instances, all subscribed to one listing's
+   channel. The listing's price is PATCHed over REST at ``--rate`` per second for
+   ``--duration`` s: commit-to-receive latency of every delivered event (receive wall
+   clock - the frame's ``ts``). Then bursts: ``--burst`` outbox rows committed in one
+   transaction, delivered messages/s per instance, alternating with the reference, a bare
+   aiohttp server per instance (``loadtests/baseline_ws.py``) sending the same frame bytes
+   to as many sockets in a plain loop; best of ``--rounds`` each.
+2. relay: one instance, one subscriber; outbox rows inserted at ``--relay-rate`` per second
+   (one row per transaction): commit-to-receive from the frames and commit-to-publish from
+   the server's ``jangteo_relay_lag_seconds``; then rows inserted flat out for
+   ``--relay-max-seconds``: published events/s and whether the lag grows.
+3. idle memory: ``--idle-sockets`` idle sockets (heartbeats on, compression off) on one
+   jangteo instance and on one bare aiohttp process: server RSS per connection.
+
+Writes ``loadtests/results/realtime.json`` and ``realtime.png`` and stops what it started
+(the embedded services keep running). Its database ``jangteo_bench_realtime`` is created
+afresh and dropped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import functools
+import importlib.metadata
+import importlib.util
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import psutil
+import redis
+import uvloop
+
+from db.migrate import migrate
+from loadtests import event_load
+from loadtests.bench_http import (
+    BenchError,
+    as_line,
+    background,
+    http_request,
+    jangteo_command,
+    machine,
+    sign_up,
+)
+from loadtests.bench_purchase import server_problems, shown_path, wait_ready, with_database
+from loadtests.ws_load import (
+    LoadClients,
+    SourceAddresses,
+    Target,
+    latency_summary,
+    raise_open_files,
+    split_plan,
+)
+from realtime.frames import event_json
+from server.embedded.process import free_port
+from server.embedded.stack import EmbeddedStack
+from server.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "loadtests" / "results"
+DATABASE = "jangteo_bench_realtime"
+INSTANCES = 2
+JWT_SECRET = "bench-realtime-only-not-a-real-secret-0123456789abcdef"  # noqa: S105
+WS_PATH = "/api/v1/ws"
+TICKET_PATH = "/api/v1/ws/ticket"
+FD_RESERVE = 200  # descriptors a server needs besides its sockets (pools, logs, listeners)
+SOCKETIO = importlib.util.find_spec("socketio") is not None  # python-socketio, optional
+SOCKETIO_PATH = "/socket.io/?EIO=4&transport=websocket"
+TARGETS = {
+    "fanout_p99_ms_2000": 50.0,
+    "fanout_p99_ms_20000": 250.0,
+    "fanout_share_of_bare": 0.90,
+    "fanout_times_socketio": 4.0,
+    "relay_p99_ms": 10.0,
+    "relay_events_per_second": 5000.0,
+    "idle_memory_ratio": 1.25,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """One server process the benchmark started."""
+
+    name: str
+    port: int
+    pid: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def cpu_seconds(self) -> float:
+        times = psutil.Process(self.pid).cpu_times()
+        return float(times.user + times.system)
+
+    def rss(self) -> int:
+        return int(psutil.Process(self.pid).memory_info().rss)
+
+
+@dataclass(slots=True)
+class Bench:
+    """What every phase needs: settings, where things go, and what was run."""
+
+    args: argparse.Namespace
+    env: dict[str, str]  # for jangteo serve
+    database_url: str
+    scratch: Path
+    addresses: SourceAddresses
+    commands: dict[str, Any]
+    heartbeat: float
+
+    def serve_line(
+        self, port: int, extra: Mapping[str, str] | None = None
+    ) -> tuple[list[str], str]:
+        serve = jangteo_command("serve", "--host", "127.0.0.1", "--port", str(port))
+        shown = {
+            "JANGTEO_DATABASE_URL": "<bench database>",
+            "JANGTEO_REDIS_URL": "<embedded redis>",
+            "JANGTEO_RATE_LIMITS": "off",
+            "JANGTEO_ACCESS_LOG": "off",
+            "JANGTEO_LOG_LEVEL": "WARNING",
+            "JANGTEO_JWT_SECRET": "<fixed>",
+            "JANGTEO_ACCESS_TOKEN_TTL": "3600",
+            **(extra or {}),
+        }
+        line = " ".join(f"{k}={v}" for k, v in shown.items()) + " " + as_line(serve)
+        return serve, line
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def pid_of(port: int) -> int:
+    """The process started with ``--port <port>`` (the server we just started)."""
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        for index, word in enumerate(cmdline[:-1]):
+            if word == "--port" and cmdline[index + 1] == str(port):
+                return int(process.info["pid"])
+    raise BenchError(f"no process started with --port {port}")
+
+
+@contextmanager
+def jangteo_servers(
+    bench: Bench, names: Sequence[str], extra: Mapping[str, str] | None = None
+) -> Iterator[list[Server]]:
+    """``jangteo serve`` once per name, each a single process on a port of its own."""
+    with ExitStack() as stack:
+        servers = []
+        for name in names:
+            port = free_port()
+            serve, line = bench.serve_line(port, extra)
+            bench.commands.setdefault("jangteo", {})[name] = line
+            log = bench.scratch / f"{name}.log"
+            print(f"$ {line}", flush=True)
+            stack.enter_context(background(serve, {**bench.env, **(extra or {})}, port, log))
+            wait_ready(port)
+            servers.append(Server(name, port, pid_of(port), log))
+        yield servers
+
+
+@contextmanager
+def reference_servers(
+    bench: Bench, names: Sequence[str], module: str, options: Sequence[str]
+) -> Iterator[list[Server]]:
+    """``python -m <module> --port P <options>`` once per name (one uvloop process each)."""
+    with ExitStack() as stack:
+        servers = []
+        for name in names:
+            port = free_port()
+            command = [sys.executable, "-m", module, "--port", str(port), *options]
+            bench.commands.setdefault(module.rsplit(".", 1)[-1], {})[name] = as_line(command)
+            print(f"$ {as_line(command)}", flush=True)
+            log = bench.scratch / f"{name}.log"
+            stack.enter_context(background(command, os.environ, port, log))
+            servers.append(Server(name, port, pid_of(port), log))
+        yield servers
+
+
+def bare_servers(bench: Bench, names: Sequence[str], frame: Path) -> Any:
+    """``loadtests.baseline_ws`` servers sending ``frame``, with jangteo's heartbeat."""
+    options = ["--frame", str(frame), "--heartbeat", f"{bench.heartbeat:g}"]
+    return reference_servers(bench, names, "loadtests.baseline_ws", options)
+
+
+def socketio_servers(bench: Bench, names: Sequence[str], frame: Path) -> Any:
+    """``loadtests.baseline_socketio`` servers sharing a Redis channel of their own."""
+    options = [
+        "--frame", str(frame), "--heartbeat", f"{bench.heartbeat:g}",
+        "--redis-url", bench.env["JANGTEO_REDIS_URL"],
+        "--channel", f"jangteo-bench-socketio-{os.getpid()}",
+    ]  # fmt: skip
+    return reference_servers(bench, names, "loadtests.baseline_socketio", options)
+
+
+def jangteo_target(server: Server, token: str, ticket_from: Server | None = None) -> Target:
+    desk = ticket_from or server
+    return Target(server.name, "127.0.0.1", server.port, WS_PATH, desk.url + TICKET_PATH, token)
+
+
+def bare_target(server: Server) -> Target:
+    return Target(server.name, "127.0.0.1", server.port, "/ws")
+
+
+def open_sockets(
+    bench: Bench, clients: LoadClients, targets: Sequence[Target], count: int, channel: str | None
+) -> dict[str, Any]:
+    """Open ``count`` sockets over the targets; BenchError unless every one opened."""
+    plans = split_plan(
+        targets,
+        count,
+        len(clients.pids),
+        channel=channel,
+        source_addresses=bench.addresses.take(count),
+        check_offsets=all(t.ticket_url is not None for t in targets),  # bare frames repeat
+    )
+    started = time.monotonic()
+    result = clients.connect(plans)
+    opened = result["outcome"].get("opened", 0)
+    names = ", ".join(t.instance for t in targets)
+    print(f"  {opened:,} of {count:,} sockets open on {names} in {result['seconds']:.1f} s")
+    if opened != count:
+        raise BenchError(f"only {opened} of {count} sockets opened: {result['outcome']}")
+    result["wall_seconds"] = round(time.monotonic() - started, 2)
+    return result
+
+
+def received(stats: Mapping[str, Any], names: Sequence[str] | None = None) -> int:
+    """Event frames received from the named instances (all when None)."""
+    if names is None:
+        return int(stats["events"])
+    return sum(int(stats["tallies"].get(name, {}).get("events", 0)) for name in names)
+
+
+def wait_for_events(
+    clients: LoadClients,
+    expected: int,
+    *,
+    timeout: float,
+    quiet: float = 3.0,
+    names: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Poll the clients until ``expected`` events came from ``names``, or none for ``quiet`` s.
+
+    Counting only the instances under test keeps a previous system's late frames out.
+    """
+    deadline = time.monotonic() + timeout
+    seen, changed = -1, time.monotonic()
+    while True:
+        stats = clients.stats()
+        count = received(stats, names)
+        if count >= expected:
+            return stats
+        if count != seen:
+            seen, changed = count, time.monotonic()
+        if time.monotonic() - changed > quiet or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.2)
+
+
+def run_async(coroutine: Any) -> Any:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coroutine)
+
+
+# ----------------------------------------------------------------------------- REST set-up
+
+
+def create_listing(port: int, token: str, title: str) -> int:
+    body = {"title": title, "price": 10_000, "category": "etc", "description": "benchmark"}
+    status, answer = http_request(
+        port, "POST", "/api/v1/listings", body, {"Authorization": f"Bearer {token}"}
+    )
+    if status != 201:
+        raise BenchError(f"creating a listing answered {status}: {answer[:300]!r}")
+    listing_id: int = json.loads(answer)["id"]
+    return listing_id
+
+
+async def last_frame(database_url: str, channel: str) -> bytes:
+    """The WebSocket frame payload the relay sent for the channel's latest event."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT channel, position, prev, committed_at, type, data::text AS data FROM outbox"
+            " WHERE channel = $1 AND position IS NOT NULL ORDER BY position DESC LIMIT 1",
+            channel,
+        )
+    finally:
+        await conn.close()
+    if row is None:
+        raise BenchError(f"no published event on {channel}")
+    ts = int(row["committed_at"].timestamp() * 1000)
+    return event_json(row["channel"], row["position"], row["prev"], ts, row["type"], row["data"])
+
+
+async def insert_burst(database_url: str, channel: str, events: int) -> float:
+    """Commit ``events`` copies of the channel's latest event in one transaction; commit time."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "INSERT INTO outbox (channel, type, data)"
+            " SELECT channel, type, data FROM outbox, generate_series(1, $2::int)"
+            " WHERE id = (SELECT max(id) FROM outbox WHERE channel = $1)",
+            channel,
+            events,
+        )
+        return time.time()
+    finally:
+        await conn.close()
+
+
+async def trigger_bare(servers: Sequence[Server], events: int) -> list[dict[str, Any]]:
+    """``POST /fanout?count=events`` on every bare server at once."""
+    timeout = aiohttp.ClientTimeout(total=300)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+
+        async def one(server: Server) -> dict[str, Any]:
+            async with session.post(f"{server.url}/fanout?count={events}") as response:
+                answer: dict[str, Any] = await response.json()
+                return answer
+
+        return list(await asyncio.gather(*(one(server) for server in servers)))
+
+
+# ----------------------------------------------------------------------------- fan-out
+
+
+def instance_rates(stats: Mapping[str, Any], names: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Per instance: events received, first-to-last seconds, and messages per second."""
+    rates = {}
+    for name in names:
+        tally = stats["tallies"].get(name, {"events": 0, "first": 0.0, "last": 0.0})
+        span = tally["last"] - tally["first"]
+        rates[name] = {
+            "messages": tally["events"],
+            "first": tally["first"],
+            "seconds": round(span, 4),
+            "messages_per_second": round(tally["events"] / span, 1) if span > 0 else 0.0,
+        }
+    return rates
+
+
+def delivery_summary(
+    stats: Mapping[str, Any], expected: int, names: Sequence[str] | None = None
+) -> dict[str, Any]:
+    delivered = received(stats, names)
+    return {
+        "expected": expected,
+        "delivered": delivered,
+        "missing": expected - delivered,
+        "gaps": stats["gaps"],
+        "repeats": stats["repeats"],
+        "closes": stats["closes"],
+        "errors": stats["errors"],
+        "other_frames": stats["ops"],
+        "sockets_open": stats["open"],
+        "client_cpu_share": stats["client_cpu_share"],
+    }
+
+
+def burst_round(
+    clients: LoadClients,
+    servers: Sequence[Server],
+    sockets: int,
+    events: int,
+    trigger: Callable[[], Any],
+) -> dict[str, Any]:
+    """One burst on one system: reset, trigger, wait for every frame, rate per instance."""
+    clients.call("reset")
+    cpu = {server.name: server.cpu_seconds() for server in servers}
+    started = time.time()
+    answer = trigger()
+    expected = sockets * events
+    names = [server.name for server in servers]
+    stats = wait_for_events(
+        clients, expected, timeout=60 + expected / 10_000, quiet=10.0, names=names
+    )
+    rates = instance_rates(stats, names)
+    cpu_used = {s.name: round(s.cpu_seconds() - cpu[s.name], 3) for s in servers}
+    per_instance = [r["messages_per_second"] for r in rates.values()]
+    return {
+        "events": events,
+        "instances": rates,
+        "messages_per_second_per_instance": round(sum(per_instance) / len(per_instance), 1),
+        "server_cpu_seconds": cpu_used,
+        "messages_per_server_cpu_second": round(
+            received(stats, names) / max(1e-9, sum(cpu_used.values())), 1
+        ),
+        "first_frame_after_trigger_s": round(
+            min((r["first"] for r in rates.values() if r["messages"]), default=started) - started,
+            4,
+        ),
+        "latency_ms": latency_summary(stats["histogram_ms"], stats["overflow"]),
+        "delivery": delivery_summary(stats, expected, names),
+        "trigger_answer": answer,
+    }
+
+
+def fanout_phase(bench: Bench, clients: LoadClients, token_box: list[str]) -> dict[str, Any]:
+    args = bench.args
+    sockets = args.sockets
+    burst = args.burst or max(10, min(200, 200_000 // sockets))
+    names = [f"jangteo-{n + 1}" for n in range(INSTANCES)]
+    result: dict[str, Any] = {"sockets": sockets, "instances": INSTANCES, "burst_events": burst}
+    with jangteo_servers(bench, names) as servers:
+        token = sign_up(servers[0].port)
+        token_box.append(token)
+        listing_id = create_listing(servers[0].port, token, "realtime benchmark: fan-out")
+        channel = f"listing:{listing_id}"
+        result["channel"] = channel
+        print(f"\n== fan-out: {sockets:,} sockets on {channel} over {INSTANCES} instances")
+        result["connect"] = open_sockets(
+            bench, clients, [jangteo_target(s, token) for s in servers], sockets, channel
+        )
+        time.sleep(1.0)
+        clients.call("reset")
+        before = [run_async(event_load.scrape(s.url)) for s in servers]
+        print(f"  PATCH price {args.rate:g}/s for {args.duration:g} s ...", flush=True)
+        patches = run_async(
+            event_load.patch_prices(
+                [s.url for s in servers], token, listing_id, rate=args.rate, seconds=args.duration
+            )
+        )
+        expected = patches["committed"] * sockets
+        stats = wait_for_events(clients, expected, timeout=60)
+        after = [run_async(event_load.scrape(s.url)) for s in servers]
+        latency = latency_summary(stats["histogram_ms"], stats["overflow"])
+        result["steady"] = {
+            "patch": patches,
+            "latency_ms": latency,
+            "histogram_ms": stats["histogram_ms"],
+            "delivery": delivery_summary(stats, expected),
+            "server_metrics": {
+                s.name: {
+                    word: event_load.matching(a, word)
+                    for word in ("jangteo_ws_", "jangteo_hub_", "jangteo_relay_events")
+                }
+                for s, a in zip(servers, after, strict=True)
+            },
+            "deliveries_counted_by_servers": sum(
+                event_load.counter_delta(b, a, "jangteo_ws_deliveries_total") or 0.0
+                for b, a in zip(before, after, strict=True)
+            ),
+        }
+        print(
+            f"  {stats['events']:,} of {expected:,} frames; commit-to-receive p50"
+            f" {latency['p50']} ms, p99 {latency['p99']} ms, max {latency['max']} ms",
+            flush=True,
+        )
+        frame = run_async(last_frame(bench.database_url, channel))
+        frame_file = bench.scratch / "frame.json"
+        frame_file.write_bytes(frame)
+        result["frame_bytes"] = len(frame)
+        result["frame"] = frame.decode()
+
+        with ExitStack() as references:
+            systems: dict[str, tuple[list[Server], Callable[[], Any]]] = {
+                "jangteo": (
+                    servers,
+                    lambda: run_async(insert_burst(bench.database_url, channel, burst)),
+                )
+            }
+            names = [f"bare-{n + 1}" for n in range(INSTANCES)]
+            bares = references.enter_context(bare_servers(bench, names, frame_file))
+            print("== fan-out reference: the same frame from bare aiohttp")
+            result["connect_bare"] = open_sockets(
+                bench, clients, [bare_target(s) for s in bares], sockets, channel
+            )
+            systems["bare"] = (bares, lambda: run_async(trigger_bare(bares, burst)))
+            if SOCKETIO:
+                names = [f"socketio-{n + 1}" for n in range(INSTANCES)]
+                sios = references.enter_context(socketio_servers(bench, names, frame_file))
+                print("== fan-out reference: python-socketio with AsyncRedisManager")
+                targets = [
+                    Target(s.name, "127.0.0.1", s.port, SOCKETIO_PATH, socketio=True) for s in sios
+                ]
+                result["connect_socketio"] = open_sockets(bench, clients, targets, sockets, None)
+                # One emit reaches both processes' sockets through Redis.
+                systems["socketio"] = (sios, lambda: run_async(trigger_bare(sios[:1], burst)))
+            rounds: dict[str, list[dict[str, Any]]] = {system: [] for system in systems}
+            order = list(systems)
+            for number in range(args.rounds):
+                for system in order if number % 2 == 0 else order[::-1]:
+                    group, trigger = systems[system]
+                    outcome = burst_round(clients, group, sockets, burst, trigger)
+                    rounds[system].append(outcome)
+                    missing = outcome["delivery"]["missing"]
+                    print(
+                        f"  round {number + 1} {system:<8}"
+                        f" {outcome['messages_per_second_per_instance']:>10,.0f} msgs/s per"
+                        f" instance ({burst} events x {sockets:,} sockets"
+                        f"{f', {missing:,} MISSING' if missing else ''})",
+                        flush=True,
+                    )
+            clients.call("close")
+        best = {
+            system: max(runs, key=lambda r: float(r["messages_per_second_per_instance"]))
+            for system, runs in rounds.items()
+        }
+        result["burst"] = {"best": best, "rounds": rounds}
+        jangteo_rate = best["jangteo"]["messages_per_second_per_instance"]
+        bare_rate = best["bare"]["messages_per_second_per_instance"]
+        result["share_of_bare"] = round(jangteo_rate / bare_rate, 3) if bare_rate else None
+        if "socketio" in best:
+            sio_rate = best["socketio"]["messages_per_second_per_instance"]
+            result["times_socketio"] = round(jangteo_rate / sio_rate, 2) if sio_rate else None
+        # What writing one frame to each instance's sockets takes at the bare loop's rate:
+        # a floor under any commit-to-receive percentile on this machine.
+        result["one_event_write_ms_at_bare_rate"] = (
+            round(sockets / INSTANCES / bare_rate * 1000, 1) if bare_rate else None
+        )
+        result["server_log_problems"] = {s.name: server_problems(s.log) for s in servers}
+    return result
+
+
+# ----------------------------------------------------------------------------- relay
+
+
+def lag_by_second(
+    per_second: Mapping[int, Sequence[float]], start: float, end: float
+) -> list[dict[str, float]]:
+    """Events, mean and max commit-to-receive lag per wall-clock second from start to end."""
+    return [
+        {"second": int(s) - int(start), "events": int(v[0]), "mean_ms": round(v[1] / v[0], 2),
+         "max_ms": round(v[2], 1)}
+        for s, v in sorted(per_second.items())
+        if int(start) <= int(s) <= int(end) and v[0]
+    ]  # fmt: skip
+
+
+def mean_lag(seconds: Sequence[Mapping[str, float]]) -> float:
+    """The mean lag of every event received in these seconds."""
+    events = sum(s["events"] for s in seconds)
+    return round(sum(s["mean_ms"] * s["events"] for s in seconds) / events, 2) if events else 0.0
+
+
+def relay_run(
+    bench: Bench,
+    clients: LoadClients,
+    server: Server,
+    channel: str,
+    *,
+    rate: float | None,
+    seconds: float,
+    connections: int,
+    rows: int,
+) -> dict[str, Any]:
+    """Commit outbox rows (paced, or flat out when ``rate`` is None); what the relay made of it."""
+    clients.call("reset")
+    before = run_async(event_load.scrape(server.url))
+    pace = "flat out" if rate is None else f"{rate:,.0f} rows/s"
+    print(f"  {pace} for {seconds:g} s, {rows} row(s) per commit ...", flush=True)
+    inserted = run_async(
+        event_load.insert_rows(
+            bench.database_url,
+            channel,
+            seconds=seconds,
+            rate=rate,
+            connections=connections,
+            rows_per_transaction=rows,
+        )
+    )
+    stats = wait_for_events(clients, inserted["rows"], timeout=120)
+    after = run_async(event_load.scrape(server.url))
+    tally = stats["tallies"][server.name]
+    span = tally["last"] - tally["first"]
+    # Whole seconds inside the insertion window: its first and last thirds say if lag grew.
+    window = lag_by_second(
+        stats["per_second"], inserted["started_at"] + 1, inserted["ended_at"] - 1
+    )
+    third = max(1, len(window) // 3)
+    frames = latency_summary(stats["histogram_ms"], stats["overflow"])
+    metric = event_load.histogram_summary(before, after, "jangteo_relay_lag_seconds", 0.01)
+    result = {
+        "insert": inserted,
+        "received": tally["events"],
+        "received_per_second": round(tally["events"] / span, 1) if span > 0 else 0.0,
+        "published_metric": event_load.counter_delta(
+            before, after, "jangteo_relay_events_published_total"
+        ),
+        "leader": event_load.gauge(after, "jangteo_relay_leader"),
+        "drain_after_last_commit_s": round(tally["last"] - inserted["ended_at"], 3),
+        "commit_to_receive_ms": frames,
+        "commit_to_publish_metric": metric,
+        "mean_lag_first_last_third_ms": [
+            mean_lag(window[:third]) if window else None,
+            mean_lag(window[-third:]) if window else None,
+        ],
+        "lag_by_second": lag_by_second(stats["per_second"], inserted["started_at"], tally["last"]),
+        "delivery": delivery_summary(stats, inserted["rows"]),
+    }
+    # The relay kept up when it published as fast as rows committed and was done at once.
+    result["kept_up"] = bool(
+        result["received_per_second"] >= 0.97 * inserted["rate"]
+        and result["drain_after_last_commit_s"] < 1.0
+    )
+    shown = metric or {}
+    print(
+        f"    committed {inserted['rate']:,.0f} rows/s, received"
+        f" {result['received_per_second']:,.0f}/s; commit-to-receive p50 {frames['p50']} ms,"
+        f" p99 {frames['p99']} ms; relay_lag"
+        f" metric p50 {shown.get('p50_ms')} ms, p99 {shown.get('p99_ms')} ms; mean lag first"
+        f" / last third {result['mean_lag_first_last_third_ms']} ms; drained"
+        f" {result['drain_after_last_commit_s']} s after the last commit",
+        flush=True,
+    )
+    return result
+
+
+def relay_phase(bench: Bench, clients: LoadClients, token: str) -> dict[str, Any]:
+    args = bench.args
+    result: dict[str, Any] = {}
+    with jangteo_servers(bench, ["relay"]) as (server,):
+        listing_id = create_listing(server.port, token, "realtime benchmark: relay")
+        channel = f"listing:{listing_id}"
+        print(f"\n== relay: outbox rows on {channel}, one instance, one subscriber")
+        open_sockets(bench, clients, [jangteo_target(server, token)], 1, channel)
+        time.sleep(0.5)
+        result["commit_alone_ms"] = floor = run_async(event_load.commit_latency(bench.database_url))
+        print(
+            f"  a one-row commit alone (no outbox) takes {floor['p50']} ms p50,"
+            f" {floor['p99']} ms p99"
+        )
+        run = functools.partial(relay_run, bench, clients, server, channel)
+        result["paced"] = run(
+            rate=args.relay_rate,
+            seconds=args.relay_seconds,
+            connections=args.relay_inserters,
+            rows=1,
+        )
+        result["sustained"] = run(
+            rate=args.sustain_rate,
+            seconds=args.relay_seconds,
+            connections=args.relay_inserters,
+            rows=args.sustain_rows,
+        )
+        result["flat_out"] = run(
+            rate=None,
+            seconds=args.relay_max_seconds,
+            connections=args.relay_connections,
+            rows=args.relay_rows,
+        )
+        clients.call("close")
+        result["server_log_problems"] = server_problems(server.log)
+    return result
+
+
+# ----------------------------------------------------------------------------- idle memory
+
+
+def measure_idle(
+    bench: Bench,
+    clients: LoadClients,
+    server: Server,
+    target: Target,
+    count: int,
+    desk: Server | None = None,
+) -> dict[str, Any]:
+    """RSS of ``server`` before and after ``count`` idle sockets (after a small warm-up).
+
+    Also the CPU the server (and the ticket desk) spent per connection while they opened.
+    """
+    open_sockets(bench, clients, [target], 100, None)
+    clients.call("close")
+    time.sleep(1.0)
+    clients.call("reset")
+    before = server.rss()
+    cpu = server.cpu_seconds()
+    desk_cpu = desk.cpu_seconds() if desk else 0.0
+    connect = open_sockets(bench, clients, [target], count, None)
+    cpu = server.cpu_seconds() - cpu
+    desk_cpu = desk.cpu_seconds() - desk_cpu if desk else 0.0
+    time.sleep(bench.args.idle_settle)
+    after = server.rss()
+    stats = clients.stats()
+    clients.call("close")
+    grown = after - before
+    result = {
+        "sockets": count,
+        "rss_before_kib": before // 1024,
+        "rss_after_kib": after // 1024,
+        "kib_per_connection": round(grown / count / 1024, 2),
+        "connect_seconds": connect["seconds"],
+        "server_cpu_ms_per_connect": round(cpu / count * 1000, 3),
+        "sockets_open_at_measurement": stats["open"],
+        "closed_by_server_before_measurement": stats["closes"],
+    }
+    if desk is not None:
+        result["ticket_desk_cpu_ms_per_ticket"] = round(desk_cpu / count * 1000, 3)
+    return result
+
+
+def idle_phase(bench: Bench, clients: LoadClients, token: str) -> dict[str, Any]:
+    args = bench.args
+    _, hard = raise_open_files()
+    count = min(args.idle_sockets, hard - FD_RESERVE)
+    result: dict[str, Any] = {"requested": args.idle_sockets, "sockets": count}
+    if count < args.idle_sockets:
+        result["capped_by"] = f"RLIMIT_NOFILE hard limit {hard} (a server needs a descriptor each)"
+    print(f"\n== idle memory: {count:,} idle sockets, heartbeat {bench.heartbeat:g} s")
+    frame = bench.scratch / "idle-frame.json"
+    frame.write_bytes(b'{"op":"pong"}')
+    with bare_servers(bench, ["bare-idle"], frame) as (bare,):
+        result["bare"] = measure_idle(bench, clients, bare, bare_target(bare), count)
+    print(f"  bare aiohttp: {result['bare']['kib_per_connection']} KiB per connection")
+    extra = {"JANGTEO_WS_MAX_CONNECTIONS": str(count + FD_RESERVE)}
+    # Tickets come from a second instance, so the measured one does nothing but hold sockets.
+    with jangteo_servers(bench, ["jangteo-idle", "ticket-desk"], extra) as (server, desk):
+        target = jangteo_target(server, token, ticket_from=desk)
+        result["jangteo"] = measure_idle(bench, clients, server, target, count, desk)
+        result["server_log_problems"] = server_problems(server.log)
+    print(f"  jangteo: {result['jangteo']['kib_per_connection']} KiB per connection")
+    bare_kib = result["bare"]["kib_per_connection"]
+    result["ratio"] = (
+        round(result["jangteo"]["kib_per_connection"] / bare_kib, 3) if bare_kib else None
+    )
+    return result
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def versions(database_url: str, redis_url: str) -> dict[str, str]:
+    async def postgres() -> tuple[str, str]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            version = await conn.fetchval("SHOW server_version")
+            commit_ts = await conn.fetchval("SHOW track_commit_timestamp")
+            return str(version), str(commit_ts)
+        finally:
+            await conn.close()
+
+    pg_version, commit_ts = run_async(postgres())
+    client = redis.Redis.from_url(redis_url)
+    try:
+        redis_version = str(client.info("server")["redis_version"])
+    finally:
+        client.close()
+    packages = ("aiohttp", "uvloop", "orjson", "asyncpg", "redis", "hiredis", "psutil")
+    return {
+        "python": platform.python_version(),
+        **{name: importlib.metadata.version(name) for name in packages},
+        "postgresql": pg_version,
+        "postgresql_track_commit_timestamp": commit_ts,
+        "redis_server": redis_version,
+    }
+
+
+def _ms(value: Any) -> str:
+    return "-" if value is None else f"{value:,.1f}"
+
+
+def _share(value: Any) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def table(report: Mapping[str, Any]) -> str:
+    """The headline figures with their references and targets, one line each."""
+    rows: list[tuple[str, str, str, str, str]] = []
+    fanout = report.get("fanout")
+    if fanout:
+        latency = fanout["steady"]["latency_ms"]
+        target = TARGETS[
+            "fanout_p99_ms_20000" if fanout["sockets"] > 2000 else "fanout_p99_ms_2000"
+        ]
+        rows.append((
+            f"fan-out commit-to-receive p50 / p99 ms ({fanout['sockets']:,} sockets)",
+            f"{_ms(latency['p50'])} / {_ms(latency['p99'])}",
+            f"bare loop writes 1 event in {_ms(fanout['one_event_write_ms_at_bare_rate'])} ms",
+            "",
+            f"p99 < {target:g}",
+        ))  # fmt: skip
+        best = fanout["burst"]["best"]
+        rows.append((
+            "fan-out delivered msgs/s per instance (burst)",
+            f"{best['jangteo']['messages_per_second_per_instance']:,.0f}",
+            f"{best['bare']['messages_per_second_per_instance']:,.0f} bare aiohttp",
+            _share(fanout["share_of_bare"]), ">= 90%",
+        ))  # fmt: skip
+        if "socketio" in best:
+            times = fanout["times_socketio"]
+            rows.append((
+                "fan-out delivered msgs/s per instance vs python-socketio",
+                f"{best['jangteo']['messages_per_second_per_instance']:,.0f}",
+                f"{best['socketio']['messages_per_second_per_instance']:,.0f} python-socketio",
+                "-" if times is None else f"{times:.1f}x", ">= 4x",
+            ))  # fmt: skip
+    relay = report.get("relay")
+    if relay:
+        paced = relay["paced"]
+        metric = paced["commit_to_publish_metric"] or {}
+        frames = paced["commit_to_receive_ms"]
+        rate = paced["insert"]["rate"]
+        asked = paced["insert"]["target_rate"]
+        rows.append((
+            f"relay commit-to-publish p50 / p99 ms at {rate:,.0f}/s, {asked:,.0f} asked (metric)",
+            f"{_ms(metric.get('p50_ms'))} / {_ms(metric.get('p99_ms'))}", "", "", "p99 < 10",
+        ))  # fmt: skip
+        rows.append((
+            f"relay commit-to-receive p50 / p99 ms at {rate:,.0f}/s (frames)",
+            f"{_ms(frames['p50'])} / {_ms(frames['p99'])}",
+            f"one-row commit alone p50 {_ms(relay['commit_alone_ms']['p50'])}", "", "",
+        ))  # fmt: skip
+        sustained = relay["sustained"]
+        first, last = sustained["mean_lag_first_last_third_ms"]
+        rows.append((
+            f"relay at {sustained['insert']['rate']:,.0f} rows/s committed: received/s,"
+            " mean lag first -> last third",
+            f"{sustained['received_per_second']:,.0f}, {_ms(first)} -> {_ms(last)} ms",
+            "", "", "no lag growth",
+        ))  # fmt: skip
+        flat = relay["flat_out"]
+        verdict = "kept up: insert-bound" if flat["kept_up"] else "fell behind"
+        rows.append((
+            "relay published events/s, rows committed flat out",
+            f"{flat['received_per_second']:,.0f}",
+            f"{flat['insert']['rate']:,.0f} inserted/s ({verdict})", "", ">= 5,000",
+        ))  # fmt: skip
+    idle = report.get("idle")
+    if idle:
+        rows.append((
+            f"idle memory KiB per connection ({idle['sockets']:,} sockets)",
+            f"{idle['jangteo']['kib_per_connection']:.2f}",
+            f"{idle['bare']['kib_per_connection']:.2f} bare aiohttp",
+            f"{idle['ratio']:.2f}x" if idle["ratio"] is not None else "-", "<= 1.25x",
+        ))  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(5)] if rows else [0] * 5
+    head = ("figure", "jangteo", "reference", "ratio", "target")
+    widths = [max(w, len(h)) for w, h in zip(widths, head, strict=True)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    return "\n".join(lines)
+
+
+def plot(report: Mapping[str, Any], caption: str, path: Path) -> bool:
+    """Latency histogram, msgs/s vs bare, relay lag, KiB per connection (needs matplotlib)."""
+    try:
+        import matplotlib  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
+
+    colours = {"jangteo": "#d9534f", "bare": "#7f8c8d", "socketio": "#2a7ab9"}
+    figure, axes = plt.subplots(2, 2, figsize=(11, 7.5), dpi=110)
+    fanout, relay, idle = report.get("fanout"), report.get("relay"), report.get("idle")
+    top_left, top_right, bottom_left, bottom_right = axes.flat
+    if fanout:
+        histogram = {int(k): v for k, v in fanout["steady"]["histogram_ms"].items()}
+        if histogram:
+            top_left.bar(
+                list(histogram), list(histogram.values()), width=1.0, color=colours["jangteo"]
+            )
+        latency = fanout["steady"]["latency_ms"]
+        for name, style in (("p50", "--"), ("p99", ":")):
+            if latency[name] is not None:
+                top_left.axvline(
+                    latency[name],
+                    color="#222222",
+                    linestyle=style,
+                    label=f"{name} {latency[name]:g} ms",
+                )
+        top_left.set_xlabel("commit-to-receive latency, ms (1-ms bins)")
+        top_left.set_ylabel("frames")
+        top_left.set_title(
+            f"fan-out: {fanout['sockets']:,} sockets on 2 instances,"
+            f" {fanout['steady']['patch']['committed']} PATCHes", fontsize=9,
+        )  # fmt: skip
+        top_left.legend(fontsize=8)
+        best = fanout["burst"]["best"]
+        systems = [s for s in ("jangteo", "bare", "socketio") if s in best]
+        values = [best[s]["messages_per_second_per_instance"] for s in systems]
+        shown = {"jangteo": "jangteo", "bare": "bare aiohttp", "socketio": "python-socketio"}
+        bars = top_right.bar(
+            [shown[s] for s in systems], values, color=[colours[s] for s in systems]
+        )
+        top_right.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=8)
+        top_right.set_ylabel("delivered messages / s per instance")
+        title = (
+            f"burst of {fanout['burst_events']} events: jangteo {_share(fanout['share_of_bare'])}"
+            " of bare (target >= 90%)"
+        )
+        if fanout.get("times_socketio"):
+            title += f",\n{fanout['times_socketio']:.1f}x python-socketio (target >= 4x)"
+        top_right.set_title(title, fontsize=9)
+        top_right.set_ylim(0, max(values) * 1.2 or 1)
+    if relay:
+        paced, flat = relay["paced"], relay["flat_out"]
+        metric = paced["commit_to_publish_metric"] or {}
+        frames = paced["commit_to_receive_ms"]
+        labels = [
+            "publish p50\n(metric)",
+            "publish p99\n(metric)",
+            "receive p50\n(frames)",
+            "receive p99\n(frames)",
+        ]
+        values = [
+            metric.get("p50_ms") or 0.0,
+            metric.get("p99_ms") or 0.0,
+            frames["p50"] or 0.0,
+            frames["p99"] or 0.0,
+        ]
+        bars = bottom_left.bar(labels, values, color=colours["jangteo"])
+        bottom_left.bar_label(bars, labels=[f"{v:.1f}" for v in values], fontsize=8)
+        bottom_left.axhline(10, color="#222222", linestyle="--", label="target p99 < 10 ms")
+        bottom_left.set_ylabel("ms after commit")
+        bottom_left.set_title(
+            f"relay at {paced['insert']['rate']:,.0f} rows/s; flat out:"
+            f" {flat['received_per_second']:,.0f} published/s"
+            f" ({flat['insert']['rate']:,.0f} inserted/s)",
+            fontsize=9,
+        )
+        bottom_left.legend(fontsize=8)
+    if idle:
+        values = [idle["jangteo"]["kib_per_connection"], idle["bare"]["kib_per_connection"]]
+        bars = bottom_right.bar(
+            ["jangteo", "bare aiohttp"], values, color=[colours["jangteo"], colours["bare"]]
+        )
+        bottom_right.bar_label(bars, labels=[f"{v:.1f}" for v in values], fontsize=8)
+        bottom_right.set_ylabel("server RSS KiB per idle connection")
+        bottom_right.set_title(
+            f"{idle['sockets']:,} idle sockets: {idle['ratio']:.2f}x bare (target <= 1.25x)",
+            fontsize=9,
+        )
+        bottom_right.set_ylim(0, max(values) * 1.25 or 1)
+    figure.text(0.99, 0.01, caption, ha="right", va="bottom", fontsize=7, color="#555555")
+    figure.tight_layout(rect=(0, 0.03, 1, 1))
+    figure.savefig(path)
+    plt.close(figure)
+    return True
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def services(env: dict[str, str]) -> tuple[str, str]:
+    """The PostgreSQL admin URL and Redis URL: the caller's, or the embedded stack's."""
+    database_url = env.get("JANGTEO_DATABASE_URL", "").strip()
+    redis_url = env.get("JANGTEO_REDIS_URL", "").strip()
+    if database_url and redis_url:
+        return database_url, redis_url
+    urls = EmbeddedStack(Path(env.get("JANGTEO_DATA_DIR", "").strip() or ".data")).start()
+    return database_url or urls.database_url, redis_url or urls.redis_url
+
+
+async def fresh_database(admin_url: str, url: str) -> None:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{DATABASE}"')
+    finally:
+        await conn.close()
+    await migrate(url)
+
+
+async def drop_database(admin_url: str) -> None:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def resolve_defaults(args: argparse.Namespace, hard_limit: int) -> None:
+    """Fill in what depends on the socket counts: PATCH rate and client processes."""
+    if args.rate is None:  # 20,000 frames a second in all: 10 events/s to 2,000 sockets
+        args.rate = min(10.0, 20_000 / args.sockets)
+    # Every fan-out system's sockets stay open together (their rounds alternate).
+    systems = 3 if SOCKETIO else 2
+    needed = math.ceil(systems * args.sockets / (hard_limit - FD_RESERVE))
+    if needed > args.client_processes:
+        print(f"{needed} client processes: {systems} x {args.sockets:,} sockets stay open")
+        args.client_processes = needed
+
+
+def run(args: argparse.Namespace) -> int:
+    load_before = [round(value, 2) for value in os.getloadavg()]
+    limits = raise_open_files()
+    resolve_defaults(args, limits[1])
+    env = {**os.environ}
+    admin_url, redis_url = services(env)
+    database_url = with_database(admin_url, DATABASE)
+    run_async(fresh_database(admin_url, database_url))
+    env.update({
+        "JANGTEO_DATABASE_URL": database_url,
+        "JANGTEO_REDIS_URL": redis_url,
+        "JANGTEO_RATE_LIMITS": "off",
+        "JANGTEO_ACCESS_LOG": "off",
+        "JANGTEO_LOG_LEVEL": "WARNING",
+        "JANGTEO_JWT_SECRET": JWT_SECRET,
+        "JANGTEO_ACCESS_TOKEN_TTL": "3600",
+    })  # fmt: skip
+    heartbeat = Settings.from_env(env).ws_heartbeat
+    report: dict[str, Any] = {"benchmark": "realtime"}
+    with ExitStack() as stack:
+        if args.keep_files is not None:
+            scratch = args.keep_files.resolve()
+            scratch.mkdir(parents=True, exist_ok=True)
+        else:
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-rt-")))
+        bench = Bench(
+            args=args,
+            env=env,
+            database_url=database_url,
+            scratch=scratch,
+            addresses=SourceAddresses(),
+            commands={
+                "database": f"DROP/CREATE DATABASE {DATABASE}; db.migrate.migrate(url)",
+                "load": f"python -m loadtests.bench_realtime: {args.client_processes} client"
+                " processes of loadtests/ws_load.py (raw asyncio WebSocket protocol on uvloop)",
+            },
+            heartbeat=heartbeat,
+        )
+        clients = stack.enter_context(LoadClients(args.client_processes))
+        token_box: list[str] = []
+        phases = set(args.phases)
+        if "fanout" in phases:
+            report["fanout"] = fanout_phase(bench, clients, token_box)
+        if not token_box:
+            with jangteo_servers(bench, ["sign-up"]) as (server,):
+                token_box.append(sign_up(server.port))
+        if "relay" in phases:
+            report["relay"] = relay_phase(bench, clients, token_box[0])
+        if "idle" in phases:
+            report["idle"] = idle_phase(bench, clients, token_box[0])
+        report["commands"] = bench.commands
+    if not args.keep_database:
+        run_async(drop_database(admin_url))
+    date = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    report.update({
+        "date": date,
+        "machine": {**machine(load_before), "open_files_limit": list(limits)},
+        "versions": versions(admin_url, redis_url),
+        "load": {
+            "client_processes": args.client_processes,
+            "client": "loadtests/ws_load.py: raw asyncio.Protocol WebSockets on uvloop, no"
+            " compression, answering pings; latency = receive wall clock ms - frame ts",
+            "jangteo_processes_per_instance": 1,
+            "fanout_instances": INSTANCES,
+            "bare_processes": INSTANCES,
+            "heartbeat_s": heartbeat,
+            "steady_rate_per_s": args.rate,
+            "steady_seconds": args.duration,
+            "burst_rounds": args.rounds,
+            "relay_rate_per_s": args.relay_rate,
+            "relay_seconds": args.relay_seconds,
+            "relay_max_seconds": args.relay_max_seconds,
+            "reported": "fan-out msgs/s: best burst of the rounds, per instance (first to last"
+            " frame received); latencies from 1-ms bins (bin floor)",
+        },
+        "targets": TARGETS,
+        "python_socketio": (
+            importlib.metadata.version("python-socketio")
+            if SOCKETIO
+            else "not measured: python-socketio is not installed (pip install python-socketio)"
+        ),
+    })  # fmt: skip
+    print()
+    print(table(report))
+    results: Path = args.results.resolve()
+    results.mkdir(parents=True, exist_ok=True)
+    json_path = results / "realtime.json"
+    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"\nwrote {shown_path(json_path)}")
+    png_path = results / "realtime.png"
+    caption = (
+        f"{date}, {os.cpu_count()} cores, {args.client_processes} client processes,"
+        " servers, clients, PostgreSQL and Redis on the same cores"
+    )
+    if plot(report, caption, png_path):
+        print(f"wrote {shown_path(png_path)}")
+    else:
+        print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench_realtime", description=__doc__)
+    parser.add_argument("--sockets", type=int, default=2000, help="fan-out sockets (20000: big)")
+    parser.add_argument(
+        "--rate", type=float, default=None, help="PATCHes/s (default 20,000 / sockets, max 10)"
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of PATCHes")
+    parser.add_argument(
+        "--burst", type=int, default=0, help="events per burst (default: 200,000 frames' worth)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="bursts per system; best is kept")
+    parser.add_argument("--relay-rate", type=float, default=1000.0, help="outbox rows per second")
+    parser.add_argument("--relay-seconds", type=float, default=10.0, help="seconds per paced run")
+    parser.add_argument(
+        "--sustain-rate", type=float, default=5000.0, help="rows/s of the sustained relay run"
+    )
+    parser.add_argument(
+        "--sustain-rows", type=int, default=50, help="rows per commit of the sustained run"
+    )
+    parser.add_argument("--relay-max-seconds", type=float, default=5.0, help="flat-out seconds")
+    parser.add_argument(
+        "--relay-inserters", type=int, default=16, help="connections inserting at --relay-rate"
+    )
+    parser.add_argument("--relay-connections", type=int, default=4, help="flat-out inserters")
+    parser.add_argument("--relay-rows", type=int, default=50, help="rows per flat-out commit")
+    parser.add_argument("--idle-sockets", type=int, default=10_000, help="idle sockets (20000)")
+    parser.add_argument(
+        "--idle-settle", type=float, default=3.0, help="seconds between opening and measuring"
+    )
+    parser.add_argument("--client-processes", type=int, default=2)
+    parser.add_argument(
+        "--phases",
+        nargs="+",
+        choices=["fanout", "relay", "idle"],
+        default=["fanout", "relay", "idle"],
+    )
+    parser.add_argument("--keep-database", action="store_true", help=f"keep {DATABASE}")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the results go")
+    parser.add_argument(
+        "--keep-files", type=Path, default=None, metavar="DIR", help="keep server logs in DIR"
+    )
+    args = parser.parse_args(argv)
+    try:
+        code = run(args)
+    except BenchError as error:
+        print(f"bench_realtime: {error}", file=sys.stderr)
+        code = 1
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

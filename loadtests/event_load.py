@@ -1,0 +1,288 @@
+"""Event sources of the realtime benchmark, and what jangteo's /metrics says about them.
+
+- ``patch_prices``: PATCH a listing's price over REST at a steady rate (each commit writes
+  one ``listing.price_changed`` outbox row, as a seller's edit does);
+- ``insert_rows``: outbox rows at a steady rate (small transactions from a few asyncpg
+  connections sharing one schedule), or as fast as the connections can commit them;
+- ``commit_latency``: what one committed row costs alone (the WAL flush);
+- ``scrape`` / ``histogram_summary`` / ``counter_delta``: Prometheus text from
+  ``GET /metrics``, before and after a run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import aiohttp
+import asyncpg
+from prometheus_client.parser import text_string_to_metric_families
+
+INSERT = "INSERT INTO outbox (channel, type, data) VALUES ($1, $2, $3::jsonb)"
+INSERT_MANY = (
+    "INSERT INTO outbox (channel, type, data)"
+    " SELECT $1, $2, jsonb_build_object('seq', $3::bigint + g, 'bench', 'relay')"
+    " FROM generate_series(1, $4::int) AS g"
+)
+
+
+def _late_summary(late: Sequence[float]) -> dict[str, float]:
+    ordered = sorted(late)
+    return {
+        "late_over_5ms": sum(1 for value in ordered if value > 0.005),
+        "max_late_ms": round(ordered[-1] * 1000, 2) if ordered else 0.0,
+    }
+
+
+async def patch_prices(
+    base_urls: Sequence[str], token: str, listing_id: int, *, rate: float, seconds: float
+) -> dict[str, Any]:
+    """PATCH the price ``rate`` times a second for ``seconds`` (round-robin over base URLs).
+
+    Each request starts at its slot of the schedule, whether or not the previous one has
+    answered. Statuses and response times are returned; a 200 is one committed event.
+    """
+    total = max(1, round(rate * seconds))
+    headers = {"Authorization": f"Bearer {token}", "If-Match": "*"}
+    statuses: Counter[str] = Counter()
+    durations: list[float] = []
+    late: list[float] = []
+    loop = asyncio.get_running_loop()
+    connector = aiohttp.TCPConnector(limit=64)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def one(number: int) -> None:
+            url = f"{base_urls[number % len(base_urls)]}/api/v1/listings/{listing_id}"
+            started = loop.time()
+            try:
+                body = {"price": 20_000 + number}  # always a change: one event each
+                async with session.patch(url, json=body, headers=headers) as response:
+                    await response.read()
+                    statuses[str(response.status)] += 1
+            except (aiohttp.ClientError, TimeoutError) as error:
+                statuses[type(error).__name__] += 1
+            durations.append(loop.time() - started)
+
+        start = loop.time() + 0.1
+        tasks = []
+        for number in range(total):
+            delay = start + number / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                late.append(-delay)
+            tasks.append(asyncio.create_task(one(number)))
+        await asyncio.gather(*tasks)
+        elapsed = loop.time() - start
+    durations.sort()
+    return {
+        "requests": total,
+        "committed": statuses.get("200", 0),
+        "statuses": dict(statuses),
+        "seconds": round(elapsed, 3),
+        "rate": round(total / elapsed, 1),
+        "response_ms": {
+            "p50": round(durations[len(durations) // 2] * 1000, 2),
+            "p99": round(durations[min(len(durations) - 1, int(0.99 * len(durations)))] * 1000, 2),
+        },
+        **_late_summary(late),
+    }
+
+
+async def insert_rows(
+    database_url: str,
+    channel: str,
+    *,
+    seconds: float,
+    rate: float | None,
+    connections: int,
+    rows_per_transaction: int = 1,
+    event_type: str = "listing.updated",
+) -> dict[str, Any]:
+    """Commit outbox rows for ``seconds``: ``rate`` rows a second, or flat out when None.
+
+    Paced, transaction k is due at ``start + k * rows_per_transaction / rate``, and
+    ``connections`` connections take the transactions in turn, so one slow commit delays
+    only its own rows (a transaction is late when every connection was still busy at its
+    slot). Flat out, every connection commits back to back.
+    """
+    transactions = (
+        math.inf if rate is None else max(1, round(rate * seconds / rows_per_transaction))
+    )
+    interval = 0.0 if rate is None else rows_per_transaction / rate
+    pool = await asyncpg.create_pool(database_url, min_size=connections, max_size=connections)
+    assert pool is not None
+    loop = asyncio.get_running_loop()
+    late: list[float] = []
+    commit_s: list[float] = []
+    next_slot = 0
+    start = loop.time() + 0.2
+    stop = start + seconds
+    await asyncio.sleep(max(0.0, start - loop.time()))
+    started = time.time()
+    try:
+
+        async def worker() -> None:
+            nonlocal next_slot
+            async with pool.acquire() as conn:
+                while next_slot < transactions and (rate is not None or loop.time() < stop):
+                    number = next_slot
+                    next_slot += 1
+                    if rate is not None:
+                        delay = start + number * interval - loop.time()
+                        if delay > 0:
+                            await asyncio.sleep(delay)
+                        else:
+                            late.append(-delay)
+                    sent = loop.time()
+                    first = number * rows_per_transaction
+                    if rows_per_transaction == 1:
+                        data = f'{{"seq": {first}, "bench": "relay"}}'
+                        await conn.execute(INSERT, channel, event_type, data)
+                    else:
+                        await conn.execute(
+                            INSERT_MANY, channel, event_type, first, rows_per_transaction
+                        )
+                    commit_s.append(loop.time() - sent)
+
+        await asyncio.gather(*(worker() for _ in range(connections)))
+    finally:
+        await pool.close()
+    ended = time.time()
+    rows = len(commit_s) * rows_per_transaction
+    commit_s.sort()
+    return {
+        "rows": rows,
+        "seconds": round(ended - started, 3),
+        "rate": round(rows / (ended - started), 1),
+        "target_rate": rate,
+        "connections": connections,
+        "rows_per_transaction": rows_per_transaction,
+        "commit_ms": {
+            "p50": round(commit_s[len(commit_s) // 2] * 1000, 2),
+            "p99": round(commit_s[min(len(commit_s) - 1, int(0.99 * len(commit_s)))] * 1000, 2),
+        },
+        **_late_summary(late),
+        "started_at": started,
+        "ended_at": ended,
+    }
+
+
+async def commit_latency(database_url: str, samples: int = 50) -> dict[str, float]:
+    """Milliseconds of a one-row INSERT committed alone, one after another: the WAL flush.
+
+    A relay that commits anything before it publishes can be no faster than this.
+    """
+    conn = await asyncpg.connect(database_url)
+    times: list[float] = []
+    try:
+        await conn.execute("CREATE TABLE IF NOT EXISTS bench_commit_floor (n int)")
+        for number in range(samples):
+            started = time.perf_counter()
+            await conn.execute("INSERT INTO bench_commit_floor VALUES ($1)", number)
+            times.append(time.perf_counter() - started)
+        await conn.execute("DROP TABLE bench_commit_floor")
+    finally:
+        await conn.close()
+    times.sort()
+    return {
+        "samples": samples,
+        "p50": round(times[len(times) // 2] * 1000, 2),
+        "p99": round(times[min(len(times) - 1, int(0.99 * len(times)))] * 1000, 2),
+    }
+
+
+# ----------------------------------------------------------------------------- /metrics
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+async def scrape(base_url: str) -> Samples:
+    """Every sample of ``GET /metrics``, keyed by (name, sorted labels)."""
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.get(f"{base_url}/metrics") as response,
+    ):
+        text = await response.text()
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = float(sample.value)
+    return samples
+
+
+def matching(samples: Samples, word: str) -> dict[str, float]:
+    """The samples whose name contains ``word``, as ``name{labels}: value``."""
+    shown: dict[str, float] = {}
+    for (name, labels), value in sorted(samples.items()):
+        if word in name and not name.endswith("_created"):
+            label_text = ",".join(f"{k}={v}" for k, v in labels)
+            shown[f"{name}{{{label_text}}}" if label_text else name] = value
+    return shown
+
+
+def counter_delta(before: Samples, after: Samples, name: str) -> float | None:
+    """How much a label-less counter grew; None when /metrics has no such sample."""
+    if (name, ()) not in after:
+        return None
+    return after[(name, ())] - before.get((name, ()), 0.0)
+
+
+def histogram_summary(
+    before: Samples, after: Samples, name: str, within: float
+) -> dict[str, float | None] | None:
+    """Quantiles (interpolated within buckets) of what a histogram observed between scrapes.
+
+    ``share_within`` is the fraction of observations at or below ``within`` seconds, when
+    that is a bucket bound. None when the histogram is not in /metrics.
+    """
+    bucket = f"{name}_bucket"
+    bounds: dict[float, float] = {}
+    for (sample, labels), value in after.items():
+        if sample != bucket:
+            continue
+        le = dict(labels).get("le")
+        if le is None:
+            continue
+        bounds[float(le)] = value - before.get((sample, labels), 0.0)
+    if not bounds:
+        return None
+    cumulative = sorted(bounds.items())
+    total = cumulative[-1][1]
+    summary: dict[str, float | None] = {"count": total}
+    for label, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
+        summary[f"{label}_ms"] = _quantile(cumulative, q)
+    summary["above_largest_bucket"] = total - cumulative[-2][1] if len(cumulative) > 1 else 0.0
+    share = bounds.get(within)
+    summary[f"share_within_{within * 1000:g}ms"] = (
+        round(share / total, 5) if total and share else None
+    )
+    return summary
+
+
+def _quantile(cumulative: Sequence[tuple[float, float]], q: float) -> float | None:
+    total = cumulative[-1][1]
+    if total <= 0:
+        return None
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in cumulative:
+        if count >= rank:
+            if math.isinf(bound):
+                return round(lower_bound * 1000, 3)  # at least the largest finite bound
+            span = count - lower_count
+            fraction = (rank - lower_count) / span if span else 1.0
+            return round((lower_bound + (bound - lower_bound) * fraction) * 1000, 3)
+        lower_bound, lower_count = bound, count
+    return None
+
+
+def gauge(samples: Mapping[tuple[str, tuple[tuple[str, str], ...]], float], name: str) -> float:
+    return samples.get((name, ()), 0.0)
