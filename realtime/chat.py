@@ -86,6 +86,8 @@ class ChatOps:
             connection.send(frames.error("forbidden", "subscribe to the room first", channel))
             return
         now = connection.loop.time()
+        if connection.last_typing is None:
+            connection.last_typing = {}
         if now - connection.last_typing.get(channel, 0.0) < TYPING_INTERVAL_S:
             return  # typing is a hint: extra frames are dropped, not refused
         connection.last_typing[channel] = now

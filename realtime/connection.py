@@ -45,6 +45,13 @@ OpHandler = Callable[["Connection", ClientFrame], Awaitable[None]]
 
 
 class Connection:
+    # Slots: a process holds tens of thousands of these, mostly idle.
+    __slots__ = (
+        "allowance", "bad_frames", "channels", "closing", "expires_at", "hub", "last_typing",
+        "limits", "loop", "metrics", "ops", "presence", "rules", "session_id", "stamp",
+        "transport", "user_id", "writer", "ws",
+    )  # fmt: skip
+
     def __init__(
         self,
         ws: web.WebSocketResponse,
@@ -76,9 +83,8 @@ class Connection:
         self.allowance = 2 * limits.frames_per_second  # token bucket: bursts of 2 s worth
         self.stamp = self.loop.time()
         self.closing: asyncio.Task[None] | None = None
-        self.expiry: asyncio.TimerHandle | None = None
-        self.last_typing: dict[str, float] = {}
-        self.background: set[asyncio.Task[bool]] = set()
+        self.expires_at = float("inf")  # the session's end (epoch seconds), checked by a sweep
+        self.last_typing: dict[str, float] | None = None  # made on the first typing frame
 
     # -- reading -----------------------------------------------------------------------
 
@@ -87,7 +93,7 @@ class Connection:
             self._refuse("rate_limited", "too many frames; slow down")
             return
         try:
-            frame = parse_frame(text, {op: model for op, (model, _) in self.ops.items()})
+            frame = parse_frame(text, self.ops)
         except BadFrame as error:
             self._refuse("bad_frame", str(error))
             return

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
@@ -36,6 +35,7 @@ from server.settings import Settings
 
 log = logging.getLogger(__name__)
 
+SESSION_SWEEP_S = 30.0  # how late, at most, a socket notices that its session expired
 _SESSION_STATE = """
 SELECT bool_or(revoked_at IS NOT NULL) AS revoked, max(expires_at) AS expires_at
 FROM refresh_tokens WHERE family_id = $1
@@ -123,9 +123,22 @@ class Gateway:
             metrics=self.metrics,
             presence=self.presence,
         )
-        async with self._registered(connection):
+        self._register(connection)
+        try:
             if await self._session_alive(connection):
-                await self._read(connection)
+                # Only this task reads the socket; frames are handled one at a time.
+                async for message in ws:
+                    if message.type is WSMsgType.TEXT:
+                        await connection.handle_text(message.data)
+                    elif message.type is WSMsgType.BINARY:
+                        connection.handle_binary()
+                    if connection.closing is not None:
+                        break
+        finally:
+            self._unregister(connection)
+            if connection.closing is not None:
+                with contextlib.suppress(Exception):
+                    await connection.closing
         return ws
 
     def _origin_allowed(self, request: web.Request) -> bool:
@@ -137,36 +150,20 @@ class Gateway:
             return "*" in allowed or origin in allowed
         return urlsplit(origin).netloc == request.host  # same origin only
 
-    @contextlib.asynccontextmanager
-    async def _registered(self, connection: Connection) -> AsyncIterator[None]:
+    def _register(self, connection: Connection) -> None:
         self.connections.add(connection)
         self.sessions.setdefault(connection.session_id, set()).add(connection)
         self.metrics.connections.set(len(self.connections))
-        try:
-            yield
-        finally:
-            if connection.expiry is not None:
-                connection.expiry.cancel()
-            connection.leave_all()
-            self.connections.discard(connection)
-            peers = self.sessions.get(connection.session_id)
-            if peers is not None:
-                peers.discard(connection)
-                if not peers:
-                    del self.sessions[connection.session_id]
-            self.metrics.connections.set(len(self.connections))
-            if connection.closing is not None:
-                with contextlib.suppress(Exception):
-                    await connection.closing
 
-    async def _read(self, connection: Connection) -> None:
-        async for message in connection.ws:
-            if message.type is WSMsgType.TEXT:
-                await connection.handle_text(message.data)
-            elif message.type is WSMsgType.BINARY:
-                connection.handle_binary()
-            if connection.closing is not None:
-                break
+    def _unregister(self, connection: Connection) -> None:
+        connection.leave_all()
+        self.connections.discard(connection)
+        peers = self.sessions.get(connection.session_id)
+        if peers is not None:
+            peers.discard(connection)
+            if not peers:
+                del self.sessions[connection.session_id]
+        self.metrics.connections.set(len(self.connections))
 
     # -- session lifetime ----------------------------------------------------------------
 
@@ -182,21 +179,21 @@ class Gateway:
         if row["revoked"] or expires_at is None or expires_at <= datetime.now(UTC):
             connection.close_soon(CloseCode.SESSION_ENDED, "session ended", reason="session")
             return False
-        self._expire_at(connection, expires_at)
+        connection.expires_at = expires_at.timestamp()
         return True
 
-    def _expire_at(self, connection: Connection, expires_at: datetime) -> None:
-        delay = (expires_at - datetime.now(UTC)).total_seconds()
-        # Rotation extends a session, so look again when the timer fires.
-        connection.expiry = asyncio.get_running_loop().call_later(
-            min(max(delay, 0.0), 86400.0), self._recheck_session, connection
-        )
+    async def expire_sessions(self) -> None:
+        """Close sockets whose session ran out; one sweep for all, no timer per socket.
 
-    def _recheck_session(self, connection: Connection) -> None:
-        if connection.closing is None:
-            task = asyncio.create_task(self._session_alive(connection))
-            connection.background.add(task)
-            task.add_done_callback(connection.background.discard)
+        A session that was refreshed meanwhile lives on (rotation extends it), so each
+        apparently expired socket is checked against the database first.
+        """
+        while True:
+            await asyncio.sleep(SESSION_SWEEP_S)
+            now = datetime.now(UTC).timestamp()
+            due = [c for c in self.connections if c.expires_at <= now and c.closing is None]
+            for connection in due:
+                await self._session_alive(connection)
 
     def revoke(self, session_id: uuid.UUID) -> None:
         for connection in list(self.sessions.get(session_id, ())):

@@ -6,7 +6,8 @@ chat adds its ops by registering more models, so the dispatch stays open.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import orjson
 import pydantic
@@ -42,7 +43,8 @@ FRAMES: dict[str, type[ClientFrame]] = {
 }
 
 
-def parse_frame(text: str, frames: dict[str, type[ClientFrame]] = FRAMES) -> ClientFrame:
+def parse_frame(text: str, frames: Mapping[str, Any] = FRAMES) -> ClientFrame:
+    """The frame as its op's model; ``frames`` maps ops to models (or to ``(model, ...)``)."""
     try:
         value = orjson.loads(text)
     except orjson.JSONDecodeError:
@@ -50,7 +52,8 @@ def parse_frame(text: str, frames: dict[str, type[ClientFrame]] = FRAMES) -> Cli
     if not isinstance(value, dict):
         raise BadFrame("frames are JSON objects")
     op = value.get("op")
-    model = frames.get(op) if isinstance(op, str) else None
+    entry = frames.get(op) if isinstance(op, str) else None
+    model: type[ClientFrame] | None = entry[0] if isinstance(entry, tuple) else entry
     if model is None:
         raise BadFrame(f"op must be one of {', '.join(sorted(frames))}")
     try:

@@ -62,15 +62,17 @@ async def realtime_ctx(app: web.Application) -> AsyncIterator[None]:
     relay_task = asyncio.create_task(relay.run(), name="jangteo-relay")
     presence.start()
     sessions_task = asyncio.create_task(gateway.follow_sessions(), name="jangteo-sessions")
+    expiry_task = asyncio.create_task(gateway.expire_sessions(), name="jangteo-session-expiry")
     with contextlib.suppress(TimeoutError):  # sockets are refused (503) until it is done
         async with asyncio.timeout(settings.pg_connect_timeout):
             await asyncio.shield(sessions_task)
     yield
     await gateway.close_all()  # normally done already by on_shutdown
     await relay.stop(relay_task)  # publishes what committed, then hands leadership over
-    sessions_task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await sessions_task
+    for task in (sessions_task, expiry_task):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     await presence.close()
     await hub.close()
     await broker.close()

@@ -29,7 +29,7 @@ class SocketWriter:
         self.transport: asyncio.WriteTransport = transport  # type: ignore[assignment]
         self.limit = limit
         self.on_overflow = on_overflow
-        self.queue: collections.deque[bytes] = collections.deque()
+        self.queue: collections.deque[bytes] | None = None  # made when the peer falls behind
         self.task: asyncio.Task[None] | None = None
         self.closed = False
 
@@ -40,23 +40,26 @@ class SocketWriter:
         """Write or queue one complete WebSocket frame; never waits."""
         if self.closed:
             return
-        if self.queue:  # older frames wait: keep the order
-            if len(self.queue) >= self.limit:
+        queue = self.queue
+        if queue:  # older frames wait: keep the order
+            if len(queue) >= self.limit:
                 self.stop()
                 self.on_overflow()
                 return
-            self.queue.append(frame)
+            queue.append(frame)
         elif self.transport.is_closing():
             self.stop()
         elif self.transport.get_write_buffer_size() <= HIGH_WATER:
             self.transport.write(frame)
         else:
-            self.queue.append(frame)
-            self.task = asyncio.create_task(self._drain())
+            if queue is None:
+                queue = self.queue = collections.deque()
+            queue.append(frame)
+            self.task = asyncio.create_task(self._drain(queue))
 
-    async def _drain(self) -> None:
+    async def _drain(self, queue: collections.deque[bytes]) -> None:
         transport = self.transport
-        while self.queue and not self.closed:
+        while queue and not self.closed:
             if transport.is_closing():
                 self.stop()
                 return
@@ -65,14 +68,15 @@ class SocketWriter:
                 # poll costs nothing while only slow sockets run it.
                 await asyncio.sleep(DRAIN_POLL_S)
                 continue
-            while self.queue and transport.get_write_buffer_size() <= HIGH_WATER:
-                transport.write(self.queue.popleft())
+            while queue and transport.get_write_buffer_size() <= HIGH_WATER:
+                transport.write(queue.popleft())
         self.task = None
 
     def stop(self) -> None:
         """Send nothing more (the socket is closing); drops what waits."""
         self.closed = True
-        self.queue.clear()
+        if self.queue is not None:
+            self.queue.clear()
         if self.task is not None and self.task is not asyncio.current_task():
             self.task.cancel()
         self.task = None

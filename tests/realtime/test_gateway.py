@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from aiohttp import ClientWebSocketResponse, WSMsgType, WSServerHandshakeError
 
 from realtime import connection as connection_module
+from realtime import gateway as gateway_module
 from server import keys
 from server.settings import Settings
 from tests.conftest import ClientFactory
@@ -833,3 +834,48 @@ async def test_shutdown_closes_open_sockets_with_1001(
             assert await closed_with(ws) == (1001, "server shutting down")
         finally:
             await closing
+
+
+async def _expire_session_soon(db: asyncpg.Connection, account: Account) -> datetime:
+    """Make the account's session end a second from now; returns that moment."""
+    ends: datetime = await db.fetchval(
+        "UPDATE refresh_tokens SET expires_at = now() + interval '1 second' "
+        "WHERE user_id = $1 RETURNING expires_at",
+        account.user_id,
+    )
+    return ends
+
+
+async def test_a_socket_is_closed_with_4401_when_its_session_expires(
+    make_client: ClientFactory,
+    settings: Settings,
+    db: asyncpg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(gateway_module, "SESSION_SWEEP_S", 0.05)
+    client = await make_client(settings)
+    account = await sign_up(client)
+    await _expire_session_soon(db, account)
+    ws = await open_socket(client, account)
+    assert await closed_with(ws) == SESSION_ENDED
+
+
+async def test_a_session_refreshed_before_it_expires_keeps_its_socket(
+    make_client: ClientFactory,
+    settings: Settings,
+    db: asyncpg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(gateway_module, "SESSION_SWEEP_S", 0.05)
+    client = await make_client(settings)
+    account = await sign_up(client)
+    ends = await _expire_session_soon(db, account)
+    ws = await open_socket(client, account)
+    refreshed = await client.post(
+        "/api/v1/auth/refresh", json={"refresh_token": account.refresh_token}
+    )
+    assert refreshed.status == 200  # a new token of the same session, valid for 30 days
+    # Past the old end, and a few sweeps later (each saw the socket due and looked again).
+    past_the_end = (ends - datetime.now(UTC)).total_seconds() + 0.3
+    await asyncio.sleep(max(0.0, past_the_end) + 4 * gateway_module.SESSION_SWEEP_S)
+    await ping(ws)
