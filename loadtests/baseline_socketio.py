@@ -6,7 +6,7 @@ jangteo instances share Redis. Engine.IO runs over WebSocket only (``transports=
 compression off unless a client asks for it, and the load client does not); every client joins
 the room ``bench`` when it connects. ``POST /fanout?count=K`` emits the file's JSON object as
 event ``event`` to the room K times, through Redis, so the members on every process receive
-it; ``GET /healthz`` answers 200. Needs ``python-socketio`` (not a dependency of jangteo).
+it; ``GET /healthz`` answers 200. Needs ``python-socketio`` (the ``bench`` extra).
 """
 
 from __future__ import annotations
