@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 PORT ?= 8080
 WORKERS ?= 1
+DURATION ?= 60s
 
-.PHONY: run test lint format services stop bench clean
+.PHONY: run test lint format services stop bench loadtest clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +43,13 @@ bench: $(STAMP)
 	$(BIN)/python -m loadtests.bench_http
 	$(BIN)/python -m loadtests.bench_listings
 	$(BIN)/python -m loadtests.bench_purchase
+	$(BIN)/python -m loadtests.bench_realtime
+	$(BIN)/python -m loadtests.bench_chat
+
+# Locust against two fresh instances of its own, then the invariant audit; exits non-zero
+# when an invariant or a threshold fails (loadtests/README.md). make loadtest DURATION=20s
+loadtest: $(STAMP)
+	$(BIN)/python -m loadtests.run_loadtest --duration $(DURATION)
 
 stop: $(STAMP)
 	$(BIN)/jangteo services stop

@@ -32,6 +32,8 @@ async def realtime_ctx(app: web.Application) -> AsyncIterator[None]:
         HubMetrics(registry),
         replay_limit=settings.ws_replay_limit,
     )
+    if settings.test_fault:  # tests only: see Hub.inject_fault
+        hub.inject_fault(settings.test_fault)
     relay = OutboxRelay(
         RelaySettings(
             database_url=settings.database_url,

@@ -12,6 +12,7 @@ from pathlib import Path
 from server.client_address import parse_networks
 
 PURCHASE_STRATEGIES = ("pessimistic", "optimistic", "atomic", "redis_lock")
+TEST_FAULTS = ("", "drop-every-tenth-event")  # JANGTEO_TEST_FAULT, for tests only
 
 
 class SettingsError(ValueError):
@@ -94,6 +95,9 @@ class Settings:
     ws_replay_limit: int = 10_000  # events one resume may replay; further back is `resync`
     ws_ticket_ttl: int = 30
     redis_watchdog_interval: float = 1.0  # the event subscription pings this often
+    # TEST ONLY: a fault injected on purpose, so tests can prove that checks notice it
+    # (JANGTEO_TEST_FAULT=drop-every-tenth-event: see Hub.inject_fault). Never set it in use.
+    test_fault: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -169,6 +173,7 @@ class Settings:
             redis_watchdog_interval=reader.number(
                 "REDIS_WATCHDOG_INTERVAL", defaults.redis_watchdog_interval
             ),
+            test_fault=reader.choice("TEST_FAULT", "", TEST_FAULTS),
         )
         return settings
 

@@ -1,0 +1,85 @@
+"""``loadtests.run_loadtest`` end to end, small: the audit passes on a healthy stack and
+fails, naming the invariant, when the gateway drops events (the test-only
+``JANGTEO_TEST_FAULT``). Latency thresholds are opened wide: these tests are about the
+invariants, not about this machine's speed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.support import REPO_ROOT
+
+# A small, busy market: 10 users for 10 s, mostly making and watching events.
+SMALL_MARKET = {
+    "JANGTEO_LOAD_WEIGHT_BROWSER": "1",
+    "JANGTEO_LOAD_WEIGHT_WATCHER": "3",
+    "JANGTEO_LOAD_WEIGHT_BUYER": "3",
+    "JANGTEO_LOAD_WEIGHT_SELLER": "2",
+    "JANGTEO_LOAD_WEIGHT_CHATTER": "2",
+    "JANGTEO_LOAD_WEIGHT_ACCOUNT": "0",
+    "JANGTEO_LOAD_WAIT_MIN": "0.1",
+    "JANGTEO_LOAD_WAIT_MAX": "0.5",
+    "JANGTEO_LOAD_DRAIN": "2",
+    "JANGTEO_LOAD_MAX_P95_MS": "600000",
+    "JANGTEO_LOAD_P95_LIMITS": "",
+    "JANGTEO_LOAD_MAX_FAILURE_RATIO": "1",
+    "JANGTEO_LOAD_MIN_RPS": "0",
+}
+
+
+def run_loadtest(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess[str], Any]:
+    output = tmp_path / "result.json"
+    inherited = {
+        k: v for k, v in os.environ.items() if not k.startswith(("JANGTEO_LOAD_", "JANGTEO_TEST"))
+    }
+    command = [
+        sys.executable, "-m", "loadtests.run_loadtest",
+        "--duration", "10s", "--users", "10", "--spawn-rate", "10",
+        "--output", str(output),
+    ]  # fmt: skip
+    done = subprocess.run(
+        command,
+        cwd=REPO_ROOT,
+        env={
+            **inherited,
+            **SMALL_MARKET,
+            "JANGTEO_LOAD_DATABASE": f"jangteo_loadtest_{os.getpid()}",
+            "JANGTEO_LOAD_RECORDS_DIR": str(tmp_path / "run"),
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    result = json.loads(output.read_text()) if output.exists() else None
+    return done, result
+
+
+def test_the_audit_passes_on_a_healthy_stack(service_urls: tuple[str, str], tmp_path: Path) -> None:
+    done, result = run_loadtest(tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert result["passed"] and result["violations"] == []
+    assert result["audit"]["database"] is True
+    checked = result["audit"]["checked"]
+    assert checked["orders"] > 0 and checked["chat_messages"] > 0
+    assert result["ws_deliveries"] > 0 and checked["streams"] > 0
+    assert result["total"]["requests"] > 0
+
+
+def test_the_audit_names_events_the_gateway_dropped(
+    service_urls: tuple[str, str], tmp_path: Path
+) -> None:
+    done, result = run_loadtest(tmp_path, JANGTEO_TEST_FAULT="drop-every-tenth-event")
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "INVARIANT BROKEN ws-delivery" in done.stdout
+    assert "LOAD TEST FAILED: ws-delivery" in done.stdout
+    assert "ws-delivery" in result["audit"]["broken"]
+    assert result["test_fault"] == "drop-every-tenth-event"
+    # Only delivery broke: purchases, money and chat stayed right.
+    assert set(result["audit"]["broken"]) <= {"ws-delivery", "ws-prev"}
