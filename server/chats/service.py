@@ -75,10 +75,6 @@ async def send_message(
     pool: asyncpg.Pool, room_id: int, sender_id: int, body: str, client_id: uuid.UUID
 ) -> Sent:
     """Store once per client_id; a repeat returns the stored message (even if ``body`` differs)."""
-    stored = await queries.message_by_client_id(pool, room_id, sender_id, client_id)
-    if stored is not None:
-        await get_room(pool, room_id, sender_id)  # a stranger learns nothing
-        return Sent(message_out(stored), created=False)
     async with pool.acquire() as conn, conn.transaction():
         # The room lock numbers messages and serializes sends with one client_id.
         room = await queries.room_for_participant(conn, room_id, sender_id, lock=True)
