@@ -1,0 +1,538 @@
+"""Chat benchmark: a message's send-to-receive latency and messages/s between two instances.
+
+Run as ``python -m loadtests.bench_chat``. It starts the embedded services, creates a fresh
+database (``jangteo_bench_chat``, dropped at the end), starts two ``jangteo serve``
+instances A and B (one process each), signs up a seller and a buyer, lists ``--rooms``
+listings as the seller and opens a chat room on each as the buyer (REST). Then, from this
+process (``loadtests/chat_load.py`` on ws_load's raw WebSockets): one buyer socket per room on
+A, one seller socket per room on B subscribed to ``room:R``, one unmeasured message per room,
+and three measurements; buyers send ``{"op":"send",...}`` on A, sellers receive the
+``chat.message`` event on B:
+
+1. latency: ``--rate`` messages/s round-robin over ``--steady-rooms`` rooms for
+   ``--steady-seconds``; send-to-receive = event arrival - the moment the send frame was
+   written (same process, same clock), and send-to-ack;
+2. one room: one buyer socket with ``--window`` sends un-acked for ``--seconds``: acked and
+   received messages/s (the room's row lock serializes its messages); then
+   ``--room-sockets`` buyer sockets in that one room (``--room-window`` each), to tell the
+   room's ceiling from one socket's (a server reads one socket's frames one at a time);
+3. all rooms: every buyer socket sends in its own room with ``--rooms-window`` un-acked.
+
+Afterwards: every acked message received exactly once, in id order per room, its event
+as acked, and ``chat_messages`` holding exactly one row per acked client_id. Per-socket
+frame limits are lifted (``JANGTEO_WS_FRAMES_PER_SECOND``) so rooms, not the policy, are
+measured. Writes ``loadtests/results/chat.json`` and ``chat.png`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import psutil
+
+from db.migrate import migrate
+from loadtests import event_load
+from loadtests.bench_http import BenchError, http_request, machine, sign_up
+from loadtests.bench_purchase import server_problems, shown_path, with_database
+from loadtests.bench_realtime import (
+    RESULTS,
+    Bench,
+    Server,
+    create_listing,
+    jangteo_servers,
+    jangteo_target,
+    run_async,
+    services,
+    versions,
+)
+from loadtests.chat_load import ChatFleet, Pair, Phase, flat_out, steady, subscribe
+from loadtests.ws_load import ClientProcess, ConnectPlan, SourceAddresses, raise_open_files
+from server.settings import Settings
+
+DATABASE = "jangteo_bench_chat"
+JWT_SECRET = "bench-chat-only-not-a-real-secret-0123456789abcdef"  # noqa: S105
+NAMES = ("chat-a", "chat-b")
+WATCHED = ("loadtests.bench", "pytest")  # other load on the machine worth reporting
+OPTIONS = (  # flag, default (its type is the option's), help
+    ("--rooms", 500, "rooms: buyer sockets on A, seller sockets on B"),
+    ("--rate", 50.0, "latency run: messages/s"),
+    ("--steady-rooms", 100, "latency run: rooms"),
+    ("--steady-seconds", 20.0, "latency run: seconds"),
+    ("--seconds", 10.0, "seconds of each flat-out run"),
+    ("--window", 32, "one room, one socket: un-acked sends"),
+    ("--room-sockets", 8, "one room, second run: buyer sockets"),
+    ("--room-window", 4, "one room, second run: un-acked sends per socket"),
+    ("--rooms-window", 2, "all rooms: un-acked sends per socket"),
+    ("--pause", 1.0, "seconds between runs"),
+    ("--frames-per-second", 1_000_000, "JANGTEO_WS_FRAMES_PER_SECOND of both instances"),
+)
+
+
+# ----------------------------------------------------------------------------- set-up
+
+
+async def on_admin(admin_url: str, *statements: str) -> None:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+def open_rooms(port: int, seller: str, buyer: str, count: int) -> list[int]:
+    """``count`` listings of the seller, and the buyer's chat room on each (REST)."""
+    rooms = []
+    for number in range(count):
+        listing = create_listing(port, seller, f"chat benchmark {number}")
+        path = f"/api/v1/listings/{listing}/chats"
+        status, body = http_request(port, "POST", path, None, {"Authorization": f"Bearer {buyer}"})
+        if status != 201:
+            raise BenchError(f"opening a room answered {status}: {body[:300]!r}")
+        rooms.append(int(json.loads(body)["id"]))
+    return rooms
+
+
+# ----------------------------------------------------------------------------- machine
+
+
+def others() -> list[str]:
+    """Command lines of other benchmarks and test runs on the machine right now."""
+    mine = {os.getpid(), *(child.pid for child in psutil.Process().children(recursive=True))}
+    found = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        line = " ".join(process.info["cmdline"] or [])
+        if process.info["pid"] not in mine and any(word in line for word in WATCHED):
+            found.append(f"{process.info['pid']} {line[:160]}")
+    return found
+
+
+class CpuMeter:
+    """CPU seconds per group of processes (servers, PostgreSQL, Redis, this client, other).
+
+    PostgreSQL is shared with whatever else uses the embedded services: its backends are
+    told apart by the database in their process title.
+    """
+
+    def __init__(self, servers: Sequence[Server], database: str) -> None:
+        self.database = database
+        self.groups = {server.pid: server.name for server in servers}
+        self.groups[os.getpid()] = "client (this process)"
+        self.mark = self._sample()
+        self.wall = time.monotonic()
+        psutil.cpu_percent(None)
+
+    def _group(self, pid: int, name: str, cmdline: Sequence[str]) -> str:
+        if pid in self.groups:
+            return self.groups[pid]
+        if name.startswith("postgres"):  # "postgres: user database host state"
+            title = (cmdline[0] if cmdline else "").split()
+            if len(title) < 4 or not title[3].endswith((")", "[local]")):  # io worker 1, ...
+                return "postgres (background)"
+            if title[2] == self.database:
+                return "postgres (bench database)"
+            return "other: postgres backends of other databases"
+        if name.startswith("redis"):
+            return "redis"
+        if "-m" in cmdline[:-1]:  # python -m loadtests.bench_realtime, -m pytest ...
+            return f"other: {name} -m {cmdline[cmdline.index('-m') + 1]}"
+        return f"other: {name}"
+
+    def _sample(self) -> dict[int, tuple[str, float]]:
+        sample = {}
+        for process in psutil.process_iter(["pid", "name", "cmdline", "cpu_times"]):
+            info = process.info
+            if info["cpu_times"] is not None:
+                group = self._group(info["pid"], info["name"] or "?", info["cmdline"] or [])
+                sample[info["pid"]] = (group, info["cpu_times"].user + info["cpu_times"].system)
+        return sample
+
+    def read(self) -> dict[str, Any]:
+        """Cores used per group since the last read (the largest "other" groups only)."""
+        now, wall = self._sample(), time.monotonic()
+        span = max(1e-9, wall - self.wall)
+        used: dict[str, float] = {}
+        for pid, (group, seconds) in now.items():
+            # A process not seen last time started since: all its CPU time is in the span.
+            used[group] = used.get(group, 0.0) + seconds - self.mark.get(pid, (group, 0.0))[1]
+        self.mark, self.wall = now, wall
+        busiest = sorted(used.items(), key=lambda item: -item[1])[:8]
+        cores = {group: round(s / span, 3) for group, s in busiest if s / span >= 0.005}
+        busy = psutil.cpu_percent(None)
+        # Processes that ended in between (CI set-ups, short commands) show only here.
+        unseen = busy / 100 * (os.cpu_count() or 1) - sum(used.values()) / span
+        others = sum(v for group, v in used.items() if group.startswith("other: ")) / span
+        return {
+            "machine_cpu_percent": busy,
+            "cores_used": cores,
+            "cores_used_by_processes_gone": round(max(0.0, unseen), 3),
+            "cores_used_by_others": round(others + max(0.0, unseen), 3),
+            "load_average": [round(value, 2) for value in os.getloadavg()],
+        }
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+async def connect(
+    client: ClientProcess, server: Server, token: str, count: int, addresses: SourceAddresses
+) -> float:
+    """``count`` sockets on ``server`` with ``token``'s tickets; seconds it took."""
+    target = jangteo_target(server, token)
+    plan = ConnectPlan((target,), count, 0, 1, source_addresses=tuple(addresses.take(count)))
+    result = await client.connect(plan)
+    opened = result["outcome"].get("opened", 0)
+    if opened != count:
+        raise BenchError(f"{opened} of {count} sockets opened on {server.name}: {result}")
+    seconds: float = result["seconds"]
+    return seconds
+
+
+async def measured(
+    fleet: ChatFleet, meter: CpuMeter, phase: Phase, label: str, window: str
+) -> dict[str, Any]:
+    """Wait for the phase's acks and events; its summary with the machine's CPU."""
+    machine_load = meter.read()  # the sending time only, not the drain
+    settled = await fleet.settle(phase)
+    summary = {"label": label, "window": window, **phase.summary(), "settled": settled}
+    summary["machine"] = machine_load
+    latency = summary["send_to_receive_ms"]
+    print(
+        f"  {label}: acked {summary['acked_per_second']:,.0f}/s, received"
+        f" {summary['received_per_second']:,.0f}/s; send-to-receive p50 {latency['p50']} ms,"
+        f" p99 {latency['p99']} ms; machine CPU {machine_load['machine_cpu_percent']:.0f}%"
+        f"{'' if settled else ' (NOT SETTLED)'}",
+        flush=True,
+    )
+    return summary
+
+
+async def drive(
+    bench: Bench, servers: Sequence[Server], buyer: str, seller: str, rooms: Sequence[int]
+) -> dict[str, Any]:
+    args = bench.args
+    a, b = servers
+    client = ClientProcess()
+    fleet = ChatFleet()
+    client.fleet = fleet
+    result: dict[str, Any] = {}
+    try:
+        buyers_s = await connect(client, a, buyer, len(rooms), bench.addresses)
+        buyer_sockets = list(fleet.sockets)
+        sellers_s = await connect(client, b, seller, len(rooms), bench.addresses)
+        seller_sockets = fleet.sockets[len(rooms) :]
+        started = time.monotonic()
+        try:
+            await subscribe(seller_sockets, [f"room:{room}" for room in rooms], 120)
+        except (ConnectionError, TimeoutError) as error:
+            seen = {"closes": fleet.closes, "errors": fleet.errors, "frames": fleet.ops}
+            raise BenchError(f"subscribing the seller sockets failed ({error!r}): {seen}") from None
+        result["connect_seconds"] = {
+            "buyer_sockets_on_a": buyers_s,
+            "seller_sockets_on_b": sellers_s,
+            "seller_subscriptions": round(time.monotonic() - started, 2),
+        }
+        print(f"  {len(rooms)} buyer sockets on A, {len(rooms)} seller sockets on B subscribed")
+        pairs: list[Pair] = list(zip(buyer_sockets, rooms, strict=True))
+        meter = CpuMeter(servers, DATABASE)
+        phases: dict[str, Any] = {}
+
+        warm = fleet.begin("warm-up")
+        for socket, room in pairs:
+            fleet.send(socket, room)
+        warm.stopped = time.time()
+        settled = await fleet.settle(warm)
+        summary = warm.summary()
+        shown = ("sent", "acked", "received", "resent", "send_to_ack_ms", "send_to_receive_ms")
+        phases["warm_up"] = {key: summary[key] for key in shown} | {"settled": settled}
+        print(f"  warm-up: {summary['received']} of {summary['sent']} received", flush=True)
+
+        rooms_n = min(args.steady_rooms, len(pairs))
+        print(f"== latency: {args.rate:g} msgs/s over {rooms_n} rooms for {args.steady_seconds} s")
+        meter.read()
+        phase = await steady(fleet, pairs[:rooms_n], rate=args.rate, seconds=args.steady_seconds)
+        label = f"{args.rate:g} msgs/s over {rooms_n} rooms"
+        phases["steady"] = await measured(fleet, meter, phase, label, "paced")
+        phases["steady"]["rooms"] = rooms_n
+        result["steady_send_to_receive_ms"] = sorted(
+            round(value * 1000, 3) for value in phase.receive_s
+        )
+
+        # What one committed row costs alone (the WAL flush): a room's messages commit one
+        # after another, so this bounds one room's messages/s.
+        result["commit_alone_ms"] = await event_load.commit_latency(bench.database_url)
+        runs = [
+            ("one_room", pairs[:1], args.window, "1 room, 1 socket"),
+            (
+                "one_room_sockets",
+                [(socket, rooms[0]) for socket in buyer_sockets[: args.room_sockets]],
+                args.room_window,
+                f"1 room, {args.room_sockets} sockets",
+            ),
+            ("rooms", pairs, args.rooms_window, f"{len(pairs)} rooms"),
+        ]
+        for key, senders, window, label in runs:
+            print(f"== {label}, window {window} per socket, {args.seconds:g} s", flush=True)
+            await asyncio.sleep(args.pause)
+            meter.read()
+            phase = await flat_out(fleet, senders, window=window, seconds=args.seconds, name=key)
+            phases[key] = await measured(fleet, meter, phase, label, f"{window} per socket")
+            phases[key]["sockets"] = len(senders)
+        result["phases"] = phases
+        result["delivery"] = fleet.delivery()
+        result["database"] = await fleet.database(bench.database_url)
+        result["commit_to_receive_ms_histogram"] = {
+            str(ms): n for ms, n in enumerate(fleet.histogram) if n
+        }
+    finally:
+        result["close"] = await client.close()
+    return result
+
+
+def verdict(report: Mapping[str, Any]) -> list[str]:
+    """What failed the correctness check (empty: everything held)."""
+    delivery, database = report["delivery"], report["database"]
+    failed = [
+        f"{key} {delivery[key]}"
+        for key in (
+            "unanswered", "missing", "duplicates", "received_not_acked", "event_differs_from_ack",
+            "out_of_id_order", "offset_chain_gaps", "offset_chain_repeats",
+        )
+        if delivery[key]
+    ]  # fmt: skip
+    failed += [
+        f"{key} {database[key]}"
+        for key in (
+            "client_ids_with_several_rows", "acked_without_row", "rows_not_acked",
+            "rows_never_sent", "row_differs_from_ack",
+        )
+        if database[key]
+    ]  # fmt: skip
+    if database["rows"] != delivery["acked"]:
+        failed.append(f"{database['rows']} rows for {delivery['acked']} acked messages")
+    return failed
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def table(report: Mapping[str, Any]) -> str:
+    phases = report["phases"]
+    steady_ms = phases["steady"]["send_to_receive_ms"]
+    ack_ms = phases["steady"]["send_to_ack_ms"]
+    rows = [
+        (
+            f"send-to-receive p50 / p99 ms, {phases['steady']['label']}",
+            f"{steady_ms['p50']} / {steady_ms['p99']}  (send-to-ack {ack_ms['p50']} /"
+            f" {ack_ms['p99']}; {steady_ms['samples']} messages)",
+        )
+    ]
+    commit = report["commit_alone_ms"]
+    rows.append(("a one-row commit alone p50 / p99 ms", f"{commit['p50']} / {commit['p99']}"))
+    for key in ("one_room", "one_room_sockets", "rooms"):
+        phase = phases[key]
+        latency = phase["send_to_receive_ms"]
+        rows.append((
+            f"msgs/s acked / received, {phase['label']} (window {phase['window']})",
+            f"{phase['acked_per_second']:,.0f} / {phase['received_per_second']:,.0f}"
+            f"  (send-to-receive p50 {latency['p50']} ms, p99 {latency['p99']} ms;"
+            f" machine CPU {phase['machine']['machine_cpu_percent']:.0f}%)",
+        ))  # fmt: skip
+    delivery, database = report["delivery"], report["database"]
+    rows.append((
+        "correctness (whole run)",
+        f"{delivery['acked']:,} acked of {delivery['sent']:,} sent ({delivery['resent']} resent"
+        f" after 'unavailable', {delivery['given_up']} given up); missing"
+        f" {delivery['missing']}, duplicates {delivery['duplicates']}, out of id order"
+        f" {delivery['out_of_id_order']}; {database['rows']:,} rows,"
+        f" {database['distinct_client_ids']:,} client_ids,"
+        f" {database['client_ids_with_several_rows']} with several rows:"
+        f" {'OK' if not report['failed'] else 'FAILED'}",
+    ))  # fmt: skip
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
+
+
+def plot(report: Mapping[str, Any], caption: str, path: Path) -> bool:
+    """Send-to-receive histogram and CDF; acked and received msgs/s per run (matplotlib)."""
+    try:
+        import matplotlib  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=110)
+    samples = report["steady_send_to_receive_ms"]
+    steady_phase = report["phases"]["steady"]
+    if samples:
+        left.hist(samples, bins=min(80, max(10, len(samples) // 10)), color="#d9534f")
+        left.set_xlabel("send-to-receive latency, ms (buyer on A -> seller on B)")
+        left.set_ylabel("messages")
+        cdf = left.twinx()
+        cdf.plot(samples, [(n + 1) / len(samples) for n in range(len(samples))], color="#222222")
+        cdf.set_ylim(0, 1.02)
+        cdf.set_ylabel("cumulative share")
+        latency = steady_phase["send_to_receive_ms"]
+        for name, style in (("p50", "--"), ("p99", ":")):
+            left.axvline(
+                latency[name], color="#2a7ab9", linestyle=style, label=f"{name} {latency[name]} ms"
+            )
+        left.legend(fontsize=8, loc="center right")
+    left.set_title(f"latency at {steady_phase['label']}", fontsize=9)
+    keys = ("one_room", "one_room_sockets", "rooms")
+    phases = [report["phases"][key] for key in keys]
+    labels = [f"{p['label']}\nwindow {p['window']}" for p in phases]
+    positions = list(range(len(phases)))
+    for offset, field, colour, name in (
+        (-0.2, "acked_per_second", "#d9534f", "acked (on A)"),
+        (0.2, "received_per_second", "#7f8c8d", "received (on B)"),
+    ):
+        values = [p[field] for p in phases]
+        bars = right.bar(
+            [x + offset for x in positions], values, width=0.4, color=colour, label=name
+        )
+        right.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=8)
+    right.set_xticks(positions, labels, fontsize=8)
+    right.set_ylabel("messages / s")
+    seconds = report["load"]["seconds"]
+    right.set_title(f"chat messages/s, senders flat out for {seconds:g} s", fontsize=9)
+    right.legend(fontsize=8)
+    figure.text(0.99, 0.01, caption, ha="right", va="bottom", fontsize=7, color="#555555")
+    figure.tight_layout(rect=(0, 0.03, 1, 1))
+    figure.savefig(path)
+    plt.close(figure)
+    return True
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    load_before = [round(value, 2) for value in os.getloadavg()]
+    seen_before = others()
+    if seen_before:
+        print("other load on the machine:\n  " + "\n  ".join(seen_before), flush=True)
+    limits = raise_open_files()
+    env = {**os.environ}
+    admin_url, redis_url = services(env)
+    database_url = with_database(admin_url, DATABASE)
+    drop = f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'
+    run_async(on_admin(admin_url, drop, f'CREATE DATABASE "{DATABASE}"'))
+    run_async(migrate(database_url))
+    settings_in = {
+        "DATABASE_URL": database_url, "REDIS_URL": redis_url, "RATE_LIMITS": "off",
+        "ACCESS_LOG": "off", "LOG_LEVEL": "WARNING", "JWT_SECRET": JWT_SECRET,
+        "ACCESS_TOKEN_TTL": "3600",
+    }  # fmt: skip
+    env |= {f"JANGTEO_{name}": value for name, value in settings_in.items()}
+    extra = {"JANGTEO_WS_FRAMES_PER_SECOND": str(args.frames_per_second)}
+    settings = Settings.from_env({**env, **extra})
+    command = "python -m loadtests.bench_chat " + shlex.join(argv)
+    report: dict[str, Any] = {"benchmark": "chat"}
+    with ExitStack() as stack:
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-chat-")))
+        commands = {
+            "benchmark": command.strip(),
+            "database": f"DROP/CREATE DATABASE {DATABASE}; db.migrate.migrate(url)",
+        }
+        bench = Bench(
+            args, env, database_url, scratch, SourceAddresses(), commands, settings.ws_heartbeat
+        )
+        servers = stack.enter_context(jangteo_servers(bench, NAMES, extra))
+        started = time.monotonic()
+        seller, buyer = sign_up(servers[0].port), sign_up(servers[0].port)
+        rooms = open_rooms(servers[0].port, seller, buyer, args.rooms)
+        setup_s = round(time.monotonic() - started, 1)
+        print(f"  2 accounts, {len(rooms)} listings and rooms in {setup_s} s", flush=True)
+        try:
+            report.update(run_async(drive(bench, servers, buyer, seller, rooms)))
+        except BenchError:
+            for server in servers:
+                print(f"{server.name} logged: {server_problems(server.log)}", file=sys.stderr)
+            raise
+        report["setup_seconds"] = setup_s
+        report["server_log_problems"] = {s.name: server_problems(s.log) for s in servers}
+        report["commands"] = bench.commands
+    if not args.keep_database:
+        run_async(on_admin(admin_url, drop))
+    report["failed"] = verdict(report)
+    date = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    report.update({
+        "date": date,
+        "machine": {
+            **machine(load_before),
+            "open_files_limit": list(limits),
+            "other_benchmarks_or_tests_before": seen_before,
+            "other_benchmarks_or_tests_after": others(),
+        },
+        "versions": versions(admin_url, redis_url),
+        "load": {
+            "client_processes": 1,
+            "client": "this process: loadtests/chat_load.py over loadtests/ws_load.py raw"
+            " asyncio WebSockets on uvloop; send time = wall clock just before the send"
+            " frame is written, receive time = wall clock when the event frame is read",
+            "jangteo_instances": 2,
+            "jangteo_processes_per_instance": 1,
+            "pg_pool_max_per_instance": settings.pg_pool_max,
+            "ws_frames_per_second": settings.ws_frames_per_second,
+            "rooms": len(rooms),
+            "buyer_sockets_on_a": len(rooms),
+            "seller_sockets_on_b": len(rooms),
+            "accounts": "1 seller (all listings), 1 buyer (one room per listing)",
+            "seconds": args.seconds,
+            "steady_rate": args.rate,
+            "steady_rooms": args.steady_rooms,
+            "steady_seconds": args.steady_seconds,
+            "reported": "msgs/s: acks (resp. first receipts) between the first send and the"
+            " end of the window, divided by the window; latencies exact (not binned)",
+        },
+    })  # fmt: skip
+    print()
+    print(table(report))
+    if report["failed"]:
+        print(f"\nCORRECTNESS FAILED: {', '.join(report['failed'])}", file=sys.stderr)
+    results: Path = args.results.resolve()
+    results.mkdir(parents=True, exist_ok=True)
+    json_path = results / "chat.json"
+    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"\nwrote {shown_path(json_path)}")
+    caption = (
+        f"{date}, {os.cpu_count()} cores; 2 jangteo instances (1 process each), the client,"
+        " PostgreSQL and Redis on the same cores"
+    )
+    if plot(report, caption, results / "chat.png"):
+        print(f"wrote {shown_path(results / 'chat.png')}")
+    else:
+        print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
+    return 1 if report["failed"] else 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench_chat", description=__doc__)
+    for flag, default, meaning in OPTIONS:
+        parser.add_argument(flag, type=type(default), default=default, help=meaning)
+    parser.add_argument("--keep-database", action="store_true", help=f"keep {DATABASE}")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the results go")
+    arguments = sys.argv[1:] if argv is None else argv
+    try:
+        sys.exit(run(parser.parse_args(arguments), arguments))
+    except BenchError as error:
+        sys.exit(f"bench_chat: {error}")
+
+
+if __name__ == "__main__":
+    main()
