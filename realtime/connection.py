@@ -89,13 +89,16 @@ class Connection:
     # -- reading -----------------------------------------------------------------------
 
     async def handle_text(self, text: str) -> None:
-        if not self._take_token():
-            self._refuse("rate_limited", "too many frames; slow down")
-            return
         try:
             frame = parse_frame(text, self.ops)
         except BadFrame as error:
             self._refuse("bad_frame", str(error))
+            return
+        if not self._take_token():
+            # Parsed first, so a refused send names its client_id and can be sent again.
+            client_id = getattr(frame, "client_id", None)
+            more = {} if client_id is None else {"client_id": str(client_id)}
+            self._refuse("rate_limited", "too many frames; slow down", **more)
             return
         if isinstance(frame, Subscribe):
             await self._subscribe(frame)
@@ -120,14 +123,14 @@ class Connection:
         self.allowance -= 1
         return True
 
-    def _refuse(self, code: str, detail: str, channel: str | None = None) -> None:
+    def _refuse(self, code: str, detail: str, channel: str | None = None, **more: str) -> None:
         """Answer a bad frame; the ``max_bad_frames``-th one closes the socket (1008)."""
         self.metrics.bad_frames.labels(code).inc()
         self.bad_frames += 1
         if self.bad_frames >= self.limits.max_bad_frames:
             self.close_soon(CloseCode.POLICY, "too many bad frames", reason="abuse")
             return
-        self.send(frames.error(code, detail, channel))
+        self.send(frames.error(code, detail, channel, **more))
 
     async def _subscribe(self, frame: Subscribe) -> None:
         channel = frame.channel

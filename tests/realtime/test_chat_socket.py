@@ -296,7 +296,27 @@ async def test_socket_sends_count_against_the_write_limit(
     client_id = str(uuid.uuid4())
     answer = await send_frame(ws, room.id, "two", client_id)
     assert (answer["op"], answer["code"]) == ("error", "rate_limited"), answer
+    assert answer["client_id"] == client_id  # so the client knows which send to repeat
     assert await stored(db) == 1
+    await ws.close()
+
+
+async def test_a_send_over_the_frame_rate_is_refused_with_its_client_id(
+    make_client: ClientFactory, settings: Settings, db: asyncpg.Connection
+) -> None:
+    client = await make_client(settings.replace(ws_frames_per_second=1.0))  # bursts of 2
+    room = await new_room(client)
+    ws = await open_socket(client, room.buyer)  # its ping took one token
+    assert (await send_frame(ws, room.id, "one", str(uuid.uuid4())))["op"] == "ack"
+    refused: list[JsonObject] = []
+    for n in range(5):  # the bucket refills slowly: at least one of these is refused
+        client_id = str(uuid.uuid4())
+        answer = await send_frame(ws, room.id, f"more {n}", client_id)
+        if answer["op"] == "error":
+            assert (answer["code"], answer["client_id"]) == ("rate_limited", client_id)
+            refused.append(answer)
+    assert refused
+    assert await stored(db) == 1 + 5 - len(refused)
     await ws.close()
 
 
