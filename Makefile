@@ -25,7 +25,8 @@ run: services
 	$(BIN)/jangteo seed --if-empty
 	$(BIN)/jangteo serve --port $(PORT) --workers $(WORKERS)
 
-test: services
+# The suite starts the embedded services it needs and stops those it started.
+test: $(STAMP)
 	$(BIN)/pytest
 
 lint: $(STAMP)

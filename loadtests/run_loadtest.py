@@ -81,16 +81,10 @@ def start_services(cleanup: ExitStack) -> tuple[str, str, bool]:
     settings = Settings.from_env()
     if settings.database_url and settings.redis_url:
         return settings.database_url, settings.redis_url, False
-    stack = EmbeddedStack(settings.data_dir)
-    postgres_was = stack.urls() is not None and stack.postgres().running_pid() is not None
-    redis_was = stack.urls() is not None and stack.redis().running_pid() is not None
-    urls = stack.start()
-    if not postgres_was:
-        print("started the embedded PostgreSQL (stopped at the end)", flush=True)
-        cleanup.callback(stack.postgres().stop)
-    if not redis_was:
-        print("started the embedded Redis (stopped at the end)", flush=True)
-        cleanup.callback(stack.redis().stop)
+    urls, stops = EmbeddedStack(settings.data_dir).start_owned()
+    for stop in stops:
+        print("started an embedded service (stopped at the end)", flush=True)
+        cleanup.callback(stop)
     return (
         settings.database_url or urls.database_url,
         settings.redis_url or urls.redis_url,

@@ -30,13 +30,21 @@ def _with_path(url: str, path: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def service_urls() -> tuple[str, str]:
-    """The PostgreSQL and Redis the suite talks to: the URLs given, else the embedded stack."""
+def service_urls() -> Iterator[tuple[str, str]]:
+    """The PostgreSQL and Redis the suite talks to: the URLs given, else the embedded stack.
+
+    Embedded services this run started are stopped at its end; ones already running stay.
+    """
     env = Settings.from_env()
     if env.database_url and env.redis_url:
-        return env.database_url, env.redis_url
-    urls = EmbeddedStack(env.data_dir).start()
-    return env.database_url or urls.database_url, env.redis_url or urls.redis_url
+        yield env.database_url, env.redis_url
+        return
+    urls, stops = EmbeddedStack(env.data_dir).start_owned()
+    try:
+        yield env.database_url or urls.database_url, env.redis_url or urls.redis_url
+    finally:
+        for stop in stops:
+            stop()
 
 
 @pytest.fixture(scope="session")

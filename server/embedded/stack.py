@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +44,20 @@ class EmbeddedStack:
             postgres.ensure_running()
             redis.ensure_running()
             return ServiceUrls(postgres.url, redis.url)
+
+    def start_owned(self) -> tuple[ServiceUrls, list[Callable[[], None]]]:
+        """Start what is not running; also return the stops that undo only that.
+
+        A test run or a load test stops what it started, and leaves alone services that
+        were running before it (a `make run` in another terminal, say).
+        """
+        with self._locked():
+            services = self._services()
+            stops = [service.stop for service in services if service.running_pid() is None]
+            for service in services:
+                service.ensure_running()
+            postgres, redis = services
+            return ServiceUrls(postgres.url, redis.url), stops
 
     def stop(self) -> None:
         with self._locked():
