@@ -2,27 +2,103 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections import deque
 from typing import Any
 
 import asyncpg
 import orjson
-from asyncpg.pool import PoolAcquireContext
+from asyncpg.pool import PoolAcquireContext, PoolConnectionProxy
 
 from db.queries.outbox import notify_if_events_written
 from server.settings import Settings
 
 
+class FifoGate:
+    """A semaphore that hands permits out strictly in arrival order.
+
+    A released permit goes straight to the longest waiter; a newcomer never takes one
+    while anybody waits. (asyncpg's own queue of free connections lets a newcomer take a
+    connection that was just returned while the woken waiter is still scheduled, and that
+    waiter then queues again at the back: under load, a lottery with a long tail.)
+    """
+
+    __slots__ = ("_free", "_waiters")
+
+    def __init__(self, permits: int) -> None:
+        self._free = permits
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self) -> None:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:  # timed out or cancelled
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # granted as we gave up: pass it on
+            else:
+                with contextlib.suppress(ValueError):  # already dropped by release()
+                    self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
+
+
 class TimedPool(asyncpg.Pool):
-    """A pool whose every acquire, including the implicit one of ``pool.fetch()``, times out.
+    """A pool whose every acquire, including the implicit one of ``pool.fetch()``, times out,
+    and whose waiters get connections first come, first served.
 
     A request waiting for a connection longer than the acquire timeout fails fast with
-    ``TimeoutError`` (answered 503) instead of queueing without end.
+    ``TimeoutError`` (answered 503) instead of queueing without end. Acquires pass a
+    ``FifoGate`` with as many permits as the pool has connections, so whoever holds a
+    permit finds a free connection at once, and waits are as long as the queue ahead.
     """
 
     acquire_timeout: float = 5.0
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._gate = FifoGate(self.get_max_size())
+        self._permits: set[PoolConnectionProxy[Any]] = set()
+
     def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext:
         return super().acquire(timeout=self.acquire_timeout if timeout is None else timeout)
+
+    async def _acquire(self, timeout: float | None) -> PoolConnectionProxy[Any]:  # noqa: ASYNC109
+        # Every acquire (``async with``, ``await``, ``pool.fetch...``) goes through here.
+        async with asyncio.timeout(timeout):
+            await self._gate.acquire()
+            try:
+                proxy: PoolConnectionProxy[Any] = await super()._acquire(timeout)  # type: ignore[misc]
+            except BaseException:
+                self._gate.release()
+                raise
+        self._permits.add(proxy)
+        return proxy
+
+    async def release(
+        self,
+        connection: PoolConnectionProxy[Any],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - asyncpg's signature
+    ) -> None:
+        try:
+            await super().release(connection, timeout=timeout)
+        finally:
+            if connection in self._permits:  # not when released twice
+                self._permits.discard(connection)
+                self._gate.release()
 
 
 async def _on_release(connection: asyncpg.Connection) -> None:
