@@ -6,6 +6,7 @@ from aiohttp import web
 
 from server import keys
 from server.auth.sessions import authenticate
+from server.handler_params import limit_writes
 from server.jsonio import StrictModel, json_response
 from server.openapi import ApiSpec
 
@@ -18,9 +19,7 @@ class TicketOut(StrictModel):
 async def ws_ticket(request: web.Request) -> web.Response:
     claims = await authenticate(request)
     settings = request.app[keys.settings_key]
-    await request.app[keys.rate_limiter_key].hit(
-        "writes", str(claims.user_id), settings.rate_limit_writes
-    )
+    await limit_writes(request, claims.user_id)
     ticket = await request.app[keys.gateway_key].issue_ticket(claims.user_id, claims.session_id)
     out = TicketOut(ticket=ticket, expires_in=settings.ws_ticket_ttl)
     return json_response(out, status=201, headers={"Cache-Control": "no-store"})

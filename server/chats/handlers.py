@@ -22,23 +22,10 @@ from server.chats.schemas import (
     RoomOut,
     RoomPage,
 )
-from server.errors import Problem, ValidationFailed
+from server.errors import ValidationFailed
+from server.handler_params import MAX_ID, limit_writes, path_id
 from server.jsonio import json_response, read_json, validate
 from server.openapi import ApiSpec
-
-MAX_ID = 2**63 - 1
-
-
-def _path_id(request: web.Request, missing: type[Problem]) -> int:
-    text = request.match_info["id"]
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_ID:
-        raise missing()
-    return int(text)
-
-
-async def _limit_writes(request: web.Request, user_id: int) -> None:
-    settings = request.app[keys.settings_key]
-    await request.app[keys.rate_limiter_key].hit("writes", str(user_id), settings.rate_limit_writes)
 
 
 def encode_room_cursor(at: datetime, room_id: int) -> str:
@@ -62,8 +49,8 @@ def decode_room_cursor(cursor: str) -> tuple[datetime, int]:
 
 async def open_room(request: web.Request) -> web.Response:
     claims = await authenticate(request)
-    listing_id = _path_id(request, service.ListingNotFoundForChat)
-    await _limit_writes(request, claims.user_id)
+    listing_id = path_id(request, service.ListingNotFoundForChat)
+    await limit_writes(request, claims.user_id)
     room, created = await service.open_room(
         request.app[keys.pg_pool_key], listing_id, claims.user_id
     )
@@ -84,7 +71,7 @@ async def list_rooms(request: web.Request) -> web.Response:
 
 async def list_messages(request: web.Request) -> web.Response:
     claims = await authenticate(request)
-    room_id = _path_id(request, service.RoomNotFound)
+    room_id = path_id(request, service.RoomNotFound)
     query = validate(dict(request.query), MessagesQuery)
     items, next_before = await service.list_messages(
         request.app[keys.pg_pool_key], room_id, claims.user_id, query.before, query.limit
@@ -94,9 +81,9 @@ async def list_messages(request: web.Request) -> web.Response:
 
 async def send_message(request: web.Request) -> web.Response:
     claims = await authenticate(request)
-    room_id = _path_id(request, service.RoomNotFound)
+    room_id = path_id(request, service.RoomNotFound)
     body = await read_json(request, MessageIn)
-    await _limit_writes(request, claims.user_id)
+    await limit_writes(request, claims.user_id)
     sent = await service.send_message(
         request.app[keys.pg_pool_key], room_id, claims.user_id, body.body, body.client_id
     )
@@ -105,9 +92,9 @@ async def send_message(request: web.Request) -> web.Response:
 
 async def mark_read(request: web.Request) -> web.Response:
     claims = await authenticate(request)
-    room_id = _path_id(request, service.RoomNotFound)
+    room_id = path_id(request, service.RoomNotFound)
     body = await read_json(request, ReadIn)
-    await _limit_writes(request, claims.user_id)
+    await limit_writes(request, claims.user_id)
     await service.mark_read(request.app[keys.pg_pool_key], room_id, claims.user_id, body.up_to)
     return web.Response(status=204)
 

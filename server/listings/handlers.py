@@ -14,6 +14,7 @@ from aiohttp import web
 from server import keys
 from server.auth.sessions import authenticate
 from server.errors import PreconditionFailed, PreconditionRequired, ValidationFailed
+from server.handler_params import limit_writes
 from server.jsonio import JSON_CONTENT_TYPE, dumps, json_response, read_json, validate
 from server.listings import service
 from server.listings.schemas import FeedQuery, ListingCreate, ListingOut, ListingPage, ListingPatch
@@ -92,15 +93,10 @@ async def _after_change(request: web.Request, row: asyncpg.Record) -> None:
     await request.app[keys.listing_cache_key].changed(row["id"], row["region"])
 
 
-async def _limit_writes(request: web.Request, user_id: int) -> None:
-    settings = request.app[keys.settings_key]
-    await request.app[keys.rate_limiter_key].hit("writes", str(user_id), settings.rate_limit_writes)
-
-
 async def create_listing(request: web.Request) -> web.Response:
     claims = await authenticate(request)
     body = await read_json(request, ListingCreate)
-    await _limit_writes(request, claims.user_id)
+    await limit_writes(request, claims.user_id)
     row = await service.create_listing(request.app[keys.pg_pool_key], claims.user_id, body)
     await _after_change(request, row)
     return _listing_response(request, row, status=201)
@@ -137,7 +133,7 @@ async def update_listing(request: web.Request) -> web.Response:
     listing_id = _listing_id(request)
     expected = _expected_version(request, listing_id)
     body = await read_json(request, ListingPatch)
-    await _limit_writes(request, claims.user_id)
+    await limit_writes(request, claims.user_id)
     row, changed = await service.update_listing(
         request.app[keys.pg_pool_key], listing_id, claims.user_id, expected, body
     )
@@ -150,7 +146,7 @@ async def hide_listing(request: web.Request) -> web.Response:
     claims = await authenticate(request)
     listing_id = _listing_id(request)
     expected = _expected_version(request, listing_id)
-    await _limit_writes(request, claims.user_id)
+    await limit_writes(request, claims.user_id)
     row = await service.hide_listing(
         request.app[keys.pg_pool_key], listing_id, claims.user_id, expected
     )
@@ -194,7 +190,7 @@ async def unlike(request: web.Request) -> web.Response:
 async def _set_like(request: web.Request, *, liked: bool) -> web.Response:
     claims = await authenticate(request)
     listing_id = _listing_id(request)
-    await _limit_writes(request, claims.user_id)
+    await limit_writes(request, claims.user_id)
     region = await service.like_listing(
         request.app[keys.pg_pool_key], listing_id, claims.user_id, liked
     )

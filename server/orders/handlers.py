@@ -9,6 +9,7 @@ from server import keys
 from server.auth.sessions import authenticate
 from server.cursors import decode_cursor, encode_cursor
 from server.errors import Problem
+from server.handler_params import limit_writes, path_id
 from server.idempotency import (
     IdempotentRequest,
     StoredResponse,
@@ -25,21 +26,6 @@ from server.orders.errors import OrderNotFound
 from server.orders.purchase import PurchaseRequest, order_json, purchase
 from server.orders.schemas import OrderOut, OrderPage, OrdersQuery, PurchaseBody
 
-MAX_ID = 2**63 - 1  # ids are bigint; a larger one would reach PostgreSQL only as an error
-
-
-def _path_id(request: web.Request, missing: type[Problem]) -> int:
-    """The id in the path; anything that cannot be a bigint id is simply not found."""
-    text = request.match_info["id"]
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_ID:
-        raise missing()
-    return int(text)
-
-
-async def _limit_writes(request: web.Request, user_id: int) -> None:
-    settings = request.app[keys.settings_key]
-    await request.app[keys.rate_limiter_key].hit("writes", str(user_id), settings.rate_limit_writes)
-
 
 async def _run_once(
     request: web.Request, idempotent: IdempotentRequest, work: Work
@@ -55,10 +41,10 @@ async def _run_once(
 
 async def purchase_listing(request: web.Request) -> web.Response:
     claims = await authenticate(request)
-    listing_id = _path_id(request, ListingNotFound)
+    listing_id = path_id(request, ListingNotFound)
     body = await read_body(request, PurchaseBody)
     idempotent = idempotent_request(request, claims.user_id, body.model_dump())
-    await _limit_writes(request, claims.user_id)
+    await limit_writes(request, claims.user_id)
     app = request.app
     strategy = app[keys.settings_key].purchase_strategy
     metrics = app[keys.metrics_key]
@@ -104,16 +90,16 @@ async def list_orders(request: web.Request) -> web.Response:
 
 async def get_order(request: web.Request) -> web.Response:
     claims = await authenticate(request)
-    order_id = _path_id(request, OrderNotFound)
+    order_id = path_id(request, OrderNotFound)
     row = await service.get_order(request.app[keys.pg_pool_key], order_id, claims.user_id)
     return json_response(order_json(row))
 
 
 async def complete_order(request: web.Request) -> web.Response:
     claims = await authenticate(request)
-    order_id = _path_id(request, OrderNotFound)
+    order_id = path_id(request, OrderNotFound)
     idempotent = idempotent_request(request, claims.user_id, None)
-    await _limit_writes(request, claims.user_id)
+    await limit_writes(request, claims.user_id)
 
     async def work(conn: Connection) -> tuple[int, object]:
         order = await service.complete_order(conn, order_id, claims.user_id)
@@ -124,9 +110,9 @@ async def complete_order(request: web.Request) -> web.Response:
 
 async def cancel_order(request: web.Request) -> web.Response:
     claims = await authenticate(request)
-    order_id = _path_id(request, OrderNotFound)
+    order_id = path_id(request, OrderNotFound)
     idempotent = idempotent_request(request, claims.user_id, None)
-    await _limit_writes(request, claims.user_id)
+    await limit_writes(request, claims.user_id)
     restocked: list[tuple[int, str]] = []
 
     async def work(conn: Connection) -> tuple[int, object]:
