@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python -m loadtests.bench_purchase
 	$(BIN)/python -m loadtests.bench_realtime
 	$(BIN)/python -m loadtests.bench_chat
+	$(BIN)/python -m loadtests.bench_report
 
 # Locust against two fresh instances of its own, then the invariant audit; exits non-zero
 # when an invariant or a threshold fails (loadtests/README.md). make loadtest DURATION=20s
