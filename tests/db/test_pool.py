@@ -47,8 +47,12 @@ async def test_waiters_get_connections_in_arrival_order(settings: Settings) -> N
     finally:
         await pool.close()
     assert len(granted) == CLIENTS * ROUNDS
+    # Grants follow the queue. What a test can see is when each client *resumes*: a waiter
+    # that was granted a permit resumes a loop turn later, and a newcomer finding a permit
+    # free in that turn records first, one place early. asyncpg's own queue sends a woken
+    # waiter to the back: clients overtaken by several places (as (13, 9) with 2 connections).
     overtaking = [(a, b) for a, b in itertools.pairwise(granted) if b < a]
-    assert overtaking == []
+    assert [(a, b) for a, b in overtaking if a - b >= POOL_SIZE] == []
 
 
 async def test_timeout_still_applies_and_leaks_no_permit(settings: Settings) -> None:
