@@ -38,7 +38,6 @@ class Limits:
     frames_per_second: float
     max_bad_frames: int
     send_queue: int
-    replay_limit: int
 
 
 OpHandler = Callable[["Connection", ClientFrame], Awaitable[None]]

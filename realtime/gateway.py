@@ -67,7 +67,6 @@ class Gateway:
             frames_per_second=settings.ws_frames_per_second,
             max_bad_frames=settings.ws_max_bad_frames,
             send_queue=settings.ws_send_queue,
-            replay_limit=settings.ws_replay_limit,
         )
         self.connections: set[Connection] = set()
         self.sessions: dict[uuid.UUID, set[Connection]] = {}
