@@ -12,8 +12,10 @@ import asyncio
 import multiprocessing
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import uvloop
 from aiohttp import web
@@ -53,14 +55,19 @@ def run_process(host: str, port: int, routes: dict[str, bytes], reuse_port: bool
 
 def serve(host: str, port: int, routes: dict[str, bytes], processes: int) -> None:
     """Serve with ``processes`` processes; SIGTERM or SIGINT stops them all."""
+    run_processes(run_process, (host, port, routes), processes)
+
+
+def run_processes(target: Callable[..., None], args: tuple[Any, ...], processes: int) -> None:
+    """``target(*args, reuse_port)`` in ``processes`` processes until SIGTERM or SIGINT.
+
+    With one process it runs here, without SO_REUSEPORT, like ``jangteo serve``.
+    """
     if processes <= 1:
-        run_process(host, port, routes, reuse_port=False)
+        target(*args, False)
         return
     context = multiprocessing.get_context("spawn")
-    children = [
-        context.Process(target=run_process, args=(host, port, routes, True))
-        for _ in range(processes)
-    ]
+    children = [context.Process(target=target, args=(*args, True)) for _ in range(processes)]
     for child in children:
         child.start()
     stopping = False

@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +41,33 @@ PASSWORD = "bench-password-123"  # noqa: S105 - the throwaway benchmark account'
 
 # wrk prints this one line of JSON when a run ends, so nothing is scraped from its text table.
 WRK_REPORT_LUA = """
+local points = {1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 97.5, 99, 99.5, 99.9, 99.99}
+cdf = function(latency)
+  local parts = {}
+  for _, p in ipairs(points) do
+    parts[#parts + 1] = string.format('[%g,%.1f]', p, latency:percentile(p))
+  end
+  parts[#parts + 1] = string.format('[100,%.1f]', latency.max)
+  return table.concat(parts, ',')
+end
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
     'WRK_JSON {"requests":%d,"duration_us":%d,"bytes":%d,' ..
     '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},' ..
-    '"latency_us":{"mean":%.1f,"max":%.1f,"p50":%.1f,"p90":%.1f,"p99":%.1f}}\\n',
+    '"latency_us":{"mean":%.1f,"max":%.1f,"p50":%.1f,"p90":%.1f,"p99":%.1f},' ..
+    '"cdf_us":[%s]}\\n',
     summary.requests, summary.duration, summary.bytes,
     e.connect, e.read, e.write, e.status, e.timeout,
     latency.mean, latency.max, latency:percentile(50), latency:percentile(90),
-    latency:percentile(99)))
+    latency:percentile(99), cdf(latency)))
 end
 """
+
+BENCH_PACKAGES = (
+    "aiohttp", "asyncpg", "uvloop", "orjson", "redis", "hiredis", "fastapi", "uvicorn",
+    "httptools", "python-socketio", "websocket-client", "locust",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +93,7 @@ class Measurement:
     requests_per_second: float
     latency_ms: dict[str, float]
     errors: dict[str, int]
+    cdf_ms: list[tuple[float, float]] = field(default_factory=list)
 
 
 class BenchError(RuntimeError):
@@ -234,6 +251,7 @@ def wrk(
         requests_per_second=round(report["requests"] / elapsed, 1),
         latency_ms={name: round(value / 1000, 3) for name, value in report["latency_us"].items()},
         errors=dict(report["errors"]),
+        cdf_ms=[(point, round(us / 1000, 3)) for point, us in report["cdf_us"]],
     )
 
 
@@ -326,6 +344,21 @@ def machine(load_before: list[float]) -> dict[str, Any]:
         "load_average_before": load_before,
         "load_average_after": [round(value, 2) for value in os.getloadavg()],
     }
+
+
+def versions(packages: Sequence[str] = BENCH_PACKAGES) -> dict[str, str]:
+    """Versions of the load generator and of every package on either side of a comparison."""
+    found = {}
+    for name in packages:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "absent"
+    wrk_path = shutil.which("wrk")
+    if wrk_path is not None:
+        done = subprocess.run([wrk_path, "-v"], capture_output=True, text=True, check=False)  # noqa: S603
+        found["wrk"] = (done.stdout + done.stderr).split("\n", 1)[0].strip()
+    return found
 
 
 def run(args: argparse.Namespace) -> int:

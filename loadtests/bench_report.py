@@ -91,21 +91,61 @@ def listing_rows(data: dict[str, Any]) -> list[Row]:
             ref_text=f"{ref:,.0f} req/s" if ref is not None else None,
         )
     ]
-    absent = "bench_listings does not run this reference yet"
-    for name, goal, note in (
-        ("uncached GET /listings/{id} vs bare aiohttp + asyncpg", ">= 1.0x requests/s", absent),
-        (
-            "uncached GET /listings/{id} vs FastAPI + uvicorn + asyncpg",
-            ">= 1.3x requests/s",
-            absent,
-        ),
-        (
+    uncached = dig(data, "uncached") or {}
+    best = {
+        dig(item, "server"): item
+        for item in dig(data, "results") or []
+        if dig(item, "endpoint") == "uncached detail"
+    }
+
+    def rps(server: str) -> float | None:
+        return num(dig(best, server, "requests_per_second"))
+
+    def p99(server: str) -> float | None:
+        return num(dig(best, server, "latency_ms", "p99"))
+
+    connections = dig(data, "load", "connections")
+    pooled = num(dig(data, "load", "pgbench_clients"))
+    for server, goal, least in (
+        ("aiohttp + asyncpg", ">= 1.0x requests/s", 1.0),
+        ("FastAPI + uvicorn + asyncpg", ">= 1.3x requests/s", 1.3),
+    ):
+        ours, theirs = rps("jangteo"), rps(server)
+        ratio = round(ours / theirs, 3) if ours is not None and theirs else None
+        shown = f"bare {server}" if server.startswith("aiohttp") else server
+        rows.append(
+            row(
+                f"uncached GET /listings/{{id}} vs {shown}",
+                goal,
+                "listings",
+                data if ratio is not None else {},
+                figure=ours,
+                reference=theirs,
+                ok=None if ratio is None else ratio >= least,
+                text=f"{ours:,.0f} req/s" if ours is not None else None,
+                ref_text=f"{theirs:,.0f} req/s" if theirs is not None else None,
+            )
+        )
+    ours_p99, bare_p99 = p99("jangteo"), p99("aiohttp + asyncpg")
+    ratio = num(uncached.get("p99_vs_bare"))
+    rows.append(
+        row(
             "uncached GET /listings/{id} p99, 4x client connections per pooled one",
             "<= 1.5x the bare aiohttp + asyncpg handler's p99",
-            absent + "; ad-hoc runs: 61-91 ms vs 122-123 ms (loadtests/README.md)",
-        ),
-    ):
-        rows.append(row(name, goal, "listings", {}, note=note))
+            "listings",
+            data if ratio is not None else {},
+            figure=ours_p99,
+            reference=bare_p99,
+            ratio=ratio,
+            ok=None if ratio is None else ratio <= 1.5,
+            text=f"{ours_p99:.1f} ms at {connections} connections"
+            if ours_p99 is not None
+            else None,
+            ref_text=f"{bare_p99:.1f} ms, same {pooled:.0f} pooled connections"
+            if bare_p99 is not None and pooled is not None
+            else None,
+        )
+    )
     unc, pg = (
         result(data, "uncached detail", "jangteo"),
         num(dig(data, "pgbench", "uncached detail", "tps")),
