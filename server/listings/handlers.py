@@ -1,11 +1,10 @@
-"""HTTP endpoints of listings: parse, check preconditions, call the service, answer.
+"""HTTP endpoints of listings: parse, call the service (which checks preconditions), answer.
 
 Reading listings needs no account (browsing comes before signing up); changing does.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import asyncpg
@@ -13,15 +12,15 @@ from aiohttp import web
 
 from server import keys
 from server.auth.sessions import authenticate
-from server.errors import PreconditionFailed, PreconditionRequired, ValidationFailed
+from server.errors import ValidationFailed
 from server.handler_params import limit_writes
 from server.jsonio import JSON_CONTENT_TYPE, dumps, json_response, read_json, validate
 from server.listings import service
+from server.listings.preconditions import IfMatch
 from server.listings.schemas import FeedQuery, ListingCreate, ListingOut, ListingPage, ListingPatch
 from server.openapi import ApiSpec
 
 PREFIX = "/api/v1/listings"
-_ETAG = re.compile(r'^(?:W/)?"(\d+)-(\d+)-(\d+)"$')
 MAX_ID = 2**63 - 1  # ids are bigint
 
 
@@ -64,22 +63,6 @@ def _listing_id(request: web.Request) -> int:
     if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_ID:
         raise service.ListingNotFound()
     return int(text)
-
-
-def _expected_version(request: web.Request, listing_id: int) -> int | None:
-    """The version named by If-Match (None for ``*``); 428 when absent, 412 when foreign.
-
-    Only the version part is compared: a like never makes a seller's edit conflict.
-    """
-    header = request.headers.get("If-Match")
-    if header is None:
-        raise PreconditionRequired()
-    if header.strip() == "*":
-        return None
-    match = _ETAG.match(header.strip())
-    if match is None or int(match.group(1)) != listing_id:
-        raise PreconditionFailed("If-Match does not name a version of this listing")
-    return int(match.group(2))
 
 
 def _listing_response(request: web.Request, row: asyncpg.Record, status: int = 200) -> web.Response:
@@ -131,11 +114,11 @@ def _if_none_match(request: web.Request) -> set[str]:
 async def update_listing(request: web.Request) -> web.Response:
     claims = await authenticate(request)
     listing_id = _listing_id(request)
-    expected = _expected_version(request, listing_id)
+    if_match = IfMatch(request.headers.get("If-Match"))
     body = await read_json(request, ListingPatch)
     await limit_writes(request, claims.user_id)
     row, changed = await service.update_listing(
-        request.app[keys.pg_pool_key], listing_id, claims.user_id, expected, body
+        request.app[keys.pg_pool_key], listing_id, claims.user_id, if_match, body
     )
     if changed:
         await _after_change(request, row)
@@ -145,10 +128,10 @@ async def update_listing(request: web.Request) -> web.Response:
 async def hide_listing(request: web.Request) -> web.Response:
     claims = await authenticate(request)
     listing_id = _listing_id(request)
-    expected = _expected_version(request, listing_id)
+    if_match = IfMatch(request.headers.get("If-Match"))
     await limit_writes(request, claims.user_id)
     row = await service.hide_listing(
-        request.app[keys.pg_pool_key], listing_id, claims.user_id, expected
+        request.app[keys.pg_pool_key], listing_id, claims.user_id, if_match
     )
     await _after_change(request, row)
     return web.Response(status=204)

@@ -12,7 +12,8 @@ import asyncpg
 from db.queries import listings as queries
 from db.queries.outbox import Event, insert_events
 from server.cursors import decode_cursor, encode_cursor
-from server.errors import Forbidden, NotFound, PreconditionFailed, ValidationFailed
+from server.errors import Forbidden, NotFound, ValidationFailed
+from server.listings.preconditions import IfMatch
 from server.listings.schemas import FeedQuery, ListingCreate, ListingPatch
 
 EVENT_FIELDS = (
@@ -112,15 +113,15 @@ def _events(before: asyncpg.Record, after: asyncpg.Record, changed: set[str]) ->
 
 
 async def _lock_for_seller(
-    conn: Any, listing_id: int, user_id: int, expected_version: int | None
+    conn: Any, listing_id: int, user_id: int, if_match: IfMatch
 ) -> asyncpg.Record:
+    """The locked listing: 404, then 403, and only then the precondition (428/412)."""
     current = await queries.lock_listing(conn, listing_id)
     if current is None or current["status"] == "hidden":
         raise ListingNotFound()
     if current["seller_id"] != user_id:
         raise NotTheSeller()
-    if expected_version is not None and expected_version != current["version"]:
-        raise PreconditionFailed(f"the listing is at version {current['version']}")
+    if_match.check(listing_id, current["version"])
     return current
 
 
@@ -128,12 +129,12 @@ async def update_listing(
     pool: asyncpg.Pool,
     listing_id: int,
     user_id: int,
-    expected_version: int | None,
+    if_match: IfMatch,
     patch: ListingPatch,
 ) -> tuple[asyncpg.Record, bool]:
-    """Apply a seller's edit if ``expected_version`` is current; returns (listing, changed)."""
+    """Apply a seller's edit if ``if_match`` holds; returns (listing, changed)."""
     async with pool.acquire() as conn, conn.transaction():
-        current = await _lock_for_seller(conn, listing_id, user_id, expected_version)
+        current = await _lock_for_seller(conn, listing_id, user_id, if_match)
         changes = _changes(current, patch)
         if changes:
             await queries.update_listing(conn, listing_id, changes)
@@ -145,11 +146,11 @@ async def update_listing(
 
 
 async def hide_listing(
-    pool: asyncpg.Pool, listing_id: int, user_id: int, expected_version: int | None
+    pool: asyncpg.Pool, listing_id: int, user_id: int, if_match: IfMatch
 ) -> asyncpg.Record:
     """DELETE: the listing becomes hidden (orders may still refer to it)."""
     async with pool.acquire() as conn, conn.transaction():
-        current = await _lock_for_seller(conn, listing_id, user_id, expected_version)
+        current = await _lock_for_seller(conn, listing_id, user_id, if_match)
         await queries.update_listing(conn, listing_id, {"status": "hidden"})
         row = await queries.listing_by_id(conn, listing_id)
         assert row is not None

@@ -13,6 +13,7 @@ import pytest
 
 from server.errors import NotFound
 from server.listings import service
+from server.listings.preconditions import ANY, IfMatch
 from server.listings.schemas import ListingPatch
 from server.settings import Settings
 from tests.server.listings_support import (
@@ -715,7 +716,11 @@ async def test_a_rolled_back_change_leaves_no_event(
         transaction = conn.transaction()
         await transaction.start()
         row, changed = await service.update_listing(
-            pool, listing_id, seller.user_id, 1, ListingPatch(price=1, title="rolled back")
+            pool,
+            listing_id,
+            seller.user_id,
+            IfMatch(f'"{listing_id}-1-0"'),
+            ListingPatch(price=1, title="rolled back"),
         )
         assert changed
         assert (row["price"], row["version"]) == (1, 2)
@@ -779,12 +784,12 @@ async def test_service_refuses_strangers_and_unknown_listings(
         pool = cast(asyncpg.Pool, OneConnectionPool(conn))
         with pytest.raises(service.NotTheSeller):
             await service.update_listing(
-                pool, listing["id"], stranger.user_id, None, ListingPatch(price=1)
+                pool, listing["id"], stranger.user_id, ANY, ListingPatch(price=1)
             )
         with pytest.raises(service.NotTheSeller):
-            await service.hide_listing(pool, listing["id"], stranger.user_id, None)
+            await service.hide_listing(pool, listing["id"], stranger.user_id, ANY)
         with pytest.raises(NotFound):
-            await service.update_listing(pool, 10**9, stranger.user_id, None, ListingPatch())
+            await service.update_listing(pool, 10**9, stranger.user_id, ANY, ListingPatch())
     finally:
         await conn.close()
     assert (await db_listing(db, listing["id"]))["version"] == 1
