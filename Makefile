@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python -m loadtests.bench_listings
 	$(BIN)/python -m loadtests.bench_purchase
 	$(BIN)/python -m loadtests.bench_realtime
+	$(BIN)/python -m loadtests.bench_realtime --sockets 20000 --phases fanout --name realtime-20k
 	$(BIN)/python -m loadtests.bench_chat
 	$(BIN)/python -m loadtests.bench_report
 

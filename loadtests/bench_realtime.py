@@ -15,9 +15,11 @@ Run as ``python -m loadtests.bench_realtime``. In one run, with the same load cl
    the server's ``jangteo_relay_lag_seconds``; then rows inserted flat out for
    ``--relay-max-seconds``: published events/s and whether the lag grows.
 3. idle memory: ``--idle-sockets`` idle sockets (heartbeats on, compression off) on one
-   jangteo instance and on one bare aiohttp process: server RSS per connection.
+   jangteo instance and on one bare aiohttp process, held through more than one heartbeat:
+   server RSS per connection, and how many were still open when measured.
 
-Writes ``loadtests/results/realtime.json`` and ``realtime.png`` and stops what it started
+Writes ``loadtests/results/realtime.json`` and ``realtime.png`` (``--name`` changes the stem:
+``make bench`` runs the 20,000-socket fan-out as ``realtime-20k``) and stops what it started
 (the embedded services keep running). Its database ``jangteo_bench_realtime`` is created
 afresh and dropped at the end.
 """
@@ -690,7 +692,7 @@ def measure_idle(
     connect = open_sockets(bench, clients, [target], count, None)
     cpu = server.cpu_seconds() - cpu
     desk_cpu = desk.cpu_seconds() - desk_cpu if desk else 0.0
-    time.sleep(bench.args.idle_settle)
+    time.sleep(bench.args.idle_settle or bench.heartbeat * 1.25)
     after = server.rss()
     stats = clients.stats()
     clients.call("close")
@@ -1080,10 +1082,10 @@ def run(args: argparse.Namespace) -> int:
     print(table(report))
     results: Path = args.results.resolve()
     results.mkdir(parents=True, exist_ok=True)
-    json_path = results / "realtime.json"
+    json_path = results / f"{args.name}.json"
     json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(f"\nwrote {shown_path(json_path)}")
-    png_path = results / "realtime.png"
+    png_path = results / f"{args.name}.png"
     caption = (
         f"{date}, {os.cpu_count()} cores, {args.client_processes} client processes,"
         " servers, clients, PostgreSQL and Redis on the same cores"
@@ -1120,9 +1122,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--relay-connections", type=int, default=4, help="flat-out inserters")
     parser.add_argument("--relay-rows", type=int, default=50, help="rows per flat-out commit")
-    parser.add_argument("--idle-sockets", type=int, default=10_000, help="idle sockets (20000)")
     parser.add_argument(
-        "--idle-settle", type=float, default=3.0, help="seconds between opening and measuring"
+        "--idle-sockets", type=int, default=20_000, help="capped by the open files limit"
+    )
+    parser.add_argument(
+        "--idle-settle",
+        type=float,
+        default=None,
+        help="seconds between opening and measuring (default: 1.25 heartbeats, so every"
+        " socket answers a server ping before it is counted)",
     )
     parser.add_argument("--client-processes", type=int, default=2)
     parser.add_argument(
@@ -1133,6 +1141,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--keep-database", action="store_true", help=f"keep {DATABASE}")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the results go")
+    parser.add_argument(
+        "--name", default="realtime", help="results file stem (realtime-20k for the big run)"
+    )
     parser.add_argument(
         "--keep-files", type=Path, default=None, metavar="DIR", help="keep server logs in DIR"
     )

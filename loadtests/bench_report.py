@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "loadtests" / "results"
 DOC = ROOT / "BENCHMARKS.md"
 START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
-SOURCES = ("http", "listings", "purchase", "realtime", "chat", "loadtest-latest")
+SOURCES = ("http", "listings", "purchase", "realtime", "realtime-20k", "chat", "loadtest-latest")
 Row = dict[str, Any]
 GOAL_BUY = ">= 50% of pgbench, same transaction and connections; no oversell, no lost money"
 
@@ -201,13 +201,13 @@ def purchase_rows(data: dict[str, Any]) -> list[Row]:
     return rows or [row("500 buyers on one listing", ">= 50% of pgbench", "purchase", data)]
 
 
-def realtime_rows(data: dict[str, Any]) -> list[Row]:
+def realtime_rows(data: dict[str, Any], big: dict[str, Any]) -> list[Row]:
+    """Relay, fan-out and idle rows; the 20,000-socket fan-out from its own run (``big``)."""
     relay, fan, idle = dig(data, "relay") or {}, dig(data, "fanout") or {}, dig(data, "idle") or {}
     p99 = num(dig(relay, "paced", "commit_to_publish_metric", "p99_ms"))
     rate = num(dig(relay, "paced", "insert", "rate"))
     sus = num(dig(relay, "sustained", "received_per_second"))
     kept = dig(relay, "sustained", "kept_up")
-    sockets, fan_p99 = num(dig(fan, "sockets")), num(dig(fan, "steady", "latency_ms", "p99"))
     best = dig(fan, "burst", "best") or {}
     jt = num(dig(best, "jangteo", "messages_per_second_per_instance"))
     bare = num(dig(best, "bare", "messages_per_second_per_instance"))
@@ -218,6 +218,8 @@ def realtime_rows(data: dict[str, Any]) -> list[Row]:
         num(dig(idle, "bare", "kib_per_connection")),
     )
     fd = dig(data, "machine", "open_files_limit")
+    capped = dig(idle, "capped_by") is not None
+    still_open = num(dig(idle, "jangteo", "sockets_open_at_measurement")) or 0.0
     rows = [
         row(
             "relay commit-to-publish p99 at 1,000 events/s",
@@ -238,18 +240,23 @@ def realtime_rows(data: dict[str, Any]) -> list[Row]:
             text=f"{sus:,.0f} events/s published, kept up: {kept}" if sus is not None else None,
         ),
     ]
-    for want, bound in ((2000, 50.0), (20000, 250.0)):
-        hit = sockets is not None and fan_p99 is not None and sockets >= want
+    for want, bound, source, run in (
+        (2000, 50.0, "realtime", data),
+        (20000, 250.0, "realtime-20k", big),
+    ):
+        sockets = num(dig(run, "fanout", "sockets"))
+        fan_p99 = num(dig(run, "fanout", "steady", "latency_ms", "p99"))
+        hit = sockets == want and fan_p99 is not None
         rows.append(
             row(
                 f"fan-out p99 commit-to-receive, {want:,} sockets on 2 instances",
                 f"< {bound:.0f} ms",
-                "realtime",
-                data,
+                source,
+                run,
                 figure=fan_p99 if hit else None,
                 ok=(fan_p99 is not None and fan_p99 < bound) if hit else None,
                 text=f"{fan_p99} ms" if hit else None,
-                note="" if hit else f"latest run used {sockets or 0:,.0f} sockets",
+                note="" if hit else f"no {source}.json run with {want:,} sockets",
             )
         )
     for name, goal, ref, ref_name, limit in (
@@ -289,10 +296,15 @@ def realtime_rows(data: dict[str, Any]) -> list[Row]:
             data,
             figure=n_idle,
             ok=None if n_idle is None or n_idle < 20000 else True,
-            text=f"{n_idle:,.0f} held (20,000 not run)"
-            if n_idle is not None and n_idle < 20000
-            else None,
+            text=None
+            if n_idle is None
+            else f"{n_idle:,.0f} opened, {still_open:,.0f} open after a heartbeat",
             note=f"open files limit {fd}: at most 19,800 sockets on this machine",
+            **(
+                {"status": "capped by this machine's open files limit"}
+                if capped and n_idle is not None and n_idle < 20000
+                else {}
+            ),
         )
     )
     rows.append(
@@ -338,7 +350,7 @@ def table(rows: list[Row]) -> str:
 def main() -> None:
     data = {name: load(name) for name in SOURCES}
     rows = listing_rows(data["listings"]) + purchase_rows(data["purchase"])
-    rows += realtime_rows(data["realtime"])
+    rows += realtime_rows(data["realtime"], data["realtime-20k"])
     report = {
         "targets": rows,
         "summary": {

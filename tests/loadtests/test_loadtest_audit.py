@@ -1,7 +1,8 @@
 """``loadtests.run_loadtest`` end to end, small: the audit passes on a healthy stack and
 fails, naming the invariant, when the gateway drops events (the test-only
-``JANGTEO_TEST_FAULT``). Latency thresholds are opened wide: these tests are about the
-invariants, not about this machine's speed."""
+``JANGTEO_TEST_FAULT``). Latency thresholds are opened wide and the failure ratio relaxed:
+these tests are about the invariants, which are never relaxed, not about this machine's
+speed."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 
 from tests.support import REPO_ROOT
 
-# A small, busy market: 10 users for 10 s, mostly making and watching events.
+# A small, busy market: 10 users, mostly making and watching events.
 SMALL_MARKET = {
     "JANGTEO_LOAD_WEIGHT_BROWSER": "1",
     "JANGTEO_LOAD_WEIGHT_WATCHER": "3",
@@ -27,19 +28,21 @@ SMALL_MARKET = {
     "JANGTEO_LOAD_DRAIN": "2",
     "JANGTEO_LOAD_MAX_P95_MS": "600000",
     "JANGTEO_LOAD_P95_LIMITS": "",
-    "JANGTEO_LOAD_MAX_FAILURE_RATIO": "1",
-    "JANGTEO_LOAD_MIN_RPS": "0",
+    "JANGTEO_LOAD_MAX_FAILURE_RATIO": "0.05",
+    "JANGTEO_LOAD_MIN_RPS": "1",
 }
 
 
-def run_loadtest(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess[str], Any]:
+def run_loadtest(
+    tmp_path: Path, duration: str = "10s", **env: str
+) -> tuple[subprocess.CompletedProcess[str], Any]:
     output = tmp_path / "result.json"
     inherited = {
         k: v for k, v in os.environ.items() if not k.startswith(("JANGTEO_LOAD_", "JANGTEO_TEST"))
     }
     command = [
         sys.executable, "-m", "loadtests.run_loadtest",
-        "--duration", "10s", "--users", "10", "--spawn-rate", "10",
+        "--duration", duration, "--users", "10", "--spawn-rate", "10",
         "--output", str(output),
     ]  # fmt: skip
     done = subprocess.run(
@@ -54,7 +57,7 @@ def run_loadtest(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProces
         },
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=180,
         check=False,
     )
     result = json.loads(output.read_text()) if output.exists() else None
@@ -62,7 +65,8 @@ def run_loadtest(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProces
 
 
 def test_the_audit_passes_on_a_healthy_stack(service_urls: tuple[str, str], tmp_path: Path) -> None:
-    done, result = run_loadtest(tmp_path)
+    """What ``make loadtest DURATION=20s`` runs, with thresholds relaxed for a shared machine."""
+    done, result = run_loadtest(tmp_path, duration="20s")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert result["passed"] and result["violations"] == []
     assert result["audit"]["database"] is True
