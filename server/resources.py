@@ -17,6 +17,7 @@ from server.listings.invalidation import stop as stop_listener
 from server.listings.near_cache import NearCache
 from server.orders.locks import PurchaseLocks
 from server.ratelimit import RateLimiter
+from server.redis_breaker import RedisBreaker, guarded_pool
 from server.resp import redis_database
 
 
@@ -37,18 +38,23 @@ async def pg_pool_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The Redis client (connects on first use, reconnects by itself) and the rate limiter."""
+    """The Redis client (connects on first use, reconnects by itself, fails fast behind a
+    circuit breaker while Redis is unreachable) and what uses it: rate limits, cache, locks."""
     settings = app[keys.settings_key]
     assert settings.redis_url is not None, "resolve the Redis URL first"
-    # A blocking pool: a burst of requests waits (up to the Redis timeout) for a free
-    # connection instead of failing at once when all of them are busy.
-    pool = aioredis.BlockingConnectionPool.from_url(
+    breaker = RedisBreaker(
+        failures=settings.redis_breaker_failures,
+        cooldown=settings.redis_breaker_cooldown,
+        # A probe may connect, handshake and run its command: each within the timeout.
+        probe_timeout=3 * settings.redis_timeout,
+        enabled=settings.redis_breaker,
+        registry=app[keys.metrics_key].registry,
+    )
+    pool = guarded_pool(
         settings.redis_url,
+        breaker,
         max_connections=settings.redis_max_connections,
         timeout=settings.redis_timeout,
-        socket_timeout=settings.redis_timeout,
-        socket_connect_timeout=settings.redis_timeout,
-        health_check_interval=30,
     )
     client = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
     app[keys.redis_key] = client

@@ -71,6 +71,9 @@ class Settings:
     pg_connect_timeout: float = 5.0
     redis_timeout: float = 2.0
     redis_max_connections: int = 200
+    redis_breaker: bool = True  # off: every call waits for Redis even while it is down
+    redis_breaker_failures: int = 3  # connection errors in a row that open it (a timeout: 1)
+    redis_breaker_cooldown: float = 2.0  # seconds it fails fast before one call probes Redis
     shutdown_timeout: float = 10.0
     rate_limits_enabled: bool = True
     rate_limit_auth_ip: RateLimit = RateLimit(30, 60)
@@ -138,6 +141,13 @@ class Settings:
             redis_timeout=reader.number("REDIS_TIMEOUT", defaults.redis_timeout),
             redis_max_connections=reader.integer(
                 "REDIS_MAX_CONNECTIONS", defaults.redis_max_connections
+            ),
+            redis_breaker=reader.switch("REDIS_BREAKER", True),
+            redis_breaker_failures=reader.integer(
+                "REDIS_BREAKER_FAILURES", defaults.redis_breaker_failures
+            ),
+            redis_breaker_cooldown=reader.number(
+                "REDIS_BREAKER_COOLDOWN", defaults.redis_breaker_cooldown
             ),
             shutdown_timeout=reader.number("SHUTDOWN_TIMEOUT", defaults.shutdown_timeout),
             rate_limits_enabled=reader.switch("RATE_LIMITS", True),

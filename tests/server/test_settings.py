@@ -58,6 +58,23 @@ def test_bad_values_are_refused(name: str, value: str, message: str) -> None:
         Settings.from_env({name: value})
 
 
+def test_redis_breaker_settings() -> None:
+    defaults = Settings.from_env({})
+    assert (defaults.redis_breaker, defaults.redis_breaker_failures) == (True, 3)
+    assert defaults.redis_breaker_cooldown == 2.0
+    changed = Settings.from_env(
+        {
+            "JANGTEO_REDIS_BREAKER": "off",
+            "JANGTEO_REDIS_BREAKER_FAILURES": "5",
+            "JANGTEO_REDIS_BREAKER_COOLDOWN": "0.5",
+        }
+    )
+    assert (changed.redis_breaker, changed.redis_breaker_failures) == (False, 5)
+    assert changed.redis_breaker_cooldown == 0.5
+    with pytest.raises(SettingsError, match="must be a number"):
+        Settings.from_env({"JANGTEO_REDIS_BREAKER_COOLDOWN": "soon"})
+
+
 def test_jwt_secret_is_created_once_per_data_dir(tmp_path: Path) -> None:
     first = Settings(data_dir=tmp_path).with_jwt_secret()
     second = Settings(data_dir=tmp_path).with_jwt_secret()

@@ -1,0 +1,69 @@
+"""Dependencies of a fault test's own, so that breaking them disturbs no other suite.
+
+The shared PostgreSQL and Redis serve every other test running at the same time: a
+fault test never stops, pauses, black-holes or disconnects them. It stops its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterator
+
+import asyncpg
+import pytest
+
+from db.migrate import migrate
+from server.embedded.postgres import EmbeddedPostgres
+from server.embedded.process import free_port
+from server.embedded.redis import EmbeddedRedis
+from tests.faults.proxy import TcpProxy
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def own_postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL cluster of the fault tests' own (initdb once per run)."""
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("faults") / "postgres", free_port())
+    server.ensure_running()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_postgres(own_postgres_server: EmbeddedPostgres) -> Iterator[str]:
+    """A fresh, migrated database on the fault tests' own PostgreSQL (started if a test
+    stopped it); its URL."""
+    own_postgres_server.ensure_running()
+    name = f"faults_{next(_databases)}"
+    admin = own_postgres_server.url
+
+    async def create() -> None:
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    url = admin.rsplit("/", 1)[0] + f"/{name}"
+    asyncio.run(migrate(url))
+    yield url
+    own_postgres_server.ensure_running()  # a test that stopped it may have failed midway
+
+
+@pytest.fixture
+def redis_proxy(own_redis: EmbeddedRedis) -> Iterator[TcpProxy]:
+    """The test's own Redis behind a proxy the test can black-hole."""
+    proxy = TcpProxy(own_redis.port).start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def postgres_proxy(own_postgres_server: EmbeddedPostgres) -> Iterator[TcpProxy]:
+    """The fault tests' own PostgreSQL behind a proxy the test can black-hole."""
+    proxy = TcpProxy(own_postgres_server.port).start()
+    yield proxy
+    proxy.stop()
