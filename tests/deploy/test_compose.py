@@ -1,0 +1,137 @@
+"""docker-compose.yml, read with PyYAML: names, ports and start order agree with the code.
+
+No container engine runs here, so nothing is started; each check reads the file and
+compares it with the settings the code reads (server/settings.py, loadtests/config.py).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+from tests.deploy.compose_env import app_services, environment, interpolate, is_locust
+from tests.deploy.names import (
+    ROOT,
+    TEST_ONLY,
+    app_paths,
+    load_setting_names,
+    seconds,
+    setting_names,
+    settings_from,
+)
+
+COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
+# Where each dependency listens inside compose's network (the images' defaults).
+SERVICE_PORTS = {"postgres": 5432, "redis": 6379, "minio": 9000}
+
+
+def test_every_jangteo_name_is_a_setting(services: dict[str, dict[str, Any]]) -> None:
+    server, load = setting_names(), load_setting_names()
+    for name, service in services.items():
+        names = {key for key in environment(service) if key.startswith("JANGTEO_")}
+        known = load if is_locust(service) else server
+        assert names - known == set(), f"{name}: not settings"
+        assert not names & TEST_ONLY, f"{name}: test-only settings"
+    mentioned = set(re.findall(r"\bJANGTEO_[A-Z0-9_]+", COMPOSE_TEXT))
+    assert mentioned - (server | load) == set(), "JANGTEO_* names (comments, ${...}) unknown"
+
+
+def test_app_environment_is_a_valid_configuration(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in app_services(services).items():
+        settings = settings_from(environment(service))  # raises on a value it cannot use
+        assert settings.jwt_secret, f"{name}: replicas share one JWT secret"
+        assert settings.database_url and settings.redis_url and settings.s3_endpoint, name
+
+
+def test_dependency_urls_name_services_and_their_ports(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name, service in app_services(services).items():
+        settings = settings_from(environment(service))
+        for url in (settings.database_url, settings.redis_url, settings.s3_endpoint):
+            assert url is not None
+            parts = urlsplit(url)
+            assert parts.hostname in SERVICE_PORTS, f"{name}: {url} names a compose service"
+            assert parts.port == SERVICE_PORTS[parts.hostname], f"{name}: {url}"
+    minio_ports = {str(port).rpartition(":")[2] for port in services["minio"]["ports"]}
+    assert str(SERVICE_PORTS["minio"]) in minio_ports, "presigned URLs reach MinIO's port"
+
+
+def test_two_or_more_replicas_start_after_their_dependencies(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    apps = app_services(services)
+    assert len(apps) >= 2
+    for name, service in apps.items():
+        conditions = {dep: spec["condition"] for dep, spec in service["depends_on"].items()}
+        assert conditions == {
+            "postgres": "service_healthy",
+            "redis": "service_healthy",
+            "createbucket": "service_completed_successfully",
+            "migrate": "service_completed_successfully",
+        }, name
+
+
+def test_migrations_run_once_before_the_apps(services: dict[str, dict[str, Any]]) -> None:
+    migrate = services["migrate"]
+    assert migrate["build"] == "."
+    assert migrate["command"] == ["migrate"], "the image's entry point is `jangteo`"
+    assert migrate["restart"] == "no"
+    assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert (
+        environment(migrate)["JANGTEO_DATABASE_URL"]
+        == environment(next(iter(app_services(services).values())))["JANGTEO_DATABASE_URL"]
+    )
+
+
+def test_bucket_is_created_at_start(services: dict[str, dict[str, Any]]) -> None:
+    bucket = services["createbucket"]
+    assert bucket["depends_on"]["minio"]["condition"] == "service_healthy"
+    script = " ".join(str(part) for part in bucket["command"])
+    assert "mc mb --ignore-existing" in script
+    wanted = {settings_from(environment(app)).s3_bucket for app in app_services(services).values()}
+    assert wanted == {environment(bucket)["BUCKET"]}, "the bucket the apps use"
+
+
+def test_health_checks_probe_readiness(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in app_services(services).items():
+        probe = " ".join(service["healthcheck"]["test"])
+        port = settings_from(environment(service)).port
+        assert f"127.0.0.1:{port}/readyz" in probe, name
+        assert "/readyz" in app_paths()
+    for name in ("postgres", "redis", "minio", "nginx"):
+        assert services[name]["healthcheck"]["test"], f"{name} has a health check"
+
+
+def test_every_condition_is_valid_and_checkable(services: dict[str, dict[str, Any]]) -> None:
+    allowed = {"service_started", "service_healthy", "service_completed_successfully"}
+    for name, service in services.items():
+        depends = service.get("depends_on") or {}
+        assert isinstance(depends, dict), f"{name}: depends_on with conditions"
+        for target, spec in depends.items():
+            assert target in services, f"{name} depends on unknown {target}"
+            assert spec["condition"] in allowed, name
+            if spec["condition"] == "service_healthy":
+                check = services[target].get("healthcheck", {})
+                assert check.get("test") and not check.get("disable"), f"{target} health"
+
+
+def test_replicas_outlive_the_shutdown_timeout(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in app_services(services).items():
+        timeout = settings_from(environment(service)).shutdown_timeout
+        grace = seconds(service.get("stop_grace_period", "10s"))  # Docker's default: 10 s
+        assert grace > timeout, f"{name}: SIGKILL would cut the graceful shutdown short"
+
+
+def test_load_profile_runs_locust_against_nginx(services: dict[str, dict[str, Any]]) -> None:
+    master, worker = services["locust-master"], services["locust-worker"]
+    assert is_locust(master) and is_locust(worker)
+    nginx_port = int(str(services["nginx"]["ports"][0]).rpartition(":")[2])
+    target = f"http://nginx:{nginx_port}"
+    assert f"--master --host {target}" in interpolate(master["command"])
+    assert environment(master)["JANGTEO_LOAD_HOST"] == target
+    assert "--worker --master-host locust-master" in interpolate(worker["command"])
+    assert worker["deploy"]["replicas"] >= 2
+    assert master["depends_on"]["nginx"]["condition"] == "service_healthy"
+    assert not any(is_locust(service) for service in app_services(services).values())
