@@ -6,7 +6,7 @@ from aiohttp import web
 
 from realtime import handlers as realtime_handlers
 from realtime.setup import setup_realtime
-from server import docs, health, keys
+from server import demo, docs, health, keys
 from server.auth import handlers as auth_handlers
 from server.auth.passwords import PasswordHasher
 from server.auth.tokens import TokenIssuer
@@ -51,4 +51,5 @@ def create_app(settings: Settings) -> web.Application:
     setup_photos(app, spec)
     chat_handlers.setup_routes(app, spec)
     realtime_handlers.setup_routes(app, spec)
+    demo.setup_routes(app, spec)
     return app

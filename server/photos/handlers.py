@@ -10,6 +10,7 @@ from aiohttp import web
 
 from server import keys
 from server.auth.sessions import authenticate
+from server.client_address import request_origin
 from server.errors import NotFound
 from server.jsonio import json_response, read_json
 from server.listings.service import ListingNotFound
@@ -70,6 +71,12 @@ async def request_photo_upload(request: web.Request) -> web.Response:
         max_bytes=settings.photo_max_bytes,
         ticket_ttl=settings.photo_upload_ttl,
     )
+    if upload.upload_url.startswith("/"):
+        # Local storage signs a path on this server; S3 signs an absolute URL. Clients get
+        # the same kind from both: absolute, named as they reached us.
+        trusted = request.app[keys.trusted_proxies_key]
+        origin = request_origin(request, trusted)
+        upload = upload.model_copy(update={"upload_url": origin + upload.upload_url})
     return json_response(upload, status=201)
 
 

@@ -134,9 +134,10 @@ async def put_bytes(
     client: Client, ticket: JsonObject, data: bytes | AsyncIterator[bytes]
 ) -> ClientResponse:
     """Send the body the way a client follows a ticket: its method, URL and headers."""
-    return await client.request(
-        ticket["method"], ticket["upload_url"], data=data, headers=ticket["headers"]
-    )
+    url: str = ticket["upload_url"]
+    if url.startswith("/"):  # signed by a LocalPhotoStorage in the test itself
+        return await client.request(ticket["method"], url, data=data, headers=ticket["headers"])
+    return await client.session.request(ticket["method"], url, data=data, headers=ticket["headers"])
 
 
 async def complete(
@@ -189,6 +190,8 @@ async def test_seller_uploads_completes_and_the_photo_shows_on_the_listing(
     ticket = await ask_upload(photo_client, seller, listing_id, content_type, len(image))
     assert set(ticket) == {"photo_id", "upload_url", "method", "headers", "expires_in"}
     assert ticket["method"] == "PUT"
+    # Absolute, like an S3 presigned URL: clients follow both the same way.
+    assert ticket["upload_url"].startswith(str(photo_client.make_url("/api/v1/uploads/")))
     assert ticket["headers"] == {"Content-Type": content_type}
     assert ticket["expires_in"] == photo_settings.photo_upload_ttl
     assert uuid.UUID(ticket["photo_id"]).version == 4
@@ -230,6 +233,35 @@ async def test_seller_uploads_completes_and_the_photo_shows_on_the_listing(
     assert data["photo_id"] == photo["id"]
     assert data["changed"] == ["photos"]
     assert data["version"] == after["version"]
+
+
+async def test_upload_urls_name_the_server_as_a_trusted_proxy_forwards_it(
+    aiohttp_client: AiohttpClient, photo_settings: Settings
+) -> None:
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "shop.example:8443"}
+
+    async def upload_url(client: Client, headers: dict[str, str]) -> str:
+        seller = await sign_up(client)
+        listing_id = await create_listing(client, seller)
+        response = await client.post(
+            photos_url(listing_id),
+            json={"content_type": "image/png", "size": len(PNG)},
+            headers={**seller.auth, **headers},
+        )
+        assert response.status == 201, await response.text()
+        url: str = (await response.json())["upload_url"]
+        return url
+
+    direct = await aiohttp_client(create_app(photo_settings))
+    # From an untrusted peer the forwarded headers are the client's own words: ignored.
+    assert (await upload_url(direct, forwarded)).startswith(f"http://{direct.host}:")
+    behind = await aiohttp_client(
+        create_app(photo_settings.replace(trusted_proxies=("127.0.0.1",)))
+    )
+    url = await upload_url(behind, forwarded)
+    assert url.startswith("https://shop.example:8443/api/v1/uploads/listings/")
+    bad_host = {"X-Forwarded-Proto": "gopher", "X-Forwarded-Host": "evil/path"}
+    assert (await upload_url(behind, bad_host)).startswith(f"http://{behind.host}:")
 
 
 async def test_completing_twice_answers_the_same_and_changes_nothing_more(

@@ -1,0 +1,82 @@
+"""Browser tests: Debian's Chromium, headless, driven by Playwright, on real server processes."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, async_playwright
+
+from server.seed import seed
+from tests.browser.chromium import find_chromium, install_chromium
+from tests.browser.support import DEMO_USERS, Screenshots
+from tests.support import REPO_ROOT, ServerProcess, make_settings
+
+# Stable, gitignored: the latest run's screenshots, one folder per test.
+ARTIFACTS = REPO_ROOT / ".artifacts" / "browser"
+
+
+@pytest.fixture(scope="session")
+def chromium_executable() -> str:
+    """Chromium on PATH, installed from Debian's packages when missing; never skipped."""
+    found = find_chromium()
+    if found is not None:
+        return found
+    installed, said = install_chromium()
+    if installed is None:
+        pytest.fail(
+            "the browser tests need Chromium: it is not on PATH and "
+            f"`apt-get install -y chromium` did not provide it:\n{said}",
+            pytrace=False,
+        )
+    return installed
+
+
+@pytest.fixture
+async def browser(chromium_executable: str) -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=chromium_executable,
+            headless=True,
+            args=["--headless", "--no-sandbox", "--disable-dev-shm-usage"],
+        )
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+@pytest.fixture
+def browser_env(server_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """Server environment with one photo directory on local disk for every instance."""
+    return {**server_env, "JANGTEO_DATA_DIR": str(tmp_path / "data")}
+
+
+@pytest.fixture
+async def demo_accounts(database_url: str, redis_url: str) -> None:
+    """The accounts `jangteo seed` makes (demo1..3), for one-click sign-in."""
+    settings = make_settings(database_url, redis_url)
+    await seed(settings, users=DEMO_USERS, listings=0, if_empty=False)
+
+
+@pytest.fixture
+def two_instances(browser_env: dict[str, str]) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    first = ServerProcess(browser_env).start()
+    try:
+        second = ServerProcess(browser_env).start()
+    except BaseException:
+        first.stop()
+        raise
+    yield first, second
+    first.stop()
+    second.stop()
+
+
+@pytest.fixture
+def screenshots(request: pytest.FixtureRequest) -> Screenshots:
+    folder = ARTIFACTS / request.node.name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return Screenshots(folder)

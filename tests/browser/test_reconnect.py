@@ -1,0 +1,68 @@
+"""The page rides out the loss of its instance: reconnecting, then live, with nothing missed."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+from playwright.async_api import Browser, expect
+
+from tests.browser.support import RECONNECT_TIMEOUT_MS, PageErrors, Screenshots, phone_page
+from tests.support import ServerProcess
+from tests.system.realtime_support import create_listing, set_price, sign_up
+
+
+def restart_on(port: int, env: dict[str, str]) -> ServerProcess:
+    """A new instance on the port the page's origin names, as after a deploy or a crash."""
+    server = ServerProcess(env)
+    server.port = port
+    server.env["JANGTEO_PORT"] = str(port)
+    return server.start()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.usefixtures("demo_accounts")
+async def test_the_page_reconnects_and_resumes_every_event_it_missed(
+    browser: Browser, browser_env: dict[str, str], screenshots: Screenshots
+) -> None:
+    page_server = ServerProcess(browser_env).start()
+    other = ServerProcess(browser_env).start()
+    servers = [page_server, other]
+    try:
+        async with aiohttp.ClientSession() as http:
+            seller = await sign_up(http, other)
+            listing_id = await create_listing(http, other, seller)  # "lamp", ₩1,000
+            errors = PageErrors()
+            page = await phone_page(browser, page_server.url, errors)
+            status = page.locator("#status")
+            await page.goto(f"/#/listing/{listing_id}")
+            await page.locator('.account[data-email="demo3@jangteo.dev"]').click()
+            await expect(status).to_have_attribute("data-state", "live")
+            await expect(page.locator(".listing .price .now")).to_have_text("₩1,000")
+            await set_price(http, other, seller, listing_id, 900)
+            await expect(page.locator(".activity li")).to_have_count(1)
+            await screenshots.take("live", viewer=page)
+
+            # The page's instance goes away (SIGTERM: its sockets close with 1001).
+            page_server.stop()
+            await expect(status).to_have_attribute(
+                "data-state", "reconnecting", timeout=RECONNECT_TIMEOUT_MS
+            )
+            await screenshots.take("reconnecting", viewer=page)
+            # Changes made meanwhile, through the instance that stayed up.
+            await set_price(http, other, seller, listing_id, 800)
+            await set_price(http, other, seller, listing_id, 700)
+
+            servers.append(restart_on(page_server.port, browser_env))
+            await expect(status).to_have_attribute(
+                "data-state", "live", timeout=RECONNECT_TIMEOUT_MS
+            )
+            # Replayed with `since`, in order, once each: the activity shows every change.
+            changes = page.locator('.activity li[data-type="listing.price_changed"]')
+            await expect(changes).to_have_count(3)
+            await expect(changes).to_contain_text(["₩800 → ₩700", "₩900 → ₩800", "₩1,000 → ₩900"])
+            await expect(page.locator(".listing .price .now")).to_have_text("₩700")
+            await screenshots.take("caught-up", viewer=page)
+            assert errors.uncaught == []
+    finally:
+        for server in servers:
+            server.stop()
