@@ -1,0 +1,63 @@
+"""Redis killed with SIGKILL and restarted while purchases, edits and chat keep flowing."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import aiohttp
+import asyncpg
+
+from server.embedded.redis import EmbeddedRedis
+from tests.faults.support import eventually, server_env, wait_ready
+from tests.faults.traffic import Market, Traffic, audit, open_market, watch
+from tests.support import ServerProcess
+
+
+def _progress(market: Market) -> tuple[int, int, int]:
+    return len(market.prices), len(market.orders), len(market.messages)
+
+
+async def _more_writes(market: Market) -> None:
+    """Until each writer had a few more writes acknowledged than now."""
+    before = _progress(market)
+
+    async def advanced() -> bool:
+        return all(now >= then + 3 for now, then in zip(_progress(market), before, strict=True))
+
+    await eventually(advanced, f"more writes acknowledged than {before}")
+
+
+async def test_redis_killed_and_restarted_under_traffic_loses_nothing(
+    database_url: str, own_redis: EmbeddedRedis, db: asyncpg.Connection
+) -> None:
+    env = server_env(database_url, own_redis.url, REDIS_TIMEOUT="1")
+    first = ServerProcess(env).start()
+    second = ServerProcess(env).start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            market = await open_market(http, (first, second), db)
+            await watch(http, market, second)
+            traffic = Traffic(http, market)
+            await _more_writes(market)
+
+            pid = own_redis.running_pid()
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            for server in (first, second):
+                await wait_ready(http, server, 503)
+            await _more_writes(market)  # while Redis is gone: PostgreSQL is enough
+            own_redis.ensure_running()
+            for server in (first, second):
+                await wait_ready(http, server)
+            await _more_writes(market)
+            await traffic.stop()
+
+            # No write was refused: none of them needs Redis.
+            refused = [answer for answer in market.answers if answer.status not in (200, 201)]
+            assert not refused, refused[:3]
+            assert market.chat_refusals == 0
+            await audit(market, db, database_url)
+    finally:
+        first.stop()
+        second.stop()
