@@ -24,7 +24,6 @@ from tests.orders_support import (
     check_invariants,
     check_money,
     check_order_events,
-    check_stock,
     fund,
     keyed,
     listing_body,
@@ -33,7 +32,6 @@ from tests.orders_support import (
     purchase_url,
     quick_account,
     quick_accounts,
-    snapshot,
 )
 from tests.support import TEST_JWT_SECRET, Account, ServerProcess
 
@@ -323,69 +321,3 @@ async def test_cancel_and_complete_racing_on_one_order_move_it_once(
     quantity, _ = await listing_stock(db, listing_id)
     assert quantity == 12 - 2 * completed
     await check_invariants(db, listing_id, 12)
-
-
-async def blocked_backend(
-    db: asyncpg.Connection, blocker_pid: int, request: asyncio.Task[Reply]
-) -> int:
-    """The jangteo backend waiting for a lock that ``blocker_pid`` holds, once it waits."""
-    for _ in range(3_000):
-        pid: int | None = await db.fetchval(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = 'jangteo'"
-            " AND wait_event_type = 'Lock' AND $1 = any(pg_blocking_pids(pid))",
-            blocker_pid,
-        )
-        if pid is not None:
-            return pid
-        assert not request.done(), request.result()
-        await asyncio.sleep(0.01)
-    raise AssertionError("the purchase never waited for the wallet lock")
-
-
-async def test_a_purchase_killed_midway_changes_nothing_and_can_be_retried(
-    cluster: Cluster,
-    http: aiohttp.ClientSession,
-    db: asyncpg.Connection,
-    settings: Settings,
-    database_url: str,
-) -> None:
-    seller = await quick_account(db, settings)
-    buyer = await quick_account(db, settings, balance=5_000)
-    listing_id = await new_listing(cluster, http, seller, 3)
-    before = await snapshot(db)
-
-    blocker = await asyncpg.connect(database_url)
-    try:
-        transaction = blocker.transaction()
-        await transaction.start()
-        # Hold the buyer's wallet: the purchase takes (or locks) the stock, then waits here.
-        await blocker.execute(
-            "SELECT balance FROM wallets WHERE user_id = $1 FOR UPDATE", buyer.user_id
-        )
-        request = asyncio.create_task(
-            buy(cluster, http, 0, buyer, listing_id, 1, key="killed-midway")
-        )
-        pid = await blocked_backend(db, blocker.get_server_pid(), request)
-        assert await db.fetchval("SELECT pg_terminate_backend($1)", pid) is True
-        failed = await request
-        await transaction.rollback()
-    finally:
-        await blocker.close()
-
-    assert failed.status == 503, (failed.body, cluster.logs())
-    assert failed.content_type == PROBLEM_CONTENT_TYPE
-    assert failed.slug == "service-unavailable"
-    assert failed.retry_after is not None
-    assert await snapshot(db) == before
-
-    retried = await buy(cluster, http, 1, buyer, listing_id, 1, key="killed-midway")
-    assert retried.status == 201, retried.body
-    assert not retried.replayed
-    again = await buy(cluster, http, 0, buyer, listing_id, 1, key="killed-midway")
-    assert (again.status, again.replayed, again.body) == (201, True, retried.body)
-    assert await db.fetchval("SELECT count(*) FROM orders") == 1
-    assert await balance_of(db, buyer.user_id) == 4_000
-    assert await listing_stock(db, listing_id) == (2, "on_sale")
-    await check_money(db)
-    await check_order_events(db)
-    await check_stock(db, listing_id, 3)
