@@ -66,6 +66,8 @@ class LoadConfig:
     drain: float = 3.0  # seconds sockets keep reading after the load stops
     # make loadtest (loadtests/run_loadtest.py)
     duration: float = 60.0
+    # locust workers under one master (0: one locust process, no master)
+    workers: int = 0
     max_failure_ratio: float = 0.02
     max_p95_ms: float = 5000.0  # for every request type, unless p95_limits names it
     # Password hashing (argon2id) is slow on purpose, and every user signs up while
@@ -119,6 +121,7 @@ class LoadConfig:
             records_dir=text("RECORDS_DIR", ""),
             drain=number("DRAIN", defaults.drain),
             duration=parse_duration(text("DURATION", "60s")),
+            workers=integer("WORKERS", defaults.workers),
             max_failure_ratio=number("MAX_FAILURE_RATIO", defaults.max_failure_ratio),
             max_p95_ms=number("MAX_P95_MS", defaults.max_p95_ms),
             p95_limits={**defaults.p95_limits, **parse_limits(text("P95_LIMITS", ""))},
@@ -137,6 +140,8 @@ class LoadConfig:
             raise ValueError("JANGTEO_LOAD_WEIGHT_* must be >= 0, and one of them > 0")
         if self.hot_listings < 1 or not 1 <= self.hot_stock <= 10_000:
             raise ValueError("need JANGTEO_LOAD_HOT_LISTINGS >= 1, 1 <= HOT_STOCK <= 10000")
+        if self.workers < 0:
+            raise ValueError("JANGTEO_LOAD_WORKERS must be >= 0")
         if self.duration <= 0 or self.drain < 0:
             raise ValueError("JANGTEO_LOAD_DURATION must be positive, JANGTEO_LOAD_DRAIN >= 0")
         if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", self.database):

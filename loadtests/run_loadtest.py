@@ -176,12 +176,16 @@ def start_servers(cleanup: ExitStack, database_url: str, redis_url: str, logs: P
 
 
 def run_locust(config: LoadConfig, hosts: Sequence[str], records: Path, out: Path) -> Path:
-    """Run locust headless for the configured duration; the path prefix of its stats."""
+    """Run locust headless for the configured duration; the path prefix of its stats.
+
+    With ``config.workers`` it runs locust's distributed mode on this machine: a master
+    (statistics, no users of its own) and that many worker processes running the users.
+    """
     prefix = out / "locust"
     stop_timeout = config.drain + STOP_MARGIN
+    locust = [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py")]
     command = [
-        sys.executable, "-m", "locust",
-        "-f", str(ROOT / "loadtests" / "locustfile.py"),
+        *locust,
         "--headless", "--only-summary",
         "-u", str(config.users), "-r", str(config.spawn_rate),
         "-t", f"{config.duration:g}s",
@@ -191,6 +195,19 @@ def run_locust(config: LoadConfig, hosts: Sequence[str], records: Path, out: Pat
         "--exit-code-on-error", "0",
         "--loglevel", "WARNING",
     ]  # fmt: skip
+    workers: list[list[str]] = []
+    if config.workers:
+        port = free_port()
+        command += [
+            "--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
+            "--expect-workers", str(config.workers), "--expect-workers-max-wait", "60",
+        ]  # fmt: skip
+        # Each worker stops its own users: it needs the stop timeout as much as the master.
+        worker = [
+            *locust, "--worker", "--master-host", "127.0.0.1", "--master-port", str(port),
+            "--stop-timeout", f"{stop_timeout:g}", "--loglevel", "WARNING",
+        ]  # fmt: skip
+        workers = [worker] * config.workers
     env = {
         **os.environ,
         "JANGTEO_LOAD_HOST": hosts[0],
@@ -200,26 +217,34 @@ def run_locust(config: LoadConfig, hosts: Sequence[str], records: Path, out: Pat
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     log = out / "locust.log"
+    mode = f", {config.workers} workers under a master" if config.workers else ""
     print(
         f"locust: {config.users} users ({config.spawn_rate:g}/s) for {config.duration:g} s "
-        f"over {len(hosts)} instance(s)",
+        f"over {len(hosts)} instance(s){mode}",
         flush=True,
     )
+    processes: list[subprocess.Popen[bytes]] = []
     with log.open("wb") as output:
-        process = subprocess.Popen(  # noqa: S603 - our own command, no shell
-            command,
-            env=env,
-            cwd=ROOT,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        for argv in [command, *workers]:
+            processes.append(
+                subprocess.Popen(  # noqa: S603 - our own command, no shell
+                    argv,
+                    env=env,
+                    cwd=ROOT,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
     try:
-        code = process.wait(config.duration + stop_timeout + 120)
+        code = processes[0].wait(config.duration + stop_timeout + 120)
+        for worker_process in processes[1:]:  # they write their records as their users stop
+            worker_process.wait(stop_timeout + 30)
     except subprocess.TimeoutExpired:
         raise LoadTestError(f"locust did not finish; see {log}") from None
     finally:
-        stop_group(process, timeout=10)
+        for process in processes:
+            stop_group(process, timeout=10)
     if code != 0 or not Path(f"{prefix}.json").exists():
         tail = log.read_text(errors="replace")[-3000:]
         raise LoadTestError(f"locust exited with {code}:\n{tail}")
@@ -341,6 +366,7 @@ def run(config: LoadConfig, output: Path, cleanup: ExitStack) -> int:
         "users": config.users,
         "spawn_rate": config.spawn_rate,
         "weights": config.weights,
+        "locust_workers": config.workers,
         "hosts": hosts,
         "stack": "external" if external else f"own ({INSTANCES} instances, fresh database)",
         "test_fault": os.environ.get("JANGTEO_TEST_FAULT", "") or None,
@@ -415,6 +441,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", help="e.g. 60s, 2m (default JANGTEO_LOAD_DURATION, 60s)")
     parser.add_argument("--users", type=int, help="default JANGTEO_LOAD_USERS (50)")
     parser.add_argument("--spawn-rate", type=float, help="default JANGTEO_LOAD_SPAWN_RATE (10)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="locust workers under a master (default JANGTEO_LOAD_WORKERS, 0)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"default {RESULTS}")
     args = parser.parse_args(argv)
     try:
@@ -426,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
             changes["users"] = args.users
         if args.spawn_rate:
             changes["spawn_rate"] = args.spawn_rate
+        if args.workers is not None:
+            changes["workers"] = args.workers
         config = replace(config, **changes)
         config.check()
     except ValueError as error:
