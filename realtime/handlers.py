@@ -16,6 +16,12 @@ class TicketOut(StrictModel):
     expires_in: int
 
 
+class SocketQuery(StrictModel):
+    """A bad or missing ticket is refused after the upgrade (close 1008), not with a status."""
+
+    ticket: str
+
+
 async def ws_ticket(request: web.Request) -> web.Response:
     claims = await authenticate(request)
     settings = request.app[keys.settings_key]
@@ -39,5 +45,5 @@ def setup_routes(app: web.Application, spec: ApiSpec) -> None:
     spec.route(
         app, "GET", f"{prefix}/ws", ws_connect,
         summary="Open the realtime WebSocket: GET /api/v1/ws?ticket=... (protocol in README)",
-        tag="realtime", status=101, errors=(403, 503),
+        tag="realtime", status=101, errors=(400, 403, 503), query=SocketQuery,
     )  # fmt: skip

@@ -19,6 +19,18 @@ class StrictModel(pydantic.BaseModel):
 
     model_config = pydantic.ConfigDict(extra="forbid", strict=True, frozen=True)
 
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _integral_numbers(cls, data: Any) -> Any:
+        """JSON has one number type: 57.0 is the integer 57, as JSON Schema (and so the
+        published OpenAPI document) says; 57.5 and "57" stay refused."""
+        if not isinstance(data, dict):
+            return data
+        return {
+            name: int(value) if isinstance(value, float) and value.is_integer() else value
+            for name, value in data.items()
+        }
+
 
 def dumps(value: Any) -> bytes:
     return orjson.dumps(value, default=_default)

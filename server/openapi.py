@@ -54,6 +54,37 @@ _STATUS_TEXT = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class Header:
+    """A request header an operation reads; required ones are refused when missing."""
+
+    name: str
+    description: str
+    schema: dict[str, Any]
+    required: bool = True
+
+    def parameter(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "in": "header",
+            "required": self.required,
+            "description": self.description,
+            "schema": self.schema,
+        }
+
+
+IDEMPOTENCY_KEY = Header(
+    "Idempotency-Key",
+    "Any 1-255 visible ASCII characters; the same key with the same body replays the answer",
+    {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"},
+)
+IF_MATCH = Header(
+    "If-Match",
+    "The ETag you read (or *); checked once you are known to be the seller",
+    {"type": "string"},
+)
+
+
 @dataclass(slots=True)
 class ApiSpec:
     """Collects one OpenAPI operation per registered route."""
@@ -78,6 +109,8 @@ class ApiSpec:
         errors: tuple[int, ...] = (),
         auth: bool = False,
         content_type: str = "application/json",
+        query: type[pydantic.BaseModel] | None = None,
+        headers: tuple[Header, ...] = (),
     ) -> None:
         """Add the route to ``app`` and describe it; the two never drift apart."""
         app.router.add_route(method, path, handler)
@@ -91,6 +124,9 @@ class ApiSpec:
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
             for name in _path_parameters(path)
         ]
+        if query is not None:
+            parameters += _query_parameters(query)
+        parameters += [header.parameter() for header in headers]
         if parameters:
             operation["parameters"] = parameters
         if body is not None:
@@ -140,6 +176,26 @@ class ApiSpec:
             self.schemas[name] = definition
         self.schemas[model.__name__] = schema
         return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _query_parameters(model: type[pydantic.BaseModel]) -> list[dict[str, Any]]:
+    """One parameter per field; an optional field is simply left out, never sent as null."""
+    schema = model.model_json_schema()
+    required = set(schema.get("required", ()))
+    parameters = []
+    for name, field_schema in schema.get("properties", {}).items():
+        described = dict(field_schema)
+        branches = described.pop("anyOf", None)
+        if branches is not None:
+            kept = [branch for branch in branches if branch.get("type") != "null"]
+            described.update(kept[0] if len(kept) == 1 else {"anyOf": kept})
+        described.pop("title", None)
+        if described.get("default", "") is None:
+            del described["default"]
+        parameters.append(
+            {"name": name, "in": "query", "required": name in required, "schema": described}
+        )
+    return parameters
 
 
 def _path_parameters(path: str) -> list[str]:

@@ -109,12 +109,12 @@ def setup_routes(app: web.Application, spec: ApiSpec) -> None:
     spec.route(
         app, "GET", f"{prefix}/chats", list_rooms,
         summary="My chat rooms, newest activity first, with last message and unread count",
-        tag="chats", response=RoomPage, auth=True, errors=(422,),
+        tag="chats", response=RoomPage, auth=True, errors=(422,), query=PageQuery,
     )  # fmt: skip
     spec.route(
         app, "GET", f"{prefix}/chats/{{id}}/messages", list_messages,
         summary="Messages of a room, newest first (before = a message id)",
-        tag="chats", response=MessagePage, auth=True, errors=(404, 422),
+        tag="chats", response=MessagePage, auth=True, errors=(404, 422), query=MessagesQuery,
     )  # fmt: skip
     spec.route(
         app, "POST", f"{prefix}/chats/{{id}}/messages", send_message,

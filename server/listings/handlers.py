@@ -18,7 +18,7 @@ from server.jsonio import JSON_CONTENT_TYPE, dumps, json_response, read_json, va
 from server.listings import service
 from server.listings.preconditions import IfMatch
 from server.listings.schemas import FeedQuery, ListingCreate, ListingOut, ListingPage, ListingPatch
-from server.openapi import ApiSpec
+from server.openapi import IF_MATCH, ApiSpec
 
 PREFIX = "/api/v1/listings"
 MAX_ID = 2**63 - 1  # ids are bigint
@@ -185,7 +185,7 @@ def setup_routes(app: web.Application, spec: ApiSpec) -> None:
     item = PREFIX + "/{id}"
     spec.route(
         app, "GET", PREFIX, list_listings, summary="The feed: filters, newest first, keyset pages",
-        tag="listings", response=ListingPage, errors=(422,),
+        tag="listings", response=ListingPage, errors=(422,), query=FeedQuery,
     )  # fmt: skip
     spec.route(
         app, "POST", PREFIX, create_listing, summary="List something for sale",
@@ -199,11 +199,12 @@ def setup_routes(app: web.Application, spec: ApiSpec) -> None:
     spec.route(
         app, "PATCH", item, update_listing, summary="Edit (seller only; If-Match required)",
         tag="listings", body=ListingPatch, response=ListingOut, auth=True,
-        errors=(403, 404, 412, 428, 429),
+        errors=(403, 404, 412, 428, 429), headers=(IF_MATCH,),
     )  # fmt: skip
     spec.route(
         app, "DELETE", item, hide_listing, summary="Hide (seller only; If-Match required)",
         tag="listings", status=204, auth=True, errors=(403, 404, 412, 428, 429),
+        headers=(IF_MATCH,),
     )  # fmt: skip
     spec.route(
         app, "PUT", item + "/like", like, summary="Like (idempotent)",

@@ -20,7 +20,7 @@ from server.idempotency import (
 from server.jsonio import json_response, validate
 from server.jsonio import read_json as read_body
 from server.listings.service import ListingNotFound
-from server.openapi import ApiSpec
+from server.openapi import IDEMPOTENCY_KEY, ApiSpec
 from server.orders import service
 from server.orders.errors import OrderNotFound
 from server.orders.purchase import PurchaseRequest, order_json, purchase
@@ -132,10 +132,11 @@ def setup_routes(app: web.Application, spec: ApiSpec) -> None:
         app, "POST", "/api/v1/listings/{id}/purchase", purchase_listing,
         summary="Buy (Idempotency-Key required): stock, escrow and order in one transaction",
         tag="orders", body=PurchaseBody, response=OrderOut, status=201, auth=True, errors=money,
+        headers=(IDEMPOTENCY_KEY,),
     )  # fmt: skip
     spec.route(
         app, "GET", "/api/v1/orders", list_orders, summary="My orders as buyer or seller",
-        tag="orders", response=OrderPage, auth=True, errors=(422,),
+        tag="orders", response=OrderPage, auth=True, errors=(422,), query=OrdersQuery,
     )  # fmt: skip
     spec.route(
         app, "GET", "/api/v1/orders/{id}", get_order, summary="One of my orders",
@@ -144,10 +145,10 @@ def setup_routes(app: web.Application, spec: ApiSpec) -> None:
     spec.route(
         app, "POST", "/api/v1/orders/{id}/complete", complete_order,
         summary="Buyer confirms receipt; escrow goes to the seller (Idempotency-Key required)",
-        tag="orders", response=OrderOut, auth=True, errors=money,
+        tag="orders", response=OrderOut, auth=True, errors=money, headers=(IDEMPOTENCY_KEY,),
     )  # fmt: skip
     spec.route(
         app, "POST", "/api/v1/orders/{id}/cancel", cancel_order,
         summary="Buyer or seller cancels a paid order: refund and restock (Idempotency-Key)",
-        tag="orders", response=OrderOut, auth=True, errors=money,
+        tag="orders", response=OrderOut, auth=True, errors=money, headers=(IDEMPOTENCY_KEY,),
     )  # fmt: skip

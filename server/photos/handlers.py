@@ -160,6 +160,9 @@ def setup_photos(app: web.Application, spec: ApiSpec) -> None:
         body=PhotoUploadBody, response=PhotoUploadOut, status=201,
         errors=(403, 404, 409, 429), auth=True,
     )  # fmt: skip
+    # The largest photo is a setting: the document tells clients the limit in force.
+    size = spec.schemas[PhotoUploadBody.__name__]["properties"]["size"]
+    size["maximum"] = app[keys.settings_key].photo_max_bytes
     spec.route(
         app, "POST", f"{PHOTOS_PATH}/{{photo_id}}/complete", complete_photo_upload,
         summary="Verify the uploaded bytes and show the photo on its listing", tag="photos",

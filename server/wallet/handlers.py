@@ -11,7 +11,7 @@ from server.auth.sessions import authenticate
 from server.errors import NotFound
 from server.idempotency import idempotent_request, run_once
 from server.jsonio import json_response, read_json
-from server.openapi import ApiSpec
+from server.openapi import IDEMPOTENCY_KEY, ApiSpec
 from server.wallet.schemas import TopUpBody, WalletOut
 
 
@@ -55,4 +55,5 @@ def setup_routes(app: web.Application, spec: ApiSpec) -> None:
         app, "POST", "/api/v1/wallet/topup", top_up,
         summary="Add money (simulated provider; Idempotency-Key required)",
         tag="wallet", body=TopUpBody, response=WalletOut, auth=True, errors=(409, 429),
+        headers=(IDEMPOTENCY_KEY,),
     )  # fmt: skip

@@ -322,7 +322,7 @@ async def test_malformed_purchases_change_nothing(
         {"quantity": -1},
         {"quantity": 10_001},
         {"quantity": "1"},
-        {"quantity": 1.0},
+        {"quantity": 1.5},  # 1.0 is the integer 1 in JSON (and JSON Schema)
         {"quantity": None},
         {"quantity": 1, "unit_price": 1},
         [],
