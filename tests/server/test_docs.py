@@ -57,6 +57,7 @@ async def test_docs_csp_allows_only_this_origin(client: Client) -> None:
     assert directives["script-src"] == "'self'", "no inline or outside scripts"
     assert directives["connect-src"] == "'self'", "Try it out calls this server only"
     assert directives["default-src"] == "'none'"
+    assert "unsafe" not in csp, "no inline scripts or styles, no eval"
 
 
 async def test_bearer_scheme_backs_the_authorize_button(client: Client) -> None:
