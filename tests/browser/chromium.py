@@ -7,6 +7,7 @@ import shutil
 import subprocess
 
 NAMES = ("chromium", "chromium-browser")
+FONTS = ("fonts-noto-cjk", "fonts-noto-color-emoji")
 # apt-get may have to wait for another apt process's lock, and fetch ~100 MB.
 INSTALL_TIMEOUT_S = 900
 
@@ -43,4 +44,7 @@ def install_chromium() -> tuple[str | None, str]:
         said.append(f"$ apt-get {' '.join(step)}\n{output}")
         if step[0] == "install" and ok:
             break
+    if find_chromium() is not None:
+        # Best effort, for readable screenshots: Korean listing titles and category emoji.
+        _apt_get("install", "-y", *FONTS)
     return find_chromium(), "\n".join(said)

@@ -8,7 +8,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from playwright.async_api import Browser, ConsoleMessage, Page, ViewportSize
+from playwright.async_api import Browser, ConsoleMessage, Expect, Page, ViewportSize
 
 DEMO_USERS = 3  # demo3@jangteo.dev is in seoul-mapo, the region the tests sell in
 PHONE: ViewportSize = {"width": 390, "height": 844}
@@ -16,6 +16,11 @@ PHONE: ViewportSize = {"width": 390, "height": 844}
 LIVE_TIMEOUT_MS = 30_000
 RECONNECT_TIMEOUT_MS = 90_000
 LISTING_URL = re.compile(r"#/listing/(\d+)$")
+
+# Playwright's auto-waiting assertions, with this suite's timeout instead of the 5 s default
+# (an instance of its own, so other suites' `expect` keeps theirs).
+expect = Expect()
+expect.set_options(timeout=LIVE_TIMEOUT_MS)
 
 
 @dataclass

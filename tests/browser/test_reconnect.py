@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
-from playwright.async_api import Browser, expect
+from playwright.async_api import Browser
 
-from tests.browser.support import RECONNECT_TIMEOUT_MS, PageErrors, Screenshots, phone_page
+from tests.browser.support import (
+    RECONNECT_TIMEOUT_MS,
+    PageErrors,
+    Screenshots,
+    expect,
+    phone_page,
+)
 from tests.support import ServerProcess
 from tests.system.realtime_support import create_listing, set_price, sign_up
 

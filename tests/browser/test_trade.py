@@ -5,9 +5,16 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from playwright.async_api import Browser, FilePayload, Page, expect
+from playwright.async_api import Browser, FilePayload, Page
 
-from tests.browser.support import LISTING_URL, PageErrors, Screenshots, gradient_png, phone_page
+from tests.browser.support import (
+    LISTING_URL,
+    PageErrors,
+    Screenshots,
+    expect,
+    gradient_png,
+    phone_page,
+)
 from tests.support import PASSWORD, ServerProcess
 
 TITLE = "Brass desk lamp"

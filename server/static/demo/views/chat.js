@@ -107,7 +107,7 @@ export async function render(root, ctx, roomId) {
       other = room.other;
       clear(title, h('strong', {}, other.nickname), ' ', online,
         h('a', { class: 'muted small', href: `#/listing/${room.listing.id}` },
-          ` ${room.listing.title} · ${formatWon(room.listing.price)}`));
+          `${room.listing.title} · ${formatWon(room.listing.price)}`));
     }
     await loadMessages();
   } catch (error) {
