@@ -20,6 +20,7 @@ from server.openapi import ApiSpec
 from server.orders import handlers as order_handlers
 from server.photos.handlers import setup_photos
 from server.resources import pg_pool_ctx, redis_ctx
+from server.security_headers import setup_security_headers
 from server.settings import Settings
 from server.wallet import handlers as wallet_handlers
 
@@ -39,6 +40,7 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.token_issuer_key] = TokenIssuer(settings)
     spec = ApiSpec(title="jangteo", version=API_VERSION)
     app[keys.api_spec_key] = spec
+    setup_security_headers(app)
     app.cleanup_ctx.extend([pg_pool_ctx, redis_ctx, janitor_ctx])
     setup_realtime(app)
 
