@@ -43,6 +43,7 @@ async function route() {
   const turn = ++rendering;
   cleanup?.();
   cleanup = null;
+  document.getElementById('status').hidden = !ctx.user;
   if (!ctx.user) {
     document.getElementById('tabs').hidden = true;
     cleanup = await auth.render(view, { ...ctx, signedIn });

@@ -48,7 +48,7 @@ export async function render(root, ctx) {
     }
     clear(demoList, accounts.map((account) => {
       const button = h('button', { type: 'button', class: 'account', dataset: { email: account.email } },
-        h('strong', {}, account.nickname), h('span', { class: 'muted' }, ` ${account.region}`));
+        h('strong', {}, account.nickname), h('span', { class: 'muted' }, account.region));
       button.addEventListener('click', () => busy(button, async () => {
         await api.login(account.email, password);
         await ctx.signedIn();

@@ -112,7 +112,7 @@ export async function render(root, ctx) {
   more.addEventListener('click', () => loadPage().catch(() => {}));
 
   clear(root,
-    h('div', { class: 'view-head' }, h('h1', {}, 'Neighbourhood'), picker),
+    h('div', { class: 'view-head' }, h('h1', {}, 'Near you'), picker),
     list, more);
   await loadPage();
   feedSub.ready.then(reloadAll).catch(() => {});
