@@ -13,6 +13,7 @@ export async function render(root, ctx, roomId) {
   let otherRead = 0;
   let lastSeenId = 0;
   let lastTyping = 0;
+  let loading = false;
   let other = { nickname: 'them' };
 
   function bubble(message, pending = false) {
@@ -36,7 +37,7 @@ export async function render(root, ctx, roomId) {
     else list.append(el);
     messages.delete(message.client_id);
     el.scrollIntoView({ block: 'end' });
-    if (message.sender_id !== user.id) markRead(message.id);
+    if (message.sender_id !== user.id && !loading) markRead(message.id);
     drawRead();
   }
 
@@ -62,7 +63,14 @@ export async function render(root, ctx, roomId) {
 
   async function loadMessages() {
     const page = await api.get(`/chats/${roomId}/messages?limit=50`);
-    page.items.slice().reverse().forEach(add);
+    loading = true; // one read marker for the whole page, not one per message
+    try {
+      page.items.slice().reverse().forEach(add);
+    } finally {
+      loading = false;
+    }
+    const theirs = page.items.filter((m) => m.sender_id !== user.id).map((m) => m.id);
+    if (theirs.length) markRead(Math.max(...theirs));
   }
 
   const sub = rt.subscribe(`room:${roomId}`, {

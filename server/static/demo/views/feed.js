@@ -38,12 +38,30 @@ export async function render(root, ctx) {
     el.classList.add('changed');
   }
 
+  function forget(id) {
+    const card = cards.get(id);
+    if (!card) return;
+    card.sub.close();
+    card.el.remove();
+    cards.delete(id);
+    showEmpty();
+  }
+
   async function reload(id) {
-    put(await api.get(`/listings/${id}`), { flashIt: true });
+    try {
+      put(await api.get(`/listings/${id}`), { flashIt: true });
+    } catch (error) {
+      if (error.status === 404) forget(id); // hidden by its seller
+      else throw error;
+    }
   }
 
   function put(listing, { atTop = false, flashIt = false, since } = {}) {
-    if (listing.region !== region || listing.status === 'hidden') return;
+    if (listing.region !== region) return undefined;
+    if (listing.status === 'hidden') {
+      forget(listing.id);
+      return undefined;
+    }
     let card = cards.get(listing.id);
     if (!card) {
       card = { listing, el: h('li', { class: 'card listing-card', dataset: { listingId: listing.id } }) };
@@ -53,6 +71,10 @@ export async function render(root, ctx) {
       card.sub = rt.subscribe(`listing:${listing.id}`, {
         event: (frame) => {
           const next = applyEvent(card.listing, frame);
+          if (next?.status === 'hidden') {
+            forget(listing.id);
+            return;
+          }
           if (next) {
             card.listing = next;
             draw(card);
