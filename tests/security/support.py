@@ -111,3 +111,47 @@ def routes_with_parameters(client: Client) -> set[tuple[str, str]]:
         and route.method not in ("HEAD", "*")
         and "{" in route.resource.canonical
     }
+
+
+def valid_bodies(market: Market) -> dict[tuple[str, str], tuple[Account, dict[str, Any]]]:
+    """A body each operation with one accepts, and who sends it."""
+    client_id = str(uuid.uuid4())
+    return {
+        ("POST", "/api/v1/auth/signup"): (
+            market.stranger,
+            {
+                "email": f"p-{uuid.uuid4().hex[:8]}@example.com",
+                "password": "long enough pw",
+                "nickname": "n",
+                "region": "seoul-mapo",
+            },
+        ),
+        ("POST", "/api/v1/auth/login"): (
+            market.stranger,
+            {"email": market.stranger.email, "password": "whatever"},
+        ),
+        ("POST", "/api/v1/auth/refresh"): (
+            market.stranger,
+            {"refresh_token": market.stranger.refresh_token},
+        ),
+        ("POST", "/api/v1/auth/logout"): (
+            market.stranger,
+            {"refresh_token": market.stranger.refresh_token},
+        ),
+        ("POST", "/api/v1/listings"): (
+            market.seller,
+            {"title": "t", "price": 1, "category": "etc"},
+        ),
+        ("PATCH", "/api/v1/listings/{id}"): (market.seller, {"price": 2}),
+        ("POST", "/api/v1/wallet/topup"): (market.stranger, {"amount": 1}),
+        ("POST", "/api/v1/listings/{id}/purchase"): (market.stranger, {"quantity": 1}),
+        ("POST", "/api/v1/listings/{id}/photos"): (
+            market.seller,
+            {"content_type": "image/png", "size": 10},
+        ),
+        ("POST", "/api/v1/chats/{id}/messages"): (
+            market.buyer,
+            {"body": "hi", "client_id": client_id},
+        ),
+        ("POST", "/api/v1/chats/{id}/read"): (market.buyer, {"up_to": 1}),
+    }

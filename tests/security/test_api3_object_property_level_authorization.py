@@ -15,7 +15,7 @@ import asyncpg
 import orjson
 
 from tests.orders_support import fund
-from tests.security.support import Market, market_state, open_market
+from tests.security.support import Market, market_state, open_market, valid_bodies
 from tests.support import Account, Client
 
 DEMO_ACCOUNTS = "/api/v1/demo/accounts"
@@ -25,50 +25,6 @@ SERVER_DECIDED = {
     "id", "user_id", "seller_id", "buyer_id", "sender_id", "version", "like_count",
     "created_at", "updated_at", "balance", "amount", "unit_price", "photos", "escrow",
 }  # fmt: skip
-
-
-def _valid_bodies(market: Market) -> dict[tuple[str, str], tuple[Account, dict[str, Any]]]:
-    """A body each operation accepts, and who sends it."""
-    client_id = str(uuid.uuid4())
-    return {
-        ("POST", "/api/v1/auth/signup"): (
-            market.stranger,
-            {
-                "email": f"p-{uuid.uuid4().hex[:8]}@example.com",
-                "password": "long enough pw",
-                "nickname": "n",
-                "region": "seoul-mapo",
-            },
-        ),
-        ("POST", "/api/v1/auth/login"): (
-            market.stranger,
-            {"email": market.stranger.email, "password": "whatever"},
-        ),
-        ("POST", "/api/v1/auth/refresh"): (
-            market.stranger,
-            {"refresh_token": market.stranger.refresh_token},
-        ),
-        ("POST", "/api/v1/auth/logout"): (
-            market.stranger,
-            {"refresh_token": market.stranger.refresh_token},
-        ),
-        ("POST", "/api/v1/listings"): (
-            market.seller,
-            {"title": "t", "price": 1, "category": "etc"},
-        ),
-        ("PATCH", "/api/v1/listings/{id}"): (market.seller, {"price": 2}),
-        ("POST", "/api/v1/wallet/topup"): (market.stranger, {"amount": 1}),
-        ("POST", "/api/v1/listings/{id}/purchase"): (market.stranger, {"quantity": 1}),
-        ("POST", "/api/v1/listings/{id}/photos"): (
-            market.seller,
-            {"content_type": "image/png", "size": 10},
-        ),
-        ("POST", "/api/v1/chats/{id}/messages"): (
-            market.buyer,
-            {"body": "hi", "client_id": client_id},
-        ),
-        ("POST", "/api/v1/chats/{id}/read"): (market.buyer, {"up_to": 1}),
-    }
 
 
 def _walk_keys(value: Any) -> set[str]:
@@ -145,7 +101,7 @@ async def test_every_body_refuses_unknown_and_read_only_fields(
         for method, operation in operations.items()
         if "requestBody" in operation
     }
-    bodies = _valid_bodies(market)
+    bodies = valid_bodies(market)
     assert set(bodies) == with_bodies, "a request body this test does not know"
     before = await market_state(db)
     for (method, path), (account, body) in bodies.items():
