@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import aiohttp
 import pytest
 from playwright.async_api import Browser
@@ -17,7 +19,7 @@ from tests.support import ServerProcess
 from tests.system.realtime_support import create_listing, set_price, sign_up
 
 
-def restart_on(port: int, env: dict[str, str]) -> ServerProcess:
+def restart_on(port: int, env: Mapping[str, str]) -> ServerProcess:
     """A new instance on the port the page's origin names, as after a deploy or a crash."""
     server = ServerProcess(env)
     server.port = port
@@ -68,6 +70,51 @@ async def test_the_page_reconnects_and_resumes_every_event_it_missed(
             await expect(changes).to_contain_text(["₩800 → ₩700", "₩900 → ₩800", "₩1,000 → ₩900"])
             await expect(page.locator(".listing .price .now")).to_have_text("₩700")
             await screenshots.take("caught-up", viewer=page)
+            assert errors.uncaught == []
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.usefixtures("demo_accounts")
+async def test_a_resync_reloads_the_listing_over_rest(
+    browser: Browser, browser_env: dict[str, str], screenshots: Screenshots
+) -> None:
+    page_server = ServerProcess(browser_env).start()
+    other = ServerProcess(browser_env).start()
+    servers = [page_server, other]
+    try:
+        async with aiohttp.ClientSession() as http:
+            seller = await sign_up(http, other)
+            listing_id = await create_listing(http, other, seller)
+            errors = PageErrors()
+            page = await phone_page(browser, page_server.url, errors)
+            status = page.locator("#status")
+            await page.goto(f"/#/listing/{listing_id}")
+            await page.locator('.account[data-email="demo3@jangteo.dev"]').click()
+            await expect(status).to_have_attribute("data-state", "live")
+            await expect(page.locator(".listing .price .now")).to_have_text("₩1,000")
+
+            page_server.stop()
+            await expect(status).to_have_attribute(
+                "data-state", "reconnecting", timeout=RECONNECT_TIMEOUT_MS
+            )
+            for price in (900, 800, 700):
+                await set_price(http, other, seller, listing_id, price)
+            # The instance comes back replaying at most one event: the page is too far behind.
+            short_replay = {**browser_env, "JANGTEO_WS_REPLAY_LIMIT": "1"}
+            servers.append(restart_on(page_server.port, short_replay))
+            await expect(status).to_have_attribute(
+                "data-state", "live", timeout=RECONNECT_TIMEOUT_MS
+            )
+            await expect(page.locator(".listing .price .now")).to_have_text("₩700")
+            # Nothing was replayed; the state came from REST, and live events flow again.
+            await expect(page.locator(".activity li")).to_have_count(0)
+            await set_price(http, other, seller, listing_id, 600)
+            await expect(page.locator(".listing .price .now")).to_have_text("₩600")
+            await expect(page.locator(".activity li")).to_contain_text(["Price ₩700 → ₩600"])
+            await screenshots.take("resynced", viewer=page)
             assert errors.uncaught == []
     finally:
         for server in servers:
