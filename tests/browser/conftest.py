@@ -18,20 +18,31 @@ from tests.support import REPO_ROOT, ServerProcess, make_settings
 ARTIFACTS = REPO_ROOT / ".artifacts" / "browser"
 
 
+# What apt-get said when Chromium had to be installed, for the failure message.
+_INSTALL_LOG: list[str] = []
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Install Chromium before any test runs when browser tests are selected and it is
+    missing: apt-get can take longer than one test's timeout."""
+    here = Path(__file__).parent
+    if find_chromium() is None and any(here in item.path.parents for item in items):
+        _, said = install_chromium()
+        _INSTALL_LOG.append(said)
+
+
 @pytest.fixture(scope="session")
 def chromium_executable() -> str:
     """Chromium on PATH, installed from Debian's packages when missing; never skipped."""
     found = find_chromium()
-    if found is not None:
-        return found
-    installed, said = install_chromium()
-    if installed is None:
+    if found is None:
+        said = "\n".join(_INSTALL_LOG) or "(no install was attempted)"
         pytest.fail(
             "the browser tests need Chromium: it is not on PATH and "
             f"`apt-get install -y chromium` did not provide it:\n{said}",
             pytrace=False,
         )
-    return installed
+    return found
 
 
 @pytest.fixture
