@@ -119,3 +119,36 @@ async def test_a_resync_reloads_the_listing_over_rest(
     finally:
         for server in servers:
             server.stop()
+
+
+async def test_the_backoff_is_exponential_with_full_jitter(
+    browser: Browser, browser_env: dict[str, str]
+) -> None:
+    server = ServerProcess(browser_env).start()
+    try:
+        page = await phone_page(browser, server.url, PageErrors())
+        await page.goto("/")
+        # The page's own module, with Math.random pinned to both ends of its range.
+        bounds = await page.evaluate(
+            """async () => {
+                const { Realtime } = await import('/demo/socket.js');
+                const options = { backoffBase: 500, backoffCap: 30000 };
+                const client = new Realtime(async () => ({}), options);
+                const random = Math.random;
+                try {
+                    Math.random = () => 1;
+                    const longest = [0, 1, 2, 3, 6, 7, 60].map((n) => client.backoffDelay(n));
+                    Math.random = () => 0;
+                    const shortest = [0, 7].map((n) => client.backoffDelay(n));
+                    return { longest, shortest };
+                } finally {
+                    Math.random = random;
+                }
+            }"""
+        )
+        assert bounds == {
+            "longest": [500, 1000, 2000, 4000, 30000, 30000, 30000],
+            "shortest": [0, 0],
+        }
+    finally:
+        server.stop()
