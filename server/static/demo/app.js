@@ -34,6 +34,14 @@ const ctx = { api, bus, user: null, rt: null, refreshWallet, refreshChatBadge, n
 let cleanup = null;
 let rendering = 0;
 
+function match(hash) {
+  for (const [pattern, module, tab] of ROUTES) {
+    const found = hash.match(pattern);
+    if (found) return { module, tab, params: found.slice(1) };
+  }
+  return { module: feed, tab: 'feed', params: [] };
+}
+
 function navigate(hash) {
   if (location.hash === hash) route();
   else location.hash = hash;
@@ -49,14 +57,13 @@ async function route() {
     cleanup = await auth.render(view, { ...ctx, signedIn });
     return;
   }
-  const [, module, tab, params] = ROUTES.map(([pattern, m, t]) => [pattern, m, t, location.hash.match(pattern)])
-    .find(([, , , match]) => match) ?? [null, feed, 'feed', []];
+  const { module, tab, params } = match(location.hash);
   for (const link of document.querySelectorAll('#tabs a')) {
     link.classList.toggle('active', link.dataset.tab === tab);
   }
   clear(view, h('p', { class: 'muted loading' }, 'Loading…'));
   try {
-    const done = await module.render(view, ctx, ...(params ?? []).slice(1));
+    const done = await module.render(view, ctx, ...params);
     if (turn === rendering) cleanup = done ?? null;
     else done?.(); // the user moved on while this view was loading
   } catch (error) {

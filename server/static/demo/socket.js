@@ -137,6 +137,7 @@ export class Realtime extends EventTarget {
       if (error.status === 401) throw Object.assign(new Error('signed out'), { code: CLOSE_REVOKED });
       return false; // network down, 5xx, 429: try again after the backoff
     }
+    if (this.stopped) return false;
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
     const ws = new WebSocket(`${scheme}//${location.host}/api/v1/ws?ticket=${encodeURIComponent(ticket)}`);
     return new Promise((resolve, reject) => {
