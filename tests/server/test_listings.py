@@ -66,7 +66,7 @@ INVALID_VALUES: list[tuple[str, Any]] = [
     ("quantity", -1),
     ("quantity", 10_001),
     ("quantity", "1"),
-    ("quantity", 1.0),
+    ("quantity", 1.5),  # 1.0 is the integer 1 in JSON (and JSON Schema)
     ("category", "cars"),
     ("category", "Digital"),
     ("category", ""),
