@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from aiohttp import hdrs, web
+from aiohttp import hdrs, web, web_response
 
 from server import keys
 from server.settings import Settings
@@ -72,3 +72,6 @@ class SecurityHeaders:
 
 def setup_security_headers(app: web.Application) -> None:
     app.on_response_prepare.append(SecurityHeaders(app[keys.settings_key]))
+    # aiohttp answers a request it cannot parse (400) without the app, naming itself and
+    # its version by default; this is the only place that default can be changed.
+    web_response.SERVER_SOFTWARE = SERVER_NAME  # type: ignore[attr-defined]

@@ -8,6 +8,7 @@ handshakes accepted and refused, and static files.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 from collections.abc import Mapping
@@ -147,3 +148,18 @@ async def test_cors_is_closed(client: Client) -> None:
     cross_site = await client.get("/api/v1/me", headers={**evil, **account.auth})
     assert cross_site.status == 200
     assert_hardened("cross-origin GET", cross_site.headers)
+
+
+async def test_a_request_aiohttp_cannot_parse_names_no_version(client: Client) -> None:
+    """Answered by aiohttp before any app code runs: the one answer no hook sees."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+        await writer.drain()
+        head = (await reader.read(4096)).decode(errors="replace")
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    assert head.split("\r\n")[0].split()[1] == "400", head
+    server = next(line for line in head.split("\r\n") if line.lower().startswith("server:"))
+    assert not re.search(r"\d|aiohttp|python", server, re.IGNORECASE), server
