@@ -41,6 +41,9 @@ POSTGRES_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.QueryCanceledError,
     asyncpg.AdminShutdownError,
+    # asyncpg's protocol confused by a server that died mid-message (a FATAL read, the
+    # close not yet): seen when PostgreSQL shuts down under load. The pool drops it.
+    asyncpg.InternalClientError,
 )
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
 

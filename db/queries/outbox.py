@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -9,6 +10,8 @@ from typing import Any
 import asyncpg
 
 from db.types import Connection
+
+log = logging.getLogger(__name__)
 
 # Internal channel: session revocations, which every instance follows to close sockets.
 SESSIONS_CHANNEL = "sessions"
@@ -43,6 +46,13 @@ async def notify_if_events_written(conn: asyncpg.Connection) -> None:
     pid = conn.get_server_pid()
     if pid in _notify_on_release:
         _notify_on_release.discard(pid)
-        await conn.execute(
-            f"SET LOCAL synchronous_commit = off; SELECT pg_notify('{NOTIFY_CHANNEL}', '')"
-        )
+        try:
+            await conn.execute(
+                f"SET LOCAL synchronous_commit = off; SELECT pg_notify('{NOTIFY_CHANNEL}', '')"
+            )
+        except Exception as error:
+            # Best effort, whatever went wrong: raising here would replace the request's
+            # own outcome (a 200 for a committed change, or the error of a failed commit)
+            # with this one. The relay's poll finds the rows; the connection is dropped.
+            log.warning("relay wake-up failed after commit", extra={"error": repr(error)})
+            conn.terminate()

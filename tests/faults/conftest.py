@@ -2,13 +2,20 @@
 
 The shared PostgreSQL and Redis serve every other test running at the same time: a
 fault test never stops, pauses, black-holes or disconnects them. It stops its own.
+
+Their data lives in directories of their own, not under pytest's tmp_path: a pytest run
+starting elsewhere on the machine may prune older numbered tmp directories, and a
+cluster whose files vanish cannot be started again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -22,13 +29,34 @@ from tests.faults.proxy import TcpProxy
 _databases = itertools.count(1)
 
 
+def _scratch(name: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"jangteo-faults-{name}-"))
+
+
 @pytest.fixture(scope="session")
-def own_postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+def own_postgres_server() -> Iterator[EmbeddedPostgres]:
     """A PostgreSQL cluster of the fault tests' own (initdb once per run)."""
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("faults") / "postgres", free_port())
-    server.ensure_running()
-    yield server
-    server.stop()
+    directory = _scratch("postgres")
+    server = EmbeddedPostgres(directory / "postgres", free_port())
+    try:
+        server.ensure_running()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def own_redis() -> Iterator[EmbeddedRedis]:
+    """A Redis of this test's own (overrides the suite-wide one: see the module docstring)."""
+    directory = _scratch("redis")
+    server = EmbeddedRedis(directory / "redis", free_port())
+    try:
+        server.ensure_running()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture

@@ -25,7 +25,10 @@ async def _more_writes(market: Market) -> None:
     async def advanced() -> bool:
         return all(now >= then + 3 for now, then in zip(_progress(market), before, strict=True))
 
-    await eventually(advanced, f"more writes acknowledged than {before}")
+    try:
+        await eventually(advanced, f"more writes acknowledged than {before}")
+    except AssertionError as error:
+        raise AssertionError(f"{error}: {market.answers[-3:]}\n{market.logs()}") from None
 
 
 async def test_redis_killed_and_restarted_under_traffic_loses_nothing(
@@ -55,7 +58,7 @@ async def test_redis_killed_and_restarted_under_traffic_loses_nothing(
 
             # No write was refused: none of them needs Redis.
             refused = [answer for answer in market.answers if answer.status not in (200, 201)]
-            assert not refused, refused[:3]
+            assert not refused, (refused[:3], market.logs())
             assert market.chat_refusals == 0
             await audit(market, db, database_url)
     finally:
