@@ -245,11 +245,11 @@ async def audit(market: Market, db: asyncpg.Connection, database_url: str) -> No
     await check_money(db)
     await check_order_events(db)
 
-    stored = await db.fetch(
+    messages = await db.fetch(
         "SELECT client_id::text AS client_id, id FROM chat_messages WHERE room_id = $1",
         market.room,
     )
-    assert {row["client_id"]: row["id"] for row in stored} == market.messages  # once each
+    assert {row["client_id"]: row["id"] for row in messages} == market.messages  # once each
 
     await wait_relayed(db)
     for socket, channel, start in market.watchers:
