@@ -28,7 +28,6 @@ from tests.server.test_photos import (
     get_listing,
     photo_events,
     photo_row,
-    photos_url,
     problem,
 )
 from tests.support import Account, Client, sign_up
@@ -219,21 +218,6 @@ async def test_presigned_urls_name_s3_as_clients_reach_it(
     photo_url = (await response.json())["url"]
     assert photo_url.startswith(f"{outside}/")
     assert await fetch(photo_url) == (200, PNG)
-
-
-async def test_s3_down_is_a_503_and_takes_no_slot(
-    aiohttp_client: AiohttpClient, s3_settings: Settings, db: asyncpg.Connection
-) -> None:
-    # Nothing listens there: the app still starts, and photo requests fail fast and clearly.
-    down = s3_settings.replace(s3_endpoint=f"http://127.0.0.1:{free_port()}", s3_timeout=0.5)
-    client = await aiohttp_client(create_app(down))
-    seller = await sign_up(client)
-    listing_id = await create_listing(client, seller)
-    body = {"content_type": "image/png", "size": len(PNG)}
-    response = await client.post(photos_url(listing_id), json=body, headers=seller.auth)
-    await problem(response, 503, "storage-unavailable")
-    assert int(response.headers["Retry-After"]) >= 1
-    assert await db.fetchval("SELECT count(*) FROM listing_photos") == 0
 
 
 async def test_deleting_an_object_removes_it_from_the_bucket(
