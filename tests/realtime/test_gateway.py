@@ -20,7 +20,6 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import ClientWebSocketResponse, WSMsgType, WSServerHandshakeError
 
-from realtime import connection as connection_module
 from realtime import gateway as gateway_module
 from server import keys
 from server.settings import Settings
@@ -740,66 +739,6 @@ async def test_a_ticket_from_before_logout_is_closed_with_4401(client: Client) -
     assert response.status == 204
     ws = await connect(client, ticket)
     assert await closed_with(ws) == SESSION_ENDED
-
-
-# -- slow consumers --------------------------------------------------------------------------
-
-
-async def test_a_client_that_stops_reading_is_closed_with_1013_and_others_get_everything(
-    make_client: ClientFactory,
-    settings: Settings,
-    db: asyncpg.Connection,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # The close frame waits behind what the slow client has not read; give it time to read.
-    monkeypatch.setattr(connection_module, "CLOSE_TIMEOUT_S", 60.0)
-    client = await make_client(settings.replace(ws_send_queue=4))
-    account = await sign_up(client)
-    slow = await open_socket(client, account)
-    normal = await open_socket(client, account)
-    channel = "listing:1"
-    assert await subscribed(slow, channel) == 0
-    assert await subscribed(normal, channel) == 0
-    assert slow._response.connection is not None
-    slow_transport = slow._response.connection.transport
-    assert slow_transport is not None
-    slow_transport.pause_reading()
-
-    # Rounds of 4 events of 60 kB: the normal reader takes each round before the next one,
-    # so its queue never holds more than two frames; the slow one's buffers fill up.
-    received: list[JsonObject] = []
-    for _ in range(1000):
-        await db.execute(
-            "INSERT INTO outbox (channel, type, data) SELECT $1, 'test.big',"
-            " jsonb_build_object('n', n, 'blob', repeat('x', 60000))"
-            " FROM generate_series($2::int, $2::int + 3) AS n",
-            channel,
-            len(received),
-        )
-        received += [await receive(normal) for _ in range(4)]
-        if await metric(client, "jangteo_ws_closes_total", '{reason="slow"}') >= 1:
-            break
-    assert await metric(client, "jangteo_ws_closes_total", '{reason="slow"}') == 1
-
-    # One more round: the normal subscriber is unaffected.
-    await db.execute(
-        "INSERT INTO outbox (channel, type, data) VALUES ($1, 'test.small', '{}')", channel
-    )
-    received.append(await receive(normal))
-    assert [frame["data"].get("n") for frame in received[:-1]] == list(range(len(received) - 1))
-    assert received == await published(db, channel)  # every event, in order
-
-    slow_transport.resume_reading()
-    got: list[JsonObject] = []
-    while True:
-        message = await slow.receive(timeout=TIMEOUT)
-        if message.type is not WSMsgType.TEXT:
-            break
-        got.append(orjson.loads(message.data))
-    assert message.type is WSMsgType.CLOSE, message
-    assert (message.data, message.extra) == (1013, "too slow; resume with since")
-    assert 0 < len(got) < len(received)
-    assert got == received[: len(got)]  # a gapless prefix: it resumes with since
 
 
 # -- health and shutdown ---------------------------------------------------------------------
