@@ -2,7 +2,7 @@
 
 Run as ``python -m loadtests.bench_report`` (the last step of ``make bench``). It reads
 ``loadtests/results/*.json``, writes ``loadtests/results/bench-latest.json`` and rewrites the
-table between the ``bench-table`` markers in ``BENCHMARKS.md``. It runs nothing: a target
+table between the ``bench-table`` markers in ``BENCHMARKS.md`` and ``README.md``. It runs nothing: a target
 whose figure or same-run reference is missing from the results is "not measured".
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "loadtests" / "results"
-DOC = ROOT / "BENCHMARKS.md"
+DOCS = (ROOT / "BENCHMARKS.md", ROOT / "README.md")  # each holds the table between markers
 START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
 SOURCES = ("http", "listings", "purchase", "realtime", "realtime-20k", "chat", "loadtest-latest")
 Row = dict[str, Any]
@@ -367,10 +367,10 @@ def main() -> None:
         },
     }
     (RESULTS / "bench-latest.json").write_text(json.dumps(report, indent=2) + "\n")
-    doc = DOC.read_text()
-    head, rest = doc.split(START, 1)
-    _, tail = rest.split(END, 1)
-    DOC.write_text(f"{head}{START}\n{table(rows)}\n{END}{tail}")
+    for path in DOCS:
+        head, rest = path.read_text().split(START, 1)
+        _, tail = rest.split(END, 1)
+        path.write_text(f"{head}{START}\n{table(rows)}\n{END}{tail}")
     print(table(rows))
 
 
