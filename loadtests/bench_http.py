@@ -470,6 +470,7 @@ def run(args: argparse.Namespace) -> int:
         "benchmark": "http",
         "date": date,
         "machine": machine(load_before),
+        "versions": versions(),
         "load": {
             "tool": "wrk",
             "duration_s": args.duration,

@@ -42,6 +42,7 @@ from loadtests.bench_http import (
     jangteo_command,
     machine,
     run_checked,
+    versions,
 )
 from server.auth.tokens import TokenIssuer
 from server.embedded.process import free_port
@@ -1026,6 +1027,7 @@ def run(args: argparse.Namespace) -> int:
         "benchmark": "purchase",
         "date": date,
         "machine": machine(load_before),
+        "versions": versions(),
         "load": {
             "buyers": args.buyers,
             "warmup_s": args.warmup,

@@ -2,8 +2,9 @@
 
 Run as ``python -m loadtests.bench_report`` (the last step of ``make bench``). It reads
 ``loadtests/results/*.json``, writes ``loadtests/results/bench-latest.json`` and rewrites the
-table between the ``bench-table`` markers in ``BENCHMARKS.md`` and ``README.md``. It runs nothing: a target
-whose figure or same-run reference is missing from the results is "not measured".
+table between the ``bench-table`` markers in ``BENCHMARKS.md`` and ``README.md``. It runs
+nothing: a target whose figure or same-run reference is missing from the results is "not
+measured".
 """
 
 from __future__ import annotations
