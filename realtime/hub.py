@@ -39,6 +39,7 @@ TRANSIENT_ERRORS = (
     TimeoutError,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # a connection whose server died mid-message
     RedisError,
 )
 

@@ -113,7 +113,10 @@ class OutboxRelay:
         while not self.stopping:
             try:
                 await self._serve_once()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as error:
+            except (
+                OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                asyncpg.InternalClientError,  # its server died mid-message: connect again
+            ) as error:  # fmt: skip
                 log.warning("relay connection failed", extra={"error": repr(error)})
             finally:
                 self._set_leader(False)
