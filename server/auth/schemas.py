@@ -17,7 +17,9 @@ REGION_PATTERN = r"^[a-z][a-z0-9-]{1,39}$"
 
 Email = Annotated[str, StringConstraints(max_length=254, pattern=EMAIL_PATTERN)]
 Password = Annotated[str, StringConstraints(min_length=8, max_length=128)]
-Nickname = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=30)]
+Nickname = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=30, pattern=r"\S")
+]
 Region = Annotated[str, StringConstraints(pattern=REGION_PATTERN)]
 # Refresh tokens are 43 characters; the bound is loose enough that any token a client could
 # mix up with one (an access token, say) is looked up and refused with 401, not 422.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 from pydantic import Field, StringConstraints
@@ -15,7 +15,10 @@ Category = Literal[
     "digital", "appliances", "furniture", "kids", "fashion", "beauty", "sports",
     "hobby", "books", "pets", "plants", "food", "tickets", "etc",
 ]  # fmt: skip
-Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+# A pattern as well as the length: the published schema cannot strip, so "   " must fail it.
+Title = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=r"\S")
+]
 Description = Annotated[str, StringConstraints(max_length=5000)]
 Price = Annotated[int, Field(ge=0, le=10_000_000_000)]
 Quantity = Annotated[int, Field(ge=0, le=10_000)]
@@ -34,7 +37,18 @@ class ListingCreate(StrictModel):
     region: Region | None = None  # the seller's own region when left out
 
 
+def _left_out_never_null(schema: dict[str, Any]) -> None:
+    """A PATCH field may be left out but not sent as null (refused with 422): say so."""
+    for described in schema["properties"].values():
+        branches = described.pop("anyOf", [])
+        kept = [branch for branch in branches if branch.get("type") != "null"]
+        described.update(kept[0] if len(kept) == 1 else {"anyOf": kept} if kept else {})
+        described.pop("default", None)
+
+
 class ListingPatch(StrictModel):
+    model_config = pydantic.ConfigDict(json_schema_extra=_left_out_never_null)
+
     title: Title | None = None
     description: Description | None = None
     price: Price | None = None

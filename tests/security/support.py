@@ -1,4 +1,4 @@
-"""Helpers of the security suite: accounts over plain HTTP, and the app's own routes."""
+"""Helpers of the security suite: a market with one of everything, its state, its routes."""
 
 from __future__ import annotations
 
