@@ -121,6 +121,9 @@ async def test_a_silent_redis_costs_no_request_more_than_twice_its_timeout(
         answers = [answer for done in await asyncio.gather(*workers) for answer in done]
         opened = await metric(http, server, "jangteo_redis_breaker_opened_total")
         rejected = await metric(http, server, "jangteo_redis_breaker_rejected_total")
+        bypassed = await metric(
+            http, server, 'jangteo_cache_lookups_total{kind="detail",outcome="bypass"}'
+        )
         redis_proxy.restore()
         await wait_ready(http, server)
 
@@ -134,6 +137,7 @@ async def test_a_silent_redis_costs_no_request_more_than_twice_its_timeout(
         slowest = max([a for a in answers if a.what != "login"] + [ticket], key=lambda a: a.seconds)
         assert slowest.seconds < 2 * REDIS_TIMEOUT_S, slowest
         assert opened >= 1 and rejected > 0, (opened, rejected)
+        assert bypassed > 0  # listing reads went to PostgreSQL, not to a stale copy
 
         # Every acknowledged edit is in PostgreSQL once, with its event.
         for listing_id, prices in zip(listings, acked, strict=True):
