@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import pytest
+import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
-from server.redis_breaker import CLOSED, HALF_OPEN, OPEN, RedisBreaker, RedisUnavailable
+from server.embedded.process import free_port
+from server.redis_breaker import (
+    CLOSED,
+    HALF_OPEN,
+    OPEN,
+    RedisBreaker,
+    RedisUnavailable,
+    guarded_pool,
+)
 
 
 class Clock:
@@ -94,3 +104,42 @@ def test_switched_off_it_never_refuses() -> None:
     subject.failed(timed_out=True)
     subject.admit()
     assert not subject.refusing
+
+
+# -- in the app's pool, against real sockets --------------------------------------------------
+
+
+def _client(url: str, subject: RedisBreaker) -> aioredis.Redis:
+    pool = guarded_pool(url, subject, max_connections=4, timeout=0.5)
+    return aioredis.Redis.from_pool(pool)
+
+
+async def test_refused_connections_open_it_and_then_calls_fail_without_trying() -> None:
+    subject = breaker(Clock(), cooldown=60.0)
+    client = _client(f"redis://127.0.0.1:{free_port()}/0", subject)  # nothing listens there
+    try:
+        for _ in range(3):
+            with pytest.raises(RedisConnectionError) as refused:
+                await client.get("key")
+            assert not isinstance(refused.value, RedisUnavailable)
+        with pytest.raises(RedisUnavailable):
+            await client.get("key")
+    finally:
+        await client.aclose()
+
+
+async def test_an_answer_even_an_error_reply_closes_it(redis_url: str) -> None:
+    clock = Clock()
+    subject = breaker(clock)
+    client = _client(redis_url, subject)
+    try:
+        subject.failed(timed_out=True)
+        with pytest.raises(RedisUnavailable):
+            await client.ping()
+        clock.now += 2.1
+        with pytest.raises(ResponseError):
+            await client.eval("return redis.error_reply('no')", 0)  # the probe: Redis answered
+        assert subject.state == CLOSED
+        assert await client.ping()
+    finally:
+        await client.aclose()
