@@ -23,6 +23,7 @@ from tests.faults.proxy import TcpProxy
 from tests.faults.support import (
     GENEROUS_LIMIT,
     Timed,
+    eventually,
     metric,
     ready_status,
     server_env,
@@ -113,6 +114,13 @@ async def test_a_silent_redis_costs_no_request_more_than_twice_its_timeout(
             for user, listing, prices in zip(users, listings, acked, strict=True)
         ]
         await wait_ready(http, server, 503)
+
+        async def breaker_reported() -> bool:  # /readyz names the open breaker
+            async with http.get(f"{server.url}/readyz") as response:
+                body = orjson.loads(await response.read())
+            return bool(body.get("checks", {}).get("redis") == "error: RedisUnavailable")
+
+        await eventually(breaker_reported, "/readyz reports the open breaker")
         ticket = await timed(
             http, "ticket", "POST", f"{server.url}/api/v1/ws/ticket", headers=users[0].auth
         )
