@@ -30,6 +30,7 @@ from tests.faults.support import (
     timed,
     wait_ready,
 )
+from tests.orders_support import fund
 from tests.support import PASSWORD, ServerProcess
 from tests.system.realtime_support import (
     User,
@@ -46,8 +47,12 @@ OUTAGE_S = 4 * REDIS_TIMEOUT_S  # several breaker cooldowns, so probes happen me
 
 @pytest.fixture
 def server(
-    database_url: str, own_redis: EmbeddedRedis, redis_proxy: TcpProxy
+    request: pytest.FixtureRequest,
+    database_url: str,
+    own_redis: EmbeddedRedis,
+    redis_proxy: TcpProxy,
 ) -> Iterator[ServerProcess]:
+    """One instance whose Redis is behind the proxy; its purchase strategy may be a param."""
     env = server_env(
         database_url,
         redis_proxy.url(own_redis.url),
@@ -58,6 +63,7 @@ def server(
         RATE_LIMIT_WRITES=GENEROUS_LIMIT,
         RATE_LIMIT_AUTH_IP=GENEROUS_LIMIT,
         RATE_LIMIT_AUTH_EMAIL=GENEROUS_LIMIT,
+        PURCHASE_STRATEGY=getattr(request, "param", "atomic"),
     )
     process = ServerProcess(env).start()
     yield process
@@ -165,3 +171,33 @@ async def test_a_silent_redis_costs_no_request_more_than_twice_its_timeout(
         assert watcher.offsets(channel) == await committed_offsets(database_url, channel, start)
         assert [e["data"]["price"] for e in watcher.events[channel]] == acked[0]
         assert await ready_status(http, server) == 200
+
+
+@pytest.mark.parametrize("server", ["redis_lock"], indirect=True)
+async def test_purchases_that_need_a_redis_lock_fail_fast_and_closed_while_redis_is_silent(
+    server: ServerProcess, redis_proxy: TcpProxy, db: asyncpg.Connection
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        await wait_ready(http, server)
+        seller = await sign_up(http, server)
+        buyer = await sign_up(http, server)
+        await fund(db, buyer.user_id, 10_000)
+        listing_id = await create_listing(http, server, seller)
+        url = f"{server.url}/api/v1/listings/{listing_id}/purchase"
+        headers = {**buyer.auth, "Idempotency-Key": "bought-once"}
+
+        redis_proxy.blackhole()
+        refused = [
+            await timed(http, "purchase", "POST", url, json={"quantity": 1}, headers=headers)
+            for _ in range(5)
+        ]
+        for answer in refused:  # closed: no purchase without its lock, and no long wait
+            assert (answer.status, answer.retry_after) == (503, "2"), answer
+            assert answer.seconds < 2 * REDIS_TIMEOUT_S, answer
+        assert await db.fetchval("SELECT count(*) FROM orders") == 0
+
+        redis_proxy.restore()
+        await wait_ready(http, server)
+        bought = await timed(http, "purchase", "POST", url, json={"quantity": 1}, headers=headers)
+        assert bought.status == 201, bought
+        assert await db.fetchval("SELECT count(*) FROM orders") == 1
