@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -169,9 +171,18 @@ def two_servers(server_env: dict[str, str]) -> Iterator[tuple[ServerProcess, Ser
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    """A Redis of this test's own, so stopping or pausing it disturbs nothing else."""
-    server = EmbeddedRedis(tmp_path / "redis", free_port())
-    server.ensure_running()
-    yield server
-    server.stop()
+def own_redis() -> Iterator[EmbeddedRedis]:
+    """A Redis of this test's own, so stopping or pausing it disturbs nothing else.
+
+    Its files are not under tmp_path: a pytest run starting elsewhere on the machine may
+    prune older numbered tmp directories, and a server whose files vanished mid-test
+    cannot be started again.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="jangteo-test-redis-"))
+    server = EmbeddedRedis(directory / "redis", free_port())
+    try:
+        server.ensure_running()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)

@@ -47,19 +47,6 @@ def own_postgres_server() -> Iterator[EmbeddedPostgres]:
 
 
 @pytest.fixture
-def own_redis() -> Iterator[EmbeddedRedis]:
-    """A Redis of this test's own (overrides the suite-wide one: see the module docstring)."""
-    directory = _scratch("redis")
-    server = EmbeddedRedis(directory / "redis", free_port())
-    try:
-        server.ensure_running()
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture
 def own_postgres(own_postgres_server: EmbeddedPostgres) -> Iterator[str]:
     """A fresh, migrated database on the fault tests' own PostgreSQL (started if a test
     stopped it); its URL."""
