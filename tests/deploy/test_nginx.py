@@ -152,3 +152,12 @@ def _location(conf: Directive, path: str) -> Directive:
 
 def _all_values(conf: Directive, name: str) -> list[list[str]]:
     return [directive.args for directive in conf.find(name)]
+
+
+def test_metrics_are_not_served_at_the_edge(conf: Directive) -> None:
+    """Prometheus scrapes replicas directly; the public edge answers 404 for /metrics."""
+    assert "/metrics" in app_paths()
+    exact = [location for location in conf.find("location") if location.args == ["=", "/metrics"]]
+    assert len(exact) == 1, "nginx forwards /metrics to the apps"
+    assert exact[0].values("return") == [["404"]]
+    assert not exact[0].values("proxy_pass")
