@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from server.request_stats import RequestStats
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -14,19 +14,8 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.request_duration = Histogram(
-            "jangteo_http_request_duration_seconds",
-            "HTTP request latency by route",
-            ["method", "route"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.requests = Counter(
-            "jangteo_http_requests",
-            "HTTP responses by route and status",
-            ["method", "route", "status"],
-            registry=self.registry,
-        )
+        self.request_stats = RequestStats(LATENCY_BUCKETS)
+        self.registry.register(self.request_stats)
         self.rate_limited = Counter(
             "jangteo_rate_limited",
             "Requests refused by a rate limit",
@@ -77,23 +66,8 @@ class Metrics:
             registry=self.registry,
         )
 
-        # Label children looked up once per (method, route[, status]), not on every request.
-        self._durations: dict[tuple[str, str], Any] = {}
-        self._counts: dict[tuple[str, str, int], Any] = {}
-
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        duration = self._durations.get((method, route))
-        if duration is None:
-            duration = self._durations[(method, route)] = self.request_duration.labels(
-                method, route
-            )
-        duration.observe(seconds)
-        count = self._counts.get((method, route, status))
-        if count is None:
-            count = self._counts[(method, route, status)] = self.requests.labels(
-                method, route, str(status)
-            )
-        count.inc()
+        self.request_stats.observe(method, route, status, seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
