@@ -39,10 +39,15 @@ def make_app(routes: dict[str, bytes]) -> web.Application:
 
 def run_process(host: str, port: int, routes: dict[str, bytes], reuse_port: bool) -> None:
     """Serve in this process until SIGTERM or SIGINT."""
+    serve_app(make_app(routes), host, port, reuse_port)
+
+
+def serve_app(app: web.Application, host: str, port: int, reuse_port: bool) -> None:
+    """``app`` on uvloop in this process, as a baseline runs: no access log, a deep backlog."""
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     web.run_app(
-        make_app(routes),
+        app,
         host=host,
         port=port,
         reuse_port=reuse_port,

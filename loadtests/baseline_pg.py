@@ -9,17 +9,15 @@ framework of its own would do (no auth, no cache, no middleware, no validation).
 from __future__ import annotations
 
 import argparse
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import orjson
-import uvloop
 from aiohttp import web
 
 from db.queries.listings import LISTING_SELECT
-from loadtests.baseline_app import run_processes
+from loadtests.baseline_app import run_processes, serve_app
 
 DETAIL_SQL = LISTING_SELECT + " WHERE l.id = $1"
 POOL_KEY = web.AppKey("pool", asyncpg.Pool)
@@ -59,18 +57,7 @@ def make_app(database_url: str, pool_size: int) -> web.Application:
 
 def run_process(host: str, port: int, database_url: str, pool_size: int, reuse: bool) -> None:
     """Serve in this process until SIGTERM or SIGINT."""
-    loop = uvloop.new_event_loop()
-    asyncio.set_event_loop(loop)
-    web.run_app(
-        make_app(database_url, pool_size),
-        host=host,
-        port=port,
-        reuse_port=reuse,
-        backlog=2048,
-        access_log=None,
-        print=None,
-        loop=loop,
-    )
+    serve_app(make_app(database_url, pool_size), host, port, reuse)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,7 +19,13 @@ from server.embedded.process import free_port
 from server.embedded.redis import EmbeddedRedis
 from server.embedded.stack import EmbeddedStack
 from server.settings import Settings
-from tests.support import TEST_JWT_SECRET, Client, ServerProcess, make_settings
+from tests.support import (
+    TEST_JWT_SECRET,
+    Client,
+    ServerProcess,
+    make_settings,
+    two_server_processes,
+)
 
 # Tests use a Redis database number of their own (never 0, which `make run` uses), picked
 # per run so that two suites running at once on one stack rarely flush each other's keys.
@@ -159,15 +165,8 @@ def server_env(database_url: str, redis_url: str) -> dict[str, str]:
 @pytest.fixture
 def two_servers(server_env: dict[str, str]) -> Iterator[tuple[ServerProcess, ServerProcess]]:
     """Two instances sharing one PostgreSQL and one Redis, as behind a load balancer."""
-    first = ServerProcess(server_env).start()
-    try:
-        second = ServerProcess(server_env).start()
-    except BaseException:
-        first.stop()
-        raise
-    yield first, second
-    first.stop()
-    second.stop()
+    with two_server_processes(server_env) as pair:
+        yield pair
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -119,3 +120,21 @@ class ServerProcess:
         finally:
             if not self.log.closed:
                 self.log.close()
+
+
+@contextmanager
+def two_server_processes(
+    env: Mapping[str, str],
+) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """Two instances on one environment, as behind a load balancer; both stopped after."""
+    first = ServerProcess(env).start()
+    try:
+        second = ServerProcess(env).start()
+    except BaseException:
+        first.stop()
+        raise
+    try:
+        yield first, second
+    finally:
+        first.stop()
+        second.stop()

@@ -12,7 +12,7 @@ from playwright.async_api import Browser, async_playwright
 from server.seed import seed
 from tests.browser.chromium import find_chromium, install_chromium
 from tests.browser.support import DEMO_USERS, Screenshots
-from tests.support import REPO_ROOT, ServerProcess, make_settings
+from tests.support import REPO_ROOT, ServerProcess, make_settings, two_server_processes
 
 # Stable, gitignored: the latest run's screenshots, one folder per test.
 ARTIFACTS = REPO_ROOT / ".artifacts" / "browser"
@@ -74,15 +74,8 @@ async def demo_accounts(database_url: str, redis_url: str) -> None:
 
 @pytest.fixture
 def two_instances(browser_env: dict[str, str]) -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    first = ServerProcess(browser_env).start()
-    try:
-        second = ServerProcess(browser_env).start()
-    except BaseException:
-        first.stop()
-        raise
-    yield first, second
-    first.stop()
-    second.stop()
+    with two_server_processes(browser_env) as pair:
+        yield pair
 
 
 @pytest.fixture
