@@ -15,26 +15,10 @@ import asyncpg
 from server.embedded.postgres import EmbeddedPostgres
 from server.embedded.redis import EmbeddedRedis
 from tests.faults.support import eventually, server_env, wait_ready
-from tests.faults.traffic import Market, Traffic, audit, open_market, watch
+from tests.faults.traffic import Traffic, audit, more_writes, open_market, watch
 from tests.support import ServerProcess
 
 ACQUIRE_S, CONNECT_S, STATEMENT_S = 2.0, 2.0, 3.0
-
-
-def _progress(market: Market) -> tuple[int, int, int]:
-    return len(market.prices), len(market.orders), len(market.messages)
-
-
-async def _more_writes(market: Market) -> None:
-    before = _progress(market)
-
-    async def advanced() -> bool:
-        return all(now >= then + 3 for now, then in zip(_progress(market), before, strict=True))
-
-    try:
-        await eventually(advanced, f"more writes acknowledged than {before}")
-    except AssertionError as error:
-        raise AssertionError(f"{error}: {market.answers[-3:]}\n{market.logs()}") from None
 
 
 async def test_postgres_stopped_and_started_under_traffic_loses_nothing(
@@ -57,7 +41,7 @@ async def test_postgres_stopped_and_started_under_traffic_loses_nothing(
                 await db.close()
             await watch(http, market, servers[1])
             traffic = Traffic(http, market)
-            await _more_writes(market)
+            await more_writes(market)
 
             outage_from = len(market.answers)
             await asyncio.to_thread(own_postgres_server.stop)
@@ -71,7 +55,7 @@ async def test_postgres_stopped_and_started_under_traffic_loses_nothing(
             await asyncio.to_thread(own_postgres_server.ensure_running)
             for server in servers:
                 await wait_ready(http, server)  # the pool reconnects by itself
-            await _more_writes(market)
+            await more_writes(market)
             await traffic.stop()
 
             for answer in market.answers:

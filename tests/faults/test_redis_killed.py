@@ -9,26 +9,9 @@ import aiohttp
 import asyncpg
 
 from server.embedded.redis import EmbeddedRedis
-from tests.faults.support import eventually, server_env, wait_ready
-from tests.faults.traffic import Market, Traffic, audit, open_market, watch
+from tests.faults.support import server_env, wait_ready
+from tests.faults.traffic import Traffic, audit, more_writes, open_market, watch
 from tests.support import ServerProcess
-
-
-def _progress(market: Market) -> tuple[int, int, int]:
-    return len(market.prices), len(market.orders), len(market.messages)
-
-
-async def _more_writes(market: Market) -> None:
-    """Until each writer had a few more writes acknowledged than now."""
-    before = _progress(market)
-
-    async def advanced() -> bool:
-        return all(now >= then + 3 for now, then in zip(_progress(market), before, strict=True))
-
-    try:
-        await eventually(advanced, f"more writes acknowledged than {before}")
-    except AssertionError as error:
-        raise AssertionError(f"{error}: {market.answers[-3:]}\n{market.logs()}") from None
 
 
 async def test_redis_killed_and_restarted_under_traffic_loses_nothing(
@@ -42,18 +25,18 @@ async def test_redis_killed_and_restarted_under_traffic_loses_nothing(
             market = await open_market(http, (first, second), db)
             await watch(http, market, second)
             traffic = Traffic(http, market)
-            await _more_writes(market)
+            await more_writes(market)
 
             pid = own_redis.running_pid()
             assert pid is not None
             os.kill(pid, signal.SIGKILL)
             for server in (first, second):
                 await wait_ready(http, server, 503)
-            await _more_writes(market)  # while Redis is gone: PostgreSQL is enough
+            await more_writes(market)  # while Redis is gone: PostgreSQL is enough
             own_redis.ensure_running()
             for server in (first, second):
                 await wait_ready(http, server)
-            await _more_writes(market)
+            await more_writes(market)
             await traffic.stop()
 
             # No write was refused: none of them needs Redis.

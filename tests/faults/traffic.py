@@ -110,6 +110,23 @@ async def open_market(
     return market
 
 
+def _progress(market: Market) -> tuple[int, int, int]:
+    return len(market.prices), len(market.orders), len(market.messages)
+
+
+async def more_writes(market: Market) -> None:
+    """Until each writer had a few more writes acknowledged than now."""
+    before = _progress(market)
+
+    async def advanced() -> bool:
+        return all(now >= then + 3 for now, then in zip(_progress(market), before, strict=True))
+
+    try:
+        await eventually(advanced, f"more writes acknowledged than {before}")
+    except AssertionError as error:
+        raise AssertionError(f"{error}: {market.answers[-3:]}\n{market.logs()}") from None
+
+
 async def watch(http: aiohttp.ClientSession, market: Market, server: ServerProcess) -> None:
     """A watcher socket on ``server`` for every channel the traffic writes to."""
     for channel in market.channels():
