@@ -19,8 +19,8 @@ from server.embedded.process import free_port
 from server.embedded.redis import EmbeddedRedis
 from server.embedded.stack import EmbeddedStack
 from server.settings import Settings
+from tests import support
 from tests.support import (
-    TEST_JWT_SECRET,
     Client,
     ServerProcess,
     make_settings,
@@ -152,14 +152,7 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
 @pytest.fixture
 def server_env(database_url: str, redis_url: str) -> dict[str, str]:
     """The environment of a `jangteo serve` child process on this run's database and Redis."""
-    return {
-        "JANGTEO_DATABASE_URL": database_url,
-        "JANGTEO_REDIS_URL": redis_url,
-        "JANGTEO_JWT_SECRET": TEST_JWT_SECRET,
-        "JANGTEO_ACCESS_LOG": "off",
-        "JANGTEO_RATE_LIMITS": "off",
-        "JANGTEO_SHUTDOWN_TIMEOUT": "5",
-    }
+    return support.server_env(database_url, redis_url)
 
 
 @pytest.fixture

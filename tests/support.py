@@ -138,3 +138,17 @@ def two_server_processes(
     finally:
         first.stop()
         second.stop()
+
+
+def server_env(database_url: str, redis_url: str, **settings: str) -> dict[str, str]:
+    """A `jangteo serve` environment; ``settings`` are JANGTEO_ names without the prefix."""
+    env = {
+        "JANGTEO_DATABASE_URL": database_url,
+        "JANGTEO_REDIS_URL": redis_url,
+        "JANGTEO_JWT_SECRET": TEST_JWT_SECRET,
+        "JANGTEO_ACCESS_LOG": "off",
+        "JANGTEO_RATE_LIMITS": "off",
+        "JANGTEO_SHUTDOWN_TIMEOUT": "5",
+    }
+    env.update({f"JANGTEO_{name}": value for name, value in settings.items()})
+    return env

@@ -10,25 +10,11 @@ from typing import Any
 
 import aiohttp
 
-from tests.support import TEST_JWT_SECRET, ServerProcess
+from tests.support import ServerProcess
 
 # Generous on purpose: the suite runs on a loaded 2-core machine beside other suites.
 WAIT_S = 60.0
 GENEROUS_LIMIT = "100000/60"
-
-
-def server_env(database_url: str, redis_url: str, **settings: str) -> dict[str, str]:
-    """A `jangteo serve` environment; ``settings`` are JANGTEO_ names without the prefix."""
-    env = {
-        "JANGTEO_DATABASE_URL": database_url,
-        "JANGTEO_REDIS_URL": redis_url,
-        "JANGTEO_JWT_SECRET": TEST_JWT_SECRET,
-        "JANGTEO_ACCESS_LOG": "off",
-        "JANGTEO_RATE_LIMITS": "off",
-        "JANGTEO_SHUTDOWN_TIMEOUT": "5",
-    }
-    env.update({f"JANGTEO_{name}": value for name, value in settings.items()})
-    return env
 
 
 @dataclass(frozen=True, slots=True)

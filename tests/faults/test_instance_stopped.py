@@ -15,8 +15,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.faults.support import server_env
-from tests.support import ServerProcess
+from tests.support import ServerProcess, server_env
 from tests.system.realtime_support import (
     Socket,
     User,

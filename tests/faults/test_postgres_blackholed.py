@@ -17,8 +17,8 @@ import pytest
 
 from server.embedded.redis import EmbeddedRedis
 from tests.faults.proxy import TcpProxy
-from tests.faults.support import Timed, eventually, server_env, timed, wait_ready
-from tests.support import ServerProcess
+from tests.faults.support import Timed, eventually, timed, wait_ready
+from tests.support import ServerProcess, server_env
 from tests.system.realtime_support import User, create_listing, sign_up
 
 ACQUIRE_S, CONNECT_S, STATEMENT_S = 1.0, 1.0, 1.0

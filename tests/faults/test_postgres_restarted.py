@@ -14,9 +14,9 @@ import asyncpg
 
 from server.embedded.postgres import EmbeddedPostgres
 from server.embedded.redis import EmbeddedRedis
-from tests.faults.support import eventually, server_env, wait_ready
+from tests.faults.support import eventually, wait_ready
 from tests.faults.traffic import Traffic, audit, more_writes, open_market, watch
-from tests.support import ServerProcess
+from tests.support import ServerProcess, server_env
 
 ACQUIRE_S, CONNECT_S, STATEMENT_S = 2.0, 2.0, 3.0
 

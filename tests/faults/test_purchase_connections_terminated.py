@@ -18,9 +18,9 @@ import pytest
 
 from server.embedded.redis import EmbeddedRedis
 from server.settings import PURCHASE_STRATEGIES
-from tests.faults.support import Timed, server_env, timed
+from tests.faults.support import Timed, timed
 from tests.orders_support import REPLAYED, check_money, check_order_events, check_stock, fund
-from tests.support import ServerProcess
+from tests.support import ServerProcess, server_env
 from tests.system.realtime_support import User, sign_up
 
 BUYS = 6

@@ -26,12 +26,11 @@ from tests.faults.support import (
     eventually,
     metric,
     ready_status,
-    server_env,
     timed,
     wait_ready,
 )
 from tests.orders_support import fund
-from tests.support import PASSWORD, ServerProcess
+from tests.support import PASSWORD, ServerProcess, server_env
 from tests.system.realtime_support import (
     User,
     committed_offsets,

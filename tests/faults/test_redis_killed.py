@@ -9,9 +9,9 @@ import aiohttp
 import asyncpg
 
 from server.embedded.redis import EmbeddedRedis
-from tests.faults.support import server_env, wait_ready
+from tests.faults.support import wait_ready
 from tests.faults.traffic import Traffic, audit, more_writes, open_market, watch
-from tests.support import ServerProcess
+from tests.support import ServerProcess, server_env
 
 
 async def test_redis_killed_and_restarted_under_traffic_loses_nothing(

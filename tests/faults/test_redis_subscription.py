@@ -11,8 +11,8 @@ import orjson
 import redis.asyncio as aioredis
 
 from server.embedded.redis import EmbeddedRedis
-from tests.faults.support import eventually, metric, server_env, wait_ready
-from tests.support import ServerProcess
+from tests.faults.support import eventually, metric, wait_ready
+from tests.support import ServerProcess, server_env
 from tests.system.realtime_support import committed_offsets, insert_events, open_socket, sign_up
 
 WATCHDOG_S = 0.5
