@@ -36,18 +36,26 @@ _READY_MARK = b"jangteo-subscribed"
 _WATCHDOG_MARK = b"jangteo-watchdog"
 
 
-def channel_prefix(redis_url: str) -> str:
-    """Pub/sub ignores databases, so the database is part of every channel name."""
-    return f"jangteo:{redis_database(redis_url)}:events:"
+def channel_prefix(deployment: str, redis_url: str) -> str:
+    """Pub/sub ignores databases, and two deployments may share one Redis: both name
+    every channel."""
+    return f"{deployment}:{redis_database(redis_url)}:events:"
 
 
 class RedisBroker:
     """Publishes through the shared client; receives on a connection of its own."""
 
-    def __init__(self, redis_url: str, client: aioredis.Redis, *, watchdog_interval: float) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        client: aioredis.Redis,
+        *,
+        watchdog_interval: float,
+        deployment: str = "jangteo",
+    ) -> None:
         self.redis_url = redis_url
         self.client = client
-        self.prefix = channel_prefix(redis_url)
+        self.prefix = channel_prefix(deployment, redis_url)
         self.watchdog_interval = watchdog_interval
         self.sink: BrokerSink | None = None
         self.channels: set[str] = set()
@@ -68,6 +76,8 @@ class RedisBroker:
         self.task = asyncio.create_task(self._stay_connected(), name="jangteo-event-subscription")
 
     async def subscribe(self, channel: str) -> None:
+        # A connection being made has taken its snapshot of `channels` already (it is
+        # recorded in the same step, in connection_made), so the channel goes on it.
         self.channels.add(channel)
         if self.connection is not None:
             await self.connection.subscribe(self.prefix + channel)
@@ -76,6 +86,10 @@ class RedisBroker:
         self.channels.discard(channel)
         if self.connection is not None:
             self.connection.unsubscribe(self.prefix + channel)
+
+    def attach(self, connection: _Subscription) -> None:
+        """Called by a new connection as it takes its snapshot of the channels."""
+        self.connection = connection
 
     async def publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
@@ -103,10 +117,10 @@ class RedisBroker:
                     timeout=max(2.0, 3 * self.watchdog_interval),
                 )
             except (OSError, TimeoutError) as error:
+                self.connection = None  # attached as it connected, then timed out
                 log.warning("event subscription failed", extra={"error": repr(error)})
                 await asyncio.sleep(RECONNECT_DELAY_S)
                 continue
-            self.connection = connection
             try:
                 await connection.watch(self.watchdog_interval)
             finally:
@@ -140,6 +154,9 @@ class _Subscription(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        # The snapshot below and the broker's switch to this connection happen in one
+        # step: a channel subscribed from now on is sent on this connection by subscribe().
+        self.broker.attach(self)
         out = [hello(self.broker.redis_url, CLIENT_NAME)]
         names = [(self.broker.prefix + channel).encode() for channel in self.broker.channels]
         for name in names:
@@ -150,17 +167,22 @@ class _Subscription(asyncio.Protocol):
         self.transport.write(b"".join(out))
 
     async def subscribe(self, redis_channel: str) -> None:
+        """Subscribe and wait for Redis to confirm; return at once on a closed connection
+        (the channel is in the broker's set, so the next connection subscribes it, and
+        the hub backfills after that reconnect)."""
+        if self.transport is None or self.transport.is_closing():
+            return
         name = redis_channel.encode()
         waiter: asyncio.Future[None] = self.loop.create_future()
         self.pending.setdefault(name, collections.deque()).append(waiter)
-        assert self.transport is not None
         self.transport.write(command("SUBSCRIBE", name))
         await waiter
 
     def unsubscribe(self, redis_channel: str) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return  # the next connection subscribes only the channels still wanted
         name = redis_channel.encode()
         self.pending.setdefault(name, collections.deque()).append(None)
-        assert self.transport is not None
         self.transport.write(command("UNSUBSCRIBE", name))
 
     async def watch(self, interval: float) -> None:

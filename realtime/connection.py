@@ -28,6 +28,7 @@ class CloseCode:
     GOING_AWAY = 1001
     POLICY = 1008
     TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
     TRY_AGAIN_LATER = 1013
     SESSION_ENDED = 4401
 
@@ -75,7 +76,7 @@ class Connection:
         self.ops = ops
         self.metrics = metrics
         self.presence = presence
-        self.writer = SocketWriter(transport, limits.send_queue, self._too_slow)
+        self.writer = SocketWriter(transport, limits.send_queue, self._too_slow, self._resynced)
         self.channels: set[str] = set()
         self.bad_frames = 0
         self.loop = asyncio.get_running_loop()
@@ -144,6 +145,10 @@ class Connection:
         except ChannelRefused as refused:
             self._refuse(refused.code, refused.detail, channel)
             return
+        except TRANSIENT_ERRORS as error:  # a room's members are looked up in PostgreSQL
+            log.warning("authorize failed", extra={"channel": channel, "error": repr(error)})
+            self.send(frames.error("unavailable", "try again shortly", channel))
+            return
         self.channels.add(channel)
         try:
             await self.hub.join(channel, self.writer, frame.since, self._subscribed(channel))
@@ -162,6 +167,14 @@ class Connection:
         return lambda offset: self.send(
             frames.control("subscribed", channel=channel, offset=offset)
         )
+
+    def _resynced(self, channel: str) -> None:
+        """The hub dropped this socket from ``channel`` (events it cannot chain)."""
+        if channel in self.channels:
+            self.channels.discard(channel)
+            if self.presence is not None:
+                self.presence.left(channel, self.user_id)
+        self.send(frames.error("resync", "events were lost; reload and subscribe again", channel))
 
     def _unsubscribe(self, channel: str) -> None:
         if channel in self.channels:

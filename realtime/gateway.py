@@ -36,9 +36,18 @@ from server.settings import Settings
 log = logging.getLogger(__name__)
 
 SESSION_SWEEP_S = 30.0  # how late, at most, a socket notices that its session expired
+# While this instance cannot receive from Redis it may miss revocations (the sessions
+# channel then arrives only if a relay leader elsewhere can number it): after DEAF_AFTER_S
+# without Redis, its sessions are checked against PostgreSQL every DEAF_CHECK_S.
+DEAF_AFTER_S = 3.0
+DEAF_CHECK_S = 1.0
 _SESSION_STATE = """
 SELECT bool_or(revoked_at IS NOT NULL) AS revoked, max(expires_at) AS expires_at
 FROM refresh_tokens WHERE family_id = $1
+"""
+_ENDED_SESSIONS = """
+SELECT family_id FROM refresh_tokens WHERE family_id = ANY($1::uuid[])
+GROUP BY family_id HAVING bool_or(revoked_at IS NOT NULL) OR max(expires_at) <= now()
 """
 
 
@@ -71,6 +80,7 @@ class Gateway:
         self.connections: set[Connection] = set()
         self.sessions: dict[uuid.UUID, set[Connection]] = {}
         self.shutting_down = False
+        self.background: set[asyncio.Task[None]] = set()
         # Until this instance follows the sessions channel it could miss a logout.
         self.following_sessions = asyncio.Event()
 
@@ -133,6 +143,11 @@ class Gateway:
                         connection.handle_binary()
                     if connection.closing is not None:
                         break
+        except Exception:
+            # The socket is upgraded: an error may not travel as an HTTP response (the
+            # client would read its bytes as a corrupt frame), only as a close code.
+            log.exception("socket handler failed", extra={"user_id": connection.user_id})
+            connection.close_soon(CloseCode.INTERNAL_ERROR, "internal error", reason="error")
         finally:
             self._unregister(connection)
             if connection.closing is not None:
@@ -194,6 +209,32 @@ class Gateway:
             for connection in due:
                 await self._session_alive(connection)
 
+    async def check_sessions_while_deaf(self) -> None:
+        """Close the sockets of ended sessions while revocations may not arrive."""
+        loop = asyncio.get_running_loop()
+        deaf_since: float | None = None
+        while True:
+            await asyncio.sleep(DEAF_CHECK_S)
+            if self.hub.broker.healthy:
+                deaf_since = None
+                continue
+            if deaf_since is None:
+                deaf_since = loop.time()
+            if loop.time() - deaf_since >= DEAF_AFTER_S:
+                await self.check_sessions()
+
+    async def check_sessions(self) -> None:
+        """Close with 4401 the sockets of every local session PostgreSQL says ended."""
+        if not self.sessions:
+            return
+        try:
+            rows = await self.pool.fetch(_ENDED_SESSIONS, list(self.sessions))
+        except TRANSIENT_ERRORS as error:
+            log.warning("session check failed", extra={"error": repr(error)})
+            return
+        for row in rows:
+            self.revoke(row["family_id"])
+
     def revoke(self, session_id: uuid.UUID) -> None:
         for connection in list(self.sessions.get(session_id, ())):
             connection.close_soon(CloseCode.SESSION_ENDED, "session ended", reason="session")
@@ -223,8 +264,25 @@ class Gateway:
 
 
 class _SessionListener:
+    """The gateway's subscriber to the sessions channel."""
+
+    backlogged = False
+
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+
+    async def drained(self) -> None:
+        """Never backlogged: revocations are handled as they come."""
+
+    def resync(self, channel: str) -> None:
+        """Revocations may have been lost: check every local session, then follow again."""
+        task = asyncio.create_task(self._follow_again())
+        self.gateway.background.add(task)
+        task.add_done_callback(self.gateway.background.discard)
+
+    async def _follow_again(self) -> None:
+        await self.gateway.check_sessions()
+        await self.gateway.follow_sessions()
 
     def deliver(self, event: Delivery) -> None:
         try:

@@ -5,10 +5,21 @@ sockets, and the offset it last delivered. An event is delivered only if its ``p
 is that offset; otherwise events were missed (a Redis blip, a restarted relay), and the
 feed reads them from PostgreSQL before going on. Offsets at or below the last delivered
 are duplicates (a new relay leader publishing its predecessor's tail) and are dropped.
+What the log cannot explain (a ``prev`` chain that breaks, in the log or live, because
+events were pruned or never reached the log) is never papered over: the channel's
+subscribers get ``resync`` and reload.
 
 A subscriber joining with ``since`` is caught up without a seam: it is added to the feed
-first, buffering live events, then the log is replayed up to the feed's offset at that
-moment, then the buffer is flushed past what the replay sent, in one step.
+first, holding live events aside, then the log is replayed up to the feed's offset at
+that moment, then what went live meanwhile follows, and only then does it go live. Both
+steps are paced by the subscriber (``backlogged``/``drained``), so a client on a slow
+link resuming a long history is fed as fast as it reads, never flooded past its queue.
+
+A feed can also go silent without a gap to show it (a subscription lost and not noticed,
+events that never reach Redis). ``watch_heads`` compares each feed's offset with its
+channel's head in PostgreSQL: a head that was already ahead one check earlier means a
+silent feed, which is then filled; while the broker is down, every feed behind its head
+is filled at each (shorter) interval, so the live path degrades to polling.
 """
 
 from __future__ import annotations
@@ -17,7 +28,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import asyncpg
@@ -26,14 +37,19 @@ from redis.exceptions import RedisError
 from realtime.broker import EPHEMERAL_MARK, Broker
 from realtime.event import Delivery
 from realtime.frames import text_frame
-from realtime.log import EventLog
+from realtime.log import EventLog, ResyncNeeded
 from realtime.metrics import HubMetrics
 
 log = logging.getLogger(__name__)
 
 FILL_BATCH = 1000
 INBOX_LIMIT = 10_000  # events held while a gap is being filled; beyond, read them all again
-STUCK_FILLS = 3  # fills that found nothing before an unexplained gap is accepted
+CATCH_UP_LIMIT = 1000  # live events held for a subscriber being caught up; beyond, reread
+STUCK_FILLS = 3  # paced fills that found nothing before a gap is declared a hole: resync
+FILL_RETRY_S = 0.05  # first pause between fills that found nothing or failed; doubles
+FILL_RETRY_MAX_S = 2.0
+HEAD_CHECK_S = 5.0  # how often feeds are compared with their heads while Redis is healthy
+POLL_S = 1.0  # ... and while it is not: then the log is the only way events arrive
 TRANSIENT_ERRORS = (
     OSError,
     TimeoutError,
@@ -50,6 +66,34 @@ class Subscriber(Protocol):
 
     def send(self, frame: bytes) -> None:
         """Take an ephemeral frame (presence) without waiting."""
+
+    @property
+    def backlogged(self) -> bool:
+        """True while frames wait for the peer: a replay pauses until ``drained``."""
+
+    async def drained(self) -> None:
+        """Return once nothing waits for the peer, or once the subscriber is closed."""
+
+    def resync(self, channel: str) -> None:
+        """The hub dropped this subscriber from ``channel``: its events can no longer be
+        delivered without a gap, and the client must reload."""
+
+
+class CatchUp:
+    """Live events held for a subscriber while it is being caught up."""
+
+    __slots__ = ("events", "lost_through")
+
+    def __init__(self) -> None:
+        self.events: collections.deque[Delivery] = collections.deque()
+        self.lost_through = 0  # events up to here were dropped from `events`: reread them
+
+    def hold(self, event: Delivery) -> None:
+        if len(self.events) >= CATCH_UP_LIMIT:
+            self.events.clear()
+            self.lost_through = event.offset
+        else:
+            self.events.append(event)
 
 
 class Feed:
@@ -69,9 +113,9 @@ class Feed:
 
     def __init__(self, channel: str) -> None:
         self.channel = channel
-        # An int is the live subscriber's threshold (offsets above it are sent); a list
-        # buffers live events while that subscriber is being caught up.
-        self.subscribers: dict[Subscriber, int | list[Delivery]] = {}
+        # An int is the live subscriber's threshold (offsets above it are sent); a
+        # CatchUp holds live events while that subscriber is being caught up.
+        self.subscribers: dict[Subscriber, int | CatchUp] = {}
         self.last = 0
         self.opened = False
         self.opening: asyncio.Task[None] | None = None
@@ -83,14 +127,28 @@ class Feed:
 
 class Hub:
     def __init__(
-        self, broker: Broker, log: EventLog, metrics: HubMetrics, *, replay_limit: int
+        self,
+        broker: Broker,
+        log: EventLog,
+        metrics: HubMetrics,
+        *,
+        replay_limit: int,
+        head_check: float = HEAD_CHECK_S,
+        poll_interval: float = POLL_S,
     ) -> None:
         self.broker = broker
         self.log = log
         self.metrics = metrics
         self.replay_limit = replay_limit
+        self.head_check = head_check
+        self.poll_interval = poll_interval
         self.feeds: dict[str, Feed] = {}
+        self.watcher: asyncio.Task[None] | None = None
         broker.bind(self)
+
+    def start(self) -> None:
+        """Start comparing feeds with their heads (``close`` stops it)."""
+        self.watcher = asyncio.create_task(self.watch_heads(), name="jangteo-hub-heads")
 
     async def join(
         self,
@@ -110,31 +168,56 @@ class Hub:
             feed = self.feeds[channel] = Feed(channel)
             feed.opening = asyncio.create_task(self._open(feed))
             self.metrics.channels.set(len(self.feeds))
-        buffer: list[Delivery] = []
-        feed.subscribers[subscriber] = buffer
+        state = CatchUp()
+        feed.subscribers[subscriber] = state
         try:
             assert feed.opening is not None
             await asyncio.shield(feed.opening)
             upto = feed.last
-            threshold = upto
+            sent = upto
             replayed: list[Delivery] = []
             if since is not None:
                 # Read before `on_ready`: a `since` out of reach gets resync, not subscribed.
                 replayed = await self.log.replay(channel, since, upto, self.replay_limit)
-                threshold = max(since, upto)
+                check_chain(replayed, since)
+                sent = max(since, upto)
+            if feed.subscribers.get(subscriber) is not state:
+                return upto  # left, or told to resync, meanwhile
             if on_ready is not None:
                 on_ready(upto)
             for event in replayed:
-                subscriber.deliver(event)
+                if feed.subscribers.get(subscriber) is not state:
+                    return upto  # left (closed) meanwhile
+                await _paced(subscriber, event)
+            await self._catch_up(feed, subscriber, state, sent)
         except BaseException:
-            self.leave(channel, subscriber)
+            if feed.subscribers.get(subscriber) is state:
+                self.leave(channel, subscriber)
             raise
-        if feed.subscribers.get(subscriber) is buffer:  # still subscribed: go live
-            for event in buffer:
-                if event.offset > threshold:
-                    subscriber.deliver(event)
-            feed.subscribers[subscriber] = threshold
         return upto
+
+    async def _catch_up(
+        self, feed: Feed, subscriber: Subscriber, state: CatchUp, sent: int
+    ) -> None:
+        """Deliver what went live during the replay, paced, then switch to live delivery."""
+        while feed.subscribers.get(subscriber) is state:
+            if sent < state.lost_through:
+                events = await self.log.after(feed.channel, sent, FILL_BATCH)
+                events = [event for event in events if event.offset <= state.lost_through]
+                if not events:
+                    raise ResyncNeeded(f"events after offset {sent} are no longer in the log")
+                check_chain(events, sent)
+                for event in events:
+                    await _paced(subscriber, event)
+                    sent = event.offset
+            elif state.events:
+                event = state.events.popleft()
+                if event.offset > sent:
+                    await _paced(subscriber, event)
+                    sent = event.offset
+            else:
+                feed.subscribers[subscriber] = sent  # nothing held: live from here
+                return
 
     def inject_fault(self, fault: str) -> None:
         """TEST ONLY (``JANGTEO_TEST_FAULT``): break delivery on purpose, so that a test can
@@ -163,12 +246,15 @@ class Hub:
         feed = self.feeds.get(channel)
         if feed is None or feed.subscribers.pop(subscriber, None) is None or feed.subscribers:
             return
-        del self.feeds[channel]
+        self._drop_feed(feed)
+
+    def _drop_feed(self, feed: Feed) -> None:
+        del self.feeds[feed.channel]
         self.metrics.channels.set(len(self.feeds))
         for task in (feed.opening, feed.task):
-            if task is not None and not task.done():
+            if task is not None and not task.done() and task is not asyncio.current_task():
                 task.cancel()
-        self.broker.unsubscribe(channel)
+        self.broker.unsubscribe(feed.channel)
 
     # -- from the broker -------------------------------------------------------------
 
@@ -194,6 +280,32 @@ class Hub:
                 self._start_fill(feed, "resubscribed")
             else:
                 feed.refetch = True
+
+    # -- silent feeds ----------------------------------------------------------------
+
+    async def watch_heads(self) -> None:
+        """Fill feeds that fell behind their heads without a gap to show it."""
+        seen: dict[str, int] = {}  # heads at the previous check
+        while True:
+            polling = not self.broker.healthy
+            await asyncio.sleep(self.poll_interval if polling else self.head_check)
+            feeds = [feed for feed in self.feeds.values() if feed.opened]
+            if not feeds:
+                seen = {}
+                continue
+            try:
+                heads = await self.log.channel_heads([feed.channel for feed in feeds])
+            except TRANSIENT_ERRORS as error:
+                log.warning("head check failed", extra={"error": repr(error)})
+                continue
+            polling = polling or not self.broker.healthy
+            for feed in feeds:
+                # An event at the head a whole interval ago that has not arrived is lost
+                # on the way; a newer head may just be in flight (unless Redis is down).
+                behind = heads.get(feed.channel, 0) if polling else seen.get(feed.channel, 0)
+                if feed.last < behind and not feed.filling and self.feeds.get(feed.channel) is feed:
+                    self._start_fill(feed, "polling" if polling else "silent")
+            seen = heads
 
     # -- internals -------------------------------------------------------------------
 
@@ -235,7 +347,7 @@ class Hub:
                     subscriber.deliver(event)
                     delivered += 1
             else:
-                state.append(event)  # type: ignore[union-attr]
+                state.hold(event)  # type: ignore[union-attr]
         self.metrics.deliveries.inc(delivered)
 
     def _deliver_ephemeral(self, feed: Feed, frame: bytes) -> None:
@@ -251,7 +363,7 @@ class Hub:
 
     async def _fill(self, feed: Feed) -> None:
         """Deliver from the log until the held live events continue without a gap."""
-        delay = 0.05
+        delay = FILL_RETRY_S
         fruitless = 0
         try:
             while True:
@@ -262,38 +374,57 @@ class Hub:
                     log.warning("gap fill failed", extra={"error": repr(error)})
                     feed.refetch = True
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
+                    delay = min(delay * 2, FILL_RETRY_MAX_S)
                     continue
+                try:
+                    check_chain(events, feed.last, exact=True)
+                except ResyncNeeded as hole:
+                    self._resync(feed, str(hole))
+                    return
                 for event in events:
-                    if event.offset > feed.last:
-                        self._deliver(feed, event)
-                        self.metrics.filled.inc()
+                    self._deliver(feed, event)
+                    self.metrics.filled.inc()
                 if len(events) == FILL_BATCH:
                     continue
                 fruitless = 0 if events else fruitless + 1
-                self._drain_inbox(feed, accept_gap=fruitless >= STUCK_FILLS)
+                self._drain_inbox(feed)
                 if not feed.inbox and not feed.refetch:
                     return
+                if fruitless >= STUCK_FILLS:
+                    # A live event names a predecessor the log does not have: never deliver
+                    # past it (later real events would be dropped as duplicates).
+                    self._resync(feed, f"offset {feed.inbox[0].prev} is not in the event log")
+                    return
+                if not events:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, FILL_RETRY_MAX_S)
         finally:
             feed.filling = False
-            feed.task = None
+            if feed.task is asyncio.current_task():
+                feed.task = None
 
-    def _drain_inbox(self, feed: Feed, *, accept_gap: bool) -> None:
+    def _drain_inbox(self, feed: Feed) -> None:
         inbox = feed.inbox
         while inbox:
             event = inbox[0]
             if event.offset <= feed.last:
                 inbox.popleft()
                 continue
-            if event.prev != feed.last and not accept_gap:
-                return
             if event.prev != feed.last:
-                log.warning(
-                    "gap not found in the event log; delivering on",
-                    extra={"channel": feed.channel, "last": feed.last, "prev": event.prev},
-                )
+                return
             inbox.popleft()
             self._deliver(feed, event)
+
+    def _resync(self, feed: Feed, reason: str) -> None:
+        """The channel's events cannot be delivered without a hole: every subscriber reloads."""
+        log.warning("channel needs resync", extra={"channel": feed.channel, "reason": reason})
+        self.metrics.resyncs.inc(len(feed.subscribers))
+        subscribers = list(feed.subscribers)
+        feed.subscribers.clear()
+        if self.feeds.get(feed.channel) is feed:
+            self._drop_feed(feed)
+        for subscriber in subscribers:
+            subscriber.resync(feed.channel)
 
     async def close(self) -> None:
         tasks = [
@@ -302,9 +433,33 @@ class Hub:
             for task in (feed.opening, feed.task)
             if task is not None and not task.done()
         ]
+        if self.watcher is not None:
+            tasks.append(self.watcher)
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self.feeds.clear()
+
+
+def check_chain(events: Sequence[Delivery], after: int, *, exact: bool = False) -> None:
+    """Raise ResyncNeeded unless ``events`` continue ``after`` without a hole.
+
+    Each event names its channel's previous offset; the first one's must be ``after``
+    (``exact``: a feed's own offset) or older (a client's ``since`` need not be an
+    offset of this channel), and each next one's the one before it.
+    """
+    expected = after
+    for index, event in enumerate(events):
+        older_first = index == 0 and not exact and event.prev < after
+        if event.prev != expected and not older_first:
+            raise ResyncNeeded(f"events between offsets {expected} and {event.offset} are gone")
+        expected = event.offset
+
+
+async def _paced(subscriber: Subscriber, event: Delivery) -> None:
+    """Deliver, then wait while the subscriber's peer has frames still to read."""
+    subscriber.deliver(event)
+    if subscriber.backlogged:
+        await subscriber.drained()

@@ -17,6 +17,9 @@ class EventLog(Protocol):
     async def head(self, channel: str) -> int:
         """The channel's newest offset, 0 when it has none."""
 
+    async def channel_heads(self, channels: list[str]) -> dict[str, int]:
+        """The newest offset of each of ``channels`` that has one."""
+
     async def after(self, channel: str, after: int, limit: int) -> list[Delivery]:
         """Up to ``limit`` published events of ``channel`` with offset > ``after``, in order."""
 
@@ -47,6 +50,13 @@ class PostgresEventLog:
             "SELECT position FROM channel_heads WHERE channel = $1", channel
         )
         return int(position or 0)
+
+    async def channel_heads(self, channels: list[str]) -> dict[str, int]:
+        rows = await self.pool.fetch(
+            "SELECT channel, position FROM channel_heads WHERE channel = ANY($1::text[])",
+            channels,
+        )
+        return {row["channel"]: row["position"] for row in rows}
 
     async def after(self, channel: str, after: int, limit: int) -> list[Delivery]:
         return await self._events(channel, after, _MAX_POSITION, limit)

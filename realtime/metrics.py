@@ -29,6 +29,11 @@ class RelayMetrics:
             "jangteo_relay_lag_seconds", "Commit to publish, per event",
             buckets=LAG_BUCKETS, registry=registry,
         )  # fmt: skip
+        self.step_downs = Counter(
+            "jangteo_relay_step_downs",
+            "Times this relay gave up leadership because it could not publish",
+            registry=registry,
+        )
         self.leader = Gauge(
             "jangteo_relay_leader", "1 while this process is the relay leader", registry=registry
         )
@@ -54,6 +59,11 @@ class HubMetrics:
             "jangteo_hub_events_filled", "Events delivered from PostgreSQL instead of Redis",
             registry=registry,
         )  # fmt: skip
+        self.resyncs = Counter(
+            "jangteo_hub_resyncs",
+            "Subscribers told to reload a channel whose events the log cannot chain",
+            registry=registry,
+        )
         self.channels = Gauge(
             "jangteo_hub_channels", "Channels with local subscribers", registry=registry
         )

@@ -13,6 +13,15 @@ it is picked up by a later batch with a larger position: nothing is skipped, and
 waits for unrelated open transactions. A leader that dies between committing positions
 and publishing them is covered by ``published_through``: the next leader publishes
 again everything after it, and instances drop offsets they already delivered.
+
+Leadership follows the ability to publish. A leader that has not been able to publish
+(or to hear Redis) for ``step_down`` seconds releases the lock, and an instance competes
+for it only while its broker is healthy, so an instance cut off from Redis never holds
+every other instance's events back. A leader that is paused or cut off from PostgreSQL
+loses the lock within ``lock_timeout``: the server ends its session when it stays idle
+that long (the leader speaks at least once per poll) or when TCP keepalives or
+``tcp_user_timeout`` find the peer gone; the leader's own socket has the same keepalives,
+so a follower waiting on a dead server notices too.
 """
 
 from __future__ import annotations
@@ -20,8 +29,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 from redis.exceptions import RedisError
@@ -38,6 +49,7 @@ PRUNE_EVERY_S = 60.0
 PRUNE_CHUNK = 5000
 RETRY_DELAY_S = 0.5
 FLUSH_TIMEOUT_S = 5.0  # at shutdown, the leader's last publish may take this long
+HEALTH_POLL_S = 0.2  # how often a relay whose broker is down looks again
 
 # One statement (so one round trip and one commit): number the committed rows that have
 # no position yet in id order after the leader's last position, chain each to its
@@ -78,12 +90,23 @@ _TAIL = """
 SELECT channel, position, prev, type, data::text AS data, committed_at
 FROM outbox WHERE position > $1 ORDER BY position LIMIT $2
 """
+# Pruning removes a prefix of positions: everything up to the newest position committed
+# before the cutoff. Commit times do not follow positions (a row that commits late is
+# numbered late), so deleting by time alone could drop an offset and keep an earlier one,
+# and a resume at the edge would see a hole instead of resync.
 _PRUNE = """
 DELETE FROM outbox WHERE id IN (
     SELECT id FROM outbox
-    WHERE position IS NOT NULL AND committed_at < now() - make_interval(secs => $1)
+    WHERE position <= (SELECT max(position) FROM outbox
+                       WHERE position IS NOT NULL
+                         AND committed_at < now() - make_interval(secs => $1))
+    ORDER BY position
     LIMIT $2)
 """
+
+
+class PublishFailed(Exception):
+    """The broker did not take a batch (its positions stay committed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +115,43 @@ class RelaySettings:
     batch_size: int = 500
     poll_interval: float = 1.0
     retention_seconds: int = 7 * 24 * 3600
+    step_down: float = 2.0
+    lock_timeout: float = 4.0
+
+    def lock_session_settings(self) -> dict[str, str]:
+        """Server-side settings of the lock connection: the session ends, and the lock
+        with it, when the leader stays silent or unreachable for ``lock_timeout``."""
+        timeout_ms = int(self.lock_timeout * 1000)
+        idle, interval, count = _keepalive(self.lock_timeout)
+        return {
+            "application_name": "jangteo-relay",
+            "statement_timeout": "0",  # the lock wait below may last
+            "idle_session_timeout": str(timeout_ms),
+            "tcp_keepalives_idle": str(idle),
+            "tcp_keepalives_interval": str(interval),
+            "tcp_keepalives_count": str(count),
+            "tcp_user_timeout": str(timeout_ms),
+        }
+
+
+def _keepalive(timeout: float) -> tuple[int, int, int]:
+    """Keepalive idle, interval and count (whole seconds) that give up within ``timeout``."""
+    interval = max(1, int(timeout // 4))
+    return interval, interval, max(1, int(timeout // interval) - 1)
+
+
+def _set_socket_keepalive(conn: asyncpg.Connection, timeout: float) -> None:
+    """The client's side of the same rules, on the lock connection's socket."""
+    transport: Any = getattr(conn, "_transport", None)  # asyncpg exposes no socket options
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return  # a Unix socket has no peer to lose
+    idle, interval, count = _keepalive(timeout)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(timeout * 1000))
 
 
 class OutboxRelay:
@@ -112,6 +172,7 @@ class OutboxRelay:
         """Wait for leadership, lead until the connection fails, and start over."""
         while not self.stopping:
             try:
+                await self._wait_until_publishable()
                 await self._serve_once()
             except (
                 OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
@@ -124,39 +185,68 @@ class OutboxRelay:
             if not self.stopping:
                 await asyncio.sleep(RETRY_DELAY_S)
 
+    async def _wait_until_publishable(self) -> None:
+        """An instance that cannot reach Redis does not compete for leadership."""
+        # The broker's health is a property with no event to wait on: look again soon.
+        while not self.broker.healthy and not self.stopping:  # noqa: ASYNC110
+            await asyncio.sleep(HEALTH_POLL_S)
+
     async def _serve_once(self) -> None:
         conn = await asyncpg.connect(
             self.settings.database_url,
             timeout=10,
-            server_settings={"application_name": "jangteo-relay", "statement_timeout": "0"},
+            server_settings=self.settings.lock_session_settings(),
         )
         self.connection = conn
-        # Blocks until the current leader's connection goes away.
-        await conn.execute("SELECT pg_advisory_lock($1)", LEADER_LOCK_ID)
-        await conn.execute("SET statement_timeout = '30s'")
+        _set_socket_keepalive(conn, self.settings.lock_timeout)
+        # Blocks until the current leader's connection goes away. The session is active
+        # meanwhile, so idle_session_timeout does not end it; keepalives still apply.
+        await conn.execute("SELECT pg_advisory_lock($1)", LEADER_LOCK_ID, timeout=None)
+        if not self.broker.healthy or self.stopping:
+            return  # lost Redis while waiting: leave the lock to an instance that has it
+        timeout = self.settings.lock_timeout  # every statement from here on
+        await conn.execute("SET statement_timeout = '30s'", timeout=timeout)
         await conn.add_listener(NOTIFY_CHANNEL, self._notified)
         self._set_leader(True)
-        await conn.execute("INSERT INTO relay_state DEFAULT VALUES ON CONFLICT DO NOTHING")
-        state = await conn.fetchrow("SELECT last_position, published_through FROM relay_state")
+        await conn.execute(
+            "INSERT INTO relay_state DEFAULT VALUES ON CONFLICT DO NOTHING", timeout=timeout
+        )
+        state = await conn.fetchrow(
+            "SELECT last_position, published_through FROM relay_state", timeout=timeout
+        )
         assert state is not None
         self.last_position = state["last_position"]
         self.published_through = state["published_through"]
-        commit_ts = await conn.fetchval("SHOW track_commit_timestamp") == "on"
+        commit_ts = await conn.fetchval("SHOW track_commit_timestamp", timeout=timeout) == "on"
+        if not commit_ts:
+            log.warning(
+                "track_commit_timestamp is off: event ts is the writing transaction's start,"
+                " which can go backwards along a channel; turn it on in postgresql.conf"
+            )
         assign_sql = _ASSIGN.format(commit_time=_COMMIT_TIME if commit_ts else _INSERT_TIME)
         log.info("relay leader", extra={"from_position": self.last_position})
         last_prune = 0.0
+        failing_since: float | None = None  # when publishing (or hearing Redis) stopped
         while True:
             self.wake.clear()
+            attempt = time.monotonic()
             try:
                 await self._publish_tail(conn)
                 while await self._relay_batch(conn, assign_sql) == self.settings.batch_size:
                     pass
-            except (RedisError, OSError, ConnectionError) as error:
+                failing_since = None if self.broker.healthy else (failing_since or attempt)
+            except PublishFailed as error:
                 # Positions stay committed; the tail is published again once the broker
-                # is back, and new rows wait in the outbox meanwhile.
+                # is back (here or by the next leader), and new rows wait in the outbox.
                 log.warning("relay cannot publish", extra={"error": repr(error)})
                 self.metrics.publish_failures.inc()
+                failing_since = failing_since or attempt
                 if self.stopping:  # cannot publish now: the next leader republishes the tail
+                    return
+            if failing_since is not None:
+                if time.monotonic() - failing_since >= self.settings.step_down:
+                    log.warning("relay steps down: it cannot publish")
+                    self.metrics.step_downs.inc()
                     return
                 await asyncio.sleep(RETRY_DELAY_S)
                 continue
@@ -174,7 +264,11 @@ class OutboxRelay:
     async def _relay_batch(self, conn: asyncpg.Connection, assign_sql: str) -> int:
         """Assign positions to one batch of committed rows, then publish it."""
         rows = await conn.fetch(
-            assign_sql, self.settings.batch_size, self.last_position, self.published_through
+            assign_sql,
+            self.settings.batch_size,
+            self.last_position,
+            self.published_through,
+            timeout=self.settings.lock_timeout,
         )
         if not rows:
             return 0
@@ -185,7 +279,7 @@ class OutboxRelay:
         return len(rows)
 
     async def _publish(self, messages: list[tuple[str, bytes]], commit_times: list[float]) -> None:
-        await self.broker.publish(messages)
+        await self._send(messages)
         now = time.time()
         for committed in commit_times:
             self.metrics.lag.observe(max(0.0, now - committed))
@@ -194,18 +288,31 @@ class OutboxRelay:
     async def _publish_tail(self, conn: asyncpg.Connection) -> None:
         """Publish again what may not have reached the broker (after a takeover or failure)."""
         while self.published_through < self.last_position:
-            rows = await conn.fetch(_TAIL, self.published_through, self.settings.batch_size)
+            rows = await conn.fetch(
+                _TAIL,
+                self.published_through,
+                self.settings.batch_size,
+                timeout=self.settings.lock_timeout,
+            )
             if not rows:
                 self.published_through = self.last_position
                 return
             messages = [_message(row) for row in rows]
-            await self.broker.publish(messages)
+            await self._send(messages)
             self.metrics.republished.inc(len(messages))
             self.published_through = rows[-1]["position"]
 
+    async def _send(self, messages: list[tuple[str, bytes]]) -> None:
+        try:
+            await self.broker.publish(messages)
+        except (RedisError, OSError, ConnectionError) as error:
+            raise PublishFailed(repr(error)) from error
+
     async def _prune(self, conn: asyncpg.Connection) -> None:
         while True:
-            status = await conn.execute(_PRUNE, float(self.settings.retention_seconds), PRUNE_CHUNK)
+            status = await conn.execute(
+                _PRUNE, float(self.settings.retention_seconds), PRUNE_CHUNK, timeout=30
+            )
             deleted = int(status.split()[-1])
             self.metrics.pruned.inc(deleted)
             if deleted < PRUNE_CHUNK:

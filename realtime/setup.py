@@ -24,7 +24,10 @@ async def realtime_ctx(app: web.Application) -> AsyncIterator[None]:
     assert settings.redis_url is not None and settings.database_url is not None
     registry = app[keys.metrics_key].registry
     broker = RedisBroker(
-        settings.redis_url, app[keys.redis_key], watchdog_interval=settings.redis_watchdog_interval
+        settings.redis_url,
+        app[keys.redis_key],
+        watchdog_interval=settings.redis_watchdog_interval,
+        deployment=settings.deployment,
     )
     hub = Hub(
         broker,
@@ -40,6 +43,8 @@ async def realtime_ctx(app: web.Application) -> AsyncIterator[None]:
             batch_size=settings.relay_batch_size,
             poll_interval=settings.relay_poll_interval,
             retention_seconds=settings.event_retention,
+            step_down=settings.relay_step_down,
+            lock_timeout=settings.relay_lock_timeout,
         ),
         broker,
         RelayMetrics(registry),
@@ -62,16 +67,18 @@ async def realtime_ctx(app: web.Application) -> AsyncIterator[None]:
         async with asyncio.timeout(settings.redis_timeout):
             await broker.wait_live()
     relay_task = asyncio.create_task(relay.run(), name="jangteo-relay")
+    hub.start()
     presence.start()
     sessions_task = asyncio.create_task(gateway.follow_sessions(), name="jangteo-sessions")
     expiry_task = asyncio.create_task(gateway.expire_sessions(), name="jangteo-session-expiry")
+    deaf_task = asyncio.create_task(gateway.check_sessions_while_deaf(), name="jangteo-deaf")
     with contextlib.suppress(TimeoutError):  # sockets are refused (503) until it is done
         async with asyncio.timeout(settings.pg_connect_timeout):
             await asyncio.shield(sessions_task)
     yield
     await gateway.close_all()  # normally done already by on_shutdown
     await relay.stop(relay_task)  # publishes what committed, then hands leadership over
-    for task in (sessions_task, expiry_task):
+    for task in (sessions_task, expiry_task, deaf_task, *gateway.background):
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

@@ -21,20 +21,40 @@ DRAIN_POLL_S = 0.005
 
 
 class SocketWriter:
-    __slots__ = ("closed", "limit", "on_overflow", "queue", "task", "transport")
+    __slots__ = ("closed", "limit", "on_overflow", "on_resync", "queue", "task", "transport")
 
     def __init__(
-        self, transport: asyncio.BaseTransport, limit: int, on_overflow: Callable[[], None]
+        self,
+        transport: asyncio.BaseTransport,
+        limit: int,
+        on_overflow: Callable[[], None],
+        on_resync: Callable[[str], None] | None = None,
     ) -> None:
         self.transport: asyncio.WriteTransport = transport  # type: ignore[assignment]
         self.limit = limit
         self.on_overflow = on_overflow
+        self.on_resync = on_resync
         self.queue: collections.deque[bytes] | None = None  # made when the peer falls behind
         self.task: asyncio.Task[None] | None = None
         self.closed = False
 
     def deliver(self, event: Delivery) -> None:
         self.send(event.frame)
+
+    def resync(self, channel: str) -> None:
+        if self.on_resync is not None:
+            self.on_resync(channel)
+
+    @property
+    def backlogged(self) -> bool:
+        """Frames wait for the peer: whoever can wait (a replay) should, until drained."""
+        return bool(self.queue) and not self.closed
+
+    async def drained(self) -> None:
+        """Wait until the queue is empty, or the socket is closing."""
+        # Polled like the drain itself: only a replay to a slow peer ever waits here.
+        while self.queue and not self.closed:  # noqa: ASYNC110
+            await asyncio.sleep(DRAIN_POLL_S)
 
     def send(self, frame: bytes) -> None:
         """Write or queue one complete WebSocket frame; never waits."""

@@ -68,10 +68,12 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         enabled=settings.cache_enabled,
         near=near,
         database=redis_database(settings.redis_url),
+        deployment=settings.deployment,
     )
     app[keys.purchase_locks_key] = PurchaseLocks(client)
     listener = asyncio.create_task(
-        listen_for_invalidations(settings.redis_url, near), name="jangteo-cache-invalidations"
+        listen_for_invalidations(settings.redis_url, near, settings.deployment),
+        name="jangteo-cache-invalidations",
     )
     yield
     await stop_listener(listener)

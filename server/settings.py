@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from server.client_address import parse_networks
 
+_DEPLOYMENT = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 PURCHASE_STRATEGIES = ("pessimistic", "optimistic", "atomic", "redis_lock")
 TEST_FAULTS = ("", "drop-every-tenth-event")  # JANGTEO_TEST_FAULT, for tests only
 
@@ -88,6 +90,13 @@ class Settings:
     event_retention: int = 7 * 24 * 3600  # seconds; published events older are pruned
     relay_poll_interval: float = 1.0  # safety net beside LISTEN/NOTIFY
     relay_batch_size: int = 500
+    # A leader that cannot publish for this long hands leadership to an instance that can.
+    relay_step_down: float = 2.0
+    # How long a relay leader may be silent (paused, cut off from PostgreSQL) before its
+    # lock is released: the lock session's idle_session_timeout and TCP keepalives.
+    relay_lock_timeout: float = 4.0
+    # Names every pub/sub channel, so two deployments may share one Redis.
+    deployment: str = "jangteo"
     ws_max_connections: int = 20_000  # per instance; beyond it new sockets close with 1013
     ws_max_subscriptions: int = 100  # per socket
     ws_max_frame_bytes: int = 64 * 1024  # larger client frames close with 1009
@@ -167,6 +176,9 @@ class Settings:
             event_retention=reader.duration("EVENT_RETENTION", defaults.event_retention),
             relay_poll_interval=reader.number("RELAY_POLL_INTERVAL", defaults.relay_poll_interval),
             relay_batch_size=reader.integer("RELAY_BATCH_SIZE", defaults.relay_batch_size),
+            relay_step_down=reader.number("RELAY_STEP_DOWN", defaults.relay_step_down),
+            relay_lock_timeout=reader.number("RELAY_LOCK_TIMEOUT", defaults.relay_lock_timeout),
+            deployment=reader.text("DEPLOYMENT", defaults.deployment),
             ws_max_connections=reader.integer("WS_MAX_CONNECTIONS", defaults.ws_max_connections),
             ws_max_subscriptions=reader.integer(
                 "WS_MAX_SUBSCRIPTIONS", defaults.ws_max_subscriptions
@@ -185,6 +197,13 @@ class Settings:
             ),
             test_fault=reader.choice("TEST_FAULT", "", TEST_FAULTS),
         )
+        if settings.relay_lock_timeout < 2 * settings.relay_poll_interval + 1:
+            raise SettingsError(
+                "JANGTEO_RELAY_LOCK_TIMEOUT must be at least twice JANGTEO_RELAY_POLL_INTERVAL"
+                " plus a second: the leader speaks to PostgreSQL once per poll"
+            )
+        if not _DEPLOYMENT.match(settings.deployment):
+            raise SettingsError("JANGTEO_DEPLOYMENT must match " + _DEPLOYMENT.pattern)
         return settings
 
     def replace(self, **changes: object) -> Settings:

@@ -63,6 +63,7 @@ class ListingCache:
         near: NearCache | None = None,
         ack_timeout_s: float = ACK_TIMEOUT_S,
         database: str = "0",
+        deployment: str = "jangteo",
     ) -> None:
         self.redis = redis
         self.metrics = metrics
@@ -71,6 +72,7 @@ class ListingCache:
         self.enabled = enabled  # off: every read goes to PostgreSQL (benchmarks, debugging)
         self.ack_timeout_s = ack_timeout_s
         self.database = database  # of ``redis``: its subscribers listen on its own channel
+        self.deployment = deployment
         self._lookup = redis.register_script(_LOOKUP)
         self._bump = redis.register_script(_BUMP)
 
@@ -100,7 +102,11 @@ class ListingCache:
         try:
             receivers = await self._bump(
                 keys=[f"{base}:gen" for base in bases],
-                args=[GENERATION_TTL_S, channel_name(self.database), " ".join([ack_key, *bases])],
+                args=[
+                    GENERATION_TTL_S,
+                    channel_name(self.database, self.deployment),
+                    " ".join([ack_key, *bases]),
+                ],
             )
             unconfirmed = await wait_for_acks(
                 self.redis, self.database, ack_key, int(receivers), self.ack_timeout_s

@@ -38,7 +38,7 @@ from server.resp import command as _command
 
 log = logging.getLogger(__name__)
 
-CHANNEL_PREFIX = "jangteo:cache-invalidate"
+CHANNEL_SUFFIX = "cache-invalidate"
 SUBSCRIBER_NAME = "jangteo-near-cache"  # CLIENT SETNAME of every subscription connection
 ACK_KEY_TTL_MS = 10_000  # a late ack, after the writer gave up, is not kept for long
 LEASE_S = 1.0
@@ -49,14 +49,16 @@ MIN_BLOCK_S = 0.01  # Redis reads a shorter BLPOP timeout as 0, which blocks for
 _LEASE_PREFIX = b"lease:"
 
 
-def channel_name(database: str) -> str:
-    return f"{CHANNEL_PREFIX}:{database}"
+def channel_name(database: str, deployment: str = "jangteo") -> str:
+    """Pub/sub ignores databases, and two deployments may share one Redis: both name it."""
+    return f"{deployment}:{CHANNEL_SUFFIX}:{database}"
 
 
 class _Subscription(asyncio.Protocol):
-    def __init__(self, near: NearCache, redis_url: str) -> None:
+    def __init__(self, near: NearCache, redis_url: str, deployment: str) -> None:
         self.near = near
         self.redis_url = redis_url
+        self.deployment = deployment
         self.database = redis_database(redis_url)  # acks go to the writers' database
         self.reader = hiredis.Reader()
         self.loop = asyncio.get_running_loop()
@@ -72,7 +74,7 @@ class _Subscription(asyncio.Protocol):
         self.transport.write(
             hello(self.redis_url, SUBSCRIBER_NAME)
             + _command("CLIENT", "ID")
-            + _command("SUBSCRIBE", channel_name(self.database))
+            + _command("SUBSCRIBE", channel_name(self.database, self.deployment))
             + self._lease_ping()
         )
         self.near.bind(self.transport.is_closing)
@@ -144,14 +146,16 @@ class _Subscription(asyncio.Protocol):
             self.closed.set_result(None)
 
 
-async def listen_for_invalidations(redis_url: str, near: NearCache) -> None:
+async def listen_for_invalidations(
+    redis_url: str, near: NearCache, deployment: str = "jangteo"
+) -> None:
     """Stay subscribed for as long as the task runs, reconnecting after any failure."""
     host, port = address(redis_url)
     loop = asyncio.get_running_loop()
     while True:
         try:
             transport, protocol = await loop.create_connection(
-                lambda: _Subscription(near, redis_url), host, port
+                lambda: _Subscription(near, redis_url, deployment), host, port
             )
         except OSError as error:
             log.warning("cache invalidation subscription failed", extra={"error": repr(error)})

@@ -110,6 +110,11 @@ class FakeLog:
         await self._checkpoint("head")
         return head
 
+    async def channel_heads(self, channels: list[str]) -> dict[str, int]:
+        heads = {channel: self.heads[channel] for channel in channels if channel in self.heads}
+        await self._checkpoint("channel_heads")
+        return heads
+
     async def after(self, channel: str, after: int, limit: int) -> list[Delivery]:
         events = self._range(channel, after, 2**63 - 1, limit)  # the query's snapshot
         await self._checkpoint("after")
@@ -152,12 +157,20 @@ class Recorder:
         self.name = name
         self.events: list[Delivery] = []
         self.ephemeral: list[bytes] = []
+        self.resyncs: list[str] = []
+        self.backlogged = False
 
     def deliver(self, event: Delivery) -> None:
         self.events.append(event)
 
     def send(self, frame: bytes) -> None:
         self.ephemeral.append(frame)
+
+    async def drained(self) -> None:
+        """Never backlogged unless a test says so (see SlowRecorder)."""
+
+    def resync(self, channel: str) -> None:
+        self.resyncs.append(channel)
 
     def offsets(self, channel: str = CHANNEL) -> list[int]:
         return [event.offset for event in self.events if event.channel == channel]
