@@ -16,6 +16,7 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
+from realtime import hub as hub_module
 from realtime.broker import encode_ephemeral, encode_message
 from realtime.broker_memory import MemoryBroker, MemoryBus
 from realtime.event import Delivery
@@ -177,6 +178,24 @@ class Recorder:
 
     def __repr__(self) -> str:
         return f"Recorder({self.name})"
+
+
+class SlowPeer(Recorder):
+    """A peer on a slow link: after each frame it is backlogged until the test lets it read."""
+
+    def __init__(self) -> None:
+        super().__init__("slow")
+        self.reads = asyncio.Semaphore(0)
+        self.waiting = 0
+
+    def deliver(self, event: Delivery) -> None:
+        super().deliver(event)
+        self.backlogged = True
+
+    async def drained(self) -> None:
+        self.waiting += 1
+        await self.reads.acquire()
+        self.backlogged = False
 
 
 @dataclass
@@ -427,6 +446,142 @@ async def test_ephemeral_frames_reach_live_subscribers_only(setup: Setup) -> Non
     second = await setup.commit()
     assert live.offsets() == [first, second] and catching_up.offsets() == [first, second]
     assert setup.metric("jangteo_hub_gap_fills_total", reason="gap") == 0
+
+
+# -- silent feeds and holes ------------------------------------------------------------
+
+
+@pytest.fixture
+async def watched(setup: Setup) -> AsyncIterator[Setup]:
+    """The hub comparing its feeds with their heads every few milliseconds."""
+    await setup.hub.close()
+    setup.registry = CollectorRegistry()
+    hub = Hub(
+        setup.broker,
+        setup.log,
+        HubMetrics(setup.registry),
+        replay_limit=100,
+        head_check=0.01,
+        poll_interval=0.01,
+    )
+    setup.hub = hub
+    hub.start()
+    yield setup
+    await hub.close()
+
+
+async def test_a_feed_gone_silent_without_a_gap_is_found_by_its_head(watched: Setup) -> None:
+    """An event that never arrives, and no later one to reveal the gap."""
+    subscriber = Recorder()
+    await watched.hub.join(CHANNEL, subscriber)
+    one = await watched.commit()
+    lost = await watched.commit(publish=False)
+    await until(lambda: subscriber.offsets() == [one, lost])
+    assert watched.metric("jangteo_hub_gap_fills_total", reason="silent") == 1
+    assert watched.metric("jangteo_hub_gap_fills_total", reason="gap") == 0
+    after = await watched.commit()
+    assert subscriber.offsets() == [one, lost, after]
+
+
+async def test_while_the_broker_is_down_feeds_are_read_from_the_log(watched: Setup) -> None:
+    subscriber = Recorder()
+    await watched.hub.join(CHANNEL, subscriber)
+    watched.broker.disconnect()
+    offsets = [await watched.commit() for _ in range(3)]  # published, never received
+    await until(lambda: subscriber.offsets() == offsets)
+    assert watched.metric("jangteo_hub_gap_fills_total", reason="polling") >= 1
+    watched.broker.reconnect()
+    more = await watched.commit()
+    await until(watched.settled)
+    assert subscriber.offsets() == [*offsets, more]
+
+
+async def test_a_hole_in_a_replay_is_answered_with_resync(setup: Setup) -> None:
+    """A resume never skips an event the log lost (pruned out of order, say)."""
+    offsets = [await setup.commit() for _ in range(5)]
+    setup.log.events[CHANNEL] = [e for e in setup.log.events[CHANNEL] if e.offset != offsets[2]]
+    resumed = Recorder()
+    with pytest.raises(ResyncNeeded):
+        await setup.hub.join(CHANNEL, resumed, since=offsets[0])
+    assert resumed.events == []
+    intact = Recorder()
+    await setup.hub.join(CHANNEL, intact, since=offsets[2])
+    assert intact.offsets() == offsets[3:]
+
+
+async def test_a_hole_met_by_a_gap_fill_resyncs_the_channel(setup: Setup) -> None:
+    live, other = Recorder("live"), Recorder("other")
+    await setup.hub.join(CHANNEL, live)
+    await setup.hub.join(CHANNEL, other)
+    one = await setup.commit()
+    two = await setup.commit(publish=False)
+    await setup.commit(publish=False)
+    setup.log.events[CHANNEL] = [e for e in setup.log.events[CHANNEL] if e.offset != two]
+    await setup.commit()  # reveals the gap; the fill finds the log broken after `one`
+    await until(lambda: live.resyncs == [CHANNEL] and other.resyncs == [CHANNEL])
+    assert live.offsets() == [one] and other.offsets() == [one]
+    assert CHANNEL not in setup.hub.feeds and CHANNEL not in setup.broker.channels
+    assert setup.metric("jangteo_hub_resyncs_total") == 2
+
+
+async def test_an_unexplained_gap_is_answered_with_resync_never_delivered(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hub_module, "FILL_RETRY_S", 0.001)
+    live = Recorder()
+    await setup.hub.join(CHANNEL, live)
+    one = await setup.commit()
+    # An event whose predecessor the log has never seen (another deployment's, a bug).
+    stray = Delivery.from_row(CHANNEL, 1000, 999, 0, "listing.updated", "{}")
+    await setup.publisher.publish([(CHANNEL, encode_message(1000, 999, stray.json))])
+    await until(lambda: live.resyncs == [CHANNEL])
+    assert live.offsets() == [one]
+    assert setup.log.calls.count("after") == hub_module.STUCK_FILLS
+    # Subscribing again starts afresh, and real events after the stray one arrive.
+    again = Recorder("again")
+    await setup.hub.join(CHANNEL, again)
+    two = await setup.commit()
+    assert again.offsets() == [two]
+
+
+async def test_a_replay_is_paced_by_the_subscriber(setup: Setup) -> None:
+    """A slow peer is fed as it reads: one frame, then a wait for it to drain."""
+    offsets = [await setup.commit() for _ in range(6)]
+    peer = SlowPeer()
+    join = asyncio.create_task(setup.hub.join(CHANNEL, peer, since=0))
+    await until(lambda: peer.waiting == 1)
+    assert peer.offsets() == offsets[:1]
+    live = [await setup.commit() for _ in range(2)]  # held until the replay is done
+    assert peer.offsets() == offsets[:1]
+    for _ in range(3):
+        peer.reads.release()
+    await until(lambda: peer.waiting == 4)
+    assert peer.offsets() == offsets[:4]
+    for _ in range(100):
+        peer.reads.release()
+    await join
+    assert peer.offsets() == [*offsets, *live]
+    peer.backlogged = False
+    last = await setup.commit()
+    assert peer.offsets()[-1] == last
+
+
+async def test_live_events_beyond_the_catch_up_bound_are_read_again(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hub_module, "CATCH_UP_LIMIT", 2)
+    other = Recorder("other")
+    await setup.hub.join(CHANNEL, other)
+    offsets = [await setup.commit() for _ in range(3)]
+    peer = SlowPeer()
+    join = asyncio.create_task(setup.hub.join(CHANNEL, peer, since=0))
+    await until(lambda: peer.waiting == 1)
+    live = [await setup.commit() for _ in range(7)]
+    assert len(setup.hub.feeds[CHANNEL].subscribers[peer].events) <= 2  # type: ignore[union-attr]
+    for _ in range(100):
+        peer.reads.release()
+    await join
+    assert peer.offsets() == [*offsets, *live] == other.offsets()
 
 
 # -- joining with since ----------------------------------------------------------------

@@ -1,0 +1,157 @@
+"""Relay leadership follows the ability to publish, and a silent leader loses its lock.
+
+Against the real test PostgreSQL, each relay publishing to a bus of its own (the helpers
+of test_relay). A relay's broker that is disconnected stands for an instance cut off
+from Redis; one that fails to publish, for a Redis that refuses or times out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from realtime import relay as relay_module
+from realtime.relay import LEADER_LOCK_ID, RelaySettings
+from tests.realtime.test_relay import (
+    Relays,
+    check_chain,
+    insert,
+    outbox,
+    until,
+    until_async,
+)
+
+STEP_DOWN = 0.3
+
+
+async def lock_holder(db: asyncpg.Connection) -> int | None:
+    """The server pid holding the leader lock, if any."""
+    pid = await db.fetchval(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        " AND objid = $1 AND classid = 0",
+        LEADER_LOCK_ID,
+    )
+    return pid if isinstance(pid, int) else None
+
+
+async def test_a_leader_that_cannot_publish_steps_down_for_one_that_can(
+    relays: Relays, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(relay_module, "RETRY_DELAY_S", 0.01)
+    leader = relays.start(step_down=STEP_DOWN)
+    await until(lambda: leader.relay.is_leader)
+    follower = relays.start(step_down=STEP_DOWN)
+    # The leader's host loses Redis: its publishes fail and its subscription is down.
+    leader.broker.fail_publish = True
+    leader.broker.disconnect()
+    for n in range(3):
+        await insert(db, "listing:1", n)
+    await until(lambda: follower.published_ns() == {0, 1, 2})
+    assert follower.relay.is_leader and not leader.relay.is_leader
+    assert leader.metric("jangteo_relay_step_downs_total") >= 1
+    assert leader.bus.published == []
+    check_chain(follower.sent)  # the tail the leader numbered is republished in order
+    # It does not compete again while it cannot reach Redis, and once it can, it waits.
+    await insert(db, "listing:1", 3)
+    await until(lambda: 3 in follower.published_ns())
+    leader.broker.fail_publish = False
+    leader.broker.reconnect()
+    await relays.stop(follower)
+    await until(lambda: leader.relay.is_leader)
+    await insert(db, "listing:1", 4)
+    await until(lambda: 4 in leader.published_ns())
+    # After the republished tail, if any (from where the follower last recorded it).
+    assert [(m.offset, m.prev) for m in leader.sent][-1] == (5, 4)
+    assert [m.offset for m in leader.sent] == list(range(leader.sent[0].offset, 6))
+
+
+async def test_a_relay_that_cannot_reach_redis_does_not_take_the_lock(
+    relays: Relays, db: asyncpg.Connection
+) -> None:
+    bus_down = relays.start(step_down=STEP_DOWN, poll_interval=0.1)
+    bus_down.broker.disconnect()  # before its task first runs
+    await insert(db, "listing:1", 0)
+    # Long enough to have taken the lock many times over (it looks every 0.2 s).
+    for _ in range(10):
+        await asyncio.sleep(0.1)
+        assert await lock_holder(db) is None and not bus_down.relay.is_leader
+    assert [row["position"] for row in await outbox(db)] == [None]  # nobody numbered it
+    bus_down.broker.reconnect()
+    await until(lambda: bus_down.published_ns() == {0})
+    assert bus_down.relay.is_leader
+    # Losing Redis with nothing to publish: it steps down all the same.
+    bus_down.broker.disconnect()
+    await until(lambda: not bus_down.relay.is_leader)
+
+    async def lock_free() -> bool:
+        return await lock_holder(db) is None
+
+    await until_async(lock_free)
+
+
+async def test_a_silent_leader_loses_the_lock_after_the_lock_timeout(
+    relays: Relays, db: asyncpg.Connection, database_url: str
+) -> None:
+    """A leader frozen after taking the lock (a paused process) is idle on its session:
+    the server ends the session after the lock timeout, and with it the lock."""
+    settings = RelaySettings(database_url, lock_timeout=2.0)
+    frozen = await asyncpg.connect(database_url, server_settings=settings.lock_session_settings())
+    try:
+        await frozen.execute("SELECT pg_advisory_lock($1)", LEADER_LOCK_ID)
+        assert await lock_holder(db) == frozen.get_server_pid()
+        successor = relays.start()
+        await insert(db, "listing:1", 0)
+        await until(lambda: successor.published_ns() == {0})
+        assert await lock_holder(db) != frozen.get_server_pid()
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+            await frozen.fetchval("SELECT 1")  # its session was ended by the server
+    finally:
+        frozen.terminate()
+
+
+async def test_the_lock_session_detects_a_dead_peer_on_both_sides(database_url: str) -> None:
+    """Keepalives and tcp_user_timeout within the lock timeout, on the server's side."""
+    settings = RelaySettings(database_url, lock_timeout=4.0)
+    conn = await asyncpg.connect(database_url, server_settings=settings.lock_session_settings())
+    try:
+        shown = {
+            name: await conn.fetchval(f"SHOW {name}")
+            for name in (
+                "idle_session_timeout",
+                "tcp_keepalives_idle",
+                "tcp_keepalives_interval",
+                "tcp_keepalives_count",
+                "tcp_user_timeout",
+            )
+        }
+    finally:
+        await conn.close()
+    assert shown["idle_session_timeout"] == "4s"
+    assert shown["tcp_user_timeout"] == "4000"  # milliseconds
+    idle = int(shown["tcp_keepalives_idle"])
+    interval = int(shown["tcp_keepalives_interval"])
+    count = int(shown["tcp_keepalives_count"])
+    assert 0 < idle + interval * count <= 4
+
+
+async def test_pruning_removes_a_prefix_of_positions(
+    relays: Relays, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commit times do not follow positions: a late commit is numbered late. Pruning by
+    time alone would delete position 3 and keep 1 and 2 (a hole a resume cannot see)."""
+    monkeypatch.setattr(relay_module, "PRUNE_EVERY_S", 0.0)
+    running = relays.start(retention_seconds=3600)
+    for n in range(5):
+        await insert(db, "listing:1", n)
+    await until(lambda: running.published_ns() == set(range(5)))
+    await db.execute(
+        "UPDATE outbox SET committed_at = now() - interval '2 hours' WHERE position = 3"
+    )
+    await insert(db, "listing:1", 5)  # wakes the relay: publish, then prune
+
+    async def pruned() -> bool:
+        return [row["position"] for row in await outbox(db)] == [4, 5, 6]
+
+    await until_async(pruned)
