@@ -21,10 +21,10 @@ import asyncpg
 import pytest
 
 from db.migrate import migrate
+from loadtests.chaos.proxy import TcpProxy
 from server.embedded.postgres import EmbeddedPostgres
 from server.embedded.process import free_port
 from server.embedded.redis import EmbeddedRedis
-from tests.faults.proxy import TcpProxy
 
 _databases = itertools.count(1)
 

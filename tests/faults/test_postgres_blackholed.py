@@ -15,8 +15,8 @@ import aiohttp
 import asyncpg
 import pytest
 
+from loadtests.chaos.proxy import TcpProxy
 from server.embedded.redis import EmbeddedRedis
-from tests.faults.proxy import TcpProxy
 from tests.faults.support import Timed, eventually, timed, wait_ready
 from tests.support import ServerProcess, server_env
 from tests.system.realtime_support import User, create_listing, sign_up

@@ -18,8 +18,8 @@ import asyncpg
 import orjson
 import pytest
 
+from loadtests.chaos.proxy import TcpProxy
 from server.embedded.redis import EmbeddedRedis
-from tests.faults.proxy import TcpProxy
 from tests.faults.support import (
     GENEROUS_LIMIT,
     Timed,

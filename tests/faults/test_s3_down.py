@@ -16,10 +16,10 @@ import asyncpg
 import pytest
 from moto.server import ThreadedMotoServer
 
+from loadtests.chaos.proxy import TcpProxy
 from server.app import create_app
 from server.embedded.process import free_port
 from server.settings import Settings
-from tests.faults.proxy import TcpProxy
 from tests.server.test_photos import (
     PNG,
     AiohttpClient,

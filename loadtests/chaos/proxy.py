@@ -1,26 +1,36 @@
-"""A TCP proxy the tests can black-hole: it keeps accepting, and never answers.
+"""A TCP proxy that can black-hole its link or slow it down.
 
 A refused connection fails in microseconds; a silent network (a dropped route, a
 firewall eating packets, a peer frozen mid-write) makes every client wait out its own
 timeout, which is the failure timeouts and the Redis circuit breaker exist for. The
 proxy runs its own event loop in a thread, so it keeps forwarding (or swallowing)
-whatever the test's own loop is busy with.
+whatever the caller's own loop is busy with.
 
 While black-holed, new connections are accepted and what arrives on any connection is
 read and dropped. ``restore()`` forwards again, and resets the connections that lost
 bytes meanwhile (their streams are no longer whole), as a healed network would.
+
+While throttled (``throttle(bytes_per_second)``, or ``rate=`` at construction), each
+direction of each connection carries at most that many bytes per second. The proxy reads
+no faster than it forwards, and its upstream sockets are opened with a small receive
+buffer, so the sender feels the slow link as TCP back-pressure after some tens of
+kilobytes, not after the megabytes that loopback would otherwise buffer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from server.embedded.process import free_port
 
 CHUNK = 65536
+SLOW_BUFFER = 32768  # SO_RCVBUF of a throttled link's upstream socket
+SLOW_TICK_S = 0.05  # a throttled pipe forwards about this much time's worth at once
 
 
 @dataclass(eq=False)
@@ -36,15 +46,16 @@ class _Link:
 class TcpProxy:
     """``127.0.0.1:port`` forwards to ``127.0.0.1:target_port`` until black-holed."""
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, *, rate: int | None = None) -> None:
         self.target_port = target_port
         self.port = free_port()
         self.blackholed = False
+        self.rate = rate  # bytes per second each way; None: as fast as loopback
         self._links: set[_Link] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="fault-proxy", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="tcp-proxy", daemon=True)
 
     def start(self) -> TcpProxy:
         self._thread.start()
@@ -54,7 +65,8 @@ class TcpProxy:
 
     def stop(self) -> None:
         if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
+            with contextlib.suppress(RuntimeError):  # its loop already ended
+                self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)
 
     def blackhole(self) -> None:
@@ -65,12 +77,16 @@ class TcpProxy:
         """Forward again; connections that lost bytes meanwhile are reset."""
         self._call(self._restore)
 
+    def throttle(self, rate: int | None) -> None:
+        """Carry at most ``rate`` bytes per second each way from now on (None: no limit)."""
+        self._call(lambda: setattr(self, "rate", rate))
+
     def url(self, scheme_and_rest: str) -> str:
         """``scheme_and_rest`` with the target's port replaced by the proxy's."""
         return scheme_and_rest.replace(f":{self.target_port}/", f":{self.port}/")
 
-    def _call(self, function: object) -> None:
-        assert self._loop is not None and callable(function)
+    def _call(self, function: Callable[[], object]) -> None:
+        assert self._loop is not None
         done = threading.Event()
 
         def run() -> None:
@@ -113,7 +129,7 @@ class TcpProxy:
                 await self._swallow(reader)
                 return
             try:
-                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+                up_reader, up_writer = await self._connect()
             except OSError:
                 return
             link.writers.append(up_writer)
@@ -124,6 +140,21 @@ class TcpProxy:
             self._links.discard(link)
             link.abort()
 
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self.rate is None:
+            return await asyncio.open_connection("127.0.0.1", self.target_port)
+        # A small receive buffer, set before connecting (it sizes the TCP window): the
+        # target's writes back up after a few frames, as over a slow network.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SLOW_BUFFER)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", self.target_port))
+        except OSError:
+            sock.close()
+            raise
+        return await asyncio.open_connection(sock=sock, limit=SLOW_BUFFER)
+
     async def _swallow(self, reader: asyncio.StreamReader) -> None:
         with contextlib.suppress(OSError):
             while await reader.read(CHUNK):
@@ -133,13 +164,20 @@ class TcpProxy:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: _Link
     ) -> None:
         try:
-            while data := await reader.read(CHUNK):
+            while data := await reader.read(self._chunk()):
                 if self.blackholed or link.damaged:
                     link.damaged = True
                     continue
                 writer.write(data)
                 await writer.drain()
+                if self.rate is not None:
+                    await asyncio.sleep(len(data) / self.rate)
         except OSError:
             pass
         finally:
             link.abort()
+
+    def _chunk(self) -> int:
+        if self.rate is None:
+            return CHUNK
+        return max(1024, min(CHUNK, int(self.rate * SLOW_TICK_S)))
