@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import shlex
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,29 @@ from server.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 # Settings that exist for the test suite alone and must never reach a deployment.
 TEST_ONLY = frozenset({"JANGTEO_TEST_FAULT"})
+# What jangteo needs of the PostgreSQL server it runs on (as the embedded one starts):
+# commit timestamps, so that an event's `ts` is its commit time.
+POSTGRES_SERVER_SETTINGS = {"track_commit_timestamp": "on"}
+_POSTGRES_TRUE = frozenset({"on", "true", "yes", "1"})
+
+
+def postgres_options(command: list[str] | str) -> dict[str, str]:
+    """The settings a ``postgres`` command line passes: ``-c name=value``, ``--name=value``."""
+    words = shlex.split(command) if isinstance(command, str) else [str(word) for word in command]
+    assignments = [word for flag, word in itertools.pairwise(words) if flag == "-c"]
+    assignments += [word[2:] for word in words if word.startswith("--") and "=" in word]
+    return {
+        name.strip().replace("-", "_"): value.strip()
+        for name, _, value in (assignment.partition("=") for assignment in assignments)
+    }
+
+
+def postgres_value_matches(value: str | None, wanted: str) -> bool:
+    """PostgreSQL's spellings of one value: ``on``, ``true``, ``yes`` and ``1`` are alike."""
+    if value is None:
+        return False
+    value, wanted = value.strip().strip("'\"").lower(), wanted.lower()
+    return value == wanted or {value, wanted} <= _POSTGRES_TRUE
 
 
 class _AskedFor(dict[str, str]):

@@ -12,10 +12,13 @@ from urllib.parse import urlsplit
 
 from tests.deploy.compose_env import app_services, environment, interpolate, is_locust
 from tests.deploy.names import (
+    POSTGRES_SERVER_SETTINGS,
     ROOT,
     TEST_ONLY,
     app_paths,
     load_setting_names,
+    postgres_options,
+    postgres_value_matches,
     seconds,
     setting_names,
     settings_from,
@@ -56,6 +59,15 @@ def test_dependency_urls_name_services_and_their_ports(
             assert parts.port == SERVICE_PORTS[parts.hostname], f"{name}: {url}"
     minio_ports = {str(port).rpartition(":")[2] for port in services["minio"]["ports"]}
     assert str(SERVICE_PORTS["minio"]) in minio_ports, "presigned URLs reach MinIO's port"
+
+
+def test_postgres_runs_with_the_settings_jangteo_needs(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """Commit timestamps on: an event's `ts` is its commit time, not its transaction's start."""
+    options = postgres_options(services["postgres"].get("command", []))
+    for name, wanted in POSTGRES_SERVER_SETTINGS.items():
+        assert postgres_value_matches(options.get(name), wanted), f"postgres: -c {name}={wanted}"
 
 
 def test_two_or_more_replicas_start_after_their_dependencies(

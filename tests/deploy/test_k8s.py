@@ -4,6 +4,7 @@ with the settings, the app's routes, the image and each other.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import yaml
 
 from tests.deploy.dockerfile import read_stages
 from tests.deploy.names import (
+    POSTGRES_SERVER_SETTINGS,
     ROOT,
     TEST_ONLY,
     app_paths,
@@ -58,6 +60,38 @@ def _environment(manifests: list[Manifest]) -> dict[str, str]:
     config = _one(manifests, "ConfigMap")["data"]
     secret = _one(manifests, "Secret")["stringData"]
     return {**config, **secret}
+
+
+def _comments(path: Path) -> str:
+    """A manifest's notes: its comment lines, joined."""
+    lines = (line.strip() for line in path.read_text().splitlines())
+    return " ".join(line.lstrip("#").strip() for line in lines if line.startswith("#"))
+
+
+def _readme_section(title: str) -> str:
+    """The README's section under ``### {title}``, up to the next heading of its level or above."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index(f"\n### {title}\n")
+    following = re.search(r"\n#{1,3} ", text[start + 1 :])
+    return text[start : start + 1 + following.start()] if following else text[start:]
+
+
+def test_notes_on_postgresql_name_the_settings_jangteo_needs(kustomization: Manifest) -> None:
+    """PostgreSQL runs outside the manifests, so the notes where it is named say what it must
+    run with: commit timestamps on, or an event's `ts` is its transaction's start."""
+    database_files = [
+        name
+        for name in kustomization["resources"]
+        for doc in _load(BASE / name)
+        if "JANGTEO_DATABASE_URL" in {**doc.get("data", {}), **doc.get("stringData", {})}
+    ]
+    assert database_files, "a manifest names the database"
+    notes = {name: _comments(BASE / name) for name in ["kustomization.yaml", *database_files]}
+    notes["README.md, Kubernetes"] = _readme_section("Kubernetes")
+    for name, wanted in POSTGRES_SERVER_SETTINGS.items():
+        said = re.compile(rf"\b{name}\s*=\s*{wanted}\b")
+        missing = [where for where, text in notes.items() if not said.search(text)]
+        assert missing == [], f"{name} = {wanted} is not asked for in {missing}"
 
 
 def test_kustomization_lists_every_manifest(kustomization: Manifest) -> None:

@@ -258,6 +258,47 @@ async def test_a_row_committing_after_a_later_one_is_published_gets_a_larger_pos
     assert positions[1] > positions[2] > positions[0]
 
 
+async def test_positions_follow_id_order_not_the_writing_transactions_start(
+    relays: Relays, db: asyncpg.Connection, database_url: str
+) -> None:
+    """Purchases queued on one row lock: the buyer who began first may write last.
+
+    Numbering by the transactions' start (``created_at``) would put the later write first
+    and undo the earlier one on screen (stock back up, "sold" undone).
+    """
+    queued, ahead = await asyncpg.connect(database_url), await asyncpg.connect(database_url)
+    try:
+        queued_txn = queued.transaction()
+        await queued_txn.start()
+        queued_start = await queued.fetchval("SELECT now()")  # fixed for the transaction
+        ahead_txn = ahead.transaction()
+        await ahead_txn.start()
+        ahead_start = await ahead.fetchval("SELECT now()")
+        assert ahead_start > queued_start
+        ahead_id = await insert(ahead, "listing:1", 0)
+        await ahead_txn.commit()
+        queued_id = await insert(queued, "listing:1", 1)
+        await queued_txn.commit()
+    finally:
+        await queued.close()
+        await ahead.close()
+    rows = {int(row["n"]): row for row in await outbox(db)}
+    assert (rows[0]["id"], rows[1]["id"]) == (ahead_id, queued_id)
+    assert ahead_id < queued_id and rows[1]["created_at"] < rows[0]["created_at"]
+    assert all(row["position"] is None for row in rows.values())  # both wait for the relay
+
+    running = relays.start()
+    await until(lambda: running.published_ns() == {0, 1})
+    messages = running.sent
+    assert [m.n for m in messages] == [0, 1], "published in id order"
+    check_chain(messages)
+    assert [(m.offset, m.prev) for m in messages] == [(1, 0), (2, 1)]
+    stored = {int(row["n"]): (row["position"], row["prev"]) for row in await outbox(db)}
+    assert stored == {0: (1, 0), 1: (2, 1)}
+    head = await db.fetchval("SELECT position FROM channel_heads WHERE channel = 'listing:1'")
+    assert head == 2
+
+
 async def test_an_idle_transaction_holding_an_xid_does_not_hold_back_others(
     relays: Relays, db: asyncpg.Connection, database_url: str
 ) -> None:

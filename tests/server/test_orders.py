@@ -11,6 +11,8 @@ import asyncpg
 import pytest
 from aiohttp import ClientResponse
 
+from db.queries import listings as listing_queries
+from db.types import Connection
 from server import keys
 from server.orders.locks import PurchaseLocks
 from server.orders.purchase import PurchaseRequest, StaleFence, purchase
@@ -42,6 +44,10 @@ from tests.orders_support import (
     snapshot,
 )
 from tests.support import Account, Client
+
+# Pairs of users buying each other's listing at once under the pessimistic strategy.
+CROSSWISE_PAIRS = 8
+WAIT_TIMEOUT = 20.0  # turns a wait that never ends (a gate, a lock) into a failure
 
 ORDER_FIELDS = {
     "id", "listing_id", "buyer_id", "seller_id", "quantity", "unit_price", "amount", "status",
@@ -711,6 +717,186 @@ async def test_complete_and_cancel_need_a_key(
         response = await client.post(order_url(order["id"], action), headers=market.buyer.auth)
         await problem(response, 400, "idempotency-key-missing")
     assert await snapshot(db) == before
+
+
+# -- each strategy's own guarantees --------------------------------------------------------
+
+
+class CrosswiseGates:
+    """Holds concurrent purchases at two points, so that their lock windows surely overlap.
+
+    1. Just after its listing's lock: until every purchase holds its own.
+    2. Before its second statement on wallets: until every purchase's first one returned,
+       or waits for a lock in PostgreSQL.
+
+    Wallets locked in one global order pass both: of each pair, one waits for the other
+    inside its first wallet statement, and the other goes on. Locked buyer first, each
+    purchase of a pair holds the wallet the other one wants next: a deadlock, every time.
+    """
+
+    def __init__(self, purchases: int, watcher: asyncpg.Connection) -> None:
+        self.purchases = purchases
+        self.watcher = watcher  # a connection of the test's, outside every purchase
+        self.holding_listing: set[int] = set()  # server pids of the purchases' connections
+        self.wallets_started: set[int] = set()
+        self.wallets_returned: set[int] = set()
+        self.all_listings_locked = asyncio.Event()
+        self.wallets_settled = asyncio.Event()
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        real_stock_row = listing_queries.stock_row
+
+        async def stock_row(
+            conn: Connection, listing_id: int, *, lock: bool
+        ) -> asyncpg.Record | None:
+            row = await real_stock_row(conn, listing_id, lock=lock)
+            if lock and not self.all_listings_locked.is_set():
+                self.holding_listing.add(conn.get_server_pid())
+                if len(self.holding_listing) == self.purchases:
+                    self.all_listings_locked.set()
+                async with asyncio.timeout(WAIT_TIMEOUT):
+                    await self.all_listings_locked.wait()
+            return row
+
+        monkeypatch.setattr(listing_queries, "stock_row", stock_row)
+        for name in ("execute", "executemany", "fetch", "fetchrow", "fetchval"):
+            real = getattr(asyncpg.Connection, name)
+            monkeypatch.setattr(asyncpg.Connection, name, self._gated(real))
+
+    def _gated(self, method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def gated(conn: asyncpg.Connection, query: str, *args: Any, **kwargs: Any) -> Any:
+            pid = conn.get_server_pid()
+            if (
+                self.wallets_settled.is_set()
+                or pid not in self.holding_listing
+                or "wallets" not in query
+            ):
+                return await method(conn, query, *args, **kwargs)
+            if pid in self.wallets_started:  # its second statement on wallets
+                async with asyncio.timeout(WAIT_TIMEOUT):
+                    await self.wallets_settled.wait()
+                return await method(conn, query, *args, **kwargs)
+            self.wallets_started.add(pid)
+            try:
+                return await method(conn, query, *args, **kwargs)
+            finally:
+                self.wallets_returned.add(pid)
+
+        return gated
+
+    async def open_when_settled(self) -> None:
+        """Gate 2 opens once each first wallet statement returned or waits for a lock."""
+        async with asyncio.timeout(WAIT_TIMEOUT):
+            await self.all_listings_locked.wait()
+            while True:
+                running = self.holding_listing - self.wallets_returned
+                waiting = await self.watcher.fetch(
+                    "SELECT pid FROM pg_stat_activity"
+                    " WHERE pid = any($1::int[]) AND wait_event_type = 'Lock'",
+                    list(running & self.wallets_started),
+                )
+                if running == {row["pid"] for row in waiting}:
+                    break
+                await asyncio.sleep(0.005)
+        self.wallets_settled.set()
+
+
+async def test_crosswise_pessimistic_purchases_never_deadlock(
+    make_client: ClientFactory,
+    db: asyncpg.Connection,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A buys B's listing while B buys A's, in several pairs at once: none deadlocks.
+
+    A deadlock aborts one purchase of the pair after deadlock_timeout and the request runs
+    again, so the status alone would hide it; the retry count does not.
+    """
+    purchases = 2 * CROSSWISE_PAIRS
+    client = await make_client(
+        settings.replace(purchase_strategy="pessimistic", pg_pool_max=2 * purchases)
+    )
+    accounts = await quick_accounts(db, settings, purchases, balance=5_000)
+    listing_of = {
+        account.user_id: await new_listing(client, account, price=1_000, stock=1)
+        for account in accounts
+    }
+    crosswise = [
+        (buyer, seller)
+        for first, second in zip(accounts[::2], accounts[1::2], strict=True)
+        for buyer, seller in ((first, second), (second, first))
+    ]
+    gates = CrosswiseGates(purchases, db)
+    gates.install(monkeypatch)
+    opener = asyncio.create_task(gates.open_when_settled())
+    try:
+        responses = await asyncio.gather(
+            *(buy(client, buyer, listing_of[seller.user_id]) for buyer, seller in crosswise)
+        )
+        failed = [(r.status, await r.text()) for r in responses if r.status != 201]
+        assert failed == []
+        await opener  # both gates were passed by every purchase
+    finally:
+        opener.cancel()
+        await asyncio.gather(opener, return_exceptions=True)
+    retries = client.app[keys.metrics_key].registry.get_sample_value(
+        "jangteo_transaction_retries_total", {"reason": "DeadlockDetectedError"}
+    )
+    assert not retries, f"{retries:.0f} purchases deadlocked and ran again"
+    for listing_id in listing_of.values():
+        assert await listing_stock(db, listing_id) == (0, "sold")
+    assert await db.fetchval("SELECT count(*) FROM orders") == purchases
+    await check_money(db)
+    await check_order_events(db)
+
+
+async def until_blocked_by(db: asyncpg.Connection, pid: int) -> None:
+    """Wait until some backend waits for a lock that backend ``pid`` holds."""
+    async with asyncio.timeout(WAIT_TIMEOUT):
+        while True:
+            if await db.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE $1 = any(pg_blocking_pids(pid))", pid
+            ):
+                return
+            await asyncio.sleep(0.005)
+
+
+async def test_pessimistic_purchases_take_the_lower_user_ids_wallet_first(
+    make_client: ClientFactory, db: asyncpg.Connection, settings: Settings, database_url: str
+) -> None:
+    """While the seller's wallet (the lower user id) is awaited, the buyer's is not held.
+
+    Taken buyer first, by one statement or two, the buyer's wallet would be held while the
+    seller's is awaited: the other half of a crosswise deadlock.
+    """
+    client = await make_client(settings.replace(purchase_strategy="pessimistic"))
+    seller, buyer = await quick_accounts(db, settings, 2, balance=5_000)
+    assert seller.user_id < buyer.user_id
+    listing_id = await new_listing(client, seller, price=1_000, stock=1)
+    holder = await asyncpg.connect(database_url)
+    purchase_done: asyncio.Task[JsonObject] | None = None
+    try:
+        async with holder.transaction():
+            await holder.execute(
+                "SELECT 1 FROM wallets WHERE user_id = $1 FOR UPDATE", seller.user_id
+            )
+            purchase_done = asyncio.create_task(bought(client, buyer, listing_id))
+            await until_blocked_by(db, holder.get_server_pid())
+            async with db.transaction():
+                free = await db.fetchval(
+                    "SELECT count(*) FROM (SELECT FROM wallets WHERE user_id = $1"
+                    " FOR UPDATE SKIP LOCKED) AS wallet",
+                    buyer.user_id,
+                )
+            assert free == 1, "the buyer's wallet is held while the seller's is awaited"
+        order = await purchase_done
+    finally:
+        await holder.close()
+        if purchase_done is not None:
+            await asyncio.gather(purchase_done, return_exceptions=True)
+    assert (order["buyer_id"], order["seller_id"]) == (buyer.user_id, seller.user_id)
+    assert await listing_stock(db, listing_id) == (0, "sold")
+    await check_money(db)
 
 
 async def test_a_lock_that_expires_mid_purchase_cannot_oversell(
