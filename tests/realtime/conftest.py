@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from realtime import relay as relay_module
-from tests.realtime.test_relay import TIMEOUT, Relays
+from tests.realtime.relay_support import TIMEOUT, Relays
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 
 from realtime import relay as relay_module
 from realtime.relay import LEADER_LOCK_ID, RelaySettings
-from tests.realtime.test_relay import (
+from tests.realtime.relay_support import (
     Relays,
     check_chain,
     insert,
@@ -70,6 +70,10 @@ async def test_a_leader_that_cannot_publish_steps_down_for_one_that_can(
 async def test_a_relay_that_cannot_reach_redis_does_not_take_the_lock(
     relays: Relays, db: asyncpg.Connection
 ) -> None:
+    async def lock_free() -> bool:
+        return await lock_holder(db) is None
+
+    await until_async(lock_free)  # a relay of an earlier test may still be exiting
     bus_down = relays.start(step_down=STEP_DOWN, poll_interval=0.1)
     bus_down.broker.disconnect()  # before its task first runs
     await insert(db, "listing:1", 0)
@@ -84,10 +88,6 @@ async def test_a_relay_that_cannot_reach_redis_does_not_take_the_lock(
     # Losing Redis with nothing to publish: it steps down all the same.
     bus_down.broker.disconnect()
     await until(lambda: not bus_down.relay.is_leader)
-
-    async def lock_free() -> bool:
-        return await lock_holder(db) is None
-
     await until_async(lock_free)
 
 
