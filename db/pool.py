@@ -12,7 +12,6 @@ import orjson
 from asyncpg.pool import PoolAcquireContext, PoolConnectionProxy
 
 from db.queries.outbox import notify_if_events_written
-from server.settings import Settings
 
 
 class FifoGate:
@@ -118,13 +117,20 @@ async def _init_connection(connection: asyncpg.Connection) -> None:
         )
 
 
-async def create_pool(settings: Settings) -> asyncpg.Pool:
-    """A pool for ``settings.database_url``; statements time out on the server and client."""
-    assert settings.database_url is not None, "resolve the database URL first"
-    statement_ms = int(settings.pg_statement_timeout * 1000)
+async def create_pool(
+    database_url: str,
+    *,
+    min_size: int,
+    max_size: int,
+    connect_timeout: float,
+    acquire_timeout: float,
+    statement_timeout: float,
+) -> asyncpg.Pool:
+    """A pool for ``database_url``; statements time out on the server and on the client."""
+    statement_ms = int(statement_timeout * 1000)
     options: dict[str, Any] = {
-        "min_size": settings.pg_pool_min,
-        "max_size": settings.pg_pool_max,
+        "min_size": min_size,
+        "max_size": max_size,
         "max_queries": 50_000,
         "max_inactive_connection_lifetime": 300.0,
         "setup": None,
@@ -133,8 +139,8 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
         "loop": None,
         "connection_class": asyncpg.Connection,
         "record_class": asyncpg.Record,
-        "timeout": settings.pg_connect_timeout,
-        "command_timeout": settings.pg_statement_timeout + 1,
+        "timeout": connect_timeout,
+        "command_timeout": statement_timeout + 1,
         "server_settings": {
             "statement_timeout": str(statement_ms),
             "idle_in_transaction_session_timeout": str(statement_ms * 3),
@@ -143,7 +149,7 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
             "jangteo.notify_after_commit": "on",
         },
     }
-    pool = TimedPool(settings.database_url, **options)
-    pool.acquire_timeout = settings.pg_acquire_timeout
+    pool = TimedPool(database_url, **options)
+    pool.acquire_timeout = acquire_timeout
     await pool
     return pool

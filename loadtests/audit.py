@@ -110,6 +110,42 @@ class Records:
 
 
 @dataclass(slots=True)
+class Stream:
+    """What one socket saw of one channel, as a ``stream`` record gives it to the audit.
+
+    A segment starts at the offset after which every event is owed (the ``subscribed``
+    offset of a fresh subscription, or the ``since`` of a first subscription that
+    resumes) and lists the events received after it as [offset, prev]. A resume
+    (subscribe with ``since`` = the last offset seen) continues the segment; after a
+    ``resync`` the next fresh subscription starts another.
+    """
+
+    channel: str
+    segments: list[dict[str, Any]] = field(default_factory=list)
+    last: int | None = None  # the last offset seen: the `since` of a resume
+
+    def subscribed(self, offset: int, since: int | None = None) -> None:
+        """A ``subscribed`` reply to a subscribe that asked for ``since`` (None: fresh)."""
+        if since is not None and self.segments:
+            return  # a resume: the segment goes on
+        start = offset if since is None else since
+        self.segments.append({"start": start, "events": []})
+        self.last = start
+
+    def event(self, offset: int, prev: int) -> bool:
+        """An event frame; False when no subscription was answered yet (a stray)."""
+        if not self.segments:
+            return False
+        self.segments[-1]["events"].append([offset, prev])
+        self.last = offset
+        return True
+
+    def record(self, **fields: Any) -> dict[str, Any]:
+        """The ``stream`` record: the channel, the segments, and ``fields`` (``until_ms``)."""
+        return {"kind": "stream", "channel": self.channel, "segments": self.segments, **fields}
+
+
+@dataclass(slots=True)
 class AuditResult:
     violations: list[Violation] = field(default_factory=list)
     checked: dict[str, int] = field(default_factory=dict)

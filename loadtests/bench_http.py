@@ -101,11 +101,11 @@ class BenchError(RuntimeError):
 
 
 def jangteo_command(*args: str) -> list[str]:
-    """The ``jangteo`` console script of this interpreter's environment (else ``-m server``)."""
+    """The ``jangteo`` console script of this interpreter's environment (else ``-m jangteo``)."""
     script = Path(sys.executable).parent / "jangteo"
     if script.exists():
         return [str(script), *args]
-    return [sys.executable, "-m", "server", *args]
+    return [sys.executable, "-m", "jangteo", *args]
 
 
 def as_line(command: Sequence[str]) -> str:

@@ -293,7 +293,7 @@ def _uncached_rounds(
 
 
 def _uncached_ratios(measurements: list[Measurement]) -> dict[str, float]:
-    """DESIGN section 9's uncached ratios from the best round of each server."""
+    """The benchmark table's uncached ratios from the best round of each server."""
     best = {m.server: m for m in measurements if m.endpoint == "uncached detail"}
     ours, bare, fastapi = best["jangteo"], best[BARE_PG], best[FASTAPI]
     return {

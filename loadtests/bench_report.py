@@ -1,4 +1,4 @@
-"""Benchmark report: the DESIGN section 9 targets against the latest results.
+"""Benchmark report: the benchmark targets against the latest results.
 
 Run as ``python -m loadtests.bench_report`` (the last step of ``make bench``). It reads
 ``loadtests/results/*.json``, writes ``loadtests/results/bench-latest.json`` and rewrites the
@@ -333,7 +333,7 @@ def fmt_ratio(ratio: Any, goal: str) -> str:
 
 def table(rows: list[Row]) -> str:
     lines = [
-        "| DESIGN section 9 target | figure | reference (same run) | ratio | target | status |",
+        "| benchmark | figure | reference (same run) | ratio | target | status |",
         "| --- | ---: | --- | ---: | --- | --- |",
     ]
     for r in rows:

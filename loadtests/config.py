@@ -9,6 +9,17 @@ from dataclasses import dataclass, field, fields
 
 # The user classes of loadtests/scenarios, as named in JANGTEO_LOAD_WEIGHT_<NAME>.
 USER_KINDS = ("browser", "watcher", "buyer", "seller", "chatter", "account")
+# Answers a purchase may get in a busy market without anything being wrong (the last
+# part of the problem's ``type``).
+BUSY_MARKET = frozenset(
+    {
+        "insufficient-stock",
+        "listing-not-on-sale",
+        "own-listing",
+        "insufficient-funds",
+        "purchase-conflict",
+    }
+)
 
 
 def parse_duration(text: str) -> float:

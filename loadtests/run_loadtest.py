@@ -13,6 +13,8 @@ instances, every user writing its records to a directory of this run. Then
 
 With ``JANGTEO_LOAD_HOST`` (or ``JANGTEO_LOAD_HOSTS``) set it starts nothing and loads that
 server instead; the audit then reads the database only if ``JANGTEO_DATABASE_URL`` is given.
+``--serve`` runs the instances with another command than ``jangteo serve`` (the suite's
+proof that the audit notices lost events serves a hub that drops some on purpose).
 
 Exit status: 0 when every invariant holds and every threshold (failure ratio, p95 per
 request type, minimum requests/s) is met; 1 otherwise, naming what broke; 2 when the run
@@ -28,6 +30,7 @@ import datetime as dt
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -145,7 +148,10 @@ def wait_ready(url: str, timeout: float = 60) -> None:
         time.sleep(0.1)
 
 
-def start_servers(cleanup: ExitStack, database_url: str, redis_url: str, logs: Path) -> list[str]:
+def start_servers(
+    cleanup: ExitStack, serve: Sequence[str], database_url: str, redis_url: str, logs: Path
+) -> list[str]:
+    """Start the instances: ``serve`` and ``--port N`` each; the URL of each."""
     env = {
         **os.environ,
         "JANGTEO_DATABASE_URL": database_url,
@@ -158,17 +164,12 @@ def start_servers(cleanup: ExitStack, database_url: str, redis_url: str, logs: P
     hosts = []
     for _ in range(INSTANCES):
         port = free_port()
-        command = jangteo_command("serve", "--port", str(port))
+        command = [*serve, "--port", str(port)]
         cleanup.enter_context(background(command, env, port, logs / f"server-{port}.log"))
         hosts.append(f"http://127.0.0.1:{port}")
     for host in hosts:
         wait_ready(host)
-    fault = env.get("JANGTEO_TEST_FAULT", "")
-    print(
-        f"jangteo serve x{INSTANCES}: {', '.join(hosts)}"
-        + (f" (TEST FAULT {fault})" if fault else ""),
-        flush=True,
-    )
+    print(f"{shlex.join(serve)} x{INSTANCES}: {', '.join(hosts)}", flush=True)
     return hosts
 
 
@@ -331,7 +332,7 @@ def threshold_failures(
     return broken
 
 
-def run(config: LoadConfig, output: Path, cleanup: ExitStack) -> int:
+def run(config: LoadConfig, output: Path, cleanup: ExitStack, serve: Sequence[str]) -> int:
     started = dt.datetime.now(dt.UTC)
     external = bool(
         os.environ.get("JANGTEO_LOAD_HOST", "").strip()
@@ -352,7 +353,7 @@ def run(config: LoadConfig, output: Path, cleanup: ExitStack) -> int:
         database_url = fresh_database(cleanup, admin_url, config.database)
         if embedded_redis:
             redis_url = empty_redis_database(cleanup, redis_url)
-        hosts = start_servers(cleanup, database_url, redis_url, scratch)
+        hosts = start_servers(cleanup, serve, database_url, redis_url, scratch)
 
     prefix = run_locust(config, hosts, records_dir, scratch)
     per_type, total, errors = read_stats(prefix, config.duration)
@@ -369,7 +370,7 @@ def run(config: LoadConfig, output: Path, cleanup: ExitStack) -> int:
         "locust_workers": config.workers,
         "hosts": hosts,
         "stack": "external" if external else f"own ({INSTANCES} instances, fresh database)",
-        "test_fault": os.environ.get("JANGTEO_TEST_FAULT", "") or None,
+        "serve": None if external else shlex.join(serve),
         "total": total,
         "per_type": per_type,
         "errors": errors,
@@ -447,6 +448,12 @@ def main(argv: list[str] | None = None) -> int:
         help="locust workers under a master (default JANGTEO_LOAD_WORKERS, 0)",
     )
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"default {RESULTS}")
+    parser.add_argument(
+        "--serve",
+        type=shlex.split,
+        default=jangteo_command("serve"),
+        help="the command that serves one instance, given --port N (default: jangteo serve)",
+    )
     args = parser.parse_args(argv)
     try:
         config = LoadConfig.from_env()
@@ -470,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupted)
     cleanup = ExitStack()
     try:
-        return run(config, args.output, cleanup)
+        return run(config, args.output, cleanup, args.serve)
     except LoadTestError as error:
         print(f"load test could not run: {error}", file=sys.stderr)
         return 2

@@ -1,16 +1,17 @@
 """The Redis broker: one pub/sub connection per process, one subscription per channel.
 
-Messages are read by a raw asyncio protocol with hiredis, so an event goes from the
-socket to the hub in the same ``data_received`` call, with no task switch. A read-side
-watchdog pings over the subscription itself and drops the connection when answers stop
-arriving: a PING that merely lands in a kernel buffer proves nothing, an answer read
-back does. After every (re)connect all channels are subscribed again, and only once
-Redis confirmed them is the hub told to backfill what it may have missed.
+Messages are read on a ``rediswire`` subscription, so an event goes from the socket to
+the hub in the same ``data_received`` call, with no task switch, and the connection's
+watchdog drops it when Redis stops answering. After every (re)connect all channels are
+subscribed again, and only once Redis confirmed them is the hub told to backfill what it
+may have missed.
 
 Why not share the near-cache invalidation connection (server/listings/invalidation.py):
 that connection's latency is on every write's path (writers wait for its acks), and a
 burst of events queued in front of an invalidation would delay writes; its failure also
-means something else (near cache off) than this one's (backfill from PostgreSQL).
+means something else (near cache off) than this one's (backfill from PostgreSQL). The
+code they share is ``rediswire.subscription``; what differs is what each subscribes to
+and what a message means.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ import collections
 import contextlib
 import logging
 from collections.abc import Sequence
-from typing import cast
 
 import hiredis
 import redis.asyncio as aioredis
 
 from realtime.broker import BrokerSink
-from server.resp import address, command, hello, redis_database
+from rediswire.codec import command, redis_database
+from rediswire.subscription import Subscription, stay_subscribed
 
 log = logging.getLogger(__name__)
 
@@ -108,27 +109,21 @@ class RedisBroker:
         self.sink.on_resubscribed()
 
     async def _stay_connected(self) -> None:
-        loop = asyncio.get_running_loop()
-        host, port = address(self.redis_url)
-        while True:
-            try:
-                transport, connection = await asyncio.wait_for(
-                    loop.create_connection(lambda: _Subscription(self), host, port),
-                    timeout=max(2.0, 3 * self.watchdog_interval),
-                )
-            except (OSError, TimeoutError) as error:
-                self.connection = None  # attached as it connected, then timed out
-                log.warning("event subscription failed", extra={"error": repr(error)})
-                await asyncio.sleep(RECONNECT_DELAY_S)
-                continue
-            try:
-                await connection.watch(self.watchdog_interval)
-            finally:
-                self.connection = None
-                transport.close()
-                connection.release_waiters()
-            log.warning("event subscription lost; reconnecting")
-            await asyncio.sleep(RECONNECT_DELAY_S)
+        await stay_subscribed(
+            self.redis_url,
+            lambda: _Subscription(self),
+            name=CLIENT_NAME,
+            interval=self.watchdog_interval,
+            silence_limit=3 * self.watchdog_interval,
+            reconnect_delay=RECONNECT_DELAY_S,
+            connect_timeout=max(2.0, 3 * self.watchdog_interval),
+            on_lost=self._lost,
+        )
+
+    def _lost(self, connection: _Subscription | None) -> None:
+        self.connection = None  # attached as it connected, even if connecting then failed
+        if connection is not None:
+            connection.release_waiters()
 
     async def close(self) -> None:
         if self.task is not None:
@@ -137,65 +132,56 @@ class RedisBroker:
                 await self.task
 
 
-class _Subscription(asyncio.Protocol):
+class _Subscription(Subscription):
     """One connection's life: subscribe everything, then read messages and pings."""
 
+    client_name = CLIENT_NAME
+
     def __init__(self, broker: RedisBroker) -> None:
+        super().__init__(broker.redis_url)
         self.broker = broker
-        self.reader = hiredis.Reader()
-        self.loop = asyncio.get_running_loop()
-        self.last_heard = self.loop.time()
         self.ready = False
-        self.closed: asyncio.Future[None] = self.loop.create_future()
-        self.transport: asyncio.Transport | None = None
         # Confirmations arrive in command order, so each channel's (un)subscribes wait in
         # a queue of their own; None marks an unsubscribe or a subscribe nobody awaits.
         self.pending: dict[bytes, collections.deque[asyncio.Future[None] | None]] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        # The snapshot below and the broker's switch to this connection happen in one
-        # step: a channel subscribed from now on is sent on this connection by subscribe().
+        # The snapshot of the channels (in opening()) and the broker's switch to this
+        # connection happen in one step: a channel subscribed from now on is sent on this
+        # connection by subscribe().
         self.broker.attach(self)
-        out = [hello(self.broker.redis_url, CLIENT_NAME)]
+        super().connection_made(transport)
+
+    def opening(self) -> list[bytes]:
+        out = []
         names = [(self.broker.prefix + channel).encode() for channel in self.broker.channels]
         for name in names:
             self.pending.setdefault(name, collections.deque()).append(None)
         for start in range(0, len(names), 1000):
             out.append(command("SUBSCRIBE", *names[start : start + 1000]))
         out.append(command("PING", _READY_MARK))  # answered after every SUBSCRIBE above
-        self.transport.write(b"".join(out))
+        return out
+
+    def ping(self) -> bytes:
+        return command("PING", _WATCHDOG_MARK)
 
     async def subscribe(self, redis_channel: str) -> None:
         """Subscribe and wait for Redis to confirm; return at once on a closed connection
         (the channel is in the broker's set, so the next connection subscribes it, and
         the hub backfills after that reconnect)."""
-        if self.transport is None or self.transport.is_closing():
-            return
         name = redis_channel.encode()
         waiter: asyncio.Future[None] = self.loop.create_future()
+        if not self.send(command("SUBSCRIBE", name)):
+            return
         self.pending.setdefault(name, collections.deque()).append(waiter)
-        self.transport.write(command("SUBSCRIBE", name))
         await waiter
 
     def unsubscribe(self, redis_channel: str) -> None:
-        if self.transport is None or self.transport.is_closing():
-            return  # the next connection subscribes only the channels still wanted
+        # On a closed connection nothing is sent: the next one subscribes only the
+        # channels still wanted.
         name = redis_channel.encode()
-        self.pending.setdefault(name, collections.deque()).append(None)
-        self.transport.write(command("UNSUBSCRIBE", name))
-
-    async def watch(self, interval: float) -> None:
-        """Ping every ``interval``; give up after three intervals without a word back."""
-        while not self.closed.done():
-            await asyncio.wait([self.closed], timeout=interval)
-            if self.closed.done():
-                return
-            if self.loop.time() - self.last_heard > 3 * interval:
-                log.warning("Redis stopped answering the event subscription")
-                return
-            assert self.transport is not None
-            self.transport.write(command("PING", _WATCHDOG_MARK))
+        if self.send(command("UNSUBSCRIBE", name)):
+            self.pending.setdefault(name, collections.deque()).append(None)
 
     def release_waiters(self) -> None:
         """The connection is gone: whoever waits is covered by the backfill after reconnect."""
@@ -206,20 +192,10 @@ class _Subscription(asyncio.Protocol):
                     waiter.set_result(None)
         self.pending.clear()
 
-    def data_received(self, data: bytes) -> None:
-        self.last_heard = self.loop.time()
-        self.reader.feed(data)
-        try:
-            while (reply := self.reader.gets()) is not False:
-                self._handle(reply)
-        except (ValueError, hiredis.ProtocolError) as error:
-            log.warning("bad reply on the event subscription", extra={"error": repr(error)})
-            assert self.transport is not None
-            self.transport.close()
+    def on_bad_reply(self, error: Exception) -> None:
+        log.warning("bad reply on the event subscription", extra={"error": repr(error)})
 
-    def _handle(self, reply: object) -> None:
-        if isinstance(reply, hiredis.ReplyError):
-            raise ValueError(f"redis refused: {reply}")
+    def on_reply(self, reply: object) -> None:
         if isinstance(reply, hiredis.PushNotification):
             kind = reply[0]
             if kind == b"message":
@@ -238,5 +214,4 @@ class _Subscription(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.ready = False
-        if not self.closed.done():
-            self.closed.set_result(None)
+        super().connection_lost(exc)

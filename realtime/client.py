@@ -1,4 +1,4 @@
-"""Reference Python client of jangteo's realtime protocol (DESIGN.md section 7).
+"""Reference Python client of jangteo's realtime protocol (docs/protocol.md).
 
 Tests and load tests drive the WebSocket gateway with it; the browser demo's JS client mirrors it.
 """
@@ -17,6 +17,8 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from realtime.disconnect import CloseCode, rule_for
+
 State: TypeAlias = Literal["idle", "connecting", "live", "reconnecting", "closed"]
 # An access token, or an async callable returning a fresh one, asked on every (re)connect; if it
 # raises anything but a network error the client stops with that as the cause.
@@ -24,8 +26,6 @@ TokenProvider: TypeAlias = str | Callable[[], Awaitable[str]]
 
 TICKET_PATH = "/api/v1/ws/ticket"
 WS_PATH = "/api/v1/ws"
-CLOSE_POLICY = 1008
-CLOSE_REVOKED = 4401
 
 # Channel errors worth retrying after a backoff; any other error about a channel drops it.
 _RETRYABLE_CODES = frozenset({"unavailable", "rate_limited"})
@@ -52,7 +52,8 @@ class SessionRevoked(RealtimeClosed):
 
 
 class PolicyClosed(RealtimeClosed):
-    """Closed with 1008 (bad ticket, repeated bad frames): reconnecting would only repeat it."""
+    """Closed with 1008 (bad ticket, repeated bad frames) or 1009 (a frame too large):
+    reconnecting would only repeat it."""
 
 
 class Rejected(RealtimeClosed):
@@ -557,12 +558,18 @@ class RealtimeClient:
 
 
 def _fatal_close(code: int | None) -> RealtimeClosed | None:
-    """Why a server close code must stop the client, or None when reconnecting is right."""
-    if code == CLOSE_REVOKED:
-        return SessionRevoked("session revoked or expired (4401)", code)
-    if code == CLOSE_POLICY:
-        return PolicyClosed("closed for a policy violation (1008)", code)
-    return None  # 1001 shutdown, 1013 slow consumer / full, 1006 dropped, ...
+    """Why a server close code must stop the client, or None when reconnecting is right.
+
+    Reconnecting always takes the backoff's next delay, which a served connection reset:
+    after 1001 that is at most ``backoff_base`` (jitter only, so that the sockets of an
+    instance going away do not all arrive at once), after repeated 1013s it grows.
+    """
+    rule = rule_for(code)
+    if rule.reconnect:
+        return None
+    if code == CloseCode.SESSION_ENDED:
+        return SessionRevoked(f"session revoked or expired ({code}): {rule.then}", code)
+    return PolicyClosed(f"closed with {code}: {rule.then}", code)
 
 
 def _refusal(status: int, what: str) -> RealtimeClosed | None:

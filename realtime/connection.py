@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from realtime import frames
+from realtime import disconnect, frames
 from realtime.channels import Caller, ChannelRefused, ChannelRules
+from realtime.disconnect import Disconnect
 from realtime.hub import TRANSIENT_ERRORS, Hub
 from realtime.log import ResyncNeeded
 from realtime.metrics import GatewayMetrics
@@ -22,15 +23,6 @@ from realtime.writer import SocketWriter
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 5.0  # a peer that does not take our close frame in time is cut off
-
-
-class CloseCode:
-    GOING_AWAY = 1001
-    POLICY = 1008
-    TOO_BIG = 1009
-    INTERNAL_ERROR = 1011
-    TRY_AGAIN_LATER = 1013
-    SESSION_ENDED = 4401
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +120,7 @@ class Connection:
         self.metrics.bad_frames.labels(code).inc()
         self.bad_frames += 1
         if self.bad_frames >= self.limits.max_bad_frames:
-            self.close_soon(CloseCode.POLICY, "too many bad frames", reason="abuse")
+            self.close_soon(disconnect.ABUSE)
             return
         self.send(frames.error(code, detail, channel, **more))
 
@@ -189,20 +181,20 @@ class Connection:
         self.writer.send(frame)
 
     def _too_slow(self) -> None:
-        self.close_soon(CloseCode.TRY_AGAIN_LATER, "too slow; resume with since", reason="slow")
+        self.close_soon(disconnect.TOO_SLOW)
 
-    def close_soon(self, code: int, message: str, *, reason: str) -> None:
-        """Close with ``code`` from any task; the handler's read loop then ends."""
+    def close_soon(self, why: Disconnect) -> None:
+        """Close from any task; the handler's read loop then ends."""
         if self.closing is not None:
             return
-        self.metrics.closes.labels(reason).inc()
+        self.metrics.closes.labels(why.metric).inc()
         self.writer.stop()
-        self.closing = asyncio.create_task(self._close(code, message))
+        self.closing = asyncio.create_task(self._close(why))
 
-    async def _close(self, code: int, message: str) -> None:
+    async def _close(self, why: Disconnect) -> None:
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                await self.ws.close(code=code, message=message.encode())
+                await self.ws.close(code=why.code, message=why.reason.encode())
         except TimeoutError:
             # A peer that stopped reading never takes the close frame: cut it off so its
             # buffers are freed.

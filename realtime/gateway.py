@@ -22,9 +22,9 @@ import redis.asyncio as aioredis
 from aiohttp import WSMsgType, web
 
 from db.queries.outbox import SESSIONS_CHANNEL
-from realtime import tickets
+from realtime import disconnect, tickets
 from realtime.channels import ChannelRules
-from realtime.connection import CloseCode, Connection, Limits, OpHandler
+from realtime.connection import Connection, Limits, OpHandler
 from realtime.event import Delivery
 from realtime.hub import TRANSIENT_ERRORS, Hub
 from realtime.metrics import GatewayMetrics
@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 SESSION_SWEEP_S = 30.0  # how late, at most, a socket notices that its session expired
 # While this instance cannot receive from Redis it may miss revocations (the sessions
 # channel then arrives only if a relay leader elsewhere can number it): after DEAF_AFTER_S
-# without Redis, its sessions are checked against PostgreSQL every DEAF_CHECK_S.
+# without Redis, its sessions are checked against PostgreSQL every DEAF_CHECK_S. When
+# that check fails too, the instance can deliver nothing: its sockets are closed (1013).
 DEAF_AFTER_S = 3.0
 DEAF_CHECK_S = 1.0
 _SESSION_STATE = """
@@ -112,13 +113,9 @@ class Gateway:
         )
         await ws.prepare(request)
         if holder is None:
-            await ws.close(code=CloseCode.POLICY, message=b"invalid, expired or used ticket")
-            self.metrics.closes.labels("bad_ticket").inc()
-            return ws
+            return await self._refuse(ws, disconnect.BAD_TICKET)
         if len(self.connections) >= self.settings.ws_max_connections:
-            await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=b"instance full; retry")
-            self.metrics.closes.labels("full").inc()
-            return ws
+            return await self._refuse(ws, disconnect.FULL)
         assert request.transport is not None
         connection = Connection(
             ws,
@@ -147,12 +144,20 @@ class Gateway:
             # The socket is upgraded: an error may not travel as an HTTP response (the
             # client would read its bytes as a corrupt frame), only as a close code.
             log.exception("socket handler failed", extra={"user_id": connection.user_id})
-            connection.close_soon(CloseCode.INTERNAL_ERROR, "internal error", reason="error")
+            connection.close_soon(disconnect.INTERNAL_ERROR)
         finally:
             self._unregister(connection)
             if connection.closing is not None:
                 with contextlib.suppress(Exception):
                     await connection.closing
+        return ws
+
+    async def _refuse(
+        self, ws: web.WebSocketResponse, why: disconnect.Disconnect
+    ) -> web.WebSocketResponse:
+        """Close a socket that never became a connection (upgraded, then refused)."""
+        await ws.close(code=why.code, message=why.reason.encode())
+        self.metrics.closes.labels(why.metric).inc()
         return ws
 
     def _origin_allowed(self, request: web.Request) -> bool:
@@ -186,12 +191,12 @@ class Gateway:
         try:
             row = await self.pool.fetchrow(_SESSION_STATE, connection.session_id)
         except TRANSIENT_ERRORS:
-            connection.close_soon(CloseCode.TRY_AGAIN_LATER, "try again", reason="unavailable")
+            connection.close_soon(disconnect.UNAVAILABLE)
             return False
         assert row is not None
         expires_at: datetime | None = row["expires_at"]
         if row["revoked"] or expires_at is None or expires_at <= datetime.now(UTC):
-            connection.close_soon(CloseCode.SESSION_ENDED, "session ended", reason="session")
+            connection.close_soon(disconnect.SESSION_ENDED)
             return False
         connection.expires_at = expires_at.timestamp()
         return True
@@ -220,24 +225,29 @@ class Gateway:
                 continue
             if deaf_since is None:
                 deaf_since = loop.time()
-            if loop.time() - deaf_since >= DEAF_AFTER_S:
-                await self.check_sessions()
+            if loop.time() - deaf_since >= DEAF_AFTER_S and not await self.check_sessions():
+                # Neither Redis nor PostgreSQL: its sockets would stay open and silent.
+                # Another instance can serve them; they resume there with `since`.
+                for connection in list(self.connections):
+                    connection.close_soon(disconnect.CUT_OFF)
 
-    async def check_sessions(self) -> None:
-        """Close with 4401 the sockets of every local session PostgreSQL says ended."""
+    async def check_sessions(self) -> bool:
+        """Close with 4401 the sockets of every local session PostgreSQL says ended;
+        False when PostgreSQL did not answer."""
         if not self.sessions:
-            return
+            return True
         try:
             rows = await self.pool.fetch(_ENDED_SESSIONS, list(self.sessions))
         except TRANSIENT_ERRORS as error:
             log.warning("session check failed", extra={"error": repr(error)})
-            return
+            return False
         for row in rows:
             self.revoke(row["family_id"])
+        return True
 
     def revoke(self, session_id: uuid.UUID) -> None:
         for connection in list(self.sessions.get(session_id, ())):
-            connection.close_soon(CloseCode.SESSION_ENDED, "session ended", reason="session")
+            connection.close_soon(disconnect.SESSION_ENDED)
 
     async def follow_sessions(self) -> None:
         """Stay subscribed to the internal sessions channel (retrying while PG is down)."""
@@ -257,7 +267,7 @@ class Gateway:
         """Close every socket with 1001 (clients resume on another instance)."""
         self.shutting_down = True
         for connection in list(self.connections):
-            connection.close_soon(CloseCode.GOING_AWAY, "server shutting down", reason="shutdown")
+            connection.close_soon(disconnect.SHUTDOWN)
         closing = [c.closing for c in self.connections if c.closing is not None]
         if closing:
             await asyncio.wait(closing, timeout=self.settings.shutdown_timeout)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from realtime.keys import gateway_key
 from server import keys
 from server.auth.sessions import authenticate
 from server.handler_params import limit_writes
 from server.jsonio import StrictModel, json_response
-from server.openapi import ApiSpec
+from server.openapi import WEBSOCKET_HANDSHAKE, ApiSpec
 
 
 class TicketOut(StrictModel):
@@ -19,20 +20,20 @@ class TicketOut(StrictModel):
 class SocketQuery(StrictModel):
     """A bad or missing ticket is refused after the upgrade (close 1008), not with a status."""
 
-    ticket: str
+    ticket: str | None = None
 
 
 async def ws_ticket(request: web.Request) -> web.Response:
     claims = await authenticate(request)
     settings = request.app[keys.settings_key]
     await limit_writes(request, claims.user_id)
-    ticket = await request.app[keys.gateway_key].issue_ticket(claims.user_id, claims.session_id)
+    ticket = await request.app[gateway_key].issue_ticket(claims.user_id, claims.session_id)
     out = TicketOut(ticket=ticket, expires_in=settings.ws_ticket_ttl)
     return json_response(out, status=201, headers={"Cache-Control": "no-store"})
 
 
 async def ws_connect(request: web.Request) -> web.StreamResponse:
-    return await request.app[keys.gateway_key].handle(request)
+    return await request.app[gateway_key].handle(request)
 
 
 def setup_routes(app: web.Application, spec: ApiSpec) -> None:
@@ -44,6 +45,7 @@ def setup_routes(app: web.Application, spec: ApiSpec) -> None:
     )  # fmt: skip
     spec.route(
         app, "GET", f"{prefix}/ws", ws_connect,
-        summary="Open the realtime WebSocket: GET /api/v1/ws?ticket=... (protocol in README)",
+        summary="Open the realtime WebSocket: GET /api/v1/ws?ticket=... (docs/protocol.md)",
         tag="realtime", status=101, errors=(400, 403, 503), query=SocketQuery,
+        headers=WEBSOCKET_HANDSHAKE,
     )  # fmt: skip

@@ -219,29 +219,6 @@ class Hub:
                 feed.subscribers[subscriber] = sent  # nothing held: live from here
                 return
 
-    def inject_fault(self, fault: str) -> None:
-        """TEST ONLY (``JANGTEO_TEST_FAULT``): break delivery on purpose, so that a test can
-        prove the load test's audit notices.
-
-        ``drop-every-tenth-event``: every tenth event this hub delivers reaches no socket,
-        yet counts as delivered (the feed's offset moves on), so no gap fill repairs it:
-        a loss only the clients can see.
-        """
-        if fault != "drop-every-tenth-event":
-            raise ValueError(f"unknown test fault {fault!r}")
-        deliver = self._deliver
-        count = 0
-
-        def dropping(feed: Feed, event: Delivery) -> None:
-            nonlocal count
-            count += 1
-            if count % 10 == 0:
-                feed.last = event.offset
-                return
-            deliver(feed, event)
-
-        self._deliver = dropping  # type: ignore[method-assign]
-
     def leave(self, channel: str, subscriber: Subscriber) -> None:
         feed = self.feeds.get(channel)
         if feed is None or feed.subscribers.pop(subscriber, None) is None or feed.subscribers:

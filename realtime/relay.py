@@ -14,10 +14,14 @@ waits for unrelated open transactions. A leader that dies between committing pos
 and publishing them is covered by ``published_through``: the next leader publishes
 again everything after it, and instances drop offsets they already delivered.
 
-Leadership follows the ability to publish. A leader that has not been able to publish
-(or to hear Redis) for ``step_down`` seconds releases the lock, and an instance competes
-for it only while its broker is healthy, so an instance cut off from Redis never holds
-every other instance's events back. A leader that is paused or cut off from PostgreSQL
+Leadership follows the ability to publish. Only an instance whose broker is healthy
+waits in line for the lock. A leader that has not been able to publish (or to hear
+Redis) for ``step_down`` seconds releases the lock as soon as such an instance waits
+for it, so an instance cut off from Redis never holds every other instance's events
+back. When nobody can publish (Redis itself is down), the lock goes to whoever finds it
+free and nobody waiting, and that leader goes on numbering committed rows without
+publishing them: instances that cannot hear Redis read the log, so events still flow,
+and whoever publishes next republishes the tail. A leader that is paused or cut off from PostgreSQL
 loses the lock within ``lock_timeout``: the server ends its session when it stays idle
 that long (the leader speaks at least once per poll) or when TCP keepalives or
 ``tcp_user_timeout`` find the peer gone; the leader's own socket has the same keepalives,
@@ -49,7 +53,11 @@ PRUNE_EVERY_S = 60.0
 PRUNE_CHUNK = 5000
 RETRY_DELAY_S = 0.5
 FLUSH_TIMEOUT_S = 5.0  # at shutdown, the leader's last publish may take this long
-HEALTH_POLL_S = 0.2  # how often a relay whose broker is down looks again
+_WAITERS = """
+SELECT count(*) FROM pg_locks
+WHERE locktype = 'advisory' AND classid = 0 AND objid = $1 AND objsubid = 1 AND NOT granted
+  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
 
 # One statement (so one round trip and one commit): number the committed rows that have
 # no position yet in id order after the leader's last position, chain each to its
@@ -116,7 +124,7 @@ class RelaySettings:
     poll_interval: float = 1.0
     retention_seconds: int = 7 * 24 * 3600
     step_down: float = 2.0
-    lock_timeout: float = 4.0
+    lock_timeout: float = 3.0
 
     def lock_session_settings(self) -> dict[str, str]:
         """Server-side settings of the lock connection: the session ends, and the lock
@@ -172,7 +180,6 @@ class OutboxRelay:
         """Wait for leadership, lead until the connection fails, and start over."""
         while not self.stopping:
             try:
-                await self._wait_until_publishable()
                 await self._serve_once()
             except (
                 OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
@@ -183,13 +190,14 @@ class OutboxRelay:
                 self._set_leader(False)
                 await self._close_connection()
             if not self.stopping:
-                await asyncio.sleep(RETRY_DELAY_S)
+                # One that cannot publish looks for a free lock only now and then.
+                healthy = self.broker.healthy
+                await asyncio.sleep(RETRY_DELAY_S if healthy else self.settings.step_down)
 
-    async def _wait_until_publishable(self) -> None:
-        """An instance that cannot reach Redis does not compete for leadership."""
-        # The broker's health is a property with no event to wait on: look again soon.
-        while not self.broker.healthy and not self.stopping:  # noqa: ASYNC110
-            await asyncio.sleep(HEALTH_POLL_S)
+    async def _someone_waits(self, conn: asyncpg.Connection) -> bool:
+        """Whether a relay that can publish waits for the lock (only those wait in line)."""
+        waiting = await conn.fetchval(_WAITERS, LEADER_LOCK_ID, timeout=self.settings.lock_timeout)
+        return bool(waiting)
 
     async def _serve_once(self) -> None:
         conn = await asyncpg.connect(
@@ -199,12 +207,19 @@ class OutboxRelay:
         )
         self.connection = conn
         _set_socket_keepalive(conn, self.settings.lock_timeout)
-        # Blocks until the current leader's connection goes away. The session is active
-        # meanwhile, so idle_session_timeout does not end it; keepalives still apply.
-        await conn.execute("SELECT pg_advisory_lock($1)", LEADER_LOCK_ID, timeout=None)
-        if not self.broker.healthy or self.stopping:
-            return  # lost Redis while waiting: leave the lock to an instance that has it
-        timeout = self.settings.lock_timeout  # every statement from here on
+        timeout = self.settings.lock_timeout  # every statement but the wait in line
+        if self.broker.healthy:
+            # Blocks until the current leader's connection goes away. The session is
+            # active meanwhile, so idle_session_timeout does not end it; keepalives apply.
+            await conn.execute("SELECT pg_advisory_lock($1)", LEADER_LOCK_ID, timeout=None)
+            if self.stopping:
+                return
+            if not self.broker.healthy and await self._someone_waits(conn):
+                return  # lost Redis while waiting: the next in line can publish
+        elif not await conn.fetchval(
+            "SELECT pg_try_advisory_lock($1)", LEADER_LOCK_ID, timeout=timeout
+        ):
+            return  # it cannot publish: it never waits in line, it only takes a free lock
         await conn.execute("SET statement_timeout = '30s'", timeout=timeout)
         await conn.add_listener(NOTIFY_CHANNEL, self._notified)
         self._set_leader(True)
@@ -237,21 +252,25 @@ class OutboxRelay:
                 failing_since = None if self.broker.healthy else (failing_since or attempt)
             except PublishFailed as error:
                 # Positions stay committed; the tail is published again once the broker
-                # is back (here or by the next leader), and new rows wait in the outbox.
+                # is back (here or by the next leader). Meanwhile new rows are numbered
+                # all the same, for the instances that read them from the log.
                 log.warning("relay cannot publish", extra={"error": repr(error)})
                 self.metrics.publish_failures.inc()
                 failing_since = failing_since or attempt
                 if self.stopping:  # cannot publish now: the next leader republishes the tail
                     return
+                await self._number_only(conn, assign_sql)
+            if self.stopping:  # everything committed so far was published, or cannot be
+                return
             if failing_since is not None:
-                if time.monotonic() - failing_since >= self.settings.step_down:
+                failing = time.monotonic() - failing_since
+                if failing >= self.settings.step_down and await self._someone_waits(conn):
                     log.warning("relay steps down: it cannot publish")
                     self.metrics.step_downs.inc()
                     return
-                await asyncio.sleep(RETRY_DELAY_S)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), RETRY_DELAY_S)
                 continue
-            if self.stopping:  # everything committed so far is published: hand over
-                return
             if time.monotonic() - last_prune > PRUNE_EVERY_S:
                 await self._prune(conn)
                 last_prune = time.monotonic()
@@ -277,6 +296,22 @@ class OutboxRelay:
         await self._publish(messages, [row["committed_at"].timestamp() for row in rows])
         self.published_through = self.last_position
         return len(rows)
+
+    async def _number_only(self, conn: asyncpg.Connection, assign_sql: str) -> None:
+        """Give committed rows their positions without publishing them (``published_through``
+        stays where it is, so they are published with the tail later)."""
+        while True:
+            rows = await conn.fetch(
+                assign_sql,
+                self.settings.batch_size,
+                self.last_position,
+                self.published_through,
+                timeout=self.settings.lock_timeout,
+            )
+            if rows:
+                self.last_position = rows[-1]["position"]
+            if len(rows) < self.settings.batch_size:
+                return
 
     async def _publish(self, messages: list[tuple[str, bytes]], commit_times: list[float]) -> None:
         await self._send(messages)

@@ -12,6 +12,7 @@ from realtime.broker_redis import RedisBroker
 from realtime.chat import ChatOps
 from realtime.gateway import Gateway
 from realtime.hub import Hub
+from realtime.keys import broker_key, gateway_key, relay_key
 from realtime.log import PostgresEventLog
 from realtime.metrics import GatewayMetrics, HubMetrics, RelayMetrics
 from realtime.presence import Presence
@@ -35,8 +36,6 @@ async def realtime_ctx(app: web.Application) -> AsyncIterator[None]:
         HubMetrics(registry),
         replay_limit=settings.ws_replay_limit,
     )
-    if settings.test_fault:  # tests only: see Hub.inject_fault
-        hub.inject_fault(settings.test_fault)
     relay = OutboxRelay(
         RelaySettings(
             database_url=settings.database_url,
@@ -59,9 +58,9 @@ async def realtime_ctx(app: web.Application) -> AsyncIterator[None]:
         presence,
     )
     ChatOps(gateway, app[keys.pg_pool_key], app[keys.rate_limiter_key], settings.rate_limit_writes)
-    app[keys.broker_key] = broker
-    app[keys.relay_key] = relay
-    app[keys.gateway_key] = gateway
+    app[broker_key] = broker
+    app[relay_key] = relay
+    app[gateway_key] = gateway
     # Start ready when Redis is there; start anyway (not ready) when it is not.
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(settings.redis_timeout):
@@ -89,8 +88,8 @@ async def realtime_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def close_sockets_on_shutdown(app: web.Application) -> None:
     """on_shutdown: every socket gets 1001 before in-flight requests are awaited."""
-    if keys.gateway_key in app:
-        await app[keys.gateway_key].close_all()
+    if gateway_key in app:
+        await app[gateway_key].close_all()
 
 
 def setup_realtime(app: web.Application) -> None:

@@ -72,7 +72,7 @@ async def demo_accounts(request: web.Request) -> web.Response:
     )
     accounts = [DemoAccount(**dict(row)) for row in rows]
     body = DemoAccounts(password=DEMO_PASSWORD if accounts else "", accounts=accounts)
-    return json_response(body.model_dump())
+    return json_response(body)
 
 
 def setup_routes(app: web.Application, spec: ApiSpec) -> None:
@@ -80,13 +80,14 @@ def setup_routes(app: web.Application, spec: ApiSpec) -> None:
         app, "GET", "/", index, summary="Demo page (plain ES modules, no build)", tag="demo",
         content_type="text/html",
     )  # fmt: skip
+    name = {"name": {"type": "string", "pattern": _ASSET_NAME.pattern}}
     spec.route(
         app, "GET", ASSETS_PATH + "{name}", asset, summary="Demo page scripts and styles",
-        tag="demo", content_type="text/javascript", errors=(404,),
+        tag="demo", content_type="text/javascript", errors=(404,), path_schemas=name,
     )  # fmt: skip
     spec.route(
         app, "GET", ASSETS_PATH + "views/{name}", view_asset, summary="Demo page views",
-        tag="demo", content_type="text/javascript", errors=(404,),
+        tag="demo", content_type="text/javascript", errors=(404,), path_schemas=name,
     )  # fmt: skip
     spec.route(
         app, "GET", "/api/v1/demo/accounts", demo_accounts,

@@ -14,16 +14,15 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 import orjson
-from aiohttp import web
 
 from db.queries import idempotency as queries
 from db.types import Connection
 from server.errors import BadRequest, Conflict, Problem
-from server.jsonio import JSON_CONTENT_TYPE, dumps
+from server.jsonio import dumps
 
 KEY_HEADER = "Idempotency-Key"
 REPLAY_HEADER = "Idempotent-Replayed"
@@ -32,6 +31,7 @@ _KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
 # Transient failures after which the whole transaction may safely run again.
 RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 MAX_ATTEMPTS = 3
+T = TypeVar("T")
 
 
 class IdempotencyKeyMissing(BadRequest):
@@ -55,6 +55,25 @@ class IdempotentRequest:
     user_id: int
     key: str
     fingerprint: bytes
+    status: int  # what it answers when it succeeds; stored with the body for every replay
+
+    @classmethod
+    def of(
+        cls, key: str | None, *, user_id: int, method: str, path: str, body: Any, status: int
+    ) -> IdempotentRequest:
+        """The key and the fingerprint (method, path, canonical body) of a request."""
+        if key is None:
+            raise IdempotencyKeyMissing()
+        if not _KEY_PATTERN.match(key):
+            raise IdempotencyKeyInvalid()
+        digest = hashlib.sha256()
+        for part in (
+            method.encode(),
+            path.encode(),
+            orjson.dumps(body, option=orjson.OPT_SORT_KEYS),
+        ):
+            digest.update(len(part).to_bytes(8, "big") + part)
+        return cls(user_id, key, digest.digest(), status)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,43 +82,27 @@ class StoredResponse:
     body: bytes
     replayed: bool
 
-    def to_response(self) -> web.Response:
-        headers = {REPLAY_HEADER: "true"} if self.replayed else {}
-        return web.Response(
-            status=self.status, body=self.body, headers=headers, content_type=JSON_CONTENT_TYPE
-        )
 
+@dataclass(frozen=True, slots=True)
+class Once(Generic[T]):
+    """What ``run_once`` did: the response, and the work's result if it ran now."""
 
-def idempotent_request(request: web.Request, user_id: int, body: Any) -> IdempotentRequest:
-    """The key and the fingerprint (method, path, canonical body) of a money-moving request."""
-    key = request.headers.get(KEY_HEADER)
-    if key is None:
-        raise IdempotencyKeyMissing()
-    if not _KEY_PATTERN.match(key):
-        raise IdempotencyKeyInvalid()
-    digest = hashlib.sha256()
-    for part in (request.method.encode(), request.path.encode(), _canonical(body)):
-        digest.update(len(part).to_bytes(8, "big") + part)
-    return IdempotentRequest(user_id, key, digest.digest())
-
-
-def _canonical(body: Any) -> bytes:
-    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-
-
-Work = Callable[[Connection], Awaitable[tuple[int, Any]]]
+    response: StoredResponse
+    result: T | None  # None when the response was replayed
 
 
 async def run_once(
     pool: asyncpg.Pool,
     request: IdempotentRequest,
-    work: Work,
+    work: Callable[[Connection], Awaitable[T]],
+    body: Callable[[T], object],
     on_retry: Callable[[str], None] = lambda reason: None,
-) -> StoredResponse:
-    """Run ``work`` at most once per key; replay its stored response afterwards."""
+) -> Once[T]:
+    """Run ``work`` at most once per key, and store ``body(result)`` as its answer in the
+    same transaction; replay that answer afterwards."""
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
-            return await _attempt(pool, request, work)
+            return await _attempt(pool, request, work, body)
         except RETRYABLE as error:
             if attempt == MAX_ATTEMPTS:
                 raise
@@ -107,7 +110,12 @@ async def run_once(
     raise AssertionError("unreachable")
 
 
-async def _attempt(pool: asyncpg.Pool, request: IdempotentRequest, work: Work) -> StoredResponse:
+async def _attempt(
+    pool: asyncpg.Pool,
+    request: IdempotentRequest,
+    work: Callable[[Connection], Awaitable[T]],
+    body: Callable[[T], object],
+) -> Once[T]:
     async with pool.acquire() as conn, conn.transaction():
         if not await queries.try_lock(conn, request.user_id, request.key):
             raise IdempotencyKeyInFlight()
@@ -115,16 +123,17 @@ async def _attempt(pool: asyncpg.Pool, request: IdempotentRequest, work: Work) -
         if previous is not None:
             if bytes(previous["fingerprint"]) != request.fingerprint:
                 raise IdempotencyKeyReused()
-            return StoredResponse(previous["status_code"], bytes(previous["response_body"]), True)
-        status, payload = await work(conn)
-        body = dumps(payload)
+            stored = StoredResponse(previous["status_code"], bytes(previous["response_body"]), True)
+            return Once(stored, None)
+        result = await work(conn)
+        answer = dumps(body(result))
         await queries.store(
             conn,
             user_id=request.user_id,
             key=request.key,
             fingerprint=request.fingerprint,
-            status_code=status,
-            body=body,
+            status_code=request.status,
+            body=answer,
             ttl=KEY_TTL,
         )
-    return StoredResponse(status, body, False)
+    return Once(StoredResponse(request.status, answer, False), result)

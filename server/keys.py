@@ -1,8 +1,7 @@
-"""Every typed ``web.AppKey`` of the application, in one place."""
+"""The typed ``web.AppKey``s of the server's resources (the realtime path's are in
+``realtime/keys.py``)."""
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -19,11 +18,6 @@ from server.photos.storage import PhotoStorage
 from server.ratelimit import RateLimiter
 from server.settings import Settings
 
-if TYPE_CHECKING:  # realtime imports these keys; the types are for checkers only
-    from realtime.broker_redis import RedisBroker
-    from realtime.gateway import Gateway
-    from realtime.relay import OutboxRelay
-
 settings_key = web.AppKey("settings", Settings)
 trusted_proxies_key: web.AppKey[tuple[Network, ...]] = web.AppKey("trusted_proxies")
 pg_pool_key = web.AppKey("pg_pool", asyncpg.Pool)
@@ -36,8 +30,5 @@ api_spec_key = web.AppKey("api_spec", ApiSpec)
 photo_storage_key = web.AppKey("photo_storage", PhotoStorage)
 listing_cache_key = web.AppKey("listing_cache", ListingCache)
 purchase_locks_key = web.AppKey("purchase_locks", PurchaseLocks)
-broker_key: web.AppKey[RedisBroker] = web.AppKey("broker")
-relay_key: web.AppKey[OutboxRelay] = web.AppKey("relay")
-gateway_key: web.AppKey[Gateway] = web.AppKey("gateway")
 
 claims_key = web.RequestKey("claims", AccessClaims)

@@ -66,6 +66,9 @@ class Metrics:
             registry=self.registry,
         )
 
+    def transaction_retried(self, reason: str) -> None:
+        self.transaction_retries.labels(reason).inc()
+
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.request_stats.observe(method, route, status, seconds)
 

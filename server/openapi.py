@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,14 +54,29 @@ _STATUS_TEXT = {
 }
 
 
+# Path parameters by name: ids are bigints, photo ids UUIDs (any other name is a string).
+# A value that is not one names nothing: 404, like an id nobody has.
+_BIGINT_ID = {"type": "integer", "format": "int64", "minimum": 1, "maximum": 2**63 - 1}
+_PATH_SCHEMAS: dict[str, dict[str, Any]] = {
+    "id": _BIGINT_ID,
+    "listing_id": _BIGINT_ID,
+    "photo_id": {"type": "string", "format": "uuid"},
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Header:
-    """A request header an operation reads; required ones are refused when missing."""
+    """A request header an operation reads; required ones are refused when missing.
+
+    ``answers`` are the error statuses the header itself can cause, and why: every
+    operation that reads the header documents them.
+    """
 
     name: str
     description: str
     schema: dict[str, Any]
     required: bool = True
+    answers: Mapping[int, str] = field(default_factory=dict)
 
     def parameter(self) -> dict[str, Any]:
         return {
@@ -75,13 +90,27 @@ class Header:
 
 IDEMPOTENCY_KEY = Header(
     "Idempotency-Key",
-    "Any 1-255 visible ASCII characters; the same key with the same body replays the answer",
+    "Any 1-255 visible ASCII characters, new for each operation: the same key with the same"
+    " request replays the first answer; with another request (body or path) it is refused",
     {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"},
+    answers={
+        400: "Idempotency-Key is missing or not 1-255 visible ASCII characters",
+        409: "a request with this Idempotency-Key is still running",
+        422: "this Idempotency-Key was used before with another request",
+    },
 )
-IF_MATCH = Header(
-    "If-Match",
-    "The ETag you read (or *); checked once you are known to be the seller",
-    {"type": "string"},
+# The opening handshake of RFC 6455, which a plain GET lacks (400).
+_NOT_A_HANDSHAKE = {400: "not a WebSocket opening handshake"}
+WEBSOCKET_HANDSHAKE = (
+    Header("Upgrade", "websocket", {"type": "string", "enum": ["websocket"]}),
+    Header("Connection", "Upgrade", {"type": "string", "enum": ["Upgrade"]}),
+    Header(
+        "Sec-WebSocket-Key",
+        "16 random bytes in base64",
+        {"type": "string", "pattern": "^[A-Za-z0-9+/]{21}[AQgw]==$"},
+        answers=_NOT_A_HANDSHAKE,
+    ),
+    Header("Sec-WebSocket-Version", "13", {"type": "string", "enum": ["13"]}),
 )
 
 
@@ -111,8 +140,13 @@ class ApiSpec:
         content_type: str = "application/json",
         query: type[pydantic.BaseModel] | None = None,
         headers: tuple[Header, ...] = (),
+        path_schemas: Mapping[str, dict[str, Any]] | None = None,
     ) -> None:
-        """Add the route to ``app`` and describe it; the two never drift apart."""
+        """Add the route to ``app`` and describe it; the two never drift apart.
+
+        ``path_schemas`` describe path parameters beyond what their names say.
+        """
+        described_path = {**_PATH_SCHEMAS, **(path_schemas or {})}
         app.router.add_route(method, path, handler)
         operation: dict[str, Any] = {
             "summary": summary,
@@ -121,7 +155,12 @@ class ApiSpec:
             "responses": {str(status): self._response(status, response, content_type)},
         }
         parameters = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "schema": described_path.get(name, {"type": "string"}),
+            }
             for name in _path_parameters(path)
         ]
         if query is not None:
@@ -140,9 +179,15 @@ class ApiSpec:
         if auth:
             operation["security"] = [{"bearer": []}]
             problem_statuses.add(401)
-        for code in sorted(problem_statuses):
+        reasons: dict[int, list[str]] = {}
+        for header in headers:
+            for code, reason in header.answers.items():
+                reasons.setdefault(code, []).append(reason)
+        for code in sorted(problem_statuses | set(reasons)):
+            generic = [_STATUS_TEXT.get(code, "Error")] if code in problem_statuses else []
+            described = "; ".join(generic + reasons.get(code, []))
             operation["responses"][str(code)] = {
-                "description": _STATUS_TEXT.get(code, "Error"),
+                "description": described[:1].upper() + described[1:],
                 "content": {
                     "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
                 },

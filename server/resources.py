@@ -10,6 +10,7 @@ from aiohttp import web
 from prometheus_client import Gauge
 
 from db.pool import create_pool
+from rediswire.codec import redis_database
 from server import keys
 from server.listings.cache import ListingCache
 from server.listings.invalidation import listen_for_invalidations
@@ -18,13 +19,20 @@ from server.listings.near_cache import NearCache
 from server.orders.locks import PurchaseLocks
 from server.ratelimit import RateLimiter
 from server.redis_breaker import RedisBreaker, guarded_pool
-from server.resp import redis_database
 
 
 async def pg_pool_ctx(app: web.Application) -> AsyncIterator[None]:
     """The PostgreSQL pool; created lazily-connecting so the app starts while PG is down."""
     settings = app[keys.settings_key]
-    pool = await create_pool(settings)
+    assert settings.database_url is not None, "resolve the database URL first"
+    pool = await create_pool(
+        settings.database_url,
+        min_size=settings.pg_pool_min,
+        max_size=settings.pg_pool_max,
+        connect_timeout=settings.pg_connect_timeout,
+        acquire_timeout=settings.pg_acquire_timeout,
+        statement_timeout=settings.pg_statement_timeout,
+    )
     app[keys.pg_pool_key] = pool
     metrics = app[keys.metrics_key]
     gauge = Gauge(

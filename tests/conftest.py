@@ -14,7 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from db.migrate import migrate
-from server.app import create_app
+from jangteo.app import create_app
 from server.embedded.process import free_port
 from server.embedded.redis import EmbeddedRedis
 from server.embedded.stack import EmbeddedStack

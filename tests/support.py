@@ -82,7 +82,7 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> ServerProcess:
-        command = [sys.executable, "-m", "server", "serve", "--workers", str(self.workers)]
+        command = [sys.executable, "-m", "jangteo", "serve", "--workers", str(self.workers)]
         # Logs go to a file: a pipe nobody drains could fill up and stall the server.
         self.log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(

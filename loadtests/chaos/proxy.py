@@ -52,6 +52,7 @@ class TcpProxy:
         self.blackholed = False
         self.rate = rate  # bytes per second each way; None: as fast as loopback
         self._links: set[_Link] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
@@ -120,10 +121,17 @@ class TcpProxy:
             await self._stop.wait()
             for link in list(self._links):
                 link.abort()
+            # The aborted links' handlers end on their own; cancelled, they would log.
+            if self._handlers:
+                await asyncio.wait(self._handlers, timeout=5)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         link = _Link([writer], damaged=self.blackholed)
         self._links.add(link)
+        handler = asyncio.current_task()
+        if handler is not None:
+            self._handlers.add(handler)
+            handler.add_done_callback(self._handlers.discard)
         try:
             if self.blackholed:
                 await self._swallow(reader)

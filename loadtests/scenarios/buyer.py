@@ -18,9 +18,9 @@ import gevent
 from locust import task
 from locust.clients import ResponseContextManager
 
+from loadtests.config import BUSY_MARKET
 from loadtests.scenarios.common import (
     API,
-    BUSY_MARKET,
     CONFIG,
     RECORDS,
     TIMEOUT,

@@ -29,15 +29,6 @@ API = "/api/v1"
 JSON_HEADERS = {"Content-Type": "application/json"}
 TIMEOUT = 30.0  # seconds per HTTP request
 
-# Answers a purchase may get in a busy market without anything being wrong.
-BUSY_MARKET = {
-    "insufficient-stock",
-    "listing-not-on-sale",
-    "own-listing",
-    "insufficient-funds",
-    "purchase-conflict",
-}
-
 
 class Records:
     """This process's records file (opened on first use); a write is one line, whole."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import gevent
@@ -25,28 +24,15 @@ import websocket
 from gevent.event import AsyncResult
 from locust.exception import StopUser
 
+from loadtests.audit import Stream
 from loadtests.scenarios.common import API, RECORDS, TIMEOUT, MarketUser, expect, now_ms
-
-
-@dataclass(slots=True)
-class Stream:
-    """What this socket saw of one channel, as the audit reads it.
-
-    A segment starts at a ``subscribed`` offset and lists the events received after it as
-    [offset, prev]; a resume (subscribe with ``since``) continues the segment, a ``resync``
-    starts another.
-    """
-
-    channel: str
-    segments: list[dict[str, Any]] = field(default_factory=list)
-    last: int | None = None  # the last offset seen: the `since` of a resume
-    resuming: bool = False
 
 
 class LiveSocket:
     def __init__(self, user: MarketUser) -> None:
         self.user = user
         self.streams: dict[str, Stream] = {}
+        self.resuming: set[str] = set()  # channels whose `since` subscribe is unanswered
         self.waiting: dict[str, AsyncResult] = {}
         self.ws: websocket.WebSocket | None = None
         self.reader: gevent.Greenlet | None = None
@@ -112,10 +98,10 @@ class LiveSocket:
         frame: dict[str, Any] = {"op": "subscribe", "channel": channel}
         if resume and stream.last is not None:
             frame["since"] = stream.last
-            stream.resuming = True
+            self.resuming.add(channel)
         reply = self.request(f"subscribed:{channel}", frame, "subscribe")
         if reply is not None and reply.get("code") == "resync":
-            stream.resuming = False  # too far behind: start over from now, a new segment
+            self.resuming.discard(channel)  # too far behind: start over from now, a new segment
             reply = self.request(f"subscribed:{channel}", {"op": "subscribe", "channel": channel})
         return reply is not None and reply.get("op") == "subscribed"
 
@@ -215,10 +201,8 @@ class LiveSocket:
         elif op == "subscribed":
             channel = frame["channel"]
             stream = self.streams.setdefault(channel, Stream(channel))
-            if not stream.resuming:
-                stream.segments.append({"start": frame["offset"], "events": []})
-                stream.last = frame["offset"]
-            stream.resuming = False
+            stream.subscribed(frame["offset"], stream.last if channel in self.resuming else None)
+            self.resuming.discard(channel)
             self._answer(f"subscribed:{channel}", frame)
         elif op == "ack":
             self._answer(f"ack:{frame.get('client_id')}", frame)
@@ -237,8 +221,7 @@ class LiveSocket:
         if stream is None or not stream.segments:
             RECORDS.write("ws_stray", user_id=self.user.user_id, frame=frame)
             return
-        stream.segments[-1]["events"].append([frame["offset"], frame["prev"]])
-        stream.last = frame["offset"]
+        stream.event(frame["offset"], frame["prev"])
         self.report(f"receive {frame['type']}", received - float(frame["ts"]), length)
 
     def _answer(self, key: str, frame: dict[str, Any]) -> None:

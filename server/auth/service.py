@@ -60,7 +60,10 @@ async def log_in(
     """Unknown email and wrong password give the same error after the same work."""
     # Lower-cased here as at sign-up: PostgreSQL's lower() differs from Python's for some
     # letters (e.g. "İ"), so only the same function on both sides finds the stored email.
-    row = await queries.credentials_by_email(pool, email.lower())
+    # No stored email holds U+0000 (sign-up refuses it, and PostgreSQL's text cannot hold
+    # it): such an email is simply unknown, not a question for the database.
+    known = "\x00" not in email
+    row = await queries.credentials_by_email(pool, email.lower()) if known else None
     if not await hasher.verify(row["password_hash"] if row else None, password):
         raise InvalidCredentials()
     assert row is not None

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-from datetime import UTC, datetime
-
-import orjson
 from aiohttp import web
 
 from server import keys
@@ -22,34 +17,16 @@ from server.chats.schemas import (
     RoomOut,
     RoomPage,
 )
-from server.errors import ValidationFailed
-from server.handler_params import MAX_ID, limit_writes, path_id
+from server.cursors import decode_room_cursor, encode_room_cursor
+from server.handler_params import limit_writes, path_id
 from server.jsonio import json_response, read_json, validate
+from server.listings.service import ListingNotFound
 from server.openapi import ApiSpec
-
-
-def encode_room_cursor(at: datetime, room_id: int) -> str:
-    micros = int(at.timestamp() * 1_000_000)
-    raw = orjson.dumps({"at": micros, "id": room_id})
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_room_cursor(cursor: str) -> tuple[datetime, int]:
-    try:
-        value = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        at, room_id = value["at"], value["id"]
-        if not all(type(part) is int for part in (at, room_id)) or not 1 <= room_id <= MAX_ID:
-            raise ValueError(value)
-        return datetime.fromtimestamp(at / 1_000_000, UTC), room_id
-    except (binascii.Error, ValueError, KeyError, TypeError, OverflowError, OSError):
-        raise ValidationFailed(
-            [{"field": "cursor", "code": "invalid", "message": "not a cursor from this API"}]
-        ) from None
 
 
 async def open_room(request: web.Request) -> web.Response:
     claims = await authenticate(request)
-    listing_id = path_id(request, service.ListingNotFoundForChat)
+    listing_id = path_id(request, ListingNotFound)
     await limit_writes(request, claims.user_id)
     room, created = await service.open_room(
         request.app[keys.pg_pool_key], listing_id, claims.user_id

@@ -9,9 +9,11 @@ from typing import Annotated
 import pydantic
 from pydantic import Field, StringConstraints
 
+from server.cursors import RoomCursor
 from server.jsonio import StrictModel
+from server.text import NO_NUL
 
-MessageBody = Annotated[str, StringConstraints(min_length=1, max_length=1000)]
+MessageBody = Annotated[str, StringConstraints(min_length=1, max_length=1000, pattern=NO_NUL)]
 
 
 class MessageIn(StrictModel):
@@ -27,7 +29,7 @@ class ReadIn(StrictModel):
 class PageQuery(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
-    cursor: Annotated[str, StringConstraints(max_length=200)] | None = None
+    cursor: RoomCursor | None = None
     limit: Annotated[int, Field(ge=1, le=100)] = 20
 
 

@@ -17,6 +17,7 @@ from db.queries import listings as listing_queries
 from db.queries.outbox import Event, insert_events
 from server.chats.schemas import MessageOut, RoomOut, RoomSummary
 from server.errors import Conflict, NotFound
+from server.listings.service import ListingNotFound
 
 
 class RoomNotFound(NotFound):
@@ -24,11 +25,7 @@ class RoomNotFound(NotFound):
 
 
 class OwnListingChat(Conflict):
-    slug, title = "own-listing", "You cannot open a chat on your own listing"
-
-
-class ListingNotFoundForChat(NotFound):
-    slug, title = "listing-not-found", "No such listing"
+    slug, title = "own-listing-chat", "You cannot open a chat on your own listing"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +50,7 @@ async def open_room(pool: asyncpg.Pool, listing_id: int, buyer_id: int) -> tuple
     async with pool.acquire() as conn, conn.transaction():
         listing = await listing_queries.listing_by_id(conn, listing_id)
         if listing is None or listing["status"] == "hidden":
-            raise ListingNotFoundForChat()
+            raise ListingNotFound()
         if listing["seller_id"] == buyer_id:
             raise OwnListingChat()
         made = await queries.insert_room(conn, listing_id, buyer_id, listing["seller_id"])

@@ -5,23 +5,28 @@ Reading listings needs no account (browsing comes before signing up); changing d
 
 from __future__ import annotations
 
-from typing import Any
-
 import asyncpg
 from aiohttp import web
 
 from server import keys
 from server.auth.sessions import authenticate
 from server.errors import ValidationFailed
-from server.handler_params import limit_writes
+from server.handler_params import limit_writes, path_id
 from server.jsonio import JSON_CONTENT_TYPE, dumps, json_response, read_json, validate
 from server.listings import service
-from server.listings.preconditions import IfMatch
-from server.listings.schemas import FeedQuery, ListingCreate, ListingOut, ListingPage, ListingPatch
-from server.openapi import IF_MATCH, ApiSpec
+from server.listings.preconditions import IF_MATCH, IfMatch
+from server.listings.schemas import (
+    FeedQuery,
+    ListingCreate,
+    ListingOut,
+    ListingPage,
+    ListingPatch,
+    PhotoOut,
+)
+from server.openapi import ApiSpec
+from server.photos.storage import PhotoStorage
 
 PREFIX = "/api/v1/listings"
-MAX_ID = 2**63 - 1  # ids are bigint
 
 
 def etag_of(row: asyncpg.Record) -> str:
@@ -29,47 +34,44 @@ def etag_of(row: asyncpg.Record) -> str:
     return f'"{row["id"]}-{row["version"]}-{row["like_count"]}"'
 
 
-def listing_json(app: web.Application, row: asyncpg.Record) -> dict[str, Any]:
-    storage = app[keys.photo_storage_key]
+def listing_out(storage: PhotoStorage, row: asyncpg.Record) -> ListingOut:
+    """The listing as the API shows it: its photos by the URL the storage serves them at."""
     photos = [
-        {
-            "id": photo["id"],
-            "url": storage.public_url(photo["key"]),
-            "content_type": photo["content_type"],
-        }
+        PhotoOut(
+            id=photo["id"],
+            url=storage.public_url(photo["key"]),
+            content_type=photo["content_type"],
+        )
         for photo in row["photos"]
     ]
-    return {
-        "id": row["id"],
-        "seller_id": row["seller_id"],
-        "title": row["title"],
-        "description": row["description"],
-        "price": row["price"],
-        "quantity": row["quantity"],
-        "category": row["category"],
-        "region": row["region"],
-        "status": row["status"],
-        "like_count": row["like_count"],
-        "version": row["version"],
-        "photos": photos,
-        "created_at": row["created_at"],
-        "updated_at": row["updated_at"],
-    }
+    return ListingOut(
+        id=row["id"],
+        seller_id=row["seller_id"],
+        title=row["title"],
+        description=row["description"],
+        price=row["price"],
+        quantity=row["quantity"],
+        category=row["category"],
+        region=row["region"],
+        status=row["status"],
+        like_count=row["like_count"],
+        version=row["version"],
+        photos=photos,
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
 
 
 def _listing_id(request: web.Request) -> int:
-    """The id in the path; anything that cannot be a bigint id is simply not found."""
-    text = request.match_info["id"]
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_ID:
-        raise service.ListingNotFound()
-    return int(text)
+    return path_id(request, service.ListingNotFound)
 
 
 def _listing_response(request: web.Request, row: asyncpg.Record, status: int = 200) -> web.Response:
     headers = {"ETag": etag_of(row)}
     if status == 201:
         headers["Location"] = f"{PREFIX}/{row['id']}"
-    return json_response(listing_json(request.app, row), status=status, headers=headers)
+    storage = request.app[keys.photo_storage_key]
+    return json_response(listing_out(storage, row), status=status, headers=headers)
 
 
 async def _after_change(request: web.Request, row: asyncpg.Record) -> None:
@@ -93,7 +95,8 @@ async def get_listing(request: web.Request) -> web.Response:
             row = await service.get_listing(request.app[keys.pg_pool_key], listing_id)
         except service.ListingNotFound:
             return b""  # cached too, so unknown ids do not reach PostgreSQL every time
-        return etag_of(row).encode() + b"\n" + dumps(listing_json(request.app, row))
+        listing = listing_out(request.app[keys.photo_storage_key], row)
+        return etag_of(row).encode() + b"\n" + dumps(listing)
 
     entry = await request.app[keys.listing_cache_key].detail(listing_id, build)
     if not entry:
@@ -148,8 +151,9 @@ async def list_listings(request: web.Request) -> web.Response:
 
     async def build() -> bytes:
         rows, next_cursor = await service.list_listings(request.app[keys.pg_pool_key], query)
-        items = [listing_json(request.app, row) for row in rows]
-        return dumps({"items": items, "next_cursor": next_cursor})
+        storage = request.app[keys.photo_storage_key]
+        items = [listing_out(storage, row) for row in rows]
+        return dumps(ListingPage(items=items, next_cursor=next_cursor))
 
     first_page_of_region = query.region is not None and set(params) <= {"region", "limit"}
     if first_page_of_region:
@@ -199,7 +203,7 @@ def setup_routes(app: web.Application, spec: ApiSpec) -> None:
     spec.route(
         app, "PATCH", item, update_listing, summary="Edit (seller only; If-Match required)",
         tag="listings", body=ListingPatch, response=ListingOut, auth=True,
-        errors=(403, 404, 412, 428, 429), headers=(IF_MATCH,),
+        errors=(403, 404, 409, 412, 428, 429), headers=(IF_MATCH,),
     )  # fmt: skip
     spec.route(
         app, "DELETE", item, hide_listing, summary="Hide (seller only; If-Match required)",

@@ -17,8 +17,9 @@ waits until ``LEASE_S`` after Redis answered its PUBLISH: by then every lease gr
 before the invalidation has run out. It also disconnects the silent subscribers (CLIENT
 KILL) so that the next writes do not wait for them again.
 
-The subscription speaks RESP3, where a subscribed connection may also send ordinary
-commands, so the ack leaves on the same socket without a task switch.
+The subscription is a ``rediswire`` one (RESP3: a subscribed connection may also send
+ordinary commands), so the ack leaves on the same socket without a task switch; its
+watchdog pings are the lease pings.
 """
 
 from __future__ import annotations
@@ -27,14 +28,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import cast
 
 import hiredis
 import redis.asyncio as aioredis
 
+from rediswire.codec import command, redis_database
+from rediswire.subscription import Subscription, stay_subscribed
 from server.listings.near_cache import NearCache
-from server.resp import address, hello, redis_database
-from server.resp import command as _command
 
 log = logging.getLogger(__name__)
 
@@ -54,69 +54,39 @@ def channel_name(database: str, deployment: str = "jangteo") -> str:
     return f"{deployment}:{CHANNEL_SUFFIX}:{database}"
 
 
-class _Subscription(asyncio.Protocol):
+class _Subscription(Subscription):
+    client_name = SUBSCRIBER_NAME
+
     def __init__(self, near: NearCache, redis_url: str, deployment: str) -> None:
+        super().__init__(redis_url)
         self.near = near
-        self.redis_url = redis_url
         self.deployment = deployment
         self.database = redis_database(redis_url)  # acks go to the writers' database
-        self.reader = hiredis.Reader()
-        self.loop = asyncio.get_running_loop()
-        self.closed: asyncio.Future[None] = self.loop.create_future()
-        self.last_heard = self.loop.time()
-        self.suspect = False  # silent at the last check; closed if still silent at the next
-        self.transport: asyncio.Transport | None = None
         self.client_id: bytes | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
-        self.transport = cast(asyncio.Transport, transport)
-        self.transport.write(
-            hello(self.redis_url, SUBSCRIBER_NAME)
-            + _command("CLIENT", "ID")
-            + _command("SUBSCRIBE", channel_name(self.database, self.deployment))
-            + self._lease_ping()
-        )
+        super().connection_made(transport)
+        assert self.transport is not None
         self.near.bind(self.transport.is_closing)
 
-    @staticmethod
-    def _lease_ping() -> bytes:
-        return _command("PING", _LEASE_PREFIX + repr(time.monotonic()).encode())
+    def opening(self) -> list[bytes]:
+        return [
+            command("CLIENT", "ID"),
+            command("SUBSCRIBE", channel_name(self.database, self.deployment)),
+            self.ping(),
+        ]
 
-    def ping(self) -> None:
-        """Renew the lease; close the connection if Redis stopped answering.
+    def ping(self) -> bytes:
+        """A lease ping: Redis echoes when it was sent, and the answer renews the lease."""
+        return command("PING", _LEASE_PREFIX + repr(time.monotonic()).encode())
 
-        Silence is only acted on at the second check in a row: after a stalled event
-        loop the answers may be waiting in the socket, and are read in between.
-        """
-        assert self.transport is not None
-        if self.loop.time() - self.last_heard <= SILENCE_LIMIT_S:
-            self.suspect = False
-        elif self.suspect:
-            self.transport.close()
-            return
-        else:
-            self.suspect = True
-        self.transport.write(self._lease_ping())
+    def on_bad_reply(self, error: Exception) -> None:
+        # Not a message jangteo sends: fail safe, the near cache goes off until the
+        # subscription is back.
+        log.warning("bad cache invalidation message", extra={"error": repr(error)})
+        self.near.reset(enabled=False)
 
-    def data_received(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.last_heard = self.loop.time()
-        self.reader.feed(data)
-        try:
-            while (reply := self.reader.gets()) is not False:
-                self._handle(reply)
-        except (ValueError, hiredis.ProtocolError) as error:
-            # Not a message jangteo sends: fail safe, the near cache goes off until
-            # the subscription is back.
-            log.warning("bad cache invalidation message", extra={"error": repr(error)})
-            self.near.reset(enabled=False)
-            self.transport.close()
-
-    def _handle(self, reply: object) -> None:
-        assert self.transport is not None
-        if isinstance(reply, hiredis.ReplyError):
-            raise ValueError(f"redis refused: {reply}")
+    def on_reply(self, reply: object) -> None:
         if isinstance(reply, hiredis.PushNotification):
             if reply[0] == b"subscribe":
                 self.near.reset(enabled=True)
@@ -128,12 +98,12 @@ class _Subscription(asyncio.Protocol):
             self.client_id = b"%d" % reply  # the answer to CLIENT ID
 
     def _apply(self, message: bytes) -> None:
-        assert self.transport is not None and self.client_id is not None
+        assert self.client_id is not None
         ack_key, *bases = message.decode().split()
         self.near.invalidate(bases)
-        self.transport.write(
-            _command("RPUSH", ack_key, self.client_id)
-            + _command("PEXPIRE", ack_key, str(ACK_KEY_TTL_MS))
+        self.send(
+            command("RPUSH", ack_key, self.client_id)
+            + command("PEXPIRE", ack_key, str(ACK_KEY_TTL_MS))
         )
 
     def eof_received(self) -> None:
@@ -142,34 +112,21 @@ class _Subscription(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.near.reset(enabled=False)
-        if not self.closed.done():
-            self.closed.set_result(None)
+        super().connection_lost(exc)
 
 
 async def listen_for_invalidations(
     redis_url: str, near: NearCache, deployment: str = "jangteo"
 ) -> None:
     """Stay subscribed for as long as the task runs, reconnecting after any failure."""
-    host, port = address(redis_url)
-    loop = asyncio.get_running_loop()
-    while True:
-        try:
-            transport, protocol = await loop.create_connection(
-                lambda: _Subscription(near, redis_url, deployment), host, port
-            )
-        except OSError as error:
-            log.warning("cache invalidation subscription failed", extra={"error": repr(error)})
-            await asyncio.sleep(RECONNECT_DELAY_S)
-            continue
-        try:
-            while not protocol.closed.done():
-                await asyncio.wait([protocol.closed], timeout=PING_INTERVAL_S)
-                if not protocol.closed.done():
-                    protocol.ping()
-        finally:
-            transport.close()
-        log.warning("cache invalidation subscription lost; near cache off until it is back")
-        await asyncio.sleep(RECONNECT_DELAY_S)
+    await stay_subscribed(
+        redis_url,
+        lambda: _Subscription(near, redis_url, deployment),
+        name=SUBSCRIBER_NAME,
+        interval=PING_INTERVAL_S,
+        silence_limit=SILENCE_LIMIT_S,
+        reconnect_delay=RECONNECT_DELAY_S,
+    )
 
 
 async def wait_for_acks(

@@ -11,8 +11,21 @@ import re
 from dataclasses import dataclass
 
 from server.errors import PreconditionFailed, PreconditionRequired
+from server.openapi import Header
 
-_ETAG = re.compile(r'^(?:W/)?"(\d+)-(\d+)-(\d+)"$')
+# A listing's ETag as the handlers write it: "id-version-likes", each part a bigint.
+_NUMBER = "([0-9]{1,19})"
+_ETAG = re.compile(rf'^(?:W/)?"{_NUMBER}-{_NUMBER}-{_NUMBER}"$')
+
+IF_MATCH = Header(
+    "If-Match",
+    "* or the ETag you read; checked once you are known to be the seller",
+    {"type": "string", "pattern": rf'^(\*|(W/)?"{_NUMBER}-{_NUMBER}-{_NUMBER}")$'},
+    answers={
+        412: "If-Match is neither * nor the listing's current ETag",
+        428: "If-Match is missing",
+    },
+)
 
 
 @dataclass(frozen=True, slots=True)

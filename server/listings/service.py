@@ -12,7 +12,7 @@ import asyncpg
 from db.queries import listings as queries
 from db.queries.outbox import Event, insert_events
 from server.cursors import decode_cursor, encode_cursor
-from server.errors import Forbidden, NotFound, ValidationFailed
+from server.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from server.listings.preconditions import IfMatch
 from server.listings.schemas import FeedQuery, ListingCreate, ListingPatch
 
@@ -28,6 +28,10 @@ class ListingNotFound(NotFound):
 
 class NotTheSeller(Forbidden):
     slug, title = "not-the-seller", "Only the seller may change this listing"
+
+
+class SoldOut(Conflict):
+    slug, title = "sold-out", "The listing is sold out: send a quantity with the status"
 
 
 def event_snapshot(row: asyncpg.Record) -> dict[str, Any]:
@@ -74,10 +78,12 @@ def _changes(current: asyncpg.Record, patch: ListingPatch) -> dict[str, Any]:
     quantity = changes.get("quantity", current["quantity"])
     status = changes.get("status", current["status"])
     if quantity == 0:
-        if "status" in given:
+        if "status" in given and "quantity" in given:  # the request contradicts itself
             raise ValidationFailed(
                 [{"field": "status", "code": "sold_out", "message": "quantity 0 means sold"}]
             )
+        if "status" in given:  # the listing's state does
+            raise SoldOut()
         status = "sold"
     elif current["status"] == "sold":
         status = given.get("status", "on_sale")

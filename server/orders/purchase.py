@@ -31,6 +31,7 @@ from server.orders.errors import (
     OwnListing,
     PurchaseConflict,
 )
+from server.orders.schemas import OrderOut
 
 OPTIMISTIC_ATTEMPTS = 8
 OPTIMISTIC_BACKOFF_S = 0.004  # doubled per attempt, full jitter
@@ -201,12 +202,12 @@ async def purchase(
     return Purchase(order, listing)
 
 
-def order_json(order: asyncpg.Record) -> dict[str, object]:
-    return dict(order)
+def order_out(order: asyncpg.Record) -> OrderOut:
+    return OrderOut(**dict(order))
 
 
 def purchase_events(order: asyncpg.Record, listing: asyncpg.Record) -> list[Event]:
-    data = order_json(order)
+    data = order_out(order).model_dump(mode="json")
     snapshot = event_snapshot(listing)
     old_quantity = listing["quantity"] + order["quantity"]
     events = [

@@ -6,8 +6,9 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 import pydantic
-from pydantic import Field, StringConstraints
+from pydantic import Field
 
+from server.cursors import Cursor
 from server.jsonio import StrictModel
 
 
@@ -19,7 +20,7 @@ class OrdersQuery(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
     role: Literal["buyer", "seller"] = "buyer"
-    cursor: Annotated[str, StringConstraints(max_length=200)] | None = None
+    cursor: Cursor | None = None
     limit: Annotated[int, Field(ge=1, le=100)] = 20
 
 

@@ -1,6 +1,13 @@
-"""Order rules: who sees an order, and the only legal moves: paid -> completed | cancelled."""
+"""Orders: buying, who sees an order, and the only legal moves: paid -> completed | cancelled.
+
+Each move and its outbox events are written in one transaction (``purchase``, ``complete``,
+``cancel``); the functions the handlers call run that transaction once per idempotency key
+and, when it ran now, tell the listing cache afterwards.
+"""
 
 from __future__ import annotations
+
+import dataclasses
 
 import asyncpg
 
@@ -9,9 +16,88 @@ from db.queries import orders as queries
 from db.queries import wallets as wallet_queries
 from db.queries.outbox import Event, insert_events
 from db.types import Connection
+from server.errors import Problem
+from server.idempotency import IdempotentRequest, Once, StoredResponse, run_once
+from server.listings.cache import ListingCache
 from server.listings.service import event_snapshot
+from server.metrics import Metrics
 from server.orders.errors import IllegalTransition, NotTheBuyer, OrderNotFound
-from server.orders.purchase import order_json
+from server.orders.locks import PurchaseLocks
+from server.orders.purchase import Purchase, PurchaseRequest, order_out, purchase
+from server.orders.schemas import OrderOut
+
+
+async def purchase_listing(
+    pool: asyncpg.Pool,
+    idempotent: IdempotentRequest,
+    request: PurchaseRequest,
+    *,
+    strategy: str,
+    metrics: Metrics,
+    locks: PurchaseLocks,
+    cache: ListingCache,
+) -> StoredResponse:
+    """Buy once per idempotency key; the redis_lock strategy holds the listing's lock
+    around the transaction and hands its fencing token in."""
+
+    async def buy(fence: int | None) -> Once[Purchase]:
+        fenced = dataclasses.replace(request, fence=fence)
+        return await run_once(
+            pool,
+            idempotent,
+            lambda conn: purchase(conn, fenced, strategy, metrics),
+            lambda done: order_out(done.order),
+            metrics.transaction_retried,
+        )
+
+    try:
+        if strategy == "redis_lock":
+            once = await locks.run(request.listing_id, buy)
+        else:
+            once = await buy(None)
+    except Problem as problem:
+        metrics.purchases.labels(strategy, problem.slug).inc()
+        raise
+    metrics.purchases.labels(strategy, "replayed" if once.response.replayed else "paid").inc()
+    if once.result is not None:  # bought now, not replayed: the listing's stock moved
+        await cache.changed(request.listing_id, once.result.listing["region"])
+    return once.response
+
+
+async def complete_order(
+    pool: asyncpg.Pool, idempotent: IdempotentRequest, order_id: int, user_id: int, metrics: Metrics
+) -> StoredResponse:
+    """The buyer confirms receipt, once per idempotency key."""
+    once = await run_once(
+        pool,
+        idempotent,
+        lambda conn: complete(conn, order_id, user_id),
+        order_out,
+        metrics.transaction_retried,
+    )
+    return once.response
+
+
+async def cancel_order(
+    pool: asyncpg.Pool,
+    idempotent: IdempotentRequest,
+    order_id: int,
+    user_id: int,
+    metrics: Metrics,
+    cache: ListingCache,
+) -> StoredResponse:
+    """Buyer or seller calls the order off, once per idempotency key."""
+    once = await run_once(
+        pool,
+        idempotent,
+        lambda conn: cancel(conn, order_id, user_id),
+        lambda done: order_out(done[0]),
+        metrics.transaction_retried,
+    )
+    if once.result is not None:  # cancelled now, not replayed: the listing was restocked
+        _, listing = once.result
+        await cache.changed(listing["id"], listing["region"])
+    return once.response
 
 
 def _visible_to(order: asyncpg.Record | None, user_id: int) -> asyncpg.Record:
@@ -21,32 +107,32 @@ def _visible_to(order: asyncpg.Record | None, user_id: int) -> asyncpg.Record:
     return order
 
 
-async def get_order(pool: asyncpg.Pool, order_id: int, user_id: int) -> asyncpg.Record:
-    return _visible_to(await queries.order_by_id(pool, order_id), user_id)
+async def get_order(pool: asyncpg.Pool, order_id: int, user_id: int) -> OrderOut:
+    return order_out(_visible_to(await queries.order_by_id(pool, order_id), user_id))
 
 
 async def list_orders(
     pool: asyncpg.Pool, user_id: int, role: str, before_id: int | None, limit: int
-) -> tuple[list[asyncpg.Record], int | None]:
+) -> tuple[list[OrderOut], int | None]:
+    """A page of the user's orders, newest first, and the id the next page starts before."""
     rows = list(
         await queries.orders_page(
             pool, user_id=user_id, role=role, before_id=before_id, limit=limit + 1
         )
     )
-    if len(rows) <= limit:
-        return rows, None
-    return rows[:limit], rows[limit - 1]["id"]
+    last = rows[limit - 1]["id"] if len(rows) > limit else None
+    return [order_out(row) for row in rows[:limit]], last
 
 
 def _order_events(order: asyncpg.Record, event_type: str) -> list[Event]:
-    data = order_json(order)
+    data = order_out(order).model_dump(mode="json")
     return [
         Event(f"user:{order['buyer_id']}", event_type, data),
         Event(f"user:{order['seller_id']}", event_type, data),
     ]
 
 
-async def complete_order(conn: Connection, order_id: int, user_id: int) -> asyncpg.Record:
+async def complete(conn: Connection, order_id: int, user_id: int) -> asyncpg.Record:
     """The buyer confirms receipt: the escrow goes to the seller, once."""
     order = _visible_to(await queries.lock_order(conn, order_id), user_id)
     if order["buyer_id"] != user_id:
@@ -59,7 +145,7 @@ async def complete_order(conn: Connection, order_id: int, user_id: int) -> async
     return completed
 
 
-async def cancel_order(
+async def cancel(
     conn: Connection, order_id: int, user_id: int
 ) -> tuple[asyncpg.Record, asyncpg.Record]:
     """Buyer or seller calls it off while paid: refund, restock; returns (order, listing)."""

@@ -12,6 +12,7 @@ from server import keys
 from server.auth.sessions import authenticate
 from server.client_address import request_origin
 from server.errors import NotFound
+from server.handler_params import path_id
 from server.jsonio import json_response, read_json
 from server.listings.service import ListingNotFound
 from server.openapi import ApiSpec
@@ -33,14 +34,10 @@ _KEY_ROUTE = "listings/{listing_id}/{name}"
 # Keys are random and never rewritten once verified, so caches may keep photos for good.
 _IMMUTABLE = "public, max-age=31536000, immutable"
 _READ_CHUNK = 64 * 1024
-_BIGINT_MAX = 2**63 - 1
 
 
 def _listing_id(request: web.Request) -> int:
-    text = request.match_info["id"]
-    if not text.isascii() or not text.isdigit() or not 0 < int(text) <= _BIGINT_MAX:
-        raise ListingNotFound()
-    return int(text)
+    return path_id(request, ListingNotFound)
 
 
 def _photo_id(request: web.Request) -> uuid.UUID:

@@ -4,46 +4,32 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from db.queries import wallets as queries
-from db.types import Connection
 from server import keys
 from server.auth.sessions import authenticate
-from server.errors import NotFound
-from server.idempotency import idempotent_request, run_once
+from server.handler_params import idempotent_request, limit_writes, stored_response
 from server.jsonio import json_response, read_json
 from server.openapi import IDEMPOTENCY_KEY, ApiSpec
+from server.wallet import service
 from server.wallet.schemas import TopUpBody, WalletOut
 
 
 async def get_wallet(request: web.Request) -> web.Response:
     claims = await authenticate(request)
-    balance = await queries.balance(request.app[keys.pg_pool_key], claims.user_id)
-    if balance is None:
-        raise NotFound("no wallet")
-    return json_response({"balance": balance})
+    wallet = await service.get_wallet(request.app[keys.pg_pool_key], claims.user_id)
+    return json_response(wallet)
 
 
 async def top_up(request: web.Request) -> web.Response:
     """A simulated payment provider: the money arrives at once."""
     claims = await authenticate(request)
     body = await read_json(request, TopUpBody)
-    idempotent = idempotent_request(request, claims.user_id, body.model_dump())
-    settings = request.app[keys.settings_key]
-    await request.app[keys.rate_limiter_key].hit(
-        "writes", str(claims.user_id), settings.rate_limit_writes
+    idempotent = idempotent_request(request, claims.user_id, body.model_dump(), status=200)
+    await limit_writes(request, claims.user_id)
+    app = request.app
+    stored = await service.top_up(
+        app[keys.pg_pool_key], idempotent, claims.user_id, body.amount, app[keys.metrics_key]
     )
-
-    async def work(conn: Connection) -> tuple[int, object]:
-        return 200, {"balance": await queries.top_up(conn, claims.user_id, body.amount)}
-
-    metrics = request.app[keys.metrics_key]
-    stored = await run_once(
-        request.app[keys.pg_pool_key],
-        idempotent,
-        work,
-        on_retry=lambda reason: metrics.transaction_retries.labels(reason).inc(),
-    )
-    return stored.to_response()
+    return stored_response(stored)
 
 
 def setup_routes(app: web.Application, spec: ApiSpec) -> None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 
+import asyncpg
 import pytest
 
 from db.pool import FifoGate, create_pool
@@ -16,6 +16,18 @@ CLIENTS = 4 * POOL_SIZE
 ROUNDS = 25
 
 
+async def sized_pool(settings: Settings, size: int) -> asyncpg.Pool:
+    assert settings.database_url is not None
+    return await create_pool(
+        settings.database_url,
+        min_size=size,
+        max_size=size,
+        connect_timeout=settings.pg_connect_timeout,
+        acquire_timeout=settings.pg_acquire_timeout,
+        statement_timeout=settings.pg_statement_timeout,
+    )
+
+
 async def test_waiters_get_connections_in_arrival_order(settings: Settings) -> None:
     """4x as many clients as connections, each asking again right after it gave back.
 
@@ -23,9 +35,7 @@ async def test_waiters_get_connections_in_arrival_order(settings: Settings) -> N
     waiting: grants follow the order of the requests (asyncpg's own free-connection queue
     lets such a newcomer take the connection, and sends the woken waiter to the back).
     """
-    pool = await create_pool(
-        dataclasses.replace(settings, pg_pool_min=POOL_SIZE, pg_pool_max=POOL_SIZE)
-    )
+    pool = await sized_pool(settings, POOL_SIZE)
     tickets = itertools.count()
     granted: list[int] = []
 
@@ -56,7 +66,7 @@ async def test_waiters_get_connections_in_arrival_order(settings: Settings) -> N
 
 
 async def test_timeout_still_applies_and_leaks_no_permit(settings: Settings) -> None:
-    pool = await create_pool(dataclasses.replace(settings, pg_pool_min=1, pg_pool_max=1))
+    pool = await sized_pool(settings, 1)
     try:
         async with pool.acquire():
             with pytest.raises(TimeoutError):

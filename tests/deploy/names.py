@@ -8,13 +8,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from jangteo.app import create_app
 from loadtests.config import LoadConfig
-from server.app import create_app
 from server.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-# Settings that exist for the test suite alone and must never reach a deployment.
-TEST_ONLY = frozenset({"JANGTEO_TEST_FAULT"})
 # What jangteo needs of the PostgreSQL server it runs on (as the embedded one starts):
 # commit timestamps, so that an event's `ts` is its commit time.
 POSTGRES_SERVER_SETTINGS = {"track_commit_timestamp": "on"}

@@ -14,7 +14,6 @@ from tests.deploy.compose_env import app_services, environment, interpolate, is_
 from tests.deploy.names import (
     POSTGRES_SERVER_SETTINGS,
     ROOT,
-    TEST_ONLY,
     app_paths,
     load_setting_names,
     postgres_options,
@@ -35,7 +34,6 @@ def test_every_jangteo_name_is_a_setting(services: dict[str, dict[str, Any]]) ->
         names = {key for key in environment(service) if key.startswith("JANGTEO_")}
         known = load if is_locust(service) else server
         assert names - known == set(), f"{name}: not settings"
-        assert not names & TEST_ONLY, f"{name}: test-only settings"
     mentioned = set(re.findall(r"\bJANGTEO_[A-Z0-9_]+", COMPOSE_TEXT))
     assert mentioned - (server | load) == set(), "JANGTEO_* names (comments, ${...}) unknown"
 

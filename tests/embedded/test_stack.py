@@ -32,7 +32,7 @@ def _cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
         "JANGTEO_DATA_DIR": str(data_dir)
     }
     return subprocess.run(
-        [sys.executable, "-m", "server", *args],
+        [sys.executable, "-m", "jangteo", *args],
         env=env,
         cwd=REPO_ROOT,
         capture_output=True,
@@ -99,7 +99,7 @@ def test_concurrent_starts_share_one_stack(stack: EmbeddedStack) -> None:
     """Several processes starting at once all get the same, running, services."""
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "server", "services", "start"],
+            [sys.executable, "-m", "jangteo", "services", "start"],
             env={**os.environ, "JANGTEO_DATA_DIR": str(stack.data_dir)},
             cwd=REPO_ROOT,
             stdout=subprocess.PIPE,

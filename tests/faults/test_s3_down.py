@@ -16,8 +16,8 @@ import asyncpg
 import pytest
 from moto.server import ThreadedMotoServer
 
+from jangteo.app import create_app
 from loadtests.chaos.proxy import TcpProxy
-from server.app import create_app
 from server.embedded.process import free_port
 from server.settings import Settings
 from tests.server.test_photos import (

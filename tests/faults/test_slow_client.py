@@ -10,8 +10,8 @@ import pytest
 from aiohttp import WSMsgType
 
 from realtime import connection as connection_module
+from realtime.keys import gateway_key
 from realtime.writer import HIGH_WATER
-from server import keys
 from server.settings import Settings
 from tests.conftest import ClientFactory
 from tests.realtime.test_gateway import (
@@ -39,7 +39,7 @@ async def test_a_client_that_stops_reading_is_closed_with_1013_and_catches_up_by
     # The close frame waits behind what the slow client has not read; give it time to read.
     monkeypatch.setattr(connection_module, "CLOSE_TIMEOUT_S", 60.0)
     client = await make_client(settings.replace(ws_send_queue=SEND_QUEUE))
-    gateway = client.app[keys.gateway_key]
+    gateway = client.app[gateway_key]
     account = await sign_up(client)
     slow = await open_socket(client, account)
     readers = [await open_socket(client, account) for _ in range(READERS)]

@@ -17,7 +17,7 @@ import orjson
 import pytest
 from aiohttp import ClientWebSocketResponse, WSMsgType
 
-from server import keys
+from realtime.keys import gateway_key
 from server.settings import RateLimit, Settings
 from tests.conftest import ClientFactory
 from tests.server.listings_support import create_listing
@@ -350,7 +350,7 @@ async def test_presence_follows_joins_and_leaves_of_the_room(client: Client) -> 
 async def test_a_user_stays_online_until_their_last_socket_leaves(client: Client) -> None:
     room = await new_room(client)
     buyer, seller = room.buyer.user_id, room.seller.user_id
-    gateway = client.app[keys.gateway_key]
+    gateway = client.app[gateway_key]
     first, second = await open_socket(client, room.buyer), await open_socket(client, room.buyer)
     await subscribed(first, room.channel)
     await presence_frame(first, room.channel, [buyer], [])

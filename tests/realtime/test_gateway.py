@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from aiohttp import ClientWebSocketResponse, WSMsgType, WSServerHandshakeError
 
 from realtime import gateway as gateway_module
-from server import keys
+from realtime.keys import gateway_key
 from server.settings import Settings
 from tests.conftest import ClientFactory
 from tests.server.listings_support import create_listing, item_url, patch_listing
@@ -381,7 +381,7 @@ async def test_only_its_user_may_subscribe_to_a_user_channel(client: Client) -> 
 async def test_bad_channel_names_are_refused(client: Client, channel: str, detail: str) -> None:
     account = await sign_up(client)
     ws = await open_socket(client, account)
-    kinds = ", ".join(sorted(client.app[keys.gateway_key].rules.kinds))
+    kinds = ", ".join(sorted(client.app[gateway_key].rules.kinds))
     assert {"feed", "listing", "user"} <= set(kinds.split(", "))
     expected = error("bad_channel", detail.format(kinds=kinds), channel)
     assert await subscribe(ws, channel) == expected
@@ -613,7 +613,7 @@ async def test_a_malformed_frame_gets_bad_frame(client: Client, text: str, detai
     answer = await receive(ws)
     assert set(answer) == {"op", "code", "detail"}
     assert (answer["op"], answer["code"]) == ("error", "bad_frame")
-    ops = ", ".join(sorted(client.app[keys.gateway_key].ops))  # chat adds its ops
+    ops = ", ".join(sorted(client.app[gateway_key].ops))  # chat adds its ops
     assert {"ping", "subscribe", "unsubscribe"} <= set(ops.split(", "))
     assert answer["detail"].startswith(detail.format(ops=ops)), answer
     await ping(ws)  # one bad frame is answered, not punished

@@ -1,5 +1,5 @@
 """OWASP API5, broken function level authorization: who may do what to an order or a
-listing, as DESIGN section 4 and 6 have it.
+listing, as the order rules and docs/api.md have it.
 
 | function                  | who                         | others                     |
 | ------------------------- | --------------------------- | -------------------------- |

@@ -19,8 +19,8 @@ import redis.asyncio as aioredis
 from aiohttp import ClientResponse
 from jwt.warnings import InsecureKeyLengthWarning
 
+from jangteo.app import create_app
 from server import keys
-from server.app import create_app
 from server.auth.passwords import PasswordHasher
 from server.auth.tokens import TokenIssuer, hash_refresh_token
 from server.errors import PROBLEM_CONTENT_TYPE

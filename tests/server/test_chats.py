@@ -263,7 +263,7 @@ async def test_the_seller_cannot_open_a_room_on_their_own_listing(
     (seller,) = await accounts(db, settings, "seller")
     listing_id = await new_listing(client, seller)
 
-    await problem(await open_room(client, seller, listing_id), 409, "own-listing")
+    await problem(await open_room(client, seller, listing_id), 409, "own-listing-chat")
     assert await db.fetchval("SELECT count(*) FROM chat_rooms") == 0
     # The constraint stands behind the API: no room with buyer and seller the same person.
     with pytest.raises(asyncpg.CheckViolationError):

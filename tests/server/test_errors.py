@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 from aiohttp import ClientResponse, web
 
-from server.app import create_app
+from jangteo.app import create_app
 from server.embedded.process import free_port
 from server.errors import PROBLEM_CONTENT_TYPE
 from server.settings import Settings

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 import redis.asyncio as aioredis
 
+from rediswire.codec import redis_database
 from server.embedded.redis import EmbeddedRedis
 from server.listings.cache import ListingCache
 from server.listings.invalidation import (
@@ -20,7 +21,6 @@ from server.listings.invalidation import (
 )
 from server.listings.near_cache import NearCache
 from server.metrics import Metrics
-from server.resp import redis_database
 
 
 async def _until(condition: Callable[[], bool], attempts: int = 200) -> bool:

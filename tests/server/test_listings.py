@@ -562,8 +562,9 @@ async def test_status_cannot_contradict_zero_quantity(
         assert "status" in await field_errors(response)
     assert (await db_listing(db, listing_id))["quantity"] == 3
     await edit(client, seller, listing_id, {"quantity": 0})
+    # Without a quantity, the status contradicts the listing's state rather than the request.
     response = await patch_listing(client, seller, listing_id, "*", {"status": "on_sale"})
-    assert "status" in await field_errors(response)
+    await problem(response, 409, "sold-out")
     row = await db_listing(db, listing_id)
     assert (row["status"], row["quantity"], row["version"]) == ("sold", 0, 2)
 

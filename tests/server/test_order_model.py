@@ -169,7 +169,7 @@ class MarketMachine(RuleBasedStateMachine):
     def cancel(self, pick: int, user: int) -> None:
         order_id, order = self._order(pick)
         actor = self.users[user]
-        outcome = self.run(self._attempt(service.cancel_order(self.conn, order_id, actor)))
+        outcome = self.run(self._attempt(service.cancel(self.conn, order_id, actor)))
         if actor not in (order.buyer, order.seller):
             assert outcome == "order-not-found"
         elif order.status != "paid":
@@ -189,7 +189,7 @@ class MarketMachine(RuleBasedStateMachine):
     def complete(self, pick: int, user: int) -> None:
         order_id, order = self._order(pick)
         actor = self.users[user]
-        outcome = self.run(self._attempt(service.complete_order(self.conn, order_id, actor)))
+        outcome = self.run(self._attempt(service.complete(self.conn, order_id, actor)))
         if actor not in (order.buyer, order.seller):
             assert outcome == "order-not-found"
         elif actor != order.buyer:

@@ -19,8 +19,8 @@ import pytest
 from aiohttp import ClientResponse, web
 from openapi_spec_validator import validate
 
+from jangteo.app import create_app
 from server import keys
-from server.app import create_app
 from server.errors import PROBLEM_CONTENT_TYPE
 from server.janitor import ABANDONED_AFTER_TICKET_S, sweep_abandoned_photos
 from server.photos.formats import has_magic_number

@@ -12,8 +12,8 @@ import pytest
 from aiobotocore.session import get_session
 from moto.server import ThreadedMotoServer
 
+from jangteo.app import create_app
 from server import keys
-from server.app import create_app
 from server.embedded.process import free_port
 from server.settings import Settings
 from tests.server.test_photos import (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,33 @@ def test_jwt_secret_is_created_once_per_data_dir(tmp_path: Path) -> None:
     assert (tmp_path / "jwt-secret").stat().st_mode & 0o777 == 0o600
     given = Settings(data_dir=tmp_path, jwt_secret="given").with_jwt_secret()
     assert given.jwt_secret == "given"
+
+
+def _changed(value: object) -> str:
+    """A value for a variable that reads as something other than ``value``."""
+    if isinstance(value, bool):
+        return "off" if value else "on"
+    if isinstance(value, int):
+        return str(value + 1)
+    if isinstance(value, float):
+        return str(value * 1.25)  # the relay's lock timeout stays above twice its poll
+    if isinstance(value, RateLimit):
+        return f"{value.limit + 1}/{value.window_seconds}"
+    if isinstance(value, tuple):
+        return "https://a.example"
+    return "/elsewhere" if isinstance(value, Path) else "other"
+
+
+def test_every_setting_is_read_from_its_own_variable() -> None:
+    """Each field of Settings comes from one JANGTEO_* variable: its name in capitals,
+    or the one it names; a value given there is what the field holds."""
+    defaults = Settings()
+    renamed = {"rate_limits_enabled": "RATE_LIMITS", "cache_enabled": "CACHE"}
+    special = {"purchase_strategy", "trusted_proxies", "log_level", "event_retention"}
+    for field in dataclasses.fields(Settings):
+        name = "JANGTEO_" + renamed.get(field.name, field.name.upper())
+        if field.name in special:
+            continue
+        default = getattr(defaults, field.name)
+        read = getattr(Settings.from_env({name: _changed(default)}), field.name)
+        assert read != default, name

@@ -7,7 +7,10 @@
 //   offset yet, or a resync reload is still running.
 
 const RETRYABLE = new Set(['unavailable', 'rate_limited']);
+// Close codes after which reconnecting would only repeat the refusal (realtime/disconnect.py
+// has every code and its rule); any other close reconnects with backoff.
 const CLOSE_POLICY = 1008;
+const CLOSE_TOO_BIG = 1009;
 const CLOSE_REVOKED = 4401;
 const PING_EVERY_MS = 20_000;
 const SILENT_FOR_MS = 50_000; // no frame for this long: the peer is gone, reconnect
@@ -151,8 +154,9 @@ export class Realtime extends EventTarget {
         if (this.ws === ws) this.ws = null;
         for (const entry of this.channels.values()) entry.catchingUp = false;
         if (code === CLOSE_REVOKED) reject(Object.assign(new Error('session ended'), { code }));
-        else if (code === CLOSE_POLICY) reject(Object.assign(new Error('refused by the server'), { code }));
-        else resolve(served);
+        else if (code === CLOSE_POLICY || code === CLOSE_TOO_BIG) {
+          reject(Object.assign(new Error('refused by the server'), { code }));
+        } else resolve(served);
       };
       ws.onopen = () => {
         this.ws = ws;

@@ -1,4 +1,4 @@
-"""Redis wire helpers for the raw subscription connections (RESP commands, URL parts)."""
+"""RESP commands and the parts of a Redis URL, for connections that speak the protocol raw."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ import asyncio
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from realtime.keys import broker_key
 from server import keys
 from server.errors import ServiceUnavailable
 from server.jsonio import json_response
@@ -49,7 +50,7 @@ async def _check_redis(app: web.Application) -> str:
 
 def _check_events(app: web.Application) -> str:
     """Whether this instance receives events: its subscription's watchdog hears Redis."""
-    broker = app.get(keys.broker_key)
+    broker = app.get(broker_key)
     if broker is None or broker.healthy:
         return "ok"
     return "error: event subscription down"

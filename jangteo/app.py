@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from jangteo import health
 from realtime import handlers as realtime_handlers
 from realtime.setup import setup_realtime
-from server import demo, docs, health, keys
+from server import demo, docs, keys
 from server.auth import handlers as auth_handlers
 from server.auth.passwords import PasswordHasher
 from server.auth.tokens import TokenIssuer

@@ -12,7 +12,7 @@ from types import FrameType
 import uvloop
 from aiohttp import web
 
-from server.app import create_app
+from jangteo.app import create_app
 from server.logs import JsonAccessLogger, configure_logging
 from server.settings import Settings
 

@@ -25,7 +25,7 @@ def resolve_services(settings: Settings) -> Settings:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from server.serve import serve
+    from jangteo.serve import serve
 
     settings = resolve_services(settings)
     settings = settings.replace(

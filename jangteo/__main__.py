@@ -1,0 +1,5 @@
+"""``python -m jangteo`` is the ``jangteo`` command."""
+
+from jangteo.cli import main
+
+main()
