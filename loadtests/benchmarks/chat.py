@@ -44,7 +44,7 @@ import asyncpg
 import psutil
 
 from db.migrate import migrate
-from loadtests import event_load
+from loadtests.clients import events as event_load
 from loadtests.bench_http import BenchError, http_request, machine, sign_up
 from loadtests.bench_purchase import server_problems, shown_path, with_database
 from loadtests.bench_realtime import (
@@ -58,8 +58,8 @@ from loadtests.bench_realtime import (
     services,
     versions,
 )
-from loadtests.chat_load import ChatFleet, Pair, Phase, flat_out, steady, subscribe
-from loadtests.ws_load import ClientProcess, ConnectPlan, SourceAddresses, raise_open_files
+from loadtests.clients.chat import ChatFleet, Pair, Phase, flat_out, steady, subscribe
+from loadtests.clients.ws import ClientProcess, ConnectPlan, SourceAddresses, raise_open_files
 from server.settings import Settings
 
 DATABASE = "jangteo_bench_chat"

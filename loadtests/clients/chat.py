@@ -29,7 +29,7 @@ import asyncpg
 import orjson
 
 from loadtests.bench_purchase import percentiles_ms
-from loadtests.ws_load import OP_TEXT, Fleet, WebSocket
+from loadtests.clients.ws import OP_TEXT, Fleet, WebSocket
 
 Pair = tuple[WebSocket, int]  # a buyer's socket and the room it sends in
 RESENDS = 5  # times one message is sent again after an "unavailable" refusal

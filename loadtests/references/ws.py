@@ -1,6 +1,6 @@
 """A bare aiohttp WebSocket server: the reference of the realtime benchmark.
 
-Run as ``python -m loadtests.baseline_ws --port P --frame FILE``; one uvloop process per port
+Run as ``python -m loadtests.references.ws --port P --frame FILE``; one uvloop process per port
 (the benchmark starts one per jangteo instance it compares with). ``GET /ws`` upgrades with
 compression off and aiohttp's own heartbeat, and answers ``subscribe`` and ``ping`` frames the
 way jangteo's protocol does, with nothing behind them: no tickets, no channels, no queues.
@@ -74,7 +74,7 @@ def make_app(frame: bytes, heartbeat: float | None) -> web.Application:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.baseline_ws", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m loadtests.references.ws", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--frame", type=Path, required=True, help="the frame bytes to fan out")

@@ -1,6 +1,6 @@
 """A bare aiohttp app serving pre-encoded JSON bodies: the baseline of the HTTP benchmark.
 
-Run as ``python -m loadtests.baseline_app --port P --processes 2 --route /healthz=FILE ...``:
+Run as ``python -m loadtests.references.app --port P --processes 2 --route /healthz=FILE ...``:
 each route answers GET with the bytes of its file, the way jangteo's JSON responses are sent
 (``application/json; charset=utf-8``), from N uvloop processes sharing the port (SO_REUSEPORT).
 """
@@ -102,7 +102,7 @@ def _route(text: str) -> tuple[str, bytes]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.baseline_app", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m loadtests.references.app", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--processes", type=int, default=1)

@@ -52,7 +52,7 @@ import redis
 import uvloop
 
 from db.migrate import migrate
-from loadtests import event_load
+from loadtests.clients import events as event_load
 from loadtests.bench_http import (
     BenchError,
     as_line,
@@ -63,7 +63,7 @@ from loadtests.bench_http import (
     sign_up,
 )
 from loadtests.bench_purchase import server_problems, shown_path, wait_ready, with_database
-from loadtests.ws_load import (
+from loadtests.clients.ws import (
     LoadClients,
     SourceAddresses,
     Target,
@@ -199,19 +199,19 @@ def reference_servers(
 
 
 def bare_servers(bench: Bench, names: Sequence[str], frame: Path) -> Any:
-    """``loadtests.baseline_ws`` servers sending ``frame``, with jangteo's heartbeat."""
+    """``loadtests.references.ws`` servers sending ``frame``, with jangteo's heartbeat."""
     options = ["--frame", str(frame), "--heartbeat", f"{bench.heartbeat:g}"]
-    return reference_servers(bench, names, "loadtests.baseline_ws", options)
+    return reference_servers(bench, names, "loadtests.references.ws", options)
 
 
 def socketio_servers(bench: Bench, names: Sequence[str], frame: Path) -> Any:
-    """``loadtests.baseline_socketio`` servers sharing a Redis channel of their own."""
+    """``loadtests.references.socketio`` servers sharing a Redis channel of their own."""
     options = [
         "--frame", str(frame), "--heartbeat", f"{bench.heartbeat:g}",
         "--redis-url", bench.env["JANGTEO_REDIS_URL"],
         "--channel", f"jangteo-bench-socketio-{os.getpid()}",
     ]  # fmt: skip
-    return reference_servers(bench, names, "loadtests.baseline_socketio", options)
+    return reference_servers(bench, names, "loadtests.references.socketio", options)
 
 
 def jangteo_target(server: Server, token: str, ticket_from: Server | None = None) -> Target:
