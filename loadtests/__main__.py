@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         report.main()
         return 0
     module = importlib.import_module(f"loadtests.benchmarks.{chosen.name}")
-    sub = argparse.ArgumentParser(prog=f"python -m loadtests bench {chosen.name}", description=module.__doc__)
+    sub = argparse.ArgumentParser(
+        prog=f"python -m loadtests bench {chosen.name}", description=module.__doc__
+    )
     module.options(sub)
     sub.add_argument("--results", type=Path, default=RESULTS, help="where the results go")
     sub.add_argument("--keep-database", action="store_true", help="keep its database")

@@ -51,8 +51,9 @@ import redis
 
 from db.migrate import migrate
 from loadtests import audit
-from loadtests.bench_http import background, jangteo_command, stop_group
 from loadtests.config import LoadConfig, parse_duration
+from loadtests.harness.processes import background, jangteo_command, stop_group
+from loadtests.harness.stats import percentile
 from server.embedded.process import free_port
 from server.embedded.stack import EmbeddedStack
 from server.settings import Settings
@@ -250,20 +251,6 @@ def run_locust(config: LoadConfig, hosts: Sequence[str], records: Path, out: Pat
         tail = log.read_text(errors="replace")[-3000:]
         raise LoadTestError(f"locust exited with {code}:\n{tail}")
     return prefix
-
-
-def percentile(histogram: Mapping[int, int], q: float) -> float | None:
-    """The q-quantile (0..1) of locust's {rounded ms: count} histogram."""
-    total = sum(histogram.values())
-    if not total:
-        return None
-    rank = q * total
-    seen = 0
-    for millis, count in sorted(histogram.items()):
-        seen += count
-        if seen >= rank:
-            return float(millis)
-    return float(max(histogram))
 
 
 def summarize(

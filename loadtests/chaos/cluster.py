@@ -24,8 +24,8 @@ import aiohttp
 import asyncpg
 
 from db.migrate import migrate
-from loadtests.bench_http import jangteo_command
 from loadtests.chaos.proxy import TcpProxy
+from loadtests.harness.processes import jangteo_command
 from server.embedded.postgres import EmbeddedPostgres
 from server.embedded.process import free_port, port_accepts
 from server.embedded.redis import EmbeddedRedis

@@ -28,8 +28,8 @@ from typing import Any
 import asyncpg
 import orjson
 
-from loadtests.bench_purchase import percentiles_ms
 from loadtests.clients.ws import OP_TEXT, Fleet, WebSocket
+from loadtests.harness.stats import summary_ms
 
 Pair = tuple[WebSocket, int]  # a buyer's socket and the room it sends in
 RESENDS = 5  # times one message is sent again after an "unavailable" refusal
@@ -77,12 +77,7 @@ class Phase:
 
 
 def quantiles(seconds: Sequence[float]) -> dict[str, float | None]:
-    """``percentiles_ms`` plus the maximum and the sample count."""
-    return {
-        **percentiles_ms(seconds),
-        "max": round(max(seconds) * 1000, 2) if seconds else None,
-        "samples": len(seconds),
-    }
+    return summary_ms(seconds)
 
 
 @dataclass(slots=True)

@@ -37,6 +37,8 @@ import aiohttp
 import orjson
 import uvloop
 
+from loadtests.harness.stats import summary
+
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 HISTOGRAM_MS = 60_000  # latencies above go to "overflow"
 SOCKETS_PER_SOURCE = 10_000  # loopback source addresses: well below ~28k ephemeral ports each
@@ -698,31 +700,6 @@ def merge_stats(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def percentile(histogram: Mapping[int, int], q: float) -> float | None:
-    """The q-quantile (0..1) of a 1-ms histogram, in ms; None when it is empty."""
-    total = sum(histogram.values())
-    if total == 0:
-        return None
-    rank = q * (total - 1)
-    seen = 0
-    for millis, count in sorted(histogram.items()):
-        seen += count
-        if seen > rank:
-            return float(millis)
-    return float(max(histogram))
-
-
 def latency_summary(histogram: Mapping[int, int], overflow: int = 0) -> dict[str, float | None]:
-    """p50/p90/p99/p99.9/max and the mean of a 1-ms histogram (each value is its bucket's floor)."""
-    total = sum(histogram.values())
-    summary: dict[str, float | None] = {
-        name: percentile(histogram, q)
-        for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99_9", 0.999))
-    }
-    summary["max"] = float(max(histogram)) if histogram else None
-    summary["mean"] = (
-        round(sum(ms * n for ms, n in histogram.items()) / total, 2) if total else None
-    )
-    summary["samples"] = float(total)
-    summary["over_histogram"] = float(overflow)
-    return summary
+    """Percentiles, max and mean of a 1-ms histogram (each value is its bucket's floor)."""
+    return summary(dict(histogram), overflow)
