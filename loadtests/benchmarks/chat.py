@@ -44,10 +44,7 @@ import asyncpg
 import psutil
 
 from db.migrate import migrate
-from loadtests.clients import events as event_load
-from loadtests.bench_http import BenchError, http_request, machine, sign_up
-from loadtests.bench_purchase import server_problems, shown_path, with_database
-from loadtests.bench_realtime import (
+from loadtests.benchmarks.realtime import (
     RESULTS,
     Bench,
     Server,
@@ -58,8 +55,12 @@ from loadtests.bench_realtime import (
     services,
     versions,
 )
+from loadtests.clients import events as event_load
 from loadtests.clients.chat import ChatFleet, Pair, Phase, flat_out, steady, subscribe
 from loadtests.clients.ws import ClientProcess, ConnectPlan, SourceAddresses, raise_open_files
+from loadtests.harness.processes import BenchError, as_line, server_problems
+from loadtests.harness.results import machine_of
+from loadtests.harness.stack import http_request, sign_up, with_database
 from server.settings import Settings
 
 DATABASE = "jangteo_bench_chat"
@@ -474,7 +475,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     report.update({
         "date": date,
         "machine": {
-            **machine(load_before),
+            **machine_of(load_before),
             "open_files_limit": list(limits),
             "other_benchmarks_or_tests_before": seen_before,
             "other_benchmarks_or_tests_after": others(),
@@ -509,13 +510,13 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     results.mkdir(parents=True, exist_ok=True)
     json_path = results / "chat.json"
     json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(f"\nwrote {shown_path(json_path)}")
+    print(f"\nwrote {as_line(json_path)}")
     caption = (
         f"{date}, {os.cpu_count()} cores; 2 jangteo instances (1 process each), the client,"
         " PostgreSQL and Redis on the same cores"
     )
     if plot(report, caption, results / "chat.png"):
-        print(f"wrote {shown_path(results / 'chat.png')}")
+        print(f"wrote {as_line(results / 'chat.png')}")
     else:
         print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
     return 1 if report["failed"] else 0

@@ -53,16 +53,6 @@ import uvloop
 
 from db.migrate import migrate
 from loadtests.clients import events as event_load
-from loadtests.bench_http import (
-    BenchError,
-    as_line,
-    background,
-    http_request,
-    jangteo_command,
-    machine,
-    sign_up,
-)
-from loadtests.bench_purchase import server_problems, shown_path, wait_ready, with_database
 from loadtests.clients.ws import (
     LoadClients,
     SourceAddresses,
@@ -71,6 +61,15 @@ from loadtests.clients.ws import (
     raise_open_files,
     split_plan,
 )
+from loadtests.harness.processes import (
+    BenchError,
+    as_line,
+    background,
+    jangteo_command,
+    server_problems,
+)
+from loadtests.harness.results import machine_of
+from loadtests.harness.stack import http_request, sign_up, wait_ready, with_database
 from realtime.frames import event_json
 from server.embedded.process import free_port
 from server.embedded.stack import EmbeddedStack
@@ -1059,7 +1058,7 @@ def run(args: argparse.Namespace) -> int:
     date = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     report.update({
         "date": date,
-        "machine": {**machine(load_before), "open_files_limit": list(limits)},
+        "machine": {**machine_of(load_before), "open_files_limit": list(limits)},
         "versions": versions(admin_url, redis_url),
         "load": {
             "client_processes": args.client_processes,
@@ -1091,14 +1090,14 @@ def run(args: argparse.Namespace) -> int:
     results.mkdir(parents=True, exist_ok=True)
     json_path = results / f"{args.name}.json"
     json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(f"\nwrote {shown_path(json_path)}")
+    print(f"\nwrote {as_line(json_path)}")
     png_path = results / f"{args.name}.png"
     caption = (
         f"{date}, {os.cpu_count()} cores, {args.client_processes} client processes,"
         " servers, clients, PostgreSQL and Redis on the same cores"
     )
     if plot(report, caption, png_path):
-        print(f"wrote {shown_path(png_path)}")
+        print(f"wrote {as_line(png_path)}")
     else:
         print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
     return 0

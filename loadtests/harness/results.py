@@ -68,6 +68,12 @@ class Machine:
         return self
 
 
+def machine_of(load_before: list[float]) -> dict[str, Any]:
+    """The machine as a plain record, for results still written as dicts."""
+    record = dataclasses.asdict(Machine(load_average_before=load_before).done())
+    return {key: value for key, value in record.items() if value is not None}
+
+
 async def versions(database_url: str | None = None, redis_url: str | None = None) -> dict[str, str]:
     """Versions of every package on either side of a comparison, wrk, and the servers."""
     found = {"python": host.python_version()}
