@@ -483,9 +483,11 @@ def sql_of(call: Coroutine[Any, Any, Any], recorder: Recorder, suffix: str = ";"
     lines = []
     for sql, args in recorder.sent:
         values = [_literal(value) for value in args]
-        lines.append(
-            re.sub(r"\$(\d+)", lambda m, values=values: values[int(m.group(1)) - 1], sql) + suffix
-        )
+
+        def value(match: re.Match[str], values: list[str] = values) -> str:
+            return values[int(match.group(1)) - 1]
+
+        lines.append(re.sub(r"\$(\d+)", value, sql) + suffix)
     recorder.sent.clear()
     return lines
 
@@ -524,7 +526,7 @@ def _event(channel: str, kind: str, data: str) -> Event:
     return Event(X(channel), X(f"'{kind}'"), X(f"jsonb_build_object({data})"))
 
 
-def _pay_and_commit(r: Recorder) -> list[str]:
+def _pay_and_commit(r: Any) -> list[str]:
     """After the stock is taken (l_* set): debit, order, events, stored response, COMMIT."""
     paid = _event("'user:' || :buyer", "order.paid", _ORDER_JSON)
     seller_paid = _event("'user:' || :l_seller_id", "order.paid", _ORDER_JSON)
@@ -553,12 +555,12 @@ def _pay_and_commit(r: Recorder) -> list[str]:
                 [paid, seller_paid, _event("'listing:' || :l_id", "listing.stock_changed", stock)],
             ),
             r,
-        ),  # type: ignore[arg-type]
+        ),
         "\\endpipeline",
         "\\if :l_quantity = 0",
         *sql_of(
             insert_events(r, [_event("'listing:' || :l_id", "listing.status_changed", status)]), r
-        ),  # type: ignore[arg-type]
+        ),
         "\\endif",
         *sql_of(
             idempotency_queries.store(

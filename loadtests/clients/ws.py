@@ -702,4 +702,4 @@ def merge_stats(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def latency_summary(histogram: Mapping[int, int], overflow: int = 0) -> dict[str, float | None]:
     """Percentiles, max and mean of a 1-ms histogram (each value is its bucket's floor)."""
-    return summary(dict(histogram), overflow)
+    return summary(histogram, overflow)

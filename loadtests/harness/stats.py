@@ -13,10 +13,12 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
+Histogram = Mapping[int, int] | Mapping[float, int]
+
 POINTS = (("p50", 0.5), ("p90", 0.9), ("p95", 0.95), ("p99", 0.99), ("p99_9", 0.999))
 
 
-def percentile(histogram: Mapping[float, int], q: float) -> float | None:
+def percentile(histogram: Histogram, q: float) -> float | None:
     """The q-quantile (0..1) of ``{value: count}`` by nearest rank; None when it is empty."""
     total = sum(histogram.values())
     if total == 0:
@@ -30,7 +32,7 @@ def percentile(histogram: Mapping[float, int], q: float) -> float | None:
     return float(max(histogram))
 
 
-def summary(histogram: Mapping[float, int], overflow: int = 0) -> dict[str, float | None]:
+def summary(histogram: Histogram, overflow: int = 0) -> dict[str, float | None]:
     """p50/p90/p95/p99/p99.9, max, mean and the count of a histogram (values as they are)."""
     total = sum(histogram.values())
     figures: dict[str, float | None] = {name: percentile(histogram, q) for name, q in POINTS}
