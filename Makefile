@@ -45,9 +45,9 @@ bench: $(STAMP)
 	$(BIN)/python -m loadtests bench http
 	$(BIN)/python -m loadtests bench listings
 	$(BIN)/python -m loadtests bench purchase
-	$(BIN)/python -m loadtests.benchmarks.realtime
-	$(BIN)/python -m loadtests.benchmarks.realtime --sockets 20000 --phases fanout --name realtime-20k
-	$(BIN)/python -m loadtests.benchmarks.chat
+	$(BIN)/python -m loadtests bench realtime
+	$(BIN)/python -m loadtests bench realtime --sockets 20000 --phases fanout --name realtime-20k
+	$(BIN)/python -m loadtests bench chat
 	$(BIN)/python -m loadtests report
 
 # Locust against two fresh instances of its own, then the invariant audit; exits non-zero

@@ -70,14 +70,10 @@ class Phase:
             "unanswered": self.pending,
             "acked_per_second": round(acked_in / window, 1),
             "received_per_second": round(received_in / window, 1),
-            "send_to_ack_ms": quantiles(self.ack_s),
-            "send_to_receive_ms": quantiles(self.receive_s),
+            "send_to_ack_ms": summary_ms(self.ack_s),
+            "send_to_receive_ms": summary_ms(self.receive_s),
             "client_cpu_share": round(self.client_cpu_s / window, 3),
         }
-
-
-def quantiles(seconds: Sequence[float]) -> dict[str, float | None]:
-    return summary_ms(seconds)
 
 
 @dataclass(slots=True)

@@ -37,8 +37,6 @@ import aiohttp
 import orjson
 import uvloop
 
-from loadtests.harness.stats import summary
-
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 HISTOGRAM_MS = 60_000  # latencies above go to "overflow"
 SOCKETS_PER_SOURCE = 10_000  # loopback source addresses: well below ~28k ephemeral ports each
@@ -101,6 +99,12 @@ class Target:
     token: str | None = None
     origin: str | None = None
     socketio: bool = False  # Engine.IO 4 over WebSocket; the server puts it in the room
+
+    @classmethod
+    def jangteo(cls, instance: str, port: int, token: str, ticket_port: int = 0) -> Target:
+        """jangteo's socket on 127.0.0.1:port, tickets from ``ticket_port`` (default: port)."""
+        desk = f"http://127.0.0.1:{ticket_port or port}/api/v1/ws/ticket"
+        return cls(instance, "127.0.0.1", port, "/api/v1/ws", desk, token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -698,8 +702,3 @@ def merge_stats(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         **sums,
         "client_cpu_share": [round(share, 3) for share in cpu],
     }
-
-
-def latency_summary(histogram: Mapping[int, int], overflow: int = 0) -> dict[str, float | None]:
-    """Percentiles, max and mean of a 1-ms histogram (each value is its bucket's floor)."""
-    return summary(histogram, overflow)

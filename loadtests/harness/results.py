@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import psutil
 import redis
 
 from loadtests.harness.processes import RESULTS, as_line
@@ -68,10 +69,15 @@ class Machine:
         return self
 
 
-def machine_of(load_before: list[float]) -> dict[str, Any]:
-    """The machine as a plain record, for results still written as dicts."""
-    record = dataclasses.asdict(Machine(load_average_before=load_before).done())
-    return {key: value for key, value in record.items() if value is not None}
+def other_load(watched: tuple[str, ...] = ("loadtests", "pytest")) -> list[str]:
+    """Command lines of other benchmarks and test runs on the machine right now."""
+    mine = {os.getpid(), *(child.pid for child in psutil.Process().children(recursive=True))}
+    found = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        line = " ".join(process.info["cmdline"] or [])
+        if process.info["pid"] not in mine and any(word in line for word in watched):
+            found.append(f"{process.info['pid']} {line[:160]}")
+    return found
 
 
 async def versions(database_url: str | None = None, redis_url: str | None = None) -> dict[str, str]:

@@ -7,8 +7,8 @@ import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from db.migrate import migrate
-from loadtests.harness.processes import BenchError
+from loadtests.harness.processes import BenchError, Server, as_line, background, jangteo_command
+from server.embedded.process import free_port
 from server.embedded.stack import EmbeddedStack
 
 PASSWORD = "bench-password-123"  # noqa: S105 - the throwaway benchmark accounts' password
@@ -82,6 +83,35 @@ async def fresh_database(admin_url: str, name: str, *, keep: bool = False) -> As
 
 def database_note(name: str) -> str:
     return f"DROP/CREATE DATABASE {name}; db.migrate.migrate(url)"
+
+
+@contextmanager
+def instances(
+    names: Sequence[str],
+    settings: Mapping[str, str],
+    scratch: Path,
+    commands: dict[str, dict[str, str]],
+    extra: Mapping[str, str] | None = None,
+) -> Iterator[list[Server]]:
+    """``jangteo serve`` once per name, each one process on a port of its own, ready.
+
+    ``settings`` (``JANGTEO_*``) and ``extra`` are added to this process's environment; the
+    command lines go to ``commands["jangteo"][name]`` with URLs and secrets left out.
+    """
+    chosen = {**settings, **(extra or {})}
+    hidden = ("_URL", "_SECRET")
+    shown = " ".join(f"{k}={'<hidden>' if k.endswith(hidden) else v}" for k, v in chosen.items())
+    with ExitStack() as stack:
+        servers = []
+        for name in names:
+            port = free_port()
+            serve = jangteo_command("serve", "--host", "127.0.0.1", "--port", str(port))
+            commands.setdefault("jangteo", {})[name] = f"{shown} {as_line(serve)}"
+            env = {**os.environ, **chosen}
+            log = scratch / f"{name}.log"
+            servers.append(stack.enter_context(background(serve, env, port, log, name)))
+            wait_ready(port)
+        yield servers
 
 
 def http_request(
