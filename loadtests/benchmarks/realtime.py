@@ -43,6 +43,7 @@ import asyncpg
 
 from loadtests.clients import events as event_load
 from loadtests.clients.ws import LoadClients, SourceAddresses, Target, raise_open_files, split_plan
+from loadtests.harness import report
 from loadtests.harness.processes import BenchError, Server, as_line, background, server_problems
 from loadtests.harness.results import Machine, Result, finish, pyplot, versions
 from loadtests.harness.stack import (
@@ -126,7 +127,9 @@ class RealtimeResult(Result):
         return {key: value for key, value in data.items() if value is not None}
 
     def table(self) -> str:
-        return table(self.as_json())
+        """The figures as the targets table shows them (``python -m loadtests report``)."""
+        data = self.as_json()
+        return report.table(report.realtime_rows(data, data))
 
     def plot(self, path: Path) -> bool:
         caption = (
@@ -771,94 +774,11 @@ async def run(args: argparse.Namespace) -> RealtimeResult:
 # ----------------------------------------------------------------------------- report
 
 
-def _ms(value: Any) -> str:
-    return "-" if value is None else f"{value:,.1f}"
-
-
 def _share(value: Any) -> str:
     return "-" if value is None else f"{value:.0%}"
 
 
-def table(report: Mapping[str, Any]) -> str:
-    """The headline figures with their references and targets, one line each."""
-    rows: list[tuple[str, str, str, str, str]] = []
-    fanout = report.get("fanout")
-    if fanout:
-        latency = fanout["steady"]["latency_ms"]
-        target = TARGETS[
-            "fanout_p99_ms_20000" if fanout["sockets"] > 2000 else "fanout_p99_ms_2000"
-        ]
-        rows.append((
-            f"fan-out commit-to-receive p50 / p99 ms ({fanout['sockets']:,} sockets)",
-            f"{_ms(latency['p50'])} / {_ms(latency['p99'])}",
-            f"bare loop writes 1 event in {_ms(fanout['one_event_write_ms_at_bare_rate'])} ms",
-            "",
-            f"p99 < {target:g}",
-        ))  # fmt: skip
-        best = fanout["burst"]["best"]
-        rows.append((
-            "fan-out delivered msgs/s per instance (burst)",
-            f"{best['jangteo']['messages_per_second_per_instance']:,.0f}",
-            f"{best['bare']['messages_per_second_per_instance']:,.0f} bare aiohttp",
-            _share(fanout["share_of_bare"]), ">= 90%",
-        ))  # fmt: skip
-        if "socketio" in best:
-            times = fanout["times_socketio"]
-            rows.append((
-                "fan-out delivered msgs/s per instance vs python-socketio",
-                f"{best['jangteo']['messages_per_second_per_instance']:,.0f}",
-                f"{best['socketio']['messages_per_second_per_instance']:,.0f} python-socketio",
-                "-" if times is None else f"{times:.1f}x", ">= 4x",
-            ))  # fmt: skip
-    relay = report.get("relay")
-    if relay:
-        paced = relay["paced"]
-        metric = paced["commit_to_publish_metric"] or {}
-        frames = paced["commit_to_receive_ms"]
-        rate = paced["insert"]["rate"]
-        asked = paced["insert"]["target_rate"]
-        rows.append((
-            f"relay commit-to-publish p50 / p99 ms at {rate:,.0f}/s, {asked:,.0f} asked (metric)",
-            f"{_ms(metric.get('p50_ms'))} / {_ms(metric.get('p99_ms'))}", "", "", "p99 < 10",
-        ))  # fmt: skip
-        rows.append((
-            f"relay commit-to-receive p50 / p99 ms at {rate:,.0f}/s (frames)",
-            f"{_ms(frames['p50'])} / {_ms(frames['p99'])}",
-            f"one-row commit alone p50 {_ms(relay['commit_alone_ms']['p50'])}", "", "",
-        ))  # fmt: skip
-        sustained = relay["sustained"]
-        first, last = sustained["mean_lag_first_last_third_ms"]
-        rows.append((
-            f"relay at {sustained['insert']['rate']:,.0f} rows/s committed: received/s,"
-            " mean lag first -> last third",
-            f"{sustained['received_per_second']:,.0f}, {_ms(first)} -> {_ms(last)} ms",
-            "", "", "no lag growth",
-        ))  # fmt: skip
-        flat = relay["flat_out"]
-        verdict = "kept up: insert-bound" if flat["kept_up"] else "fell behind"
-        rows.append((
-            "relay published events/s, rows committed flat out",
-            f"{flat['received_per_second']:,.0f}",
-            f"{flat['insert']['rate']:,.0f} inserted/s ({verdict})", "", ">= 5,000",
-        ))  # fmt: skip
-    idle = report.get("idle")
-    if idle:
-        rows.append((
-            f"idle memory KiB per connection ({idle['sockets']:,} sockets)",
-            f"{idle['jangteo']['kib_per_connection']:.2f}",
-            f"{idle['bare']['kib_per_connection']:.2f} bare aiohttp",
-            f"{idle['ratio']:.2f}x" if idle["ratio"] is not None else "-", "<= 1.25x",
-        ))  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(5)] if rows else [0] * 5
-    head = ("figure", "jangteo", "reference", "ratio", "target")
-    widths = [max(w, len(h)) for w, h in zip(widths, head, strict=True)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
-    for row in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
-    return "\n".join(lines)
-
-
-def plot(report: Mapping[str, Any], caption: str, path: Path) -> bool:
+def plot(data: Mapping[str, Any], caption: str, path: Path) -> bool:
     """Latency histogram, msgs/s vs bare, relay lag, KiB per connection (needs matplotlib)."""
     plt = pyplot()
     if plt is None:
@@ -866,7 +786,7 @@ def plot(report: Mapping[str, Any], caption: str, path: Path) -> bool:
 
     colours = {"jangteo": "#d9534f", "bare": "#7f8c8d", "socketio": "#2a7ab9"}
     figure, axes = plt.subplots(2, 2, figsize=(11, 7.5), dpi=110)
-    fanout, relay, idle = report.get("fanout"), report.get("relay"), report.get("idle")
+    fanout, relay, idle = data.get("fanout"), data.get("relay"), data.get("idle")
     top_left, top_right, bottom_left, bottom_right = axes.flat
     if fanout:
         histogram = {int(k): v for k, v in fanout["steady"]["histogram_ms"].items()}
