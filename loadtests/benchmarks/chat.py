@@ -153,7 +153,7 @@ class CpuMeter:
             return "other: postgres backends of other databases"
         if name.startswith("redis"):
             return "redis"
-        if "-m" in cmdline[:-1]:  # python -m loadtests.bench_realtime, -m pytest ...
+        if "-m" in cmdline[:-1]:  # python -m loadtests, -m pytest ...
             return f"other: {name} -m {cmdline[cmdline.index('-m') + 1]}"
         return f"other: {name}"
 

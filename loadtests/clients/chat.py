@@ -1,7 +1,7 @@
 """The chat benchmark's load: buyers send over one instance, sellers receive on another.
 
-Sockets are ``loadtests/ws_load.py``'s raw asyncio WebSockets, all in the benchmark's own
-process and loop, so one clock times both ends. ``ChatFleet`` replaces ws_load's frame
+Sockets are ``loadtests/clients/ws.py``'s raw asyncio WebSockets, all in the benchmark's own
+process and loop, so one clock times both ends. ``ChatFleet`` replaces that module's frame
 counting with a ledger of every message: when its ``send`` frame was written (wall clock,
 just before ``transport.write``), when its ``ack`` came back, and every time a
 ``chat.message`` event with its ``client_id`` reached a seller's socket. A ``Phase`` holds
@@ -88,7 +88,7 @@ class Sent:
 
 
 class ChatFleet(Fleet):
-    """ws_load's fleet (tallies, commit-to-receive histogram, offset chains) plus the ledger."""
+    """The socket fleet (tallies, commit-to-receive histogram, offset chains) plus the ledger."""
 
     def __init__(self) -> None:
         super().__init__()

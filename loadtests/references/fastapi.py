@@ -2,7 +2,7 @@
 
 Run as ``BENCH_DATABASE_URL=... BENCH_POOL=8 uvicorn loadtests.references.fastapi:app
 --workers 2 --loop uvloop --http httptools``. The same SELECT, pool size and JSON as
-``baseline_pg``, written the way FastAPI's documentation suggests (a lifespan owning the
+``references/pg.py``, written the way FastAPI's documentation suggests (a lifespan owning the
 pool, a path parameter typed ``int``), answering with pre-encoded bytes so that FastAPI's
 own encoder is not what is measured.
 """
