@@ -48,6 +48,7 @@ from loadtests.clients.ws import (
 )
 from loadtests.harness.processes import BenchError, Server, server_problems
 from loadtests.harness.results import Machine, Result, finish, other_load, pyplot, versions
+from loadtests.harness.results import load_average as current_load
 from loadtests.harness.stack import (
     create_listing,
     database_note,
@@ -186,7 +187,7 @@ class CpuMeter:
             "cores_used": cores,
             "cores_used_by_processes_gone": round(max(0.0, unseen), 3),
             "cores_used_by_others": round(others + max(0.0, unseen), 3),
-            "load_average": [round(value, 2) for value in os.getloadavg()],
+            "load_average": current_load(),
         }
 
 

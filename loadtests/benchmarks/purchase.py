@@ -37,6 +37,7 @@ from loadtests.harness.processes import (
     server_problems,
 )
 from loadtests.harness.results import Machine, Result, versions
+from loadtests.harness.results import load_average as current_load
 from loadtests.harness.stack import database_note, fresh_database, services, wait_ready
 from loadtests.harness.stats import summary_ms
 from loadtests.harness.tools import pgbench
@@ -649,7 +650,7 @@ async def run_baseline(
     url: str, fixture: Fixture, name: str, clients: int, seconds: int, scratch: Path
 ) -> dict[str, Any]:
     """Fresh data, then pgbench with the strategy's script; paid orders/s and invariants."""
-    load_average = [round(value, 2) for value in os.getloadavg()]
+    load_average = current_load()
     seeded = await reset_data(url, fixture)
     script = scratch / f"purchase_{name}.sql"
     script.write_text(pgbench_script(name, seeded))
@@ -681,7 +682,7 @@ async def run_strategy(
     scratch: Path,
 ) -> dict[str, Any]:
     """Fresh data, serve with ``strategy``, load it, stop it, check the invariants."""
-    load_average = [round(value, 2) for value in os.getloadavg()]
+    load_average = current_load()
     seeded = await reset_data(url, fixture)
     clear_redis_keys(env["JANGTEO_REDIS_URL"])
     issuer = TokenIssuer(Settings(jwt_secret=JWT_SECRET))
