@@ -55,6 +55,7 @@ from loadtests.harness.stack import (
     fresh_database,
     http_request,
     instances,
+    serve_settings,
     services,
     sign_up,
 )
@@ -432,12 +433,8 @@ async def run(args: argparse.Namespace) -> ChatResult:
     )
     stack = services()
     async with fresh_database(stack.admin_url, DATABASE, keep=args.keep_database) as url:
-        settings = {
-            "JANGTEO_DATABASE_URL": url, "JANGTEO_REDIS_URL": stack.redis_url,
-            "JANGTEO_RATE_LIMITS": "off", "JANGTEO_ACCESS_LOG": "off",
-            "JANGTEO_LOG_LEVEL": "WARNING", "JANGTEO_JWT_SECRET": JWT_SECRET,
-            "JANGTEO_ACCESS_TOKEN_TTL": "3600",
-        }  # fmt: skip
+        settings = serve_settings(url, stack.redis_url, JWT_SECRET=JWT_SECRET)
+        settings["JANGTEO_ACCESS_TOKEN_TTL"] = "3600"  # noqa: S105 - a lifetime, in seconds
         extra = {"JANGTEO_WS_FRAMES_PER_SECOND": str(args.frames_per_second)}
         chosen = Settings.from_env({**os.environ, **settings, **extra})
         commands: dict[str, Any] = {"database": database_note(DATABASE)}

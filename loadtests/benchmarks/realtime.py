@@ -51,6 +51,7 @@ from loadtests.harness.stack import (
     database_note,
     fresh_database,
     instances,
+    serve_settings,
     services,
     sign_up,
 )
@@ -716,12 +717,8 @@ async def run(args: argparse.Namespace) -> RealtimeResult:
     resolve_defaults(args, limits[1])
     stack = services()
     async with fresh_database(stack.admin_url, DATABASE, keep=args.keep_database) as url:
-        settings = {
-            "JANGTEO_DATABASE_URL": url, "JANGTEO_REDIS_URL": stack.redis_url,
-            "JANGTEO_RATE_LIMITS": "off", "JANGTEO_ACCESS_LOG": "off",
-            "JANGTEO_LOG_LEVEL": "WARNING", "JANGTEO_JWT_SECRET": JWT_SECRET,
-            "JANGTEO_ACCESS_TOKEN_TTL": "3600",
-        }  # fmt: skip
+        settings = serve_settings(url, stack.redis_url, JWT_SECRET=JWT_SECRET)
+        settings["JANGTEO_ACCESS_TOKEN_TTL"] = "3600"  # noqa: S105 - a lifetime, in seconds
         heartbeat = Settings.from_env({**os.environ, **settings}).ws_heartbeat
         commands = {
             "database": database_note(DATABASE),

@@ -85,6 +85,14 @@ def database_note(name: str) -> str:
     return f"DROP/CREATE DATABASE {name}; db.migrate.migrate(url)"
 
 
+def serve_settings(database_url: str, redis_url: str, **more: str) -> dict[str, str]:
+    """``JANGTEO_*`` of a benchmark's jangteo: its database and Redis, no rate limits, no
+    access log, warnings only; ``more`` adds settings (``JWT_SECRET=...``)."""
+    chosen = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "RATE_LIMITS": "off"}
+    chosen |= {"ACCESS_LOG": "off", "LOG_LEVEL": "WARNING", **more}
+    return {f"JANGTEO_{name}": value for name, value in chosen.items()}
+
+
 @contextmanager
 def instances(
     names: Sequence[str],
