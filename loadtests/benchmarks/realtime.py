@@ -397,14 +397,14 @@ async def fanout_phase(bench: Bench, clients: LoadClients, token_box: list[str])
         )
         await asyncio.sleep(1.0)
         clients.call("reset")
-        before = [(await event_load.scrape(s.url)) for s in servers]
+        before = [await event_load.scrape(s.url) for s in servers]
         print(f"  PATCH price {args.rate:g}/s for {args.duration:g} s ...", flush=True)
         patches = await event_load.patch_prices(
             [s.url for s in servers], token, listing_id, rate=args.rate, seconds=args.duration
         )
         expected = patches["committed"] * sockets
         stats = await wait_for_events(clients, expected, limit=60)
-        after = [(await event_load.scrape(s.url)) for s in servers]
+        after = [await event_load.scrape(s.url) for s in servers]
         latency = summary(stats["histogram_ms"], stats["overflow"])
         result["steady"] = {
             "patch": patches,
