@@ -39,15 +39,18 @@ def make_app(routes: dict[str, bytes]) -> web.Application:
 
 def run_process(host: str, port: int, routes: dict[str, bytes], reuse_port: bool) -> None:
     """Serve in this process until SIGTERM or SIGINT."""
-    serve_app(make_app(routes), host, port, reuse_port)
+    serve_app(lambda: make_app(routes), host, port, reuse_port)
 
 
-def serve_app(app: web.Application, host: str, port: int, reuse_port: bool) -> None:
-    """``app`` on uvloop in this process, as a baseline runs: no access log, a deep backlog."""
+def serve_app(
+    make: Callable[[], web.Application], host: str, port: int, reuse_port: bool = False
+) -> None:
+    """The app ``make`` builds, on uvloop in this process, as a reference runs: no access
+    log, a deep backlog; until SIGTERM or SIGINT."""
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     web.run_app(
-        app,
+        make(),
         host=host,
         port=port,
         reuse_port=reuse_port,

@@ -57,7 +57,7 @@ def make_app(database_url: str, pool_size: int) -> web.Application:
 
 def run_process(host: str, port: int, database_url: str, pool_size: int, reuse: bool) -> None:
     """Serve in this process until SIGTERM or SIGINT."""
-    serve_app(make_app(database_url, pool_size), host, port, reuse)
+    serve_app(lambda: make_app(database_url, pool_size), host, port, reuse)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from loadtests.references.ws import serve
+from loadtests.references.app import serve_app
 
 ROOM = "bench"
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--heartbeat", type=float, default=20.0, help="Engine.IO ping interval")
     args = parser.parse_args(argv)
     event = orjson.loads(args.frame.read_bytes())
-    serve(
+    serve_app(
         lambda: make_app(event, args.redis_url, args.channel, args.heartbeat), args.host, args.port
     )
 

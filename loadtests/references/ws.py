@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import orjson
-import uvloop
 from aiohttp import WSMsgType, web
+
+from loadtests.references.app import serve_app
 
 PONG = b'{"op":"pong"}'
 
@@ -82,14 +82,8 @@ def main(argv: list[str] | None = None) -> None:
         "--heartbeat", type=float, default=30.0, help="seconds between pings (0: none)"
     )
     args = parser.parse_args(argv)
-    serve(lambda: make_app(args.frame.read_bytes(), args.heartbeat or None), args.host, args.port)
-
-
-def serve(make: Callable[[], web.Application], host: str, port: int) -> None:
-    """Serve the app ``make`` builds (on a uvloop loop) until SIGTERM or SIGINT."""
-    loop = uvloop.new_event_loop()
-    asyncio.set_event_loop(loop)
-    web.run_app(make(), host=host, port=port, backlog=2048, access_log=None, print=None, loop=loop)
+    frame, heartbeat = args.frame.read_bytes(), args.heartbeat or None
+    serve_app(lambda: make_app(frame, heartbeat), args.host, args.port)
 
 
 if __name__ == "__main__":
