@@ -30,7 +30,6 @@ import json
 import os
 import time
 from collections.abc import Mapping, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -438,10 +437,7 @@ async def run(args: argparse.Namespace) -> ChatResult:
         extra = {"JANGTEO_WS_FRAMES_PER_SECOND": str(args.frames_per_second)}
         chosen = Settings.from_env({**os.environ, **settings, **extra})
         commands: dict[str, Any] = {"database": database_note(DATABASE)}
-        with ExitStack() as servers_up:
-            servers = servers_up.enter_context(
-                instances(NAMES, settings, args.scratch, commands, extra)
-            )
+        with instances(NAMES, settings, args.scratch, commands, extra) as servers:
             started = time.monotonic()
             seller, buyer = sign_up(servers[0].port), sign_up(servers[0].port)
             rooms = open_rooms(servers[0].port, seller, buyer, args.rooms)
