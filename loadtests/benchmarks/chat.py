@@ -28,6 +28,8 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -436,7 +438,10 @@ async def run(args: argparse.Namespace) -> ChatResult:
         settings["JANGTEO_ACCESS_TOKEN_TTL"] = "3600"  # noqa: S105 - a lifetime, in seconds
         extra = {"JANGTEO_WS_FRAMES_PER_SECOND": str(args.frames_per_second)}
         chosen = Settings.from_env({**os.environ, **settings, **extra})
-        commands: dict[str, Any] = {"database": database_note(DATABASE)}
+        commands: dict[str, Any] = {
+            "benchmark": "python -m loadtests " + shlex.join(sys.argv[1:]),
+            "database": database_note(DATABASE),
+        }
         with instances(NAMES, settings, args.scratch, commands, extra) as servers:
             started = time.monotonic()
             seller, buyer = sign_up(servers[0].port), sign_up(servers[0].port)

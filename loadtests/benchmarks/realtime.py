@@ -170,7 +170,8 @@ def reference_servers(
         for name in names:
             port = free_port()
             command = [sys.executable, "-m", module, "--port", str(port), *options]
-            bench.commands.setdefault(module.rsplit(".", 1)[-1], {})[name] = as_line(command)
+            key = "baseline_" + module.rsplit(".", 1)[-1]
+            bench.commands.setdefault(key, {})[name] = as_line(command)
             log = bench.args.scratch / f"{name}.log"
             servers.append(stack.enter_context(background(command, os.environ, port, log, name)))
         yield servers
