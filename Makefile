@@ -42,13 +42,13 @@ format: $(STAMP)
 # Benchmarks need wrk on PATH (Debian: apt-get install -y wrk); results in loadtests/results/.
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
-	$(BIN)/python -m loadtests.bench_http
-	$(BIN)/python -m loadtests.bench_listings
-	$(BIN)/python -m loadtests.bench_purchase
-	$(BIN)/python -m loadtests.bench_realtime
-	$(BIN)/python -m loadtests.bench_realtime --sockets 20000 --phases fanout --name realtime-20k
-	$(BIN)/python -m loadtests.bench_chat
-	$(BIN)/python -m loadtests.bench_report
+	$(BIN)/python -m loadtests bench http
+	$(BIN)/python -m loadtests bench listings
+	$(BIN)/python -m loadtests bench purchase
+	$(BIN)/python -m loadtests bench realtime
+	$(BIN)/python -m loadtests bench realtime --sockets 20000 --phases fanout --name realtime-20k
+	$(BIN)/python -m loadtests bench chat
+	$(BIN)/python -m loadtests report
 
 # Locust against two fresh instances of its own, then the invariant audit; exits non-zero
 # when an invariant or a threshold fails (loadtests/README.md). make loadtest DURATION=20s

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 # The user classes of loadtests/scenarios, as named in JANGTEO_LOAD_WEIGHT_<NAME>.
 USER_KINDS = ("browser", "watcher", "buyer", "seller", "chatter", "account")
@@ -157,7 +157,3 @@ class LoadConfig:
             raise ValueError("JANGTEO_LOAD_DURATION must be positive, JANGTEO_LOAD_DRAIN >= 0")
         if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", self.database):
             raise ValueError("JANGTEO_LOAD_DATABASE must be a plain lower-case identifier")
-
-    def settings_table(self) -> dict[str, object]:
-        """Every setting by name, as the results file records them."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "password"}

@@ -36,23 +36,21 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import redis
 
 from db.migrate import migrate
 from loadtests import audit
-from loadtests.bench_http import background, jangteo_command, stop_group
 from loadtests.config import LoadConfig, parse_duration
+from loadtests.harness.processes import BenchError, background, jangteo_command, stop_group
+from loadtests.harness.stack import admin, wait_ready, with_database
+from loadtests.harness.stats import percentile
 from server.embedded.process import free_port
 from server.embedded.stack import EmbeddedStack
 from server.settings import Settings
@@ -61,15 +59,6 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "loadtests" / "results" / "loadtest-latest.json"
 INSTANCES = 2
 STOP_MARGIN = 30.0  # seconds beyond the drain that locust waits for users to finish
-
-
-class LoadTestError(RuntimeError):
-    """The run could not be made (not a failed check); the message says why."""
-
-
-def with_path(url: str, path: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
 
 
 # -- the stack -------------------------------------------------------------------------
@@ -97,19 +86,10 @@ def start_services(cleanup: ExitStack) -> tuple[str, str, bool]:
 
 def fresh_database(cleanup: ExitStack, admin_url: str, name: str) -> str:
     """Create ``name`` afresh, migrate it, and drop it when ``cleanup`` closes."""
-
-    async def recreate(create: bool) -> None:
-        conn = await asyncpg.connect(admin_url)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            if create:
-                await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-
-    asyncio.run(recreate(True))
-    cleanup.callback(lambda: asyncio.run(recreate(False)))
-    url = with_path(admin_url, f"/{name}")
+    drop = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+    asyncio.run(admin(admin_url, drop, f'CREATE DATABASE "{name}"'))
+    cleanup.callback(lambda: asyncio.run(admin(admin_url, drop)))
+    url = with_database(admin_url, name)
     applied = asyncio.run(migrate(url))
     print(f"fresh database {name} ({len(applied)} migrations)", flush=True)
     return url
@@ -121,31 +101,17 @@ def empty_redis_database(cleanup: ExitStack, redis_url: str) -> str:
     ``make run`` uses 0 and test runs pick one of 1-15; an empty one disturbs nobody.
     """
     for number in range(15, 0, -1):
-        url = with_path(redis_url, f"/{number}")
+        url = with_database(redis_url, str(number))
         with redis.Redis.from_url(url) as client:
             if client.dbsize() == 0:
                 cleanup.callback(flush_redis, url)
                 return url
-    raise LoadTestError("no empty Redis database (1-15) on the embedded Redis")
+    raise BenchError("no empty Redis database (1-15) on the embedded Redis")
 
 
 def flush_redis(url: str) -> None:
     with redis.Redis.from_url(url) as client:
         client.flushdb()
-
-
-def wait_ready(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=5) as response:  # noqa: S310
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise LoadTestError(f"no 200 from {url}/readyz")
-        time.sleep(0.1)
 
 
 def start_servers(
@@ -161,14 +127,13 @@ def start_servers(
         "JANGTEO_ACCESS_LOG": "off",
         "JANGTEO_SHUTDOWN_TIMEOUT": "5",
     }
-    hosts = []
-    for _ in range(INSTANCES):
-        port = free_port()
+    ports = [free_port() for _ in range(INSTANCES)]
+    for port in ports:
         command = [*serve, "--port", str(port)]
         cleanup.enter_context(background(command, env, port, logs / f"server-{port}.log"))
-        hosts.append(f"http://127.0.0.1:{port}")
-    for host in hosts:
-        wait_ready(host)
+    for port in ports:
+        wait_ready(port)
+    hosts = [f"http://127.0.0.1:{port}" for port in ports]
     print(f"{shlex.join(serve)} x{INSTANCES}: {', '.join(hosts)}", flush=True)
     return hosts
 
@@ -242,28 +207,14 @@ def run_locust(config: LoadConfig, hosts: Sequence[str], records: Path, out: Pat
         for worker_process in processes[1:]:  # they write their records as their users stop
             worker_process.wait(stop_timeout + 30)
     except subprocess.TimeoutExpired:
-        raise LoadTestError(f"locust did not finish; see {log}") from None
+        raise BenchError(f"locust did not finish; see {log}") from None
     finally:
         for process in processes:
             stop_group(process, timeout=10)
     if code != 0 or not Path(f"{prefix}.json").exists():
         tail = log.read_text(errors="replace")[-3000:]
-        raise LoadTestError(f"locust exited with {code}:\n{tail}")
+        raise BenchError(f"locust exited with {code}:\n{tail}")
     return prefix
-
-
-def percentile(histogram: Mapping[int, int], q: float) -> float | None:
-    """The q-quantile (0..1) of locust's {rounded ms: count} histogram."""
-    total = sum(histogram.values())
-    if not total:
-        return None
-    rank = q * total
-    seen = 0
-    for millis, count in sorted(histogram.items()):
-        seen += count
-        if seen >= rank:
-            return float(millis)
-    return float(max(histogram))
 
 
 def summarize(
@@ -478,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     cleanup = ExitStack()
     try:
         return run(config, args.output, cleanup, args.serve)
-    except LoadTestError as error:
+    except BenchError as error:
         print(f"load test could not run: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

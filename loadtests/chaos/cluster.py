@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import IO
 
 import aiohttp
-import asyncpg
 
 from db.migrate import migrate
-from loadtests.bench_http import jangteo_command
 from loadtests.chaos.proxy import TcpProxy
+from loadtests.harness.processes import jangteo_command
+from loadtests.harness.stack import admin, with_database
 from server.embedded.postgres import EmbeddedPostgres
 from server.embedded.process import free_port, port_accepts
 from server.embedded.redis import EmbeddedRedis
@@ -70,13 +70,9 @@ class Services:
 
     async def fresh_database(self) -> str:
         """A new, migrated database; its URL (straight to PostgreSQL, not proxied)."""
-        admin = await asyncpg.connect(self.postgres.url)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-            await admin.execute(f'CREATE DATABASE "{DATABASE}"')
-        finally:
-            await admin.close()
-        url = self.postgres.url.rsplit("/", 1)[0] + f"/{DATABASE}"
+        drop = f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'
+        await admin(self.postgres.url, drop, f'CREATE DATABASE "{DATABASE}"')
+        url = with_database(self.postgres.url, DATABASE)
         await migrate(url)
         return url
 

@@ -111,7 +111,7 @@ async def take_stock_optimistic(
     Retries stay in this transaction: under READ COMMITTED each attempt reads the latest
     commit. Retrying whole transactions instead made each retry queue for a pooled
     connection again, behind every other buyer, and find the version moved once more
-    (half the throughput and many exhausted retries in loadtests/bench_purchase.py).
+    (half the throughput and many exhausted retries in loadtests/benchmarks/purchase.py).
     """
 
     async def attempt() -> asyncpg.Record:

@@ -1,6 +1,6 @@
 """The documents agree with the code: every setting is in docs/operations.md with its real
 default, every relative link points at a file of the repository, and the benchmark table's
-markers are where loadtests/bench_report.py rewrites it.
+markers are where loadtests/harness/report.py rewrites it.
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ from loadtests.audit import (
     check_stream,
 )
 from loadtests.config import LoadConfig, parse_duration, parse_limits
-from loadtests.run_loadtest import percentile, threshold_failures
+from loadtests.harness.stats import percentile
+from loadtests.run_loadtest import threshold_failures
 
 # An event log of one channel: (position, prev, committed ms).
 LOG = [(10, 0, 1000), (12, 10, 1010), (15, 12, 1020), (20, 15, 1030), (31, 20, 5000)]

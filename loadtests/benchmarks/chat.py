@@ -1,13 +1,11 @@
 """Chat benchmark: a message's send-to-receive latency and messages/s between two instances.
 
-Run as ``python -m loadtests.bench_chat``. It starts the embedded services, creates a fresh
-database (``jangteo_bench_chat``, dropped at the end), starts two ``jangteo serve``
-instances A and B (one process each), signs up a seller and a buyer, lists ``--rooms``
-listings as the seller and opens a chat room on each as the buyer (REST). Then, from this
-process (``loadtests/chat_load.py`` on ws_load's raw WebSockets): one buyer socket per room on
-A, one seller socket per room on B subscribed to ``room:R``, one unmeasured message per room,
-and three measurements; buyers send ``{"op":"send",...}`` on A, sellers receive the
-``chat.message`` event on B:
+Two ``jangteo serve`` instances A and B (one process each) on a fresh database; a seller
+and a buyer sign up, the seller lists ``--rooms`` listings and the buyer opens a chat room
+on each (REST). Then, from this process (``loadtests/clients/chat.py``): one buyer socket
+per room on A, one seller socket per room on B subscribed to ``room:R``, one unmeasured
+message per room, and three measurements; buyers send ``{"op":"send",...}`` on A, sellers
+receive the ``chat.message`` event on B:
 
 1. latency: ``--rate`` messages/s round-robin over ``--steady-rooms`` rooms for
    ``--steady-seconds``; send-to-receive = event arrival - the moment the send frame was
@@ -21,51 +19,52 @@ and three measurements; buyers send ``{"op":"send",...}`` on A, sellers receive 
 Afterwards: every acked message received exactly once, in id order per room, its event
 as acked, and ``chat_messages`` holding exactly one row per acked client_id. Per-socket
 frame limits are lifted (``JANGTEO_WS_FRAMES_PER_SECOND``) so rooms, not the policy, are
-measured. Writes ``loadtests/results/chat.json`` and ``chat.png`` and prints a table.
+measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
 import os
 import shlex
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import psutil
 
-from db.migrate import migrate
-from loadtests import event_load
-from loadtests.bench_http import BenchError, http_request, machine, sign_up
-from loadtests.bench_purchase import server_problems, shown_path, with_database
-from loadtests.bench_realtime import (
-    RESULTS,
-    Bench,
-    Server,
-    create_listing,
-    jangteo_servers,
-    jangteo_target,
-    run_async,
-    services,
-    versions,
+from loadtests.clients import events as event_load
+from loadtests.clients.chat import ChatFleet, Pair, Phase, flat_out, steady, subscribe
+from loadtests.clients.ws import (
+    ClientProcess,
+    ConnectPlan,
+    SourceAddresses,
+    Target,
+    raise_open_files,
 )
-from loadtests.chat_load import ChatFleet, Pair, Phase, flat_out, steady, subscribe
-from loadtests.ws_load import ClientProcess, ConnectPlan, SourceAddresses, raise_open_files
+from loadtests.harness.processes import BenchError, Server, server_problems
+from loadtests.harness.results import Machine, Result, finish, other_load, pyplot, versions
+from loadtests.harness.results import load_average as current_load
+from loadtests.harness.stack import (
+    create_listing,
+    database_note,
+    fresh_database,
+    http_request,
+    instances,
+    serve_settings,
+    services,
+    sign_up,
+)
 from server.settings import Settings
 
 DATABASE = "jangteo_bench_chat"
 JWT_SECRET = "bench-chat-only-not-a-real-secret-0123456789abcdef"  # noqa: S105
 NAMES = ("chat-a", "chat-b")
-WATCHED = ("loadtests.bench", "pytest")  # other load on the machine worth reporting
 OPTIONS = (  # flag, default (its type is the option's), help
     ("--rooms", 500, "rooms: buyer sockets on A, seller sockets on B"),
     ("--rate", 50.0, "latency run: messages/s"),
@@ -81,16 +80,37 @@ OPTIONS = (  # flag, default (its type is the option's), help
 )
 
 
-# ----------------------------------------------------------------------------- set-up
+def options(parser: argparse.ArgumentParser) -> None:
+    for flag, default, meaning in OPTIONS:
+        parser.add_argument(flag, type=type(default), default=default, help=meaning)
 
 
-async def on_admin(admin_url: str, *statements: str) -> None:
-    conn = await asyncpg.connect(admin_url)
-    try:
-        for statement in statements:
-            await conn.execute(statement)
-    finally:
-        await conn.close()
+@dataclass(kw_only=True, slots=True)
+class ChatResult(Result):
+    connect_seconds: dict[str, float]
+    steady_send_to_receive_ms: list[float]
+    commit_alone_ms: dict[str, float]
+    phases: dict[str, Any]
+    delivery: dict[str, Any]
+    database: dict[str, Any]
+    commit_to_receive_ms_histogram: dict[str, int]
+    close: Any
+    setup_seconds: float
+    server_log_problems: dict[str, Any]
+    failed: list[str] = field(default_factory=list)
+
+    def failures(self) -> list[str]:
+        return self.failed
+
+    def table(self) -> str:
+        return table(self.as_json())
+
+    def plot(self, path: Path) -> bool:
+        caption = (
+            f"{self.date}, {self.machine.cores} cores; 2 jangteo instances (1 process each),"
+            " the client, PostgreSQL and Redis on the same cores"
+        )
+        return plot(self.as_json(), caption, path)
 
 
 def open_rooms(port: int, seller: str, buyer: str, count: int) -> list[int]:
@@ -107,17 +127,6 @@ def open_rooms(port: int, seller: str, buyer: str, count: int) -> list[int]:
 
 
 # ----------------------------------------------------------------------------- machine
-
-
-def others() -> list[str]:
-    """Command lines of other benchmarks and test runs on the machine right now."""
-    mine = {os.getpid(), *(child.pid for child in psutil.Process().children(recursive=True))}
-    found = []
-    for process in psutil.process_iter(["pid", "cmdline"]):
-        line = " ".join(process.info["cmdline"] or [])
-        if process.info["pid"] not in mine and any(word in line for word in WATCHED):
-            found.append(f"{process.info['pid']} {line[:160]}")
-    return found
 
 
 class CpuMeter:
@@ -147,7 +156,7 @@ class CpuMeter:
             return "other: postgres backends of other databases"
         if name.startswith("redis"):
             return "redis"
-        if "-m" in cmdline[:-1]:  # python -m loadtests.bench_realtime, -m pytest ...
+        if "-m" in cmdline[:-1]:  # python -m loadtests, -m pytest ...
             return f"other: {name} -m {cmdline[cmdline.index('-m') + 1]}"
         return f"other: {name}"
 
@@ -180,7 +189,7 @@ class CpuMeter:
             "cores_used": cores,
             "cores_used_by_processes_gone": round(max(0.0, unseen), 3),
             "cores_used_by_others": round(others + max(0.0, unseen), 3),
-            "load_average": [round(value, 2) for value in os.getloadavg()],
+            "load_average": current_load(),
         }
 
 
@@ -191,7 +200,7 @@ async def connect(
     client: ClientProcess, server: Server, token: str, count: int, addresses: SourceAddresses
 ) -> float:
     """``count`` sockets on ``server`` with ``token``'s tickets; seconds it took."""
-    target = jangteo_target(server, token)
+    target = Target.jangteo(server.name, server.port, token)
     plan = ConnectPlan((target,), count, 0, 1, source_addresses=tuple(addresses.take(count)))
     result = await client.connect(plan)
     opened = result["outcome"].get("opened", 0)
@@ -221,18 +230,23 @@ async def measured(
 
 
 async def drive(
-    bench: Bench, servers: Sequence[Server], buyer: str, seller: str, rooms: Sequence[int]
+    args: argparse.Namespace,
+    database_url: str,
+    servers: Sequence[Server],
+    buyer: str,
+    seller: str,
+    rooms: Sequence[int],
 ) -> dict[str, Any]:
-    args = bench.args
+    addresses = SourceAddresses()
     a, b = servers
     client = ClientProcess()
     fleet = ChatFleet()
     client.fleet = fleet
     result: dict[str, Any] = {}
     try:
-        buyers_s = await connect(client, a, buyer, len(rooms), bench.addresses)
+        buyers_s = await connect(client, a, buyer, len(rooms), addresses)
         buyer_sockets = list(fleet.sockets)
-        sellers_s = await connect(client, b, seller, len(rooms), bench.addresses)
+        sellers_s = await connect(client, b, seller, len(rooms), addresses)
         seller_sockets = fleet.sockets[len(rooms) :]
         started = time.monotonic()
         try:
@@ -273,7 +287,7 @@ async def drive(
 
         # What one committed row costs alone (the WAL flush): a room's messages commit one
         # after another, so this bounds one room's messages/s.
-        result["commit_alone_ms"] = await event_load.commit_latency(bench.database_url)
+        result["commit_alone_ms"] = await event_load.commit_latency(database_url)
         runs = [
             ("one_room", pairs[:1], args.window, "1 room, 1 socket"),
             (
@@ -293,7 +307,7 @@ async def drive(
             phases[key]["sockets"] = len(senders)
         result["phases"] = phases
         result["delivery"] = fleet.delivery()
-        result["database"] = await fleet.database(bench.database_url)
+        result["database"] = await fleet.database(database_url)
         result["commit_to_receive_ms_histogram"] = {
             str(ms): n for ms, n in enumerate(fleet.histogram) if n
         }
@@ -368,12 +382,9 @@ def table(report: Mapping[str, Any]) -> str:
 
 def plot(report: Mapping[str, Any], caption: str, path: Path) -> bool:
     """Send-to-receive histogram and CDF; acked and received msgs/s per run (matplotlib)."""
-    try:
-        import matplotlib  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=110)
     samples = report["steady_send_to_receive_ms"]
@@ -397,11 +408,11 @@ def plot(report: Mapping[str, Any], caption: str, path: Path) -> bool:
     phases = [report["phases"][key] for key in keys]
     labels = [f"{p['label']}\nwindow {p['window']}" for p in phases]
     positions = list(range(len(phases)))
-    for offset, field, colour, name in (
+    for offset, measure, colour, name in (
         (-0.2, "acked_per_second", "#d9534f", "acked (on A)"),
         (0.2, "received_per_second", "#7f8c8d", "received (on B)"),
     ):
-        values = [p[field] for p in phases]
+        values = [p[measure] for p in phases]
         bars = right.bar(
             [x + offset for x in positions], values, width=0.4, color=colour, label=name
         )
@@ -411,84 +422,55 @@ def plot(report: Mapping[str, Any], caption: str, path: Path) -> bool:
     seconds = report["load"]["seconds"]
     right.set_title(f"chat messages/s, senders flat out for {seconds:g} s", fontsize=9)
     right.legend(fontsize=8)
-    figure.text(0.99, 0.01, caption, ha="right", va="bottom", fontsize=7, color="#555555")
-    figure.tight_layout(rect=(0, 0.03, 1, 1))
-    figure.savefig(path)
-    plt.close(figure)
-    return True
+    return finish(plt, figure, caption, path)
 
 
-# ----------------------------------------------------------------------------- main
-
-
-def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    load_before = [round(value, 2) for value in os.getloadavg()]
-    seen_before = others()
+async def run(args: argparse.Namespace) -> ChatResult:
+    seen_before = other_load()
     if seen_before:
         print("other load on the machine:\n  " + "\n  ".join(seen_before), flush=True)
-    limits = raise_open_files()
-    env = {**os.environ}
-    admin_url, redis_url = services(env)
-    database_url = with_database(admin_url, DATABASE)
-    drop = f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'
-    run_async(on_admin(admin_url, drop, f'CREATE DATABASE "{DATABASE}"'))
-    run_async(migrate(database_url))
-    settings_in = {
-        "DATABASE_URL": database_url, "REDIS_URL": redis_url, "RATE_LIMITS": "off",
-        "ACCESS_LOG": "off", "LOG_LEVEL": "WARNING", "JWT_SECRET": JWT_SECRET,
-        "ACCESS_TOKEN_TTL": "3600",
-    }  # fmt: skip
-    env |= {f"JANGTEO_{name}": value for name, value in settings_in.items()}
-    extra = {"JANGTEO_WS_FRAMES_PER_SECOND": str(args.frames_per_second)}
-    settings = Settings.from_env({**env, **extra})
-    command = "python -m loadtests.bench_chat " + shlex.join(argv)
-    report: dict[str, Any] = {"benchmark": "chat"}
-    with ExitStack() as stack:
-        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-chat-")))
-        commands = {
-            "benchmark": command.strip(),
-            "database": f"DROP/CREATE DATABASE {DATABASE}; db.migrate.migrate(url)",
+    machine = Machine(
+        open_files_limit=list(raise_open_files()), other_benchmarks_or_tests_before=seen_before
+    )
+    stack = services()
+    async with fresh_database(stack.admin_url, DATABASE, keep=args.keep_database) as url:
+        settings = serve_settings(url, stack.redis_url, JWT_SECRET=JWT_SECRET)
+        settings["JANGTEO_ACCESS_TOKEN_TTL"] = "3600"  # noqa: S105 - a lifetime, in seconds
+        extra = {"JANGTEO_WS_FRAMES_PER_SECOND": str(args.frames_per_second)}
+        chosen = Settings.from_env({**os.environ, **settings, **extra})
+        commands: dict[str, Any] = {
+            "benchmark": "python -m loadtests " + shlex.join(sys.argv[1:]),
+            "database": database_note(DATABASE),
         }
-        bench = Bench(
-            args, env, database_url, scratch, SourceAddresses(), commands, settings.ws_heartbeat
-        )
-        servers = stack.enter_context(jangteo_servers(bench, NAMES, extra))
-        started = time.monotonic()
-        seller, buyer = sign_up(servers[0].port), sign_up(servers[0].port)
-        rooms = open_rooms(servers[0].port, seller, buyer, args.rooms)
-        setup_s = round(time.monotonic() - started, 1)
-        print(f"  2 accounts, {len(rooms)} listings and rooms in {setup_s} s", flush=True)
-        try:
-            report.update(run_async(drive(bench, servers, buyer, seller, rooms)))
-        except BenchError:
-            for server in servers:
-                print(f"{server.name} logged: {server_problems(server.log)}", file=sys.stderr)
-            raise
-        report["setup_seconds"] = setup_s
-        report["server_log_problems"] = {s.name: server_problems(s.log) for s in servers}
-        report["commands"] = bench.commands
-    if not args.keep_database:
-        run_async(on_admin(admin_url, drop))
-    report["failed"] = verdict(report)
-    date = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    report.update({
-        "date": date,
-        "machine": {
-            **machine(load_before),
-            "open_files_limit": list(limits),
-            "other_benchmarks_or_tests_before": seen_before,
-            "other_benchmarks_or_tests_after": others(),
-        },
-        "versions": versions(admin_url, redis_url),
-        "load": {
+        with instances(NAMES, settings, args.scratch, commands, extra) as servers:
+            started = time.monotonic()
+            seller, buyer = sign_up(servers[0].port), sign_up(servers[0].port)
+            rooms = open_rooms(servers[0].port, seller, buyer, args.rooms)
+            setup_s = round(time.monotonic() - started, 1)
+            print(f"  2 accounts, {len(rooms)} listings and rooms in {setup_s} s", flush=True)
+            try:
+                measured_run = await drive(args, url, servers, buyer, seller, rooms)
+            except BenchError:
+                for server in servers:
+                    print(f"{server.name} logged: {server_problems(server.log)}", flush=True)
+                raise
+            problems = {s.name: server_problems(s.log) for s in servers}
+        found = await versions(url, stack.redis_url)
+    machine.other_benchmarks_or_tests_after = other_load()
+    return ChatResult(
+        benchmark="chat",
+        machine=machine,
+        versions=found,
+        commands=commands,
+        load={
             "client_processes": 1,
-            "client": "this process: loadtests/chat_load.py over loadtests/ws_load.py raw"
+            "client": "this process: loadtests/clients/chat.py over loadtests/clients/ws.py raw"
             " asyncio WebSockets on uvloop; send time = wall clock just before the send"
             " frame is written, receive time = wall clock when the event frame is read",
             "jangteo_instances": 2,
             "jangteo_processes_per_instance": 1,
-            "pg_pool_max_per_instance": settings.pg_pool_max,
-            "ws_frames_per_second": settings.ws_frames_per_second,
+            "pg_pool_max_per_instance": chosen.pg_pool_max,
+            "ws_frames_per_second": chosen.ws_frames_per_second,
             "rooms": len(rooms),
             "buyer_sockets_on_a": len(rooms),
             "seller_sockets_on_b": len(rooms),
@@ -500,39 +482,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             "reported": "msgs/s: acks (resp. first receipts) between the first send and the"
             " end of the window, divided by the window; latencies exact (not binned)",
         },
-    })  # fmt: skip
-    print()
-    print(table(report))
-    if report["failed"]:
-        print(f"\nCORRECTNESS FAILED: {', '.join(report['failed'])}", file=sys.stderr)
-    results: Path = args.results.resolve()
-    results.mkdir(parents=True, exist_ok=True)
-    json_path = results / "chat.json"
-    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(f"\nwrote {shown_path(json_path)}")
-    caption = (
-        f"{date}, {os.cpu_count()} cores; 2 jangteo instances (1 process each), the client,"
-        " PostgreSQL and Redis on the same cores"
+        setup_seconds=setup_s,
+        server_log_problems=problems,
+        failed=verdict(measured_run),
+        **measured_run,
     )
-    if plot(report, caption, results / "chat.png"):
-        print(f"wrote {shown_path(results / 'chat.png')}")
-    else:
-        print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
-    return 1 if report["failed"] else 0
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.bench_chat", description=__doc__)
-    for flag, default, meaning in OPTIONS:
-        parser.add_argument(flag, type=type(default), default=default, help=meaning)
-    parser.add_argument("--keep-database", action="store_true", help=f"keep {DATABASE}")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="where the results go")
-    arguments = sys.argv[1:] if argv is None else argv
-    try:
-        sys.exit(run(parser.parse_args(arguments), arguments))
-    except BenchError as error:
-        sys.exit(f"bench_chat: {error}")
-
-
-if __name__ == "__main__":
-    main()

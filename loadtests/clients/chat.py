@@ -1,7 +1,7 @@
 """The chat benchmark's load: buyers send over one instance, sellers receive on another.
 
-Sockets are ``loadtests/ws_load.py``'s raw asyncio WebSockets, all in the benchmark's own
-process and loop, so one clock times both ends. ``ChatFleet`` replaces ws_load's frame
+Sockets are ``loadtests/clients/ws.py``'s raw asyncio WebSockets, all in the benchmark's own
+process and loop, so one clock times both ends. ``ChatFleet`` replaces that module's frame
 counting with a ledger of every message: when its ``send`` frame was written (wall clock,
 just before ``transport.write``), when its ``ack`` came back, and every time a
 ``chat.message`` event with its ``client_id`` reached a seller's socket. A ``Phase`` holds
@@ -28,8 +28,8 @@ from typing import Any
 import asyncpg
 import orjson
 
-from loadtests.bench_purchase import percentiles_ms
-from loadtests.ws_load import OP_TEXT, Fleet, WebSocket
+from loadtests.clients.ws import OP_TEXT, Fleet, WebSocket
+from loadtests.harness.stats import summary_ms
 
 Pair = tuple[WebSocket, int]  # a buyer's socket and the room it sends in
 RESENDS = 5  # times one message is sent again after an "unavailable" refusal
@@ -70,19 +70,10 @@ class Phase:
             "unanswered": self.pending,
             "acked_per_second": round(acked_in / window, 1),
             "received_per_second": round(received_in / window, 1),
-            "send_to_ack_ms": quantiles(self.ack_s),
-            "send_to_receive_ms": quantiles(self.receive_s),
+            "send_to_ack_ms": summary_ms(self.ack_s),
+            "send_to_receive_ms": summary_ms(self.receive_s),
             "client_cpu_share": round(self.client_cpu_s / window, 3),
         }
-
-
-def quantiles(seconds: Sequence[float]) -> dict[str, float | None]:
-    """``percentiles_ms`` plus the maximum and the sample count."""
-    return {
-        **percentiles_ms(seconds),
-        "max": round(max(seconds) * 1000, 2) if seconds else None,
-        "samples": len(seconds),
-    }
 
 
 @dataclass(slots=True)
@@ -97,7 +88,7 @@ class Sent:
 
 
 class ChatFleet(Fleet):
-    """ws_load's fleet (tallies, commit-to-receive histogram, offset chains) plus the ledger."""
+    """The socket fleet (tallies, commit-to-receive histogram, offset chains) plus the ledger."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -1,6 +1,6 @@
 """Benchmark report: the benchmark targets against the latest results.
 
-Run as ``python -m loadtests.bench_report`` (the last step of ``make bench``). It reads
+Run as ``python -m loadtests report`` (the last step of ``make bench``). It reads
 ``loadtests/results/*.json``, writes ``loadtests/results/bench-latest.json`` and rewrites the
 table between the ``bench-table`` markers in ``BENCHMARKS.md`` and ``README.md``. It runs
 nothing: a target whose figure or same-run reference is missing from the results is "not
@@ -10,11 +10,10 @@ measured".
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "loadtests" / "results"
+from loadtests.harness.processes import RESULTS, ROOT
+
 DOCS = (ROOT / "BENCHMARKS.md", ROOT / "README.md")  # each holds the table between markers
 START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
 SOURCES = ("http", "listings", "purchase", "realtime", "realtime-20k", "chat", "loadtest-latest")
@@ -373,7 +372,3 @@ def main() -> None:
         _, tail = rest.split(END, 1)
         path.write_text(f"{head}{START}\n{table(rows)}\n{END}{tail}")
     print(table(rows))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,8 +1,8 @@
 """FastAPI + uvicorn + asyncpg: the framework reference of the uncached listing read.
 
-Run as ``BENCH_DATABASE_URL=... BENCH_POOL=8 uvicorn loadtests.baseline_fastapi:app
+Run as ``BENCH_DATABASE_URL=... BENCH_POOL=8 uvicorn loadtests.references.fastapi:app
 --workers 2 --loop uvloop --http httptools``. The same SELECT, pool size and JSON as
-``baseline_pg``, written the way FastAPI's documentation suggests (a lifespan owning the
+``references/pg.py``, written the way FastAPI's documentation suggests (a lifespan owning the
 pool, a path parameter typed ``int``), answering with pre-encoded bytes so that FastAPI's
 own encoder is not what is measured.
 """
@@ -23,7 +23,7 @@ from fastapi import (  # type: ignore[import-not-found, unused-ignore]
     Response,
 )
 
-from loadtests.baseline_pg import DETAIL_SQL, listing_json
+from loadtests.references.pg import DETAIL_SQL, listing_json
 
 
 @asynccontextmanager

@@ -100,6 +100,12 @@ class Target:
     origin: str | None = None
     socketio: bool = False  # Engine.IO 4 over WebSocket; the server puts it in the room
 
+    @classmethod
+    def jangteo(cls, instance: str, port: int, token: str, ticket_port: int = 0) -> Target:
+        """jangteo's socket on 127.0.0.1:port, tickets from ``ticket_port`` (default: port)."""
+        desk = f"http://127.0.0.1:{ticket_port or port}/api/v1/ws/ticket"
+        return cls(instance, "127.0.0.1", port, "/api/v1/ws", desk, token)
+
 
 @dataclass(frozen=True, slots=True)
 class ConnectPlan:
@@ -696,33 +702,3 @@ def merge_stats(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         **sums,
         "client_cpu_share": [round(share, 3) for share in cpu],
     }
-
-
-def percentile(histogram: Mapping[int, int], q: float) -> float | None:
-    """The q-quantile (0..1) of a 1-ms histogram, in ms; None when it is empty."""
-    total = sum(histogram.values())
-    if total == 0:
-        return None
-    rank = q * (total - 1)
-    seen = 0
-    for millis, count in sorted(histogram.items()):
-        seen += count
-        if seen > rank:
-            return float(millis)
-    return float(max(histogram))
-
-
-def latency_summary(histogram: Mapping[int, int], overflow: int = 0) -> dict[str, float | None]:
-    """p50/p90/p99/p99.9/max and the mean of a 1-ms histogram (each value is its bucket's floor)."""
-    total = sum(histogram.values())
-    summary: dict[str, float | None] = {
-        name: percentile(histogram, q)
-        for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99_9", 0.999))
-    }
-    summary["max"] = float(max(histogram)) if histogram else None
-    summary["mean"] = (
-        round(sum(ms * n for ms, n in histogram.items()) / total, 2) if total else None
-    )
-    summary["samples"] = float(total)
-    summary["over_histogram"] = float(overflow)
-    return summary

@@ -1,6 +1,6 @@
 """A bare aiohttp WebSocket server: the reference of the realtime benchmark.
 
-Run as ``python -m loadtests.baseline_ws --port P --frame FILE``; one uvloop process per port
+Run as ``python -m loadtests.references.ws --port P --frame FILE``; one uvloop process per port
 (the benchmark starts one per jangteo instance it compares with). ``GET /ws`` upgrades with
 compression off and aiohttp's own heartbeat, and answers ``subscribe`` and ``ping`` frames the
 way jangteo's protocol does, with nothing behind them: no tickets, no channels, no queues.
@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import orjson
-import uvloop
 from aiohttp import WSMsgType, web
+
+from loadtests.references.app import serve_app
 
 PONG = b'{"op":"pong"}'
 
@@ -74,7 +74,7 @@ def make_app(frame: bytes, heartbeat: float | None) -> web.Application:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.baseline_ws", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m loadtests.references.ws", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--frame", type=Path, required=True, help="the frame bytes to fan out")
@@ -82,14 +82,8 @@ def main(argv: list[str] | None = None) -> None:
         "--heartbeat", type=float, default=30.0, help="seconds between pings (0: none)"
     )
     args = parser.parse_args(argv)
-    serve(lambda: make_app(args.frame.read_bytes(), args.heartbeat or None), args.host, args.port)
-
-
-def serve(make: Callable[[], web.Application], host: str, port: int) -> None:
-    """Serve the app ``make`` builds (on a uvloop loop) until SIGTERM or SIGINT."""
-    loop = uvloop.new_event_loop()
-    asyncio.set_event_loop(loop)
-    web.run_app(make(), host=host, port=port, backlog=2048, access_log=None, print=None, loop=loop)
+    frame, heartbeat = args.frame.read_bytes(), args.heartbeat or None
+    serve_app(lambda: make_app(frame, heartbeat), args.host, args.port)
 
 
 if __name__ == "__main__":

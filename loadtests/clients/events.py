@@ -22,6 +22,8 @@ import aiohttp
 import asyncpg
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadtests.harness.stats import bucket_quantile
+
 INSERT = "INSERT INTO outbox (channel, type, data) VALUES ($1, $2, $3::jsonb)"
 INSERT_MANY = (
     "INSERT INTO outbox (channel, type, data)"
@@ -258,30 +260,13 @@ def histogram_summary(
     total = cumulative[-1][1]
     summary: dict[str, float | None] = {"count": total}
     for label, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
-        summary[f"{label}_ms"] = _quantile(cumulative, q)
+        summary[f"{label}_ms"] = bucket_quantile(cumulative, q)
     summary["above_largest_bucket"] = total - cumulative[-2][1] if len(cumulative) > 1 else 0.0
     share = bounds.get(within)
     summary[f"share_within_{within * 1000:g}ms"] = (
         round(share / total, 5) if total and share else None
     )
     return summary
-
-
-def _quantile(cumulative: Sequence[tuple[float, float]], q: float) -> float | None:
-    total = cumulative[-1][1]
-    if total <= 0:
-        return None
-    rank = q * total
-    lower_bound, lower_count = 0.0, 0.0
-    for bound, count in cumulative:
-        if count >= rank:
-            if math.isinf(bound):
-                return round(lower_bound * 1000, 3)  # at least the largest finite bound
-            span = count - lower_count
-            fraction = (rank - lower_count) / span if span else 1.0
-            return round((lower_bound + (bound - lower_bound) * fraction) * 1000, 3)
-        lower_bound, lower_count = bound, count
-    return None
 
 
 def gauge(samples: Mapping[tuple[str, tuple[tuple[str, str], ...]], float], name: str) -> float:

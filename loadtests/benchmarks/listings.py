@@ -1,55 +1,30 @@
-"""Benchmark of listing reads against their references, all in one run on one machine.
+"""Listing reads: cached ones against bare aiohttp, uncached ones against references.
 
-Run as ``python -m loadtests.bench_listings``:
-
-- cached ``GET /listings/{id}`` and ``GET /listings?region=...`` (first page) against a bare
-  aiohttp app sending the same bytes, both with 2 processes, loaded by wrk;
-- uncached ``GET /listings/{id}`` (``JANGTEO_CACHE=off``, random ids) against a bare
-  aiohttp + asyncpg handler and FastAPI + uvicorn + asyncpg running the same SELECT, each
-  with 2 processes and pools of 8, loaded with four client connections per pooled one, in
-  alternating rounds; the uncached feed page; pgbench running both SELECTs as the ceiling.
-
-Results go to ``loadtests/results/listings.json``, ``listings.png`` (throughput) and
-``listings-cdf.png`` (a latency CDF per read benchmark).
+jangteo (``serve --workers 2``, pools of 8 per process) on a database of its own with
+2,000 seeded listings, loaded by wrk: cached detail and feed reads against a bare aiohttp
+app sending the same bytes (``references/app.py``); uncached detail reads (random ids) in
+alternating rounds against bare aiohttp + asyncpg (``references/pg.py``) and FastAPI +
+uvicorn + asyncpg (``references/fastapi.py``) running the same SELECT; the uncached feed;
+then pgbench running the very SELECTs jangteo sends (the database's ceiling).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
-import re
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Mapping
-from dataclasses import asdict
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any
 
 import asyncpg
 
-from db.migrate import migrate
 from db.queries.listings import LISTING_SELECT, FeedFilter, feed_sql
-from loadtests.bench_http import (
-    RESULTS,
-    WRK_REPORT_LUA,
-    BenchError,
-    Measurement,
-    Target,
-    background,
-    fetch,
-    jangteo_command,
-    machine,
-    run_checked,
-    versions,
-    wrk,
-)
-from server.embedded.postgres import POSTGRES_BIN_PATH
+from loadtests.harness.processes import background, jangteo_command
+from loadtests.harness.results import Machine, Result, pyplot, versions
+from loadtests.harness.stack import fetch, fresh_database, services
+from loadtests.harness.tools import WRK_REPORT_LUA, Measurement, Target, pgbench, wrk
 from server.embedded.process import free_port
 from server.seed import seed
 from server.settings import Settings
@@ -67,52 +42,35 @@ end
 """
 
 
-def _database_url(admin_url: str) -> str:
-    parts = urlsplit(admin_url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{DATABASE}", "", ""))
+@dataclass(kw_only=True, slots=True)
+class ListingsResult(Result):
+    results: list[Measurement]
+    pgbench: dict[str, dict[str, Any]]
+    shares: dict[str, float]
+    uncached: dict[str, float]
+    uncached_rounds: list[list[Measurement]]
+
+    def table(self) -> str:
+        ratios = ", ".join(f"{name} {value}" for name, value in self.uncached.items())
+        return _table(self.results, self.pgbench, self.shares) + "\n" + ratios
+
+    def plot(self, path: Path) -> bool:
+        if not _plot(self.results, self.pgbench, self.shares, path):
+            return False
+        _plot_cdf(self.results, self.load["connections"], path.with_name("listings-cdf.png"))
+        return True
 
 
-async def _fresh_database(admin_url: str) -> str:
-    admin = await asyncpg.connect(admin_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{DATABASE}"')
-    finally:
-        await admin.close()
-    url = _database_url(admin_url)
-    await migrate(url)
-    await seed(Settings(database_url=url), users=60, listings=LISTINGS, if_empty=False)
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute("VACUUM ANALYZE")
-    finally:
-        await conn.close()
-    return url
+def options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument(
+        "--connections", type=int, default=4 * WORKERS * POOL_MAX, help="four per pooled one"
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="alternating uncached rounds")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds before each uncached run")
 
 
-def _pgbench(database_url: str, script: str, seconds: int, clients: int) -> dict[str, float]:
-    """pgbench with prepared statements (as asyncpg uses them); its transactions per second."""
-    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as handle:
-        handle.write(script)
-        path = handle.name
-    os.chmod(path, 0o644)
-    command = [
-        str(POSTGRES_BIN_PATH / "pgbench"), "-n", "-M", "prepared", "-c", str(clients),
-        "-j", str(WORKERS), "-T", str(seconds), "-f", path, database_url,
-    ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
-    os.unlink(path)
-    tps = re.search(r"tps = ([\d.]+)", done.stdout)
-    latency = re.search(r"latency average = ([\d.]+) ms", done.stdout)
-    if done.returncode != 0 or tps is None:
-        raise BenchError(f"pgbench failed:\n{done.stdout}\n{done.stderr}")
-    return {
-        "tps": round(float(tps.group(1)), 1),
-        "latency_avg_ms": float(latency.group(1)) if latency else -1.0,
-    }
-
-
-def _pgbench_script(sql: str, params: list[object]) -> str:
+def pgbench_script(sql: str, params: list[object]) -> str:
     """``sql`` with $n replaced by pgbench literals; $1 of a detail query is a random id."""
     text = " ".join(sql.split())
     for index in range(len(params), 0, -1):
@@ -124,7 +82,7 @@ def _pgbench_script(sql: str, params: list[object]) -> str:
     return f"\\set id random(1, {LISTINGS})\n{text};\n"
 
 
-def _serve_env(base: Mapping[str, str], database_url: str, cache: bool) -> dict[str, str]:
+def serve_env(base: Mapping[str, str], database_url: str, cache: bool) -> dict[str, str]:
     return {
         **base,
         "JANGTEO_DATABASE_URL": database_url,
@@ -136,43 +94,62 @@ def _serve_env(base: Mapping[str, str], database_url: str, cache: bool) -> dict[
     }
 
 
-def run(args: argparse.Namespace) -> int:
-    load_before = [round(value, 2) for value in os.getloadavg()]
-    wrk_path = shutil.which("wrk")
-    if wrk_path is None:
-        print("bench_listings: wrk is not on PATH (apt-get install -y wrk)", file=sys.stderr)
-        return 2
-    env = {key: value for key, value in os.environ.items() if not key.startswith("JANGTEO_")}
-    env["JANGTEO_DATA_DIR"] = os.environ.get("JANGTEO_DATA_DIR", ".data")
-    exports = run_checked(jangteo_command("services", "start"), env)
-    urls = dict(re.findall(r"export (JANGTEO_\w+)=(\S+)", exports))
-    env.update(urls)
-    database_url = asyncio.run(_fresh_database(urls["JANGTEO_DATABASE_URL"]))
-    work = Path(tempfile.mkdtemp(prefix="bench-listings-"))
+async def run(args: argparse.Namespace) -> ListingsResult:
+    machine = Machine()
+    stack = services()
+    env = {**os.environ, "JANGTEO_REDIS_URL": stack.redis_url}
+    async with fresh_database(stack.admin_url, DATABASE, keep=args.keep_database) as url:
+        await seed(Settings(database_url=url), users=60, listings=LISTINGS, if_empty=False)
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute("VACUUM ANALYZE")
+        finally:
+            await conn.close()
+        measurements, rounds, pgbench_runs, commands = measure(args, env, url, args.scratch)
+    return ListingsResult(
+        benchmark="listings",
+        machine=machine,
+        versions=await versions(),
+        load={
+            "seconds": args.seconds,
+            "threads": 2,
+            "connections": args.connections,
+            "processes_per_server": WORKERS,
+            "pool_per_process": POOL_MAX,
+            "pgbench_clients": WORKERS * POOL_MAX,
+            "rounds": args.rounds,
+        },
+        commands=commands,
+        results=measurements,
+        pgbench=pgbench_runs,
+        shares=_shares(measurements, pgbench_runs),
+        uncached=_uncached_ratios(measurements),
+        uncached_rounds=rounds,
+    )
+
+
+def measure(
+    args: argparse.Namespace, env: Mapping[str, str], database_url: str, work: Path
+) -> tuple[list[Measurement], list[list[Measurement]], dict[str, dict[str, Any]], dict[str, str]]:
     report_lua = work / "report.lua"
     report_lua.write_text(WRK_REPORT_LUA)
     random_lua = work / "random.lua"
     random_lua.write_text(RANDOM_ID_LUA % LISTINGS + WRK_REPORT_LUA)
-    hot_id = LISTINGS // 2
-    detail_path = f"/api/v1/listings/{hot_id}"
+    detail_path = f"/api/v1/listings/{LISTINGS // 2}"
     feed_path = f"/api/v1/listings?region={REGION}"
     load = {"seconds": args.seconds, "threads": 2, "connections": args.connections}
     measurements: list[Measurement] = []
-    pgbench: dict[str, dict[str, float]] = {}
     commands: dict[str, str] = {}
-
     cached_port, baseline_port, uncached_port = free_port(), free_port(), free_port()
     serve = jangteo_command("serve", "--workers", str(WORKERS), "--port")
     with background(
-        [*serve, str(cached_port)], _serve_env(env, database_url, True), cached_port,
+        [*serve, str(cached_port)], serve_env(env, database_url, True), cached_port,
         work / "cached.log",
     ):  # fmt: skip
-        detail_body = fetch(cached_port, detail_path)
-        feed_body = fetch(cached_port, feed_path)
-        (work / "detail.json").write_bytes(detail_body)
-        (work / "feed.json").write_bytes(feed_body)
+        (work / "detail.json").write_bytes(fetch(cached_port, detail_path))
+        (work / "feed.json").write_bytes(fetch(cached_port, feed_path))
         baseline = [
-            sys.executable, "-m", "loadtests.baseline_app", "--port", str(baseline_port),
+            sys.executable, "-m", "loadtests.references.app", "--port", str(baseline_port),
             "--processes", str(WORKERS), "--route", f"/detail={work / 'detail.json'}",
             "--route", f"/feed={work / 'feed.json'}",
         ]  # fmt: skip
@@ -186,55 +163,31 @@ def run(args: argparse.Namespace) -> int:
             ):
                 fetch(port, path)  # warms the cache
                 target = Target(endpoint, server, f"http://127.0.0.1:{port}{path}")
-                measurements.append(wrk(wrk_path, target, report_lua, **load))
-    uncached_rounds = _uncached_rounds(
-        args, env, database_url, work, wrk_path, random_lua, load, commands
-    )
-    measurements += [max(runs, key=lambda m: m.requests_per_second) for runs in uncached_rounds]
+                measurements.append(wrk(target, report_lua, **load))
+    rounds = _uncached_rounds(args, env, database_url, work, random_lua, load, commands)
+    measurements += [max(runs, key=lambda m: m.requests_per_second) for runs in rounds]
     with background(
-        [*serve, str(uncached_port)], _serve_env(env, database_url, False), uncached_port,
+        [*serve, str(uncached_port)], serve_env(env, database_url, False), uncached_port,
         work / "uncached.log",
     ):  # fmt: skip
         target = Target("uncached feed", "jangteo", f"http://127.0.0.1:{uncached_port}{feed_path}")
-        measurements.append(wrk(wrk_path, target, report_lua, **load))
+        measurements.append(wrk(target, report_lua, **load))
     clients = WORKERS * POOL_MAX
-    detail_script = _pgbench_script(LISTING_SELECT + " WHERE l.id = $1", [None])
     feed_query, feed_params = feed_sql(FeedFilter(region=REGION), 20 + 1)
-    feed_script = _pgbench_script(feed_query, feed_params)
-    pgbench["uncached detail"] = _pgbench(database_url, detail_script, args.seconds, clients)
-    pgbench["uncached feed"] = _pgbench(database_url, feed_script, args.seconds, clients)
-    commands["pgbench"] = f"pgbench -n -M prepared -c {clients} -j {WORKERS} -T {args.seconds}"
-    commands["jangteo"] = " ".join([*serve, "<port>"]) + f" (JANGTEO_PG_POOL_MAX={POOL_MAX})"
-
-    shares = _shares(measurements, pgbench)
-    uncached = _uncached_ratios(measurements)
-    print(_table(measurements, pgbench, shares))
-    print(", ".join(f"{name} {value}" for name, value in uncached.items()))
-    results = {
-        "benchmark": "listings",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(load_before),
-        "versions": versions(),
-        "load": {
-            **load,
-            "processes_per_server": WORKERS,
-            "pool_per_process": POOL_MAX,
-            "pgbench_clients": clients,
-            "rounds": args.rounds,
-        },
-        "commands": commands,
-        "results": [asdict(m) for m in measurements],
-        "pgbench": pgbench,
-        "shares": shares,
-        "uncached": uncached,
-        "uncached_rounds": [[asdict(m) for m in runs] for runs in uncached_rounds],
+    scripts = {
+        "uncached detail": pgbench_script(LISTING_SELECT + " WHERE l.id = $1", [None]),
+        "uncached feed": pgbench_script(feed_query, feed_params),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "listings.json").write_text(json.dumps(results, indent=2) + "\n")
-    _plot(measurements, pgbench, shares, RESULTS / "listings.png")
-    _plot_cdf(measurements, args.connections, RESULTS / "listings-cdf.png")
-    shutil.rmtree(work, ignore_errors=True)
-    return 0
+    runs: dict[str, dict[str, Any]] = {}
+    for name, text in scripts.items():
+        script = work / f"{name.replace(' ', '-')}.sql"
+        script.write_text(text)
+        script.chmod(0o644)
+        commands[f"pgbench {name}"], runs[name] = pgbench(
+            database_url, script, clients=clients, seconds=args.seconds, threads=WORKERS
+        )
+    commands["jangteo"] = " ".join([*serve, "<port>"]) + f" (JANGTEO_PG_POOL_MAX={POOL_MAX})"
+    return measurements, rounds, runs, commands
 
 
 BARE_PG = "aiohttp + asyncpg"
@@ -247,7 +200,6 @@ def _uncached_rounds(
     env: Mapping[str, str],
     database_url: str,
     work: Path,
-    wrk_path: str,
     random_lua: Path,
     load: Mapping[str, int],
     commands: dict[str, str],
@@ -260,11 +212,11 @@ def _uncached_rounds(
     ports = {"jangteo": free_port(), BARE_PG: free_port(), FASTAPI: free_port()}
     serve = jangteo_command("serve", "--workers", str(WORKERS), "--port", str(ports["jangteo"]))
     bare = [
-        sys.executable, "-m", "loadtests.baseline_pg", "--port", str(ports[BARE_PG]),
+        sys.executable, "-m", "loadtests.references.pg", "--port", str(ports[BARE_PG]),
         "--processes", str(WORKERS), "--pool", str(POOL_MAX), "--database", database_url,
     ]  # fmt: skip
     fastapi = [
-        sys.executable, "-m", "uvicorn", "loadtests.baseline_fastapi:app", "--host", "127.0.0.1",
+        sys.executable, "-m", "uvicorn", "loadtests.references.fastapi:app", "--host", "127.0.0.1",
         "--port", str(ports[FASTAPI]), "--workers", str(WORKERS), "--loop", "uvloop",
         "--http", "httptools", "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
@@ -274,7 +226,7 @@ def _uncached_rounds(
     servers = list(ports)
     rounds: list[list[Measurement]] = [[] for _ in servers]
     with (
-        background(serve, _serve_env(env, database_url, False), ports["jangteo"],
+        background(serve, serve_env(env, database_url, False), ports["jangteo"],
                    work / "uncached.log"),
         background(bare, env, ports[BARE_PG], work / "bare-pg.log"),
         background(fastapi, fastapi_env, ports[FASTAPI], work / "fastapi.log"),
@@ -287,8 +239,8 @@ def _uncached_rounds(
                 )
                 print(f"round {number + 1}: {target.server}", flush=True)
                 if args.warmup > 0:
-                    wrk(wrk_path, target, random_lua, **{**load, "seconds": args.warmup})
-                rounds[index].append(wrk(wrk_path, target, random_lua, **load))
+                    wrk(target, random_lua, **{**load, "seconds": args.warmup})
+                rounds[index].append(wrk(target, random_lua, **load))
     return rounds
 
 
@@ -307,7 +259,7 @@ def _uncached_ratios(measurements: list[Measurement]) -> dict[str, float]:
 
 
 def _shares(
-    measurements: list[Measurement], pgbench: Mapping[str, Mapping[str, float]]
+    measurements: list[Measurement], pgbench: Mapping[str, Mapping[str, Any]]
 ) -> dict[str, float]:
     rps = {(m.endpoint, m.server): m.requests_per_second for m in measurements}
     shares = {}
@@ -324,7 +276,7 @@ def _shares(
 
 def _table(
     measurements: list[Measurement],
-    pgbench: Mapping[str, Mapping[str, float]],
+    pgbench: Mapping[str, Mapping[str, Any]],
     shares: Mapping[str, float],
 ) -> str:
     lines = [f"{'endpoint':<17}{'server':<29}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'share':>8}"]
@@ -341,15 +293,14 @@ def _table(
 
 def _plot(
     measurements: list[Measurement],
-    pgbench: Mapping[str, Mapping[str, float]],
+    pgbench: Mapping[str, Mapping[str, Any]],
     shares: Mapping[str, float],
     path: Path,
-) -> None:
+) -> bool:
     """Requests/s per endpoint, one bar per server, pgbench beside the uncached ones."""
-    import matplotlib  # type: ignore[import-not-found, unused-ignore]
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
+    plt = pyplot()
+    if plt is None:
+        return False
 
     endpoints = list(dict.fromkeys(m.endpoint for m in measurements))
     bars: dict[str, list[tuple[str, float]]] = {e: [] for e in endpoints}
@@ -382,14 +333,12 @@ def _plot(
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
+    return True
 
 
 def _plot_cdf(measurements: list[Measurement], connections: int, path: Path) -> None:
     """One latency CDF per read benchmark, every server of it on the same axes."""
-    import matplotlib  # type: ignore[import-not-found, unused-ignore]
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
+    plt = pyplot()
     from matplotlib import ticker  # type: ignore[import-not-found, unused-ignore]
 
     endpoints = list(dict.fromkeys(m.endpoint for m in measurements))
@@ -415,21 +364,3 @@ def _plot_cdf(measurements: list[Measurement], connections: int, path: Path) -> 
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument(
-        "--connections", type=int, default=4 * WORKERS * POOL_MAX, help="four per pooled one"
-    )
-    parser.add_argument("--rounds", type=int, default=2, help="alternating uncached rounds")
-    parser.add_argument("--warmup", type=int, default=2, help="seconds before each uncached run")
-    started = time.monotonic()
-    code = run(parser.parse_args(argv))
-    print(f"done in {time.monotonic() - started:.0f} s")
-    sys.exit(code)
-
-
-if __name__ == "__main__":
-    main()

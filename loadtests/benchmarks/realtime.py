@@ -1,88 +1,68 @@
-"""Realtime benchmark: fan-out, relay lag and idle sockets, jangteo against bare aiohttp.
+"""Realtime: fan-out, relay lag and idle sockets, jangteo against bare aiohttp.
 
-Run as ``python -m loadtests.bench_realtime``. In one run, with the same load client
-(``loadtests/ws_load.py``, 2 processes) for every server:
+Every server is loaded by the same client (``loadtests/clients/ws.py``, 2 processes):
 
 1. fan-out: ``--sockets`` sockets over 2 jangteo instances, all subscribed to one listing's
    channel. The listing's price is PATCHed over REST at ``--rate`` per second for
    ``--duration`` s: commit-to-receive latency of every delivered event (receive wall
    clock - the frame's ``ts``). Then bursts: ``--burst`` outbox rows committed in one
-   transaction, delivered messages/s per instance, alternating with the reference, a bare
-   aiohttp server per instance (``loadtests/baseline_ws.py``) sending the same frame bytes
-   to as many sockets in a plain loop; best of ``--rounds`` each.
-2. relay: one instance, one subscriber; outbox rows inserted at ``--relay-rate`` per second
-   (one row per transaction): commit-to-receive from the frames and commit-to-publish from
-   the server's ``jangteo_relay_lag_seconds``; then rows inserted flat out for
-   ``--relay-max-seconds``: published events/s and whether the lag grows.
-3. idle memory: ``--idle-sockets`` idle sockets (heartbeats on, compression off) on one
-   jangteo instance and on one bare aiohttp process, held through more than one heartbeat:
-   server RSS per connection, and how many were still open when measured.
+   transaction, delivered messages/s per instance, alternating with the references (a
+   bare aiohttp server per instance sending the same frame bytes to as many sockets in a
+   plain loop, and python-socketio when installed); best of ``--rounds`` each.
+2. relay: one instance, one subscriber; outbox rows committed at ``--relay-rate`` per
+   second (one row per transaction), then at ``--sustain-rate``, then flat out for
+   ``--relay-max-seconds``: commit-to-receive from the frames, commit-to-publish from the
+   server's ``jangteo_relay_lag_seconds``, published events/s and whether the lag grows.
+3. idle memory: ``--idle-sockets`` idle sockets (heartbeats on) on one jangteo instance and
+   on one bare aiohttp process, held through more than one heartbeat: server RSS per
+   connection, and how many were still open when measured.
 
-Writes ``loadtests/results/realtime.json`` and ``realtime.png`` (``--name`` changes the stem:
-``make bench`` runs the 20,000-socket fan-out as ``realtime-20k``) and stops what it started
-(the embedded services keep running). Its database ``jangteo_bench_realtime`` is created
-afresh and dropped at the end.
+``--name`` changes the results file stem (``make bench`` runs the 20,000-socket fan-out as
+``realtime-20k``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import functools
 import importlib.metadata
 import importlib.util
-import json
 import math
 import os
-import platform
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
-import psutil
-import redis
-import uvloop
 
-from db.migrate import migrate
-from loadtests import event_load
-from loadtests.bench_http import (
-    BenchError,
-    as_line,
-    background,
-    http_request,
-    jangteo_command,
-    machine,
+from loadtests.clients import events as event_load
+from loadtests.clients.ws import LoadClients, SourceAddresses, Target, raise_open_files, split_plan
+from loadtests.harness import report
+from loadtests.harness.processes import BenchError, Server, as_line, background, server_problems
+from loadtests.harness.results import Machine, Result, finish, pyplot, versions
+from loadtests.harness.stack import (
+    create_listing,
+    database_note,
+    fresh_database,
+    instances,
+    serve_settings,
+    services,
     sign_up,
 )
-from loadtests.bench_purchase import server_problems, shown_path, wait_ready, with_database
-from loadtests.ws_load import (
-    LoadClients,
-    SourceAddresses,
-    Target,
-    latency_summary,
-    raise_open_files,
-    split_plan,
-)
+from loadtests.harness.stats import summary
 from realtime.frames import event_json
 from server.embedded.process import free_port
-from server.embedded.stack import EmbeddedStack
 from server.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "loadtests" / "results"
 DATABASE = "jangteo_bench_realtime"
 INSTANCES = 2
 JWT_SECRET = "bench-realtime-only-not-a-real-secret-0123456789abcdef"  # noqa: S105
-WS_PATH = "/api/v1/ws"
-TICKET_PATH = "/api/v1/ws/ticket"
 FD_RESERVE = 200  # descriptors a server needs besides its sockets (pools, logs, listeners)
 SOCKETIO = importlib.util.find_spec("socketio") is not None  # python-socketio, optional
 SOCKETIO_PATH = "/socket.io/?EIO=4&transport=websocket"
@@ -95,27 +75,69 @@ TARGETS = {
     "relay_events_per_second": 5000.0,
     "idle_memory_ratio": 1.25,
 }
+OPTIONS = (  # flag, default (its type is the option's), help
+    ("--sockets", 2000, "fan-out sockets (20000: the large run)"),
+    ("--duration", 10.0, "seconds of PATCHes"),
+    ("--burst", 0, "events per burst (default: 200,000 frames' worth)"),
+    ("--rounds", 3, "bursts per system; the best is kept"),
+    ("--relay-rate", 1000.0, "outbox rows per second, one per commit"),
+    ("--relay-seconds", 10.0, "seconds per paced relay run"),
+    ("--sustain-rate", 5000.0, "rows/s of the sustained relay run"),
+    ("--sustain-rows", 50, "rows per commit of the sustained run"),
+    ("--relay-max-seconds", 5.0, "flat-out seconds"),
+    ("--relay-inserters", 16, "connections inserting at --relay-rate"),
+    ("--relay-connections", 4, "flat-out inserters"),
+    ("--relay-rows", 50, "rows per flat-out commit"),
+    ("--idle-sockets", 20_000, "idle sockets, capped by the open files limit"),
+    ("--client-processes", 2, "load client processes (more when the sockets need them)"),
+)
 
 
-@dataclass(frozen=True, slots=True)
-class Server:
-    """One server process the benchmark started."""
+def options(parser: argparse.ArgumentParser) -> None:
+    for flag, default, meaning in OPTIONS:
+        parser.add_argument(flag, type=type(default), default=default, help=meaning)
+    parser.add_argument(
+        "--rate", type=float, default=None, help="PATCHes/s (default 20,000 / sockets, max 10)"
+    )
+    parser.add_argument(
+        "--idle-settle", type=float, default=None,
+        help="seconds between opening and measuring (default: 1.25 heartbeats, so every"
+        " socket answers a server ping before it is counted)",
+    )  # fmt: skip
+    phases = ["fanout", "relay", "idle"]
+    parser.add_argument("--phases", nargs="+", choices=phases, default=phases)
+    parser.add_argument("--name", dest="stem", default="realtime", help="results file stem")
 
-    name: str
-    port: int
-    pid: int
-    log: Path
+
+@dataclass(kw_only=True, slots=True)
+class RealtimeResult(Result):
+    stem: str = "realtime"
+    fanout: dict[str, Any] | None = None
+    relay: dict[str, Any] | None = None
+    idle: dict[str, Any] | None = None
+    targets: dict[str, float] = field(default_factory=lambda: dict(TARGETS))
+    python_socketio: str = ""
 
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def name(self) -> str:
+        return self.stem
 
-    def cpu_seconds(self) -> float:
-        times = psutil.Process(self.pid).cpu_times()
-        return float(times.user + times.system)
+    def as_json(self) -> dict[str, Any]:
+        data = Result.as_json(self)
+        del data["stem"]
+        return {key: value for key, value in data.items() if value is not None}
 
-    def rss(self) -> int:
-        return int(psutil.Process(self.pid).memory_info().rss)
+    def table(self) -> str:
+        """The figures as the targets table shows them (``python -m loadtests report``)."""
+        data = self.as_json()
+        return report.table(report.realtime_rows(data, data))
+
+    def plot(self, path: Path) -> bool:
+        caption = (
+            f"{self.date}, {self.machine.cores} cores, {self.load['client_processes']} client"
+            " processes, servers, clients, PostgreSQL and Redis on the same cores"
+        )
+        return plot(self.as_json(), caption, path)
 
 
 @dataclass(slots=True)
@@ -123,61 +145,19 @@ class Bench:
     """What every phase needs: settings, where things go, and what was run."""
 
     args: argparse.Namespace
-    env: dict[str, str]  # for jangteo serve
+    settings: dict[str, str]  # JANGTEO_* of jangteo serve
     database_url: str
-    scratch: Path
     addresses: SourceAddresses
     commands: dict[str, Any]
     heartbeat: float
 
-    def serve_line(
-        self, port: int, extra: Mapping[str, str] | None = None
-    ) -> tuple[list[str], str]:
-        serve = jangteo_command("serve", "--host", "127.0.0.1", "--port", str(port))
-        shown = {
-            "JANGTEO_DATABASE_URL": "<bench database>",
-            "JANGTEO_REDIS_URL": "<embedded redis>",
-            "JANGTEO_RATE_LIMITS": "off",
-            "JANGTEO_ACCESS_LOG": "off",
-            "JANGTEO_LOG_LEVEL": "WARNING",
-            "JANGTEO_JWT_SECRET": "<fixed>",
-            "JANGTEO_ACCESS_TOKEN_TTL": "3600",
-            **(extra or {}),
-        }
-        line = " ".join(f"{k}={v}" for k, v in shown.items()) + " " + as_line(serve)
-        return serve, line
+    def jangteo(
+        self, names: Sequence[str], extra: Mapping[str, str] | None = None
+    ) -> AbstractContextManager[list[Server]]:
+        return instances(names, self.settings, self.args.scratch, self.commands, extra)
 
 
-# ----------------------------------------------------------------------------- processes
-
-
-def pid_of(port: int) -> int:
-    """The process started with ``--port <port>`` (the server we just started)."""
-    for process in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = process.info["cmdline"] or []
-        for index, word in enumerate(cmdline[:-1]):
-            if word == "--port" and cmdline[index + 1] == str(port):
-                return int(process.info["pid"])
-    raise BenchError(f"no process started with --port {port}")
-
-
-@contextmanager
-def jangteo_servers(
-    bench: Bench, names: Sequence[str], extra: Mapping[str, str] | None = None
-) -> Iterator[list[Server]]:
-    """``jangteo serve`` once per name, each a single process on a port of its own."""
-    with ExitStack() as stack:
-        servers = []
-        for name in names:
-            port = free_port()
-            serve, line = bench.serve_line(port, extra)
-            bench.commands.setdefault("jangteo", {})[name] = line
-            log = bench.scratch / f"{name}.log"
-            print(f"$ {line}", flush=True)
-            stack.enter_context(background(serve, {**bench.env, **(extra or {})}, port, log))
-            wait_ready(port)
-            servers.append(Server(name, port, pid_of(port), log))
-        yield servers
+# ----------------------------------------------------------------------------- servers
 
 
 @contextmanager
@@ -190,33 +170,27 @@ def reference_servers(
         for name in names:
             port = free_port()
             command = [sys.executable, "-m", module, "--port", str(port), *options]
-            bench.commands.setdefault(module.rsplit(".", 1)[-1], {})[name] = as_line(command)
-            print(f"$ {as_line(command)}", flush=True)
-            log = bench.scratch / f"{name}.log"
-            stack.enter_context(background(command, os.environ, port, log))
-            servers.append(Server(name, port, pid_of(port), log))
+            key = "baseline_" + module.rsplit(".", 1)[-1]
+            bench.commands.setdefault(key, {})[name] = as_line(command)
+            log = bench.args.scratch / f"{name}.log"
+            servers.append(stack.enter_context(background(command, os.environ, port, log, name)))
         yield servers
 
 
 def bare_servers(bench: Bench, names: Sequence[str], frame: Path) -> Any:
-    """``loadtests.baseline_ws`` servers sending ``frame``, with jangteo's heartbeat."""
+    """``loadtests.references.ws`` servers sending ``frame``, with jangteo's heartbeat."""
     options = ["--frame", str(frame), "--heartbeat", f"{bench.heartbeat:g}"]
-    return reference_servers(bench, names, "loadtests.baseline_ws", options)
+    return reference_servers(bench, names, "loadtests.references.ws", options)
 
 
 def socketio_servers(bench: Bench, names: Sequence[str], frame: Path) -> Any:
-    """``loadtests.baseline_socketio`` servers sharing a Redis channel of their own."""
+    """``loadtests.references.socketio`` servers sharing a Redis channel of their own."""
     options = [
         "--frame", str(frame), "--heartbeat", f"{bench.heartbeat:g}",
-        "--redis-url", bench.env["JANGTEO_REDIS_URL"],
+        "--redis-url", bench.settings["JANGTEO_REDIS_URL"],
         "--channel", f"jangteo-bench-socketio-{os.getpid()}",
     ]  # fmt: skip
-    return reference_servers(bench, names, "loadtests.baseline_socketio", options)
-
-
-def jangteo_target(server: Server, token: str, ticket_from: Server | None = None) -> Target:
-    desk = ticket_from or server
-    return Target(server.name, "127.0.0.1", server.port, WS_PATH, desk.url + TICKET_PATH, token)
+    return reference_servers(bench, names, "loadtests.references.socketio", options)
 
 
 def bare_target(server: Server) -> Target:
@@ -253,11 +227,11 @@ def received(stats: Mapping[str, Any], names: Sequence[str] | None = None) -> in
     return sum(int(stats["tallies"].get(name, {}).get("events", 0)) for name in names)
 
 
-def wait_for_events(
+async def wait_for_events(
     clients: LoadClients,
     expected: int,
     *,
-    timeout: float,
+    limit: float,
     quiet: float = 3.0,
     names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
@@ -265,7 +239,7 @@ def wait_for_events(
 
     Counting only the instances under test keeps a previous system's late frames out.
     """
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + limit
     seen, changed = -1, time.monotonic()
     while True:
         stats = clients.stats()
@@ -276,26 +250,10 @@ def wait_for_events(
             seen, changed = count, time.monotonic()
         if time.monotonic() - changed > quiet or time.monotonic() > deadline:
             return stats
-        time.sleep(0.2)
+        await asyncio.sleep(0.2)
 
 
-def run_async(coroutine: Any) -> Any:
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coroutine)
-
-
-# ----------------------------------------------------------------------------- REST set-up
-
-
-def create_listing(port: int, token: str, title: str) -> int:
-    body = {"title": title, "price": 10_000, "category": "etc", "description": "benchmark"}
-    status, answer = http_request(
-        port, "POST", "/api/v1/listings", body, {"Authorization": f"Bearer {token}"}
-    )
-    if status != 201:
-        raise BenchError(f"creating a listing answered {status}: {answer[:300]!r}")
-    listing_id: int = json.loads(answer)["id"]
-    return listing_id
+# ----------------------------------------------------------------------------- events
 
 
 async def last_frame(database_url: str, channel: str) -> bytes:
@@ -380,22 +338,22 @@ def delivery_summary(
     }
 
 
-def burst_round(
+async def burst_round(
     clients: LoadClients,
     servers: Sequence[Server],
     sockets: int,
     events: int,
-    trigger: Callable[[], Any],
+    trigger: Callable[[], Awaitable[Any]],
 ) -> dict[str, Any]:
     """One burst on one system: reset, trigger, wait for every frame, rate per instance."""
     clients.call("reset")
     cpu = {server.name: server.cpu_seconds() for server in servers}
     started = time.time()
-    answer = trigger()
+    answer = await trigger()
     expected = sockets * events
     names = [server.name for server in servers]
-    stats = wait_for_events(
-        clients, expected, timeout=60 + expected / 10_000, quiet=10.0, names=names
+    stats = await wait_for_events(
+        clients, expected, limit=60 + expected / 10_000, quiet=10.0, names=names
     )
     rates = instance_rates(stats, names)
     cpu_used = {s.name: round(s.cpu_seconds() - cpu[s.name], 3) for s in servers}
@@ -412,19 +370,19 @@ def burst_round(
             min((r["first"] for r in rates.values() if r["messages"]), default=started) - started,
             4,
         ),
-        "latency_ms": latency_summary(stats["histogram_ms"], stats["overflow"]),
+        "latency_ms": summary(stats["histogram_ms"], stats["overflow"]),
         "delivery": delivery_summary(stats, expected, names),
         "trigger_answer": answer,
     }
 
 
-def fanout_phase(bench: Bench, clients: LoadClients, token_box: list[str]) -> dict[str, Any]:
+async def fanout_phase(bench: Bench, clients: LoadClients, token_box: list[str]) -> dict[str, Any]:
     args = bench.args
     sockets = args.sockets
     burst = args.burst or max(10, min(200, 200_000 // sockets))
     names = [f"jangteo-{n + 1}" for n in range(INSTANCES)]
     result: dict[str, Any] = {"sockets": sockets, "instances": INSTANCES, "burst_events": burst}
-    with jangteo_servers(bench, names) as servers:
+    with bench.jangteo(names) as servers:
         token = sign_up(servers[0].port)
         token_box.append(token)
         listing_id = create_listing(servers[0].port, token, "realtime benchmark: fan-out")
@@ -432,21 +390,23 @@ def fanout_phase(bench: Bench, clients: LoadClients, token_box: list[str]) -> di
         result["channel"] = channel
         print(f"\n== fan-out: {sockets:,} sockets on {channel} over {INSTANCES} instances")
         result["connect"] = open_sockets(
-            bench, clients, [jangteo_target(s, token) for s in servers], sockets, channel
+            bench,
+            clients,
+            [Target.jangteo(s.name, s.port, token) for s in servers],
+            sockets,
+            channel,
         )
-        time.sleep(1.0)
+        await asyncio.sleep(1.0)
         clients.call("reset")
-        before = [run_async(event_load.scrape(s.url)) for s in servers]
+        before = [await event_load.scrape(s.url) for s in servers]
         print(f"  PATCH price {args.rate:g}/s for {args.duration:g} s ...", flush=True)
-        patches = run_async(
-            event_load.patch_prices(
-                [s.url for s in servers], token, listing_id, rate=args.rate, seconds=args.duration
-            )
+        patches = await event_load.patch_prices(
+            [s.url for s in servers], token, listing_id, rate=args.rate, seconds=args.duration
         )
         expected = patches["committed"] * sockets
-        stats = wait_for_events(clients, expected, timeout=60)
-        after = [run_async(event_load.scrape(s.url)) for s in servers]
-        latency = latency_summary(stats["histogram_ms"], stats["overflow"])
+        stats = await wait_for_events(clients, expected, limit=60)
+        after = [await event_load.scrape(s.url) for s in servers]
+        latency = summary(stats["histogram_ms"], stats["overflow"])
         result["steady"] = {
             "patch": patches,
             "latency_ms": latency,
@@ -469,17 +429,17 @@ def fanout_phase(bench: Bench, clients: LoadClients, token_box: list[str]) -> di
             f" {latency['p50']} ms, p99 {latency['p99']} ms, max {latency['max']} ms",
             flush=True,
         )
-        frame = run_async(last_frame(bench.database_url, channel))
-        frame_file = bench.scratch / "frame.json"
+        frame = await last_frame(bench.database_url, channel)
+        frame_file = bench.args.scratch / "frame.json"
         frame_file.write_bytes(frame)
         result["frame_bytes"] = len(frame)
         result["frame"] = frame.decode()
 
         with ExitStack() as references:
-            systems: dict[str, tuple[list[Server], Callable[[], Any]]] = {
+            systems: dict[str, tuple[list[Server], Callable[[], Awaitable[Any]]]] = {
                 "jangteo": (
                     servers,
-                    lambda: run_async(insert_burst(bench.database_url, channel, burst)),
+                    functools.partial(insert_burst, bench.database_url, channel, burst),
                 )
             }
             names = [f"bare-{n + 1}" for n in range(INSTANCES)]
@@ -488,7 +448,7 @@ def fanout_phase(bench: Bench, clients: LoadClients, token_box: list[str]) -> di
             result["connect_bare"] = open_sockets(
                 bench, clients, [bare_target(s) for s in bares], sockets, channel
             )
-            systems["bare"] = (bares, lambda: run_async(trigger_bare(bares, burst)))
+            systems["bare"] = (bares, functools.partial(trigger_bare, bares, burst))
             if SOCKETIO:
                 names = [f"socketio-{n + 1}" for n in range(INSTANCES)]
                 sios = references.enter_context(socketio_servers(bench, names, frame_file))
@@ -498,13 +458,13 @@ def fanout_phase(bench: Bench, clients: LoadClients, token_box: list[str]) -> di
                 ]
                 result["connect_socketio"] = open_sockets(bench, clients, targets, sockets, None)
                 # One emit reaches both processes' sockets through Redis.
-                systems["socketio"] = (sios, lambda: run_async(trigger_bare(sios[:1], burst)))
+                systems["socketio"] = (sios, functools.partial(trigger_bare, sios[:1], burst))
             rounds: dict[str, list[dict[str, Any]]] = {system: [] for system in systems}
             order = list(systems)
             for number in range(args.rounds):
                 for system in order if number % 2 == 0 else order[::-1]:
                     group, trigger = systems[system]
-                    outcome = burst_round(clients, group, sockets, burst, trigger)
+                    outcome = await burst_round(clients, group, sockets, burst, trigger)
                     rounds[system].append(outcome)
                     missing = outcome["delivery"]["missing"]
                     print(
@@ -556,7 +516,7 @@ def mean_lag(seconds: Sequence[Mapping[str, float]]) -> float:
     return round(sum(s["mean_ms"] * s["events"] for s in seconds) / events, 2) if events else 0.0
 
 
-def relay_run(
+async def relay_run(
     bench: Bench,
     clients: LoadClients,
     server: Server,
@@ -569,21 +529,19 @@ def relay_run(
 ) -> dict[str, Any]:
     """Commit outbox rows (paced, or flat out when ``rate`` is None); what the relay made of it."""
     clients.call("reset")
-    before = run_async(event_load.scrape(server.url))
+    before = await event_load.scrape(server.url)
     pace = "flat out" if rate is None else f"{rate:,.0f} rows/s"
     print(f"  {pace} for {seconds:g} s, {rows} row(s) per commit ...", flush=True)
-    inserted = run_async(
-        event_load.insert_rows(
-            bench.database_url,
-            channel,
-            seconds=seconds,
-            rate=rate,
-            connections=connections,
-            rows_per_transaction=rows,
-        )
+    inserted = await event_load.insert_rows(
+        bench.database_url,
+        channel,
+        seconds=seconds,
+        rate=rate,
+        connections=connections,
+        rows_per_transaction=rows,
     )
-    stats = wait_for_events(clients, inserted["rows"], timeout=120)
-    after = run_async(event_load.scrape(server.url))
+    stats = await wait_for_events(clients, inserted["rows"], limit=120)
+    after = await event_load.scrape(server.url)
     tally = stats["tallies"][server.name]
     span = tally["last"] - tally["first"]
     # Whole seconds inside the insertion window: its first and last thirds say if lag grew.
@@ -591,7 +549,7 @@ def relay_run(
         stats["per_second"], inserted["started_at"] + 1, inserted["ended_at"] - 1
     )
     third = max(1, len(window) // 3)
-    frames = latency_summary(stats["histogram_ms"], stats["overflow"])
+    frames = summary(stats["histogram_ms"], stats["overflow"])
     metric = event_load.histogram_summary(before, after, "jangteo_relay_lag_seconds", 0.01)
     result = {
         "insert": inserted,
@@ -629,34 +587,34 @@ def relay_run(
     return result
 
 
-def relay_phase(bench: Bench, clients: LoadClients, token: str) -> dict[str, Any]:
+async def relay_phase(bench: Bench, clients: LoadClients, token: str) -> dict[str, Any]:
     args = bench.args
     result: dict[str, Any] = {}
-    with jangteo_servers(bench, ["relay"]) as (server,):
+    with bench.jangteo(["relay"]) as (server,):
         listing_id = create_listing(server.port, token, "realtime benchmark: relay")
         channel = f"listing:{listing_id}"
         print(f"\n== relay: outbox rows on {channel}, one instance, one subscriber")
-        open_sockets(bench, clients, [jangteo_target(server, token)], 1, channel)
-        time.sleep(0.5)
-        result["commit_alone_ms"] = floor = run_async(event_load.commit_latency(bench.database_url))
+        open_sockets(bench, clients, [Target.jangteo(server.name, server.port, token)], 1, channel)
+        await asyncio.sleep(0.5)
+        result["commit_alone_ms"] = floor = await event_load.commit_latency(bench.database_url)
         print(
             f"  a one-row commit alone (no outbox) takes {floor['p50']} ms p50,"
             f" {floor['p99']} ms p99"
         )
         run = functools.partial(relay_run, bench, clients, server, channel)
-        result["paced"] = run(
+        result["paced"] = await run(
             rate=args.relay_rate,
             seconds=args.relay_seconds,
             connections=args.relay_inserters,
             rows=1,
         )
-        result["sustained"] = run(
+        result["sustained"] = await run(
             rate=args.sustain_rate,
             seconds=args.relay_seconds,
             connections=args.relay_inserters,
             rows=args.sustain_rows,
         )
-        result["flat_out"] = run(
+        result["flat_out"] = await run(
             rate=None,
             seconds=args.relay_max_seconds,
             connections=args.relay_connections,
@@ -670,7 +628,7 @@ def relay_phase(bench: Bench, clients: LoadClients, token: str) -> dict[str, Any
 # ----------------------------------------------------------------------------- idle memory
 
 
-def measure_idle(
+async def measure_idle(
     bench: Bench,
     clients: LoadClients,
     server: Server,
@@ -684,7 +642,7 @@ def measure_idle(
     """
     open_sockets(bench, clients, [target], 100, None)
     clients.call("close")
-    time.sleep(1.0)
+    await asyncio.sleep(1.0)
     clients.call("reset")
     before = server.rss()
     cpu = server.cpu_seconds()
@@ -692,7 +650,7 @@ def measure_idle(
     connect = open_sockets(bench, clients, [target], count, None)
     cpu = server.cpu_seconds() - cpu
     desk_cpu = desk.cpu_seconds() - desk_cpu if desk else 0.0
-    time.sleep(bench.args.idle_settle or bench.heartbeat * 1.25)
+    await asyncio.sleep(bench.args.idle_settle or bench.heartbeat * 1.25)
     after = server.rss()
     stats = clients.stats()
     clients.call("close")
@@ -712,7 +670,7 @@ def measure_idle(
     return result
 
 
-def idle_phase(bench: Bench, clients: LoadClients, token: str) -> dict[str, Any]:
+async def idle_phase(bench: Bench, clients: LoadClients, token: str) -> dict[str, Any]:
     args = bench.args
     _, hard = raise_open_files()
     count = min(args.idle_sockets, hard - FD_RESERVE)
@@ -720,16 +678,16 @@ def idle_phase(bench: Bench, clients: LoadClients, token: str) -> dict[str, Any]
     if count < args.idle_sockets:
         result["capped_by"] = f"RLIMIT_NOFILE hard limit {hard} (a server needs a descriptor each)"
     print(f"\n== idle memory: {count:,} idle sockets, heartbeat {bench.heartbeat:g} s")
-    frame = bench.scratch / "idle-frame.json"
+    frame = bench.args.scratch / "idle-frame.json"
     frame.write_bytes(b'{"op":"pong"}')
     with bare_servers(bench, ["bare-idle"], frame) as (bare,):
-        result["bare"] = measure_idle(bench, clients, bare, bare_target(bare), count)
+        result["bare"] = await measure_idle(bench, clients, bare, bare_target(bare), count)
     print(f"  bare aiohttp: {result['bare']['kib_per_connection']} KiB per connection")
     extra = {"JANGTEO_WS_MAX_CONNECTIONS": str(count + FD_RESERVE)}
     # Tickets come from a second instance, so the measured one does nothing but hold sockets.
-    with jangteo_servers(bench, ["jangteo-idle", "ticket-desk"], extra) as (server, desk):
-        target = jangteo_target(server, token, ticket_from=desk)
-        result["jangteo"] = measure_idle(bench, clients, server, target, count, desk)
+    with bench.jangteo(["jangteo-idle", "ticket-desk"], extra) as (server, desk):
+        target = Target.jangteo(server.name, server.port, token, desk.port)
+        result["jangteo"] = await measure_idle(bench, clients, server, target, count, desk)
         result["server_log_problems"] = server_problems(server.log)
     print(f"  jangteo: {result['jangteo']['kib_per_connection']} KiB per connection")
     bare_kib = result["bare"]["kib_per_connection"]
@@ -739,134 +697,94 @@ def idle_phase(bench: Bench, clients: LoadClients, token: str) -> dict[str, Any]
     return result
 
 
+# ----------------------------------------------------------------------------- run
+
+
+def resolve_defaults(args: argparse.Namespace, hard_limit: int) -> None:
+    """Fill in what depends on the socket counts: PATCH rate and client processes."""
+    if args.rate is None:  # 20,000 frames a second in all: 10 events/s to 2,000 sockets
+        args.rate = min(10.0, 20_000 / args.sockets)
+    # Every fan-out system's sockets stay open together (their rounds alternate).
+    systems = 3 if SOCKETIO else 2
+    needed = math.ceil(systems * args.sockets / (hard_limit - FD_RESERVE))
+    if needed > args.client_processes:
+        print(f"{needed} client processes: {systems} x {args.sockets:,} sockets stay open")
+        args.client_processes = needed
+
+
+async def run(args: argparse.Namespace) -> RealtimeResult:
+    limits = raise_open_files()
+    machine = Machine(open_files_limit=list(limits))
+    resolve_defaults(args, limits[1])
+    stack = services()
+    async with fresh_database(stack.admin_url, DATABASE, keep=args.keep_database) as url:
+        settings = serve_settings(url, stack.redis_url, JWT_SECRET=JWT_SECRET)
+        settings["JANGTEO_ACCESS_TOKEN_TTL"] = "3600"  # noqa: S105 - a lifetime, in seconds
+        heartbeat = Settings.from_env({**os.environ, **settings}).ws_heartbeat
+        commands = {
+            "database": database_note(DATABASE),
+            "load": f"{args.client_processes} client processes of loadtests/clients/ws.py"
+            " (raw asyncio WebSocket protocol on uvloop)",
+        }
+        bench = Bench(args, settings, url, SourceAddresses(), commands, heartbeat)
+        phases: dict[str, Any] = {}
+        with LoadClients(args.client_processes) as clients:
+            token_box: list[str] = []
+            if "fanout" in args.phases:
+                phases["fanout"] = await fanout_phase(bench, clients, token_box)
+            if not token_box:
+                with bench.jangteo(["sign-up"]) as (server,):
+                    token_box.append(sign_up(server.port))
+            if "relay" in args.phases:
+                phases["relay"] = await relay_phase(bench, clients, token_box[0])
+            if "idle" in args.phases:
+                phases["idle"] = await idle_phase(bench, clients, token_box[0])
+        found = await versions(url, stack.redis_url)
+    socketio = "not measured: python-socketio is not installed (pip install python-socketio)"
+    return RealtimeResult(
+        benchmark="realtime",
+        stem=args.stem,
+        machine=machine,
+        versions=found,
+        commands=commands,
+        load={
+            "client_processes": args.client_processes,
+            "client": "loadtests/clients/ws.py: raw asyncio.Protocol WebSockets on uvloop, no"
+            " compression, answering pings; latency = receive wall clock ms - frame ts",
+            "jangteo_processes_per_instance": 1,
+            "fanout_instances": INSTANCES,
+            "bare_processes": INSTANCES,
+            "heartbeat_s": heartbeat,
+            "steady_rate_per_s": args.rate,
+            "steady_seconds": args.duration,
+            "burst_rounds": args.rounds,
+            "relay_rate_per_s": args.relay_rate,
+            "relay_seconds": args.relay_seconds,
+            "relay_max_seconds": args.relay_max_seconds,
+            "reported": "fan-out msgs/s: best burst of the rounds, per instance (first to last"
+            " frame received); latencies from 1-ms bins (bin floor)",
+        },
+        python_socketio=importlib.metadata.version("python-socketio") if SOCKETIO else socketio,
+        **phases,
+    )
+
+
 # ----------------------------------------------------------------------------- report
-
-
-def versions(database_url: str, redis_url: str) -> dict[str, str]:
-    async def postgres() -> tuple[str, str]:
-        conn = await asyncpg.connect(database_url)
-        try:
-            version = await conn.fetchval("SHOW server_version")
-            commit_ts = await conn.fetchval("SHOW track_commit_timestamp")
-            return str(version), str(commit_ts)
-        finally:
-            await conn.close()
-
-    pg_version, commit_ts = run_async(postgres())
-    client = redis.Redis.from_url(redis_url)
-    try:
-        redis_version = str(client.info("server")["redis_version"])
-    finally:
-        client.close()
-    packages = ("aiohttp", "uvloop", "orjson", "asyncpg", "redis", "hiredis", "psutil")
-    return {
-        "python": platform.python_version(),
-        **{name: importlib.metadata.version(name) for name in packages},
-        "postgresql": pg_version,
-        "postgresql_track_commit_timestamp": commit_ts,
-        "redis_server": redis_version,
-    }
-
-
-def _ms(value: Any) -> str:
-    return "-" if value is None else f"{value:,.1f}"
 
 
 def _share(value: Any) -> str:
     return "-" if value is None else f"{value:.0%}"
 
 
-def table(report: Mapping[str, Any]) -> str:
-    """The headline figures with their references and targets, one line each."""
-    rows: list[tuple[str, str, str, str, str]] = []
-    fanout = report.get("fanout")
-    if fanout:
-        latency = fanout["steady"]["latency_ms"]
-        target = TARGETS[
-            "fanout_p99_ms_20000" if fanout["sockets"] > 2000 else "fanout_p99_ms_2000"
-        ]
-        rows.append((
-            f"fan-out commit-to-receive p50 / p99 ms ({fanout['sockets']:,} sockets)",
-            f"{_ms(latency['p50'])} / {_ms(latency['p99'])}",
-            f"bare loop writes 1 event in {_ms(fanout['one_event_write_ms_at_bare_rate'])} ms",
-            "",
-            f"p99 < {target:g}",
-        ))  # fmt: skip
-        best = fanout["burst"]["best"]
-        rows.append((
-            "fan-out delivered msgs/s per instance (burst)",
-            f"{best['jangteo']['messages_per_second_per_instance']:,.0f}",
-            f"{best['bare']['messages_per_second_per_instance']:,.0f} bare aiohttp",
-            _share(fanout["share_of_bare"]), ">= 90%",
-        ))  # fmt: skip
-        if "socketio" in best:
-            times = fanout["times_socketio"]
-            rows.append((
-                "fan-out delivered msgs/s per instance vs python-socketio",
-                f"{best['jangteo']['messages_per_second_per_instance']:,.0f}",
-                f"{best['socketio']['messages_per_second_per_instance']:,.0f} python-socketio",
-                "-" if times is None else f"{times:.1f}x", ">= 4x",
-            ))  # fmt: skip
-    relay = report.get("relay")
-    if relay:
-        paced = relay["paced"]
-        metric = paced["commit_to_publish_metric"] or {}
-        frames = paced["commit_to_receive_ms"]
-        rate = paced["insert"]["rate"]
-        asked = paced["insert"]["target_rate"]
-        rows.append((
-            f"relay commit-to-publish p50 / p99 ms at {rate:,.0f}/s, {asked:,.0f} asked (metric)",
-            f"{_ms(metric.get('p50_ms'))} / {_ms(metric.get('p99_ms'))}", "", "", "p99 < 10",
-        ))  # fmt: skip
-        rows.append((
-            f"relay commit-to-receive p50 / p99 ms at {rate:,.0f}/s (frames)",
-            f"{_ms(frames['p50'])} / {_ms(frames['p99'])}",
-            f"one-row commit alone p50 {_ms(relay['commit_alone_ms']['p50'])}", "", "",
-        ))  # fmt: skip
-        sustained = relay["sustained"]
-        first, last = sustained["mean_lag_first_last_third_ms"]
-        rows.append((
-            f"relay at {sustained['insert']['rate']:,.0f} rows/s committed: received/s,"
-            " mean lag first -> last third",
-            f"{sustained['received_per_second']:,.0f}, {_ms(first)} -> {_ms(last)} ms",
-            "", "", "no lag growth",
-        ))  # fmt: skip
-        flat = relay["flat_out"]
-        verdict = "kept up: insert-bound" if flat["kept_up"] else "fell behind"
-        rows.append((
-            "relay published events/s, rows committed flat out",
-            f"{flat['received_per_second']:,.0f}",
-            f"{flat['insert']['rate']:,.0f} inserted/s ({verdict})", "", ">= 5,000",
-        ))  # fmt: skip
-    idle = report.get("idle")
-    if idle:
-        rows.append((
-            f"idle memory KiB per connection ({idle['sockets']:,} sockets)",
-            f"{idle['jangteo']['kib_per_connection']:.2f}",
-            f"{idle['bare']['kib_per_connection']:.2f} bare aiohttp",
-            f"{idle['ratio']:.2f}x" if idle["ratio"] is not None else "-", "<= 1.25x",
-        ))  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(5)] if rows else [0] * 5
-    head = ("figure", "jangteo", "reference", "ratio", "target")
-    widths = [max(w, len(h)) for w, h in zip(widths, head, strict=True)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
-    for row in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
-    return "\n".join(lines)
-
-
-def plot(report: Mapping[str, Any], caption: str, path: Path) -> bool:
+def plot(data: Mapping[str, Any], caption: str, path: Path) -> bool:
     """Latency histogram, msgs/s vs bare, relay lag, KiB per connection (needs matplotlib)."""
-    try:
-        import matplotlib  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
 
     colours = {"jangteo": "#d9534f", "bare": "#7f8c8d", "socketio": "#2a7ab9"}
     figure, axes = plt.subplots(2, 2, figsize=(11, 7.5), dpi=110)
-    fanout, relay, idle = report.get("fanout"), report.get("relay"), report.get("idle")
+    fanout, relay, idle = data.get("fanout"), data.get("relay"), data.get("idle")
     top_left, top_right, bottom_left, bottom_right = axes.flat
     if fanout:
         histogram = {int(k): v for k, v in fanout["steady"]["histogram_ms"].items()}
@@ -953,215 +871,4 @@ def plot(report: Mapping[str, Any], caption: str, path: Path) -> bool:
     if not fanout:
         top_left.set_visible(False)
         top_right.set_visible(False)
-    figure.text(0.99, 0.01, caption, ha="right", va="bottom", fontsize=7, color="#555555")
-    figure.tight_layout(rect=(0, 0.03, 1, 1))
-    figure.savefig(path)
-    plt.close(figure)
-    return True
-
-
-# ----------------------------------------------------------------------------- main
-
-
-def services(env: dict[str, str]) -> tuple[str, str]:
-    """The PostgreSQL admin URL and Redis URL: the caller's, or the embedded stack's."""
-    database_url = env.get("JANGTEO_DATABASE_URL", "").strip()
-    redis_url = env.get("JANGTEO_REDIS_URL", "").strip()
-    if database_url and redis_url:
-        return database_url, redis_url
-    urls = EmbeddedStack(Path(env.get("JANGTEO_DATA_DIR", "").strip() or ".data")).start()
-    return database_url or urls.database_url, redis_url or urls.redis_url
-
-
-async def fresh_database(admin_url: str, url: str) -> None:
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{DATABASE}"')
-    finally:
-        await conn.close()
-    await migrate(url)
-
-
-async def drop_database(admin_url: str) -> None:
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
-def resolve_defaults(args: argparse.Namespace, hard_limit: int) -> None:
-    """Fill in what depends on the socket counts: PATCH rate and client processes."""
-    if args.rate is None:  # 20,000 frames a second in all: 10 events/s to 2,000 sockets
-        args.rate = min(10.0, 20_000 / args.sockets)
-    # Every fan-out system's sockets stay open together (their rounds alternate).
-    systems = 3 if SOCKETIO else 2
-    needed = math.ceil(systems * args.sockets / (hard_limit - FD_RESERVE))
-    if needed > args.client_processes:
-        print(f"{needed} client processes: {systems} x {args.sockets:,} sockets stay open")
-        args.client_processes = needed
-
-
-def run(args: argparse.Namespace) -> int:
-    load_before = [round(value, 2) for value in os.getloadavg()]
-    limits = raise_open_files()
-    resolve_defaults(args, limits[1])
-    env = {**os.environ}
-    admin_url, redis_url = services(env)
-    database_url = with_database(admin_url, DATABASE)
-    run_async(fresh_database(admin_url, database_url))
-    env.update({
-        "JANGTEO_DATABASE_URL": database_url,
-        "JANGTEO_REDIS_URL": redis_url,
-        "JANGTEO_RATE_LIMITS": "off",
-        "JANGTEO_ACCESS_LOG": "off",
-        "JANGTEO_LOG_LEVEL": "WARNING",
-        "JANGTEO_JWT_SECRET": JWT_SECRET,
-        "JANGTEO_ACCESS_TOKEN_TTL": "3600",
-    })  # fmt: skip
-    heartbeat = Settings.from_env(env).ws_heartbeat
-    report: dict[str, Any] = {"benchmark": "realtime"}
-    with ExitStack() as stack:
-        if args.keep_files is not None:
-            scratch = args.keep_files.resolve()
-            scratch.mkdir(parents=True, exist_ok=True)
-        else:
-            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-rt-")))
-        bench = Bench(
-            args=args,
-            env=env,
-            database_url=database_url,
-            scratch=scratch,
-            addresses=SourceAddresses(),
-            commands={
-                "database": f"DROP/CREATE DATABASE {DATABASE}; db.migrate.migrate(url)",
-                "load": f"python -m loadtests.bench_realtime: {args.client_processes} client"
-                " processes of loadtests/ws_load.py (raw asyncio WebSocket protocol on uvloop)",
-            },
-            heartbeat=heartbeat,
-        )
-        clients = stack.enter_context(LoadClients(args.client_processes))
-        token_box: list[str] = []
-        phases = set(args.phases)
-        if "fanout" in phases:
-            report["fanout"] = fanout_phase(bench, clients, token_box)
-        if not token_box:
-            with jangteo_servers(bench, ["sign-up"]) as (server,):
-                token_box.append(sign_up(server.port))
-        if "relay" in phases:
-            report["relay"] = relay_phase(bench, clients, token_box[0])
-        if "idle" in phases:
-            report["idle"] = idle_phase(bench, clients, token_box[0])
-        report["commands"] = bench.commands
-    if not args.keep_database:
-        run_async(drop_database(admin_url))
-    date = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    report.update({
-        "date": date,
-        "machine": {**machine(load_before), "open_files_limit": list(limits)},
-        "versions": versions(admin_url, redis_url),
-        "load": {
-            "client_processes": args.client_processes,
-            "client": "loadtests/ws_load.py: raw asyncio.Protocol WebSockets on uvloop, no"
-            " compression, answering pings; latency = receive wall clock ms - frame ts",
-            "jangteo_processes_per_instance": 1,
-            "fanout_instances": INSTANCES,
-            "bare_processes": INSTANCES,
-            "heartbeat_s": heartbeat,
-            "steady_rate_per_s": args.rate,
-            "steady_seconds": args.duration,
-            "burst_rounds": args.rounds,
-            "relay_rate_per_s": args.relay_rate,
-            "relay_seconds": args.relay_seconds,
-            "relay_max_seconds": args.relay_max_seconds,
-            "reported": "fan-out msgs/s: best burst of the rounds, per instance (first to last"
-            " frame received); latencies from 1-ms bins (bin floor)",
-        },
-        "targets": TARGETS,
-        "python_socketio": (
-            importlib.metadata.version("python-socketio")
-            if SOCKETIO
-            else "not measured: python-socketio is not installed (pip install python-socketio)"
-        ),
-    })  # fmt: skip
-    print()
-    print(table(report))
-    results: Path = args.results.resolve()
-    results.mkdir(parents=True, exist_ok=True)
-    json_path = results / f"{args.name}.json"
-    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(f"\nwrote {shown_path(json_path)}")
-    png_path = results / f"{args.name}.png"
-    caption = (
-        f"{date}, {os.cpu_count()} cores, {args.client_processes} client processes,"
-        " servers, clients, PostgreSQL and Redis on the same cores"
-    )
-    if plot(report, caption, png_path):
-        print(f"wrote {shown_path(png_path)}")
-    else:
-        print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.bench_realtime", description=__doc__)
-    parser.add_argument("--sockets", type=int, default=2000, help="fan-out sockets (20000: big)")
-    parser.add_argument(
-        "--rate", type=float, default=None, help="PATCHes/s (default 20,000 / sockets, max 10)"
-    )
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds of PATCHes")
-    parser.add_argument(
-        "--burst", type=int, default=0, help="events per burst (default: 200,000 frames' worth)"
-    )
-    parser.add_argument("--rounds", type=int, default=3, help="bursts per system; best is kept")
-    parser.add_argument("--relay-rate", type=float, default=1000.0, help="outbox rows per second")
-    parser.add_argument("--relay-seconds", type=float, default=10.0, help="seconds per paced run")
-    parser.add_argument(
-        "--sustain-rate", type=float, default=5000.0, help="rows/s of the sustained relay run"
-    )
-    parser.add_argument(
-        "--sustain-rows", type=int, default=50, help="rows per commit of the sustained run"
-    )
-    parser.add_argument("--relay-max-seconds", type=float, default=5.0, help="flat-out seconds")
-    parser.add_argument(
-        "--relay-inserters", type=int, default=16, help="connections inserting at --relay-rate"
-    )
-    parser.add_argument("--relay-connections", type=int, default=4, help="flat-out inserters")
-    parser.add_argument("--relay-rows", type=int, default=50, help="rows per flat-out commit")
-    parser.add_argument(
-        "--idle-sockets", type=int, default=20_000, help="capped by the open files limit"
-    )
-    parser.add_argument(
-        "--idle-settle",
-        type=float,
-        default=None,
-        help="seconds between opening and measuring (default: 1.25 heartbeats, so every"
-        " socket answers a server ping before it is counted)",
-    )
-    parser.add_argument("--client-processes", type=int, default=2)
-    parser.add_argument(
-        "--phases",
-        nargs="+",
-        choices=["fanout", "relay", "idle"],
-        default=["fanout", "relay", "idle"],
-    )
-    parser.add_argument("--keep-database", action="store_true", help=f"keep {DATABASE}")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="where the results go")
-    parser.add_argument(
-        "--name", default="realtime", help="results file stem (realtime-20k for the big run)"
-    )
-    parser.add_argument(
-        "--keep-files", type=Path, default=None, metavar="DIR", help="keep server logs in DIR"
-    )
-    args = parser.parse_args(argv)
-    try:
-        code = run(args)
-    except BenchError as error:
-        print(f"bench_realtime: {error}", file=sys.stderr)
-        code = 1
-    sys.exit(code)
-
-
-if __name__ == "__main__":
-    main()
+    return finish(plt, figure, caption, path)

@@ -1,6 +1,6 @@
 """A bare aiohttp + asyncpg app: the uncached listing read's reference.
 
-Run as ``python -m loadtests.baseline_pg --port P --processes 2 --pool 8 --database URL``.
+Run as ``python -m loadtests.references.pg --port P --processes 2 --pool 8 --database URL``.
 ``GET /api/v1/listings/{id}`` runs jangteo's own listing SELECT on an asyncpg pool of the
 given size per process and answers the row as JSON: what a hand-written handler with no
 framework of its own would do (no auth, no cache, no middleware, no validation).
@@ -17,7 +17,7 @@ import orjson
 from aiohttp import web
 
 from db.queries.listings import LISTING_SELECT
-from loadtests.baseline_app import run_processes, serve_app
+from loadtests.references.app import run_processes, serve_app
 
 DETAIL_SQL = LISTING_SELECT + " WHERE l.id = $1"
 POOL_KEY = web.AppKey("pool", asyncpg.Pool)
@@ -57,11 +57,11 @@ def make_app(database_url: str, pool_size: int) -> web.Application:
 
 def run_process(host: str, port: int, database_url: str, pool_size: int, reuse: bool) -> None:
     """Serve in this process until SIGTERM or SIGINT."""
-    serve_app(make_app(database_url, pool_size), host, port, reuse)
+    serve_app(lambda: make_app(database_url, pool_size), host, port, reuse)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.baseline_pg", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m loadtests.references.pg", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--processes", type=int, default=1)
