@@ -9,7 +9,7 @@ import sys
 from db.migrate import MigrationError, migrate
 from server.embedded.process import EmbeddedServiceError
 from server.embedded.stack import EmbeddedStack
-from server.settings import Settings, SettingsError
+from server.settings import REDIS_MODES, Settings, SettingsError
 
 
 def resolve_services(settings: Settings) -> Settings:
@@ -17,7 +17,7 @@ def resolve_services(settings: Settings) -> Settings:
     settings = settings.with_jwt_secret()
     if settings.database_url and settings.redis_url:
         return settings
-    urls = EmbeddedStack(settings.data_dir).start()
+    urls = EmbeddedStack(settings.data_dir).start(settings.redis_mode)
     return settings.replace(
         database_url=settings.database_url or urls.database_url,
         redis_url=settings.redis_url or urls.redis_url,
@@ -37,12 +37,12 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 def _services(args: argparse.Namespace, settings: Settings) -> int:
     stack = EmbeddedStack(settings.data_dir)
     if args.action == "start":
-        urls = stack.start()
+        urls = stack.start(args.redis)
         print(urls.as_exports(), end="")
     elif args.action == "stop":
         stack.stop()
     else:
-        found = stack.urls()
+        found = stack.urls(args.redis)
         if found is None:
             print("no embedded services here yet; run: jangteo services start", file=sys.stderr)
             return 1
@@ -79,8 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1, help="processes sharing the port")
     serve.set_defaults(run=_serve)
 
-    services = commands.add_parser("services", help="embedded PostgreSQL + Redis")
+    services = commands.add_parser("services", help="embedded PostgreSQL + Redis (or cluster)")
     services.add_argument("action", choices=["start", "stop", "env"])
+    services.add_argument(
+        "--redis",
+        choices=REDIS_MODES,
+        default="single",
+        help="one Redis server, or a local cluster of three masters and three replicas",
+    )
     services.set_defaults(run=_services)
 
     migrate_cmd = commands.add_parser("migrate", help="apply pending migrations")

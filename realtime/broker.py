@@ -1,14 +1,15 @@
 """The broker carries published events between instances; the hub listens through a sink.
 
-Two implementations sit beside this interface: ``broker_redis`` (Redis pub/sub, one
-subscription per channel per process) and ``broker_memory`` (an in-process twin for unit
-tests). Messages are ``b"<offset> <prev> "`` followed by the event frame's JSON, or ``b"!"``
+Three implementations sit beside this interface: ``broker_redis`` (Redis pub/sub, one
+subscription per channel per process), ``broker_redis_cluster`` (sharded pub/sub on a
+Redis Cluster, one connection per master) and ``broker_memory`` (an in-process twin for
+unit tests). Messages are ``b"<offset> <prev> "`` followed by the event frame's JSON, or ``b"!"``
 followed by an ephemeral frame (presence), which has no offset.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Protocol
 
 
@@ -18,8 +19,9 @@ class BrokerSink(Protocol):
     def on_message(self, channel: str, payload: bytes) -> None:
         """A message of a subscribed channel, in the order the relay published it."""
 
-    def on_resubscribed(self) -> None:
-        """Subscriptions are live again after an outage: anything may have been missed."""
+    def on_resubscribed(self, channels: Collection[str] | None = None) -> None:
+        """Subscriptions are live again after an outage: anything may have been missed on
+        ``channels`` (None: on every channel)."""
 
 
 class Broker(Protocol):

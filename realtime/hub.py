@@ -28,7 +28,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
 import asyncpg
@@ -250,9 +250,15 @@ class Hub:
         self.metrics.received.inc()
         self._receive(feed, event)
 
-    def on_resubscribed(self) -> None:
-        """After a broker outage every channel may have missed events: read them back."""
-        for feed in self.feeds.values():
+    def on_resubscribed(self, channels: Collection[str] | None = None) -> None:
+        """After a broker outage the channels (all: None) may have missed events: read
+        them back."""
+        feeds = (
+            self.feeds.values()
+            if channels is None
+            else (feed for channel in channels if (feed := self.feeds.get(channel)) is not None)
+        )
+        for feed in feeds:
             if feed.opened and not feed.filling:
                 self._start_fill(feed, "resubscribed")
             else:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from realtime.broker_redis import RedisBroker
+from realtime.broker import Broker
 from realtime.gateway import Gateway
 from realtime.relay import OutboxRelay
 
-broker_key = web.AppKey("broker", RedisBroker)
+broker_key: web.AppKey[Broker] = web.AppKey("broker")
 relay_key = web.AppKey("relay", OutboxRelay)
 gateway_key = web.AppKey("gateway", Gateway)

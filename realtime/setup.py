@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from realtime.broker_redis import RedisBroker
+from realtime.broker_redis_cluster import ClusterBroker
 from realtime.chat import ChatOps
 from realtime.gateway import Gateway
 from realtime.hub import Hub
@@ -24,7 +25,8 @@ async def realtime_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.settings_key]
     assert settings.redis_url is not None and settings.database_url is not None
     registry = app[keys.metrics_key].registry
-    broker = RedisBroker(
+    broker_class = ClusterBroker if settings.redis_mode == "cluster" else RedisBroker
+    broker = broker_class(
         settings.redis_url,
         app[keys.redis_key],
         watchdog_interval=settings.redis_watchdog_interval,

@@ -33,3 +33,11 @@ def hello(redis_url: str, client_name: str) -> bytes:
 def address(redis_url: str) -> tuple[str, int]:
     parts = urlsplit(redis_url)
     return parts.hostname or "127.0.0.1", parts.port or 6379
+
+
+def node_url(redis_url: str, host: str, port: int) -> str:
+    """``redis_url`` with another host and port (a cluster node), credentials kept."""
+    parts = urlsplit(redis_url)
+    credentials = parts.netloc.rpartition("@")[0]
+    netloc = f"{credentials}@{host}:{port}" if credentials else f"{host}:{port}"
+    return parts._replace(netloc=netloc).geturl()

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar, cast
 
 import hiredis
+from redis.exceptions import RedisError
 
 from rediswire.codec import address, command, hello
 
@@ -58,6 +59,11 @@ class Subscription(asyncio.Protocol):
         """The watchdog's PING; its answer arrives as a reply like any other."""
         return command("PING")
 
+    def on_error_reply(self, error: hiredis.ReplyError) -> bool:
+        """An error reply; return True when it is expected and handled (a cluster's
+        ``MOVED``), False to treat it as a reply that makes no sense."""
+        return False
+
     def on_bad_reply(self, error: Exception) -> None:
         """A reply that makes no sense: called before the connection is closed."""
         log.warning("bad reply on a subscription", extra={"client": self.client_name})
@@ -82,6 +88,8 @@ class Subscription(asyncio.Protocol):
         try:
             while (reply := self.reader.gets()) is not False:
                 if isinstance(reply, hiredis.ReplyError):
+                    if self.on_error_reply(reply):
+                        continue
                     raise ValueError(f"redis refused: {reply}")
                 self.on_reply(reply)
         except (ValueError, hiredis.ProtocolError) as error:
@@ -125,21 +133,23 @@ async def stay_subscribed(
     reconnect_delay: float,
     connect_timeout: float | None = None,
     on_lost: Callable[[S | None], None] = lambda connection: None,
+    locate: Callable[[], Awaitable[str]] | None = None,
 ) -> None:
     """Keep one connection made by ``connect`` open for as long as the task runs.
 
     ``name`` says which subscription in the logs. ``on_lost`` is called after every
     loss, with the connection (None when connecting failed), before the
-    ``reconnect_delay``.
+    ``reconnect_delay``. ``locate``, when given, names the server to connect to before
+    each attempt (a cluster's master of a slot, which a failover changes).
     """
-    host, port = address(redis_url)
     loop = asyncio.get_running_loop()
     while True:
         try:
+            host, port = address(await locate() if locate is not None else redis_url)
             transport, connection = await asyncio.wait_for(
                 loop.create_connection(connect, host, port), timeout=connect_timeout
             )
-        except (OSError, TimeoutError) as error:
+        except (OSError, TimeoutError, RedisError) as error:
             log.warning("subscription failed", extra={"subscription": name, "error": repr(error)})
             on_lost(None)
             await asyncio.sleep(reconnect_delay)

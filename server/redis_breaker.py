@@ -46,6 +46,28 @@ class RedisUnavailable(RedisConnectionError):
     caller's existing "Redis is down" handling applies)."""
 
 
+class BreakerMetrics:
+    """The breakers' metrics, labelled by node (one Redis, or each node of a cluster)."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.rejected = Counter(
+            "jangteo_redis_breaker_rejected",
+            "Redis calls refused at once because the breaker was open",
+            ["node"],
+            registry=registry,
+        )
+        self.opened = Counter(
+            "jangteo_redis_breaker_opened", "Times the Redis breaker opened", ["node"],
+            registry=registry,
+        )  # fmt: skip
+        self.open = Gauge(
+            "jangteo_redis_breaker_open",
+            "1 while the Redis breaker refuses calls (open or half-open), else 0",
+            ["node"],
+            registry=registry,
+        )
+
+
 class RedisBreaker:
     """Closed, open or half-open; see the module docstring."""
 
@@ -57,30 +79,23 @@ class RedisBreaker:
         probe_timeout: float,
         enabled: bool = True,
         registry: CollectorRegistry | None = None,
+        metrics: BreakerMetrics | None = None,
+        node: str = "redis",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.failures = max(1, failures)
         self.cooldown = cooldown
         self.probe_timeout = probe_timeout
         self.enabled = enabled  # off: every call waits for Redis (benchmarks, debugging)
+        self.node = node
         self.clock = clock
         self.state = CLOSED
         self.consecutive_failures = 0
         self.until = 0.0  # open: end of the cooldown; half-open: end of the probe's turn
-        self._rejected = Counter(
-            "jangteo_redis_breaker_rejected",
-            "Redis calls refused at once because the breaker was open",
-            registry=registry,
-        )
-        self._opened = Counter(
-            "jangteo_redis_breaker_opened", "Times the Redis breaker opened", registry=registry
-        )
-        gauge = Gauge(
-            "jangteo_redis_breaker_open",
-            "1 while the Redis breaker refuses calls (open or half-open), else 0",
-            registry=registry,
-        )
-        gauge.set_function(lambda: 0.0 if self.state == CLOSED else 1.0)
+        metrics = metrics or BreakerMetrics(registry)
+        self._rejected = metrics.rejected.labels(node)
+        self._opened = metrics.opened.labels(node)
+        metrics.open.labels(node).set_function(lambda: 0.0 if self.state == CLOSED else 1.0)
 
     def admit(self) -> None:
         """Let a call through, or raise ``RedisUnavailable`` at once."""
@@ -103,7 +118,7 @@ class RedisBreaker:
         """Redis answered (an error reply counts: Redis is there)."""
         self.consecutive_failures = 0
         if self.state != CLOSED:
-            log.info("redis breaker closed: redis answers again")
+            log.info("redis breaker closed: redis answers again", extra={"node": self.node})
             self.state = CLOSED
 
     def failed(self, *, timed_out: bool) -> None:
@@ -114,7 +129,7 @@ class RedisBreaker:
                 self._opened.inc()
                 log.warning(
                     "redis breaker open: failing fast",
-                    extra={"cooldown": self.cooldown, "timed_out": timed_out},
+                    extra={"node": self.node, "cooldown": self.cooldown, "timed_out": timed_out},
                 )
             self.state = OPEN
             self.until = self.clock() + self.cooldown
@@ -196,3 +211,37 @@ def guarded_pool(
     )
     pool.breaker = breaker
     return pool
+
+
+class NodeBreakers:
+    """One breaker per node of a Redis Cluster: a master that fails opens its own breaker,
+    and calls for the slots of the other masters go on."""
+
+    def __init__(self, make: Callable[[str], RedisBreaker]) -> None:
+        self.make = make
+        self.by_node: dict[str, RedisBreaker] = {}
+
+    def for_node(self, host: str, port: int) -> RedisBreaker:
+        node = f"{host}:{port}"
+        breaker = self.by_node.get(node)
+        if breaker is None:
+            breaker = self.by_node[node] = self.make(node)
+        return breaker
+
+
+def node_breaker_connection(breakers: NodeBreakers) -> type[BreakerConnection]:
+    """The connection class of a cluster client: each connection reports to its node's
+    breaker, and asks it before every command (the cluster client has no pool checkout
+    to guard: it picks a node's connection itself)."""
+
+    class NodeBreakerConnection(BreakerConnection):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.breaker = breakers.for_node(self.host, self.port)
+
+        async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            assert self.breaker is not None
+            self.breaker.admit()
+            await super().send_packed_command(command, check_health)
+
+    return NodeBreakerConnection

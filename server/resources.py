@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import Gauge
 
@@ -18,7 +17,7 @@ from server.listings.invalidation import stop as stop_listener
 from server.listings.near_cache import NearCache
 from server.orders.locks import PurchaseLocks
 from server.ratelimit import RateLimiter
-from server.redis_breaker import RedisBreaker, guarded_pool
+from server.redis_client import open_redis
 
 
 async def pg_pool_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -50,22 +49,9 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     circuit breaker while Redis is unreachable) and what uses it: rate limits, cache, locks."""
     settings = app[keys.settings_key]
     assert settings.redis_url is not None, "resolve the Redis URL first"
-    breaker = RedisBreaker(
-        failures=settings.redis_breaker_failures,
-        cooldown=settings.redis_breaker_cooldown,
-        # A probe may connect, handshake and run its command: each within the timeout.
-        probe_timeout=3 * settings.redis_timeout,
-        enabled=settings.redis_breaker,
-        registry=app[keys.metrics_key].registry,
-    )
-    pool = guarded_pool(
-        settings.redis_url,
-        breaker,
-        max_connections=settings.redis_max_connections,
-        timeout=settings.redis_timeout,
-    )
-    client = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
+    client = open_redis(settings, app[keys.metrics_key].registry)
     app[keys.redis_key] = client
+    cluster = client if settings.redis_mode == "cluster" else None
     app[keys.rate_limiter_key] = RateLimiter(
         client, app[keys.metrics_key], enabled=settings.rate_limits_enabled
     )
@@ -77,10 +63,11 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         near=near,
         database=redis_database(settings.redis_url),
         deployment=settings.deployment,
+        sharded=cluster is not None,
     )
     app[keys.purchase_locks_key] = PurchaseLocks(client)
     listener = asyncio.create_task(
-        listen_for_invalidations(settings.redis_url, near, settings.deployment),
+        listen_for_invalidations(settings.redis_url, near, settings.deployment, cluster),
         name="jangteo-cache-invalidations",
     )
     yield

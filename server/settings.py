@@ -17,6 +17,7 @@ from server.client_address import parse_networks
 
 _DEPLOYMENT = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 PURCHASE_STRATEGIES = ("pessimistic", "optimistic", "atomic", "redis_lock")
+REDIS_MODES = ("single", "cluster")
 T = TypeVar("T")
 
 
@@ -166,6 +167,9 @@ class Settings:
     port: int = 8080
     database_url: str | None = None
     redis_url: str | None = None
+    # single: one Redis server; cluster: a Redis Cluster (JANGTEO_REDIS_URL names any node),
+    # live events by sharded pub/sub.
+    redis_mode: str = setting("single", parse=_choice(REDIS_MODES))
     s3_endpoint: str | None = None
     s3_bucket: str = "jangteo-photos"
     s3_region: str = "us-east-1"

@@ -18,14 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from server.listings.invalidation import channel_name, wait_for_acks
+from server.listings.invalidation import (
+    channel_name,
+    new_ack_key,
+    publish_invalidation,
+    wait_for_acks,
+)
 from server.listings.near_cache import NearCache
 from server.metrics import Metrics
 
@@ -42,15 +46,19 @@ _LOOKUP = """
 local generation = redis.call('GET', KEYS[1]) or '0'
 return {generation, redis.call('GET', ARGV[1] .. generation)}
 """
-_BUMP = """
-for _, key in ipairs(KEYS) do
-    redis.call('INCR', key)
-    redis.call('EXPIRE', key, ARGV[1])
-end
-return redis.call('PUBLISH', ARGV[2], ARGV[3])
-"""
 
 Builder = Callable[[], Awaitable[bytes]]
+
+
+# An entry's keys (its generation, its variants, their rebuild locks) share the hash tag
+# of its base: on a Redis Cluster they live in one slot, so the lookup script may read
+# the entry named by the generation it just read.
+def detail_base(listing_id: int) -> str:
+    return f"cache:{{listing:{listing_id}}}"
+
+
+def feed_base(region: str) -> str:
+    return f"cache:{{feed:{region}}}"
 
 
 class ListingCache:
@@ -64,6 +72,7 @@ class ListingCache:
         ack_timeout_s: float = ACK_TIMEOUT_S,
         database: str = "0",
         deployment: str = "jangteo",
+        sharded: bool = False,
     ) -> None:
         self.redis = redis
         self.metrics = metrics
@@ -73,15 +82,15 @@ class ListingCache:
         self.ack_timeout_s = ack_timeout_s
         self.database = database  # of ``redis``: its subscribers listen on its own channel
         self.deployment = deployment
+        self.sharded = sharded  # a Redis Cluster: invalidations by sharded pub/sub
         self._lookup = redis.register_script(_LOOKUP)
-        self._bump = redis.register_script(_BUMP)
 
     async def detail(self, listing_id: int, build: Builder) -> bytes:
-        return await self._cached("detail", f"cache:listing:{listing_id}", build, DETAIL_TTL_MS)
+        return await self._cached("detail", detail_base(listing_id), build, DETAIL_TTL_MS)
 
     async def feed_first_page(self, region: str, limit: int, build: Builder) -> bytes:
         return await self._cached(
-            "feed", f"cache:feed:{region}", build, FEED_TTL_MS, variant=f"limit{limit}"
+            "feed", feed_base(region), build, FEED_TTL_MS, variant=f"limit{limit}"
         )
 
     def _count(self, kind: str, outcome: str) -> None:
@@ -96,20 +105,30 @@ class ListingCache:
         Returns once every process has dropped its near copies, or can no longer serve
         them (its lease ran out; see invalidation.py).
         """
-        bases = [f"cache:listing:{listing_id}", f"cache:feed:{region}"]
+        bases = [detail_base(listing_id), feed_base(region)]
         self.near.invalidate(bases)
-        ack_key = f"cache:ack:{secrets.token_hex(8)}"
+        ack_key = new_ack_key(self.deployment)
         try:
-            receivers = await self._bump(
-                keys=[f"{base}:gen" for base in bases],
-                args=[
-                    GENERATION_TTL_S,
-                    channel_name(self.database, self.deployment),
-                    " ".join([ack_key, *bases]),
-                ],
+            # The generations move on before any process hears of the change (a cluster
+            # pipeline runs each master's commands concurrently: hence two round trips).
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for base in bases:
+                    pipe.incr(f"{base}:gen")
+                    pipe.expire(f"{base}:gen", GENERATION_TTL_S)
+                await pipe.execute()
+            receivers = await publish_invalidation(
+                self.redis,
+                channel_name(self.database, self.deployment),
+                " ".join([ack_key, *bases]),
+                sharded=self.sharded,
             )
             unconfirmed = await wait_for_acks(
-                self.redis, self.database, ack_key, int(receivers), self.ack_timeout_s
+                self.redis,
+                self.database,
+                ack_key,
+                receivers,
+                self.ack_timeout_s,
+                sharded=self.sharded,
             )
             if unconfirmed:
                 self.metrics.unconfirmed_invalidations.inc()

@@ -20,6 +20,13 @@ KILL) so that the next writes do not wait for them again.
 The subscription is a ``rediswire`` one (RESP3: a subscribed connection may also send
 ordinary commands), so the ack leaves on the same socket without a task switch; its
 watchdog pings are the lease pings.
+
+On a Redis Cluster the channel and the ack keys share one hash tag (``shard_tag``), and
+everything happens on the master of that slot: the writer SPUBLISHes there (so the
+answer counts every subscriber, which a cluster's PUBLISH would not: it counts only the
+node it reached), the subscribers SSUBSCRIBE there and push their acks onto keys of that
+same slot from the same socket. After a failover the subscription looks the master up
+again.
 """
 
 from __future__ import annotations
@@ -27,12 +34,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
+from typing import Any, cast
 
 import hiredis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
-from rediswire.codec import command, redis_database
+from rediswire.codec import command, node_url, redis_database
+from rediswire.slots import read_slot_map
 from rediswire.subscription import Subscription, stay_subscribed
 from server.listings.near_cache import NearCache
 
@@ -49,18 +60,37 @@ MIN_BLOCK_S = 0.01  # Redis reads a shorter BLPOP timeout as 0, which blocks for
 _LEASE_PREFIX = b"lease:"
 
 
+def shard_tag(deployment: str) -> str:
+    """The hash tag of the channel and the ack keys: one slot of a cluster holds them all."""
+    return f"{{{deployment}:near-cache}}"
+
+
 def channel_name(database: str, deployment: str = "jangteo") -> str:
     """Pub/sub ignores databases, and two deployments may share one Redis: both name it."""
-    return f"{deployment}:{CHANNEL_SUFFIX}:{database}"
+    return f"{shard_tag(deployment)}:{CHANNEL_SUFFIX}:{database}"
+
+
+def new_ack_key(deployment: str = "jangteo") -> str:
+    return f"{shard_tag(deployment)}:ack:{secrets.token_hex(8)}"
+
+
+async def publish_invalidation(
+    redis: aioredis.Redis, channel: str, message: str, *, sharded: bool
+) -> int:
+    """Publish; how many subscribers Redis delivered it to."""
+    if sharded:
+        return int(await redis.execute_command("SPUBLISH", channel, message))  # type: ignore[no-untyped-call]
+    return int(await redis.publish(channel, message))
 
 
 class _Subscription(Subscription):
     client_name = SUBSCRIBER_NAME
 
-    def __init__(self, near: NearCache, redis_url: str, deployment: str) -> None:
+    def __init__(self, near: NearCache, redis_url: str, deployment: str, sharded: bool) -> None:
         super().__init__(redis_url)
         self.near = near
         self.deployment = deployment
+        self.sharded = sharded
         self.database = redis_database(redis_url)  # acks go to the writers' database
         self.client_id: bytes | None = None
 
@@ -72,7 +102,10 @@ class _Subscription(Subscription):
     def opening(self) -> list[bytes]:
         return [
             command("CLIENT", "ID"),
-            command("SUBSCRIBE", channel_name(self.database, self.deployment)),
+            command(
+                "SSUBSCRIBE" if self.sharded else "SUBSCRIBE",
+                channel_name(self.database, self.deployment),
+            ),
             self.ping(),
         ]
 
@@ -88,10 +121,15 @@ class _Subscription(Subscription):
 
     def on_reply(self, reply: object) -> None:
         if isinstance(reply, hiredis.PushNotification):
-            if reply[0] == b"subscribe":
+            if reply[0] in (b"subscribe", b"ssubscribe"):
                 self.near.reset(enabled=True)
-            elif reply[0] == b"message":
+            elif reply[0] in (b"message", b"smessage"):
                 self._apply(reply[2])
+            elif reply[0] == b"sunsubscribe":
+                # The slot moved to another master: subscribe there (reconnecting finds it).
+                self.near.reset(enabled=False)
+                assert self.transport is not None
+                self.transport.close()
         elif isinstance(reply, bytes) and reply.startswith(_LEASE_PREFIX):
             self.near.renew(float(reply[len(_LEASE_PREFIX) :]) + LEASE_S)
         elif isinstance(reply, int) and self.client_id is None:
@@ -116,12 +154,30 @@ class _Subscription(Subscription):
 
 
 async def listen_for_invalidations(
-    redis_url: str, near: NearCache, deployment: str = "jangteo"
+    redis_url: str,
+    near: NearCache,
+    deployment: str = "jangteo",
+    cluster: aioredis.Redis | None = None,
 ) -> None:
-    """Stay subscribed for as long as the task runs, reconnecting after any failure."""
+    """Stay subscribed for as long as the task runs, reconnecting after any failure.
+
+    With ``cluster`` (the app's cluster client) it subscribes on the master of the
+    channel's slot, looked up again before every connection.
+    """
+    channel = channel_name(redis_database(redis_url), deployment)
+
+    async def master_of_channel() -> str:
+        assert cluster is not None
+        owner = (await read_slot_map(cluster)).owner(channel)
+        if owner is None:
+            raise OSError(f"no master serves the slot of {channel}")
+        host, _, port = owner.rpartition(":")
+        return node_url(redis_url, host, int(port))
+
     await stay_subscribed(
         redis_url,
-        lambda: _Subscription(near, redis_url, deployment),
+        lambda: _Subscription(near, redis_url, deployment, sharded=cluster is not None),
+        locate=master_of_channel if cluster is not None else None,
         name=SUBSCRIBER_NAME,
         interval=PING_INTERVAL_S,
         silence_limit=SILENCE_LIMIT_S,
@@ -130,7 +186,13 @@ async def listen_for_invalidations(
 
 
 async def wait_for_acks(
-    redis: aioredis.Redis, database: str, ack_key: str, receivers: int, timeout_s: float
+    redis: aioredis.Redis,
+    database: str,
+    ack_key: str,
+    receivers: int,
+    timeout_s: float,
+    *,
+    sharded: bool = False,
 ) -> int:
     """Wait until ``receivers`` subscribers confirmed; if some did not, make it safe.
 
@@ -145,7 +207,7 @@ async def wait_for_acks(
     while len(acked) < receivers:
         remaining = deadline - loop.time()
         if remaining < MIN_BLOCK_S:
-            await _disconnect_all_but(redis, database, acked)
+            await _disconnect_all_but(redis, database, acked, ack_key if sharded else None)
             await asyncio.sleep(max(0.0, published + LEASE_S - loop.time()))
             return receivers - len(acked)
         popped = await redis.blpop([ack_key], timeout=remaining)
@@ -155,16 +217,23 @@ async def wait_for_acks(
     return 0
 
 
-async def _disconnect_all_but(redis: aioredis.Redis, database: str, acked: set[str]) -> None:
+async def _disconnect_all_but(
+    redis: aioredis.Redis, database: str, acked: set[str], shard_key: str | None
+) -> None:
+    # On a cluster the subscribers are connected to the master of the shard's slot, and
+    # client ids are per node: both commands go there.
+    on_node: dict[str, Any] = {}
+    if shard_key is not None:
+        on_node["target_nodes"] = cast(RedisCluster, redis).get_node_from_key(shard_key)
     silent = [
         client["id"]
-        for client in await redis.client_list(_type="pubsub")
+        for client in await redis.client_list(_type="pubsub", **on_node)
         if client.get("name") == SUBSCRIBER_NAME
         and client.get("db") == database  # each subscriber selects its database
         and client["id"] not in acked
     ]
     for client_id in silent:
-        await redis.client_kill_filter(_id=client_id)
+        await redis.execute_command("CLIENT KILL", "ID", client_id, **on_node)  # type: ignore[no-untyped-call]
     log.warning("near cache subscribers did not confirm; disconnected", extra={"ids": silent})
 
 

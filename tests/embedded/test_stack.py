@@ -86,6 +86,7 @@ def test_cli_env_prints_exports(stack: EmbeddedStack) -> None:
     assert result.stdout == (
         f"export JANGTEO_DATABASE_URL={urls.database_url}\n"
         f"export JANGTEO_REDIS_URL={urls.redis_url}\n"
+        "export JANGTEO_REDIS_MODE=single\n"
     )
 
 

@@ -61,7 +61,7 @@ class Sink:
         self.messages[channel].append(payload)
         self.changed.set()
 
-    def on_resubscribed(self) -> None:
+    def on_resubscribed(self, channels: Collection[str] | None = None) -> None:
         self.resubscribed += 1
         self.changed.set()
 
@@ -273,4 +273,4 @@ async def test_the_app_names_its_channels_by_its_deployment(
 ) -> None:
     client = await make_client(settings.replace(deployment="market-b"))
     broker = client.app[broker_key]
-    assert broker.prefix.startswith("market-b:")
+    assert isinstance(broker, RedisBroker) and broker.prefix.startswith("market-b:")

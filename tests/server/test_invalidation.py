@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from rediswire.codec import redis_database
 from server.embedded.redis import EmbeddedRedis
-from server.listings.cache import ListingCache
+from server.listings.cache import ListingCache, detail_base
 from server.listings.invalidation import (
     SUBSCRIBER_NAME,
     channel_name,
@@ -109,21 +109,21 @@ async def test_listener_applies_messages_acks_them_and_follows_the_connection(
     own_redis: EmbeddedRedis, redis: aioredis.Redis, subscribe: Subscribe
 ) -> None:
     near = await subscribe()
-    near.put("cache:listing:5", "", b"five", near.epoch)
-    message = "ack:1 cache:listing:5 cache:feed:x"
+    near.put(detail_base(5), "", b"five", near.epoch)
+    message = f"ack:1 {detail_base(5)} cache:{{feed:x}}"
     assert await redis.publish(channel_name("0"), message) == 1
     acked = await redis.blpop(["ack:1"], timeout=5)
     assert acked is not None
-    assert "cache:listing:5" not in near  # dropped before the ack was sent
+    assert detail_base(5) not in near  # dropped before the ack was sent
     _, client_id = acked
     assert [client_id.decode() if isinstance(client_id, bytes) else client_id] == (
         await _subscriber_ids(redis)
     )
 
-    near.put("cache:listing:6", "", b"six", near.epoch)
+    near.put(detail_base(6), "", b"six", near.epoch)
     own_redis.stop()
     assert await _until(lambda: not near.enabled)
-    assert "cache:listing:6" not in near  # emptied: messages may have been missed
+    assert detail_base(6) not in near  # emptied: messages may have been missed
 
     own_redis.ensure_running()
     assert await _until(_leased(near))
@@ -137,11 +137,11 @@ async def test_a_change_returns_only_once_every_process_dropped_its_copy(
     writer = ListingCache(redis, Metrics(), near=NearCache(), ack_timeout_s=5)
     for round_number in range(50):
         for near in processes:
-            near.put("cache:listing:7", "", b"v%d" % round_number, near.epoch)
+            near.put(detail_base(7), "", b"v%d" % round_number, near.epoch)
         await writer.changed(7, "seoul-mapo")
         # No waiting here: the write has returned, so no process may still hold a copy.
-        assert ["cache:listing:7" in near for near in processes] == [False, False, False]
-    assert await redis.keys("cache:ack:*") == []
+        assert [detail_base(7) in near for near in processes] == [False, False, False]
+    assert await redis.keys("*:ack:*") == []
     assert _unconfirmed(writer) == 0
 
 
@@ -152,15 +152,15 @@ async def test_a_stalled_process_stops_serving_before_the_write_answers(
     writer = ListingCache(redis, Metrics(), near=NearCache(), ack_timeout_s=0.3)
     try:
         assert await _until(_leased(stalled.near))
-        stalled.near.put("cache:listing:3", "", b"old", stalled.near.epoch)
-        assert stalled.near.get("cache:listing:3") == b"old"
+        stalled.near.put(detail_base(3), "", b"old", stalled.near.epoch)
+        assert stalled.near.get(detail_base(3)) == b"old"
         stalled.stall(2.5)
 
         await writer.changed(3, "seoul-mapo")
 
         # Its loop has not run since: it still holds the copy, but may not serve it.
-        assert "cache:listing:3" in stalled.near
-        assert stalled.near.get("cache:listing:3") is None
+        assert detail_base(3) in stalled.near
+        assert stalled.near.get(detail_base(3)) is None
         assert _unconfirmed(writer) == 1
         assert await _subscriber_ids(redis) == []  # disconnected, so the next write won't wait
     finally:
@@ -178,11 +178,11 @@ async def test_a_silent_subscriber_is_disconnected_and_the_others_kept(
     try:
         await silent_pubsub.subscribe(channel_name("0"))
         assert len(await _subscriber_ids(redis)) == 2
-        near.put("cache:listing:8", "", b"old", near.epoch)
+        near.put(detail_base(8), "", b"old", near.epoch)
 
         await writer.changed(8, "seoul-mapo")
 
-        assert "cache:listing:8" not in near
+        assert detail_base(8) not in near
         assert len(await _subscriber_ids(redis)) == 1  # the silent one is gone, ours stays
         assert near.enabled
         assert _unconfirmed(writer) == 1
@@ -195,11 +195,11 @@ async def test_copies_are_not_served_while_redis_does_not_answer(
     redis: aioredis.Redis, subscribe: Subscribe
 ) -> None:
     near = await subscribe()
-    near.put("cache:listing:2", "", b"two", near.epoch)
+    near.put(detail_base(2), "", b"two", near.epoch)
     await redis.client_pause(2500, all=True)  # pings go unanswered
-    assert await _until(lambda: near.get("cache:listing:2") is None)
+    assert await _until(lambda: near.get(detail_base(2)) is None)
     assert near.enabled  # still subscribed: only the lease ran out
-    assert await _until(lambda: near.get("cache:listing:2") == b"two")  # answered again
+    assert await _until(lambda: near.get(detail_base(2)) == b"two")  # answered again
 
 
 async def test_a_message_jangteo_never_sends_switches_the_near_cache_off_until_resubscribed(
@@ -207,9 +207,9 @@ async def test_a_message_jangteo_never_sends_switches_the_near_cache_off_until_r
 ) -> None:
     near = await subscribe()
     before = await _subscriber_ids(redis)
-    near.put("cache:listing:1", "", b"one", near.epoch)
+    near.put(detail_base(1), "", b"one", near.epoch)
     await redis.publish(channel_name("0"), b"\xff\xfe")
-    assert await _until(lambda: "cache:listing:1" not in near)
+    assert await _until(lambda: detail_base(1) not in near)
     after = before
     for _ in range(200):  # then it subscribes again, on a new connection
         after = await _subscriber_ids(redis)
@@ -229,10 +229,10 @@ async def test_deployments_on_other_databases_of_one_server_are_left_alone(
     try:
         subscribers = await _subscriber_ids(redis)
         for near in (ours, theirs):
-            near.put("cache:listing:4", "", b"four", near.epoch)
+            near.put(detail_base(4), "", b"four", near.epoch)
         await writer.changed(4, "seoul-mapo")
-        assert "cache:listing:4" not in ours
-        assert theirs.get("cache:listing:4") == b"four"  # another deployment's listing 4
+        assert detail_base(4) not in ours
+        assert theirs.get(detail_base(4)) == b"four"  # another deployment's listing 4
         assert await _subscriber_ids(redis) == subscribers  # nobody disconnected
         assert _unconfirmed(writer) == 0
     finally:

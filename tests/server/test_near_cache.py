@@ -7,6 +7,7 @@ import math
 import time
 
 from server import keys
+from server.listings.cache import detail_base
 from server.listings.near_cache import NearCache
 from server.settings import Settings
 from tests.conftest import ClientFactory
@@ -111,10 +112,10 @@ async def test_app_keeps_local_copies_and_drops_them_on_change(
     listing = await created.json()
     path = f"/api/v1/listings/{listing['id']}"
     await client.get(path)
-    assert f"cache:listing:{listing['id']}" in near
+    assert detail_base(listing["id"]) in near
     patched = await client.patch(
         path, json={"price": 4000}, headers={**seller.auth, "If-Match": created.headers["ETag"]}
     )
     assert patched.status == 200
-    assert f"cache:listing:{listing['id']}" not in near
+    assert detail_base(listing["id"]) not in near
     assert (await (await client.get(path)).json())["price"] == 4000

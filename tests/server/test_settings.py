@@ -31,6 +31,7 @@ def test_values_are_read_and_typed() -> None:
             "JANGTEO_PG_ACQUIRE_TIMEOUT": "1.5",
             "JANGTEO_ALLOWED_ORIGINS": "https://a.example, https://b.example",
             "JANGTEO_PURCHASE_STRATEGY": "redis_lock",
+            "JANGTEO_REDIS_MODE": "cluster",
             "OTHER_VARIABLE": "ignored",
         }
     )
@@ -41,6 +42,7 @@ def test_values_are_read_and_typed() -> None:
     assert settings.pg_acquire_timeout == 1.5
     assert settings.allowed_origins == ("https://a.example", "https://b.example")
     assert settings.purchase_strategy == "redis_lock"
+    assert settings.redis_mode == "cluster"
 
 
 @pytest.mark.parametrize(
@@ -52,6 +54,7 @@ def test_values_are_read_and_typed() -> None:
         ("JANGTEO_RATE_LIMIT_WRITES", "10", "hits/seconds"),
         ("JANGTEO_RATE_LIMIT_WRITES", "0/10", "must be positive"),
         ("JANGTEO_PURCHASE_STRATEGY", "yolo", "must be one of"),
+        ("JANGTEO_REDIS_MODE", "sentinel", "must be one of single, cluster"),
     ],
 )
 def test_bad_values_are_refused(name: str, value: str, message: str) -> None:
@@ -107,7 +110,7 @@ def test_every_setting_is_read_from_its_own_variable() -> None:
     or the one it names; a value given there is what the field holds."""
     defaults = Settings()
     renamed = {"rate_limits_enabled": "RATE_LIMITS", "cache_enabled": "CACHE"}
-    special = {"purchase_strategy", "trusted_proxies", "log_level", "event_retention"}
+    special = {"purchase_strategy", "redis_mode", "trusted_proxies", "log_level", "event_retention"}
     for field in dataclasses.fields(Settings):
         name = "JANGTEO_" + renamed.get(field.name, field.name.upper())
         if field.name in special:
