@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
@@ -12,6 +14,11 @@ import orjson
 from asyncpg.pool import PoolAcquireContext, PoolConnectionProxy
 
 from db.queries.outbox import notify_if_events_written
+
+# The only session setting sent as a startup parameter: pgbouncer (in every pool mode)
+# refuses a connection whose startup packet carries one it does not track, such as
+# statement_timeout. The others are SET right after connecting (``apply_settings``).
+STARTUP_SETTINGS = frozenset({"application_name"})
 
 
 class FifoGate:
@@ -107,7 +114,47 @@ async def _on_release(connection: asyncpg.Connection) -> None:
     await notify_if_events_written(connection)
 
 
-async def _init_connection(connection: asyncpg.Connection) -> None:
+def startup_settings(settings: Mapping[str, str]) -> dict[str, str]:
+    """The part of ``settings`` that may travel in the startup packet."""
+    return {name: value for name, value in settings.items() if name in STARTUP_SETTINGS}
+
+
+async def apply_settings(
+    connection: asyncpg.Connection,
+    settings: Mapping[str, str],
+    timeout: float | None = None,  # noqa: ASYNC109 - asyncpg's per-call timeout
+) -> None:
+    """SET for the whole session, in one round trip, what the startup packet did not carry."""
+    rest = {name: value for name, value in settings.items() if name not in STARTUP_SETTINGS}
+    if rest:
+        await connection.execute(
+            "SELECT set_config(name, value, false)"
+            " FROM unnest($1::text[], $2::text[]) AS s(name, value)",
+            list(rest),
+            list(rest.values()),
+            timeout=timeout,
+        )
+
+
+async def connect(
+    database_url: str,
+    settings: Mapping[str, str],
+    timeout: float,  # noqa: ASYNC109 - asyncpg's connect timeout
+) -> asyncpg.Connection:
+    """A connection of its own (outside any pool) with ``settings`` for its whole session."""
+    connection = await asyncpg.connect(
+        database_url, timeout=timeout, server_settings=startup_settings(settings)
+    )
+    try:
+        await apply_settings(connection, settings, timeout)
+    except BaseException:
+        connection.terminate()
+        raise
+    return connection
+
+
+async def _init_connection(settings: Mapping[str, str], connection: asyncpg.Connection) -> None:
+    await apply_settings(connection, settings)
     for type_name in ("json", "jsonb"):
         await connection.set_type_codec(
             type_name,
@@ -128,26 +175,27 @@ async def create_pool(
 ) -> asyncpg.Pool:
     """A pool for ``database_url``; statements time out on the server and on the client."""
     statement_ms = int(statement_timeout * 1000)
+    session = {
+        "statement_timeout": str(statement_ms),
+        "idle_in_transaction_session_timeout": str(statement_ms * 3),
+        "application_name": "jangteo",
+        # The outbox trigger leaves the NOTIFY to _on_release, after the commit.
+        "jangteo.notify_after_commit": "on",
+    }
     options: dict[str, Any] = {
         "min_size": min_size,
         "max_size": max_size,
         "max_queries": 50_000,
         "max_inactive_connection_lifetime": 300.0,
         "setup": None,
-        "init": _init_connection,
+        "init": functools.partial(_init_connection, session),
         "reset": _on_release,
         "loop": None,
         "connection_class": asyncpg.Connection,
         "record_class": asyncpg.Record,
         "timeout": connect_timeout,
         "command_timeout": statement_timeout + 1,
-        "server_settings": {
-            "statement_timeout": str(statement_ms),
-            "idle_in_transaction_session_timeout": str(statement_ms * 3),
-            "application_name": "jangteo",
-            # The outbox trigger leaves the NOTIFY to _on_release, after the commit.
-            "jangteo.notify_after_commit": "on",
-        },
+        "server_settings": startup_settings(session),
     }
     pool = TimedPool(database_url, **options)
     pool.acquire_timeout = acquire_timeout

@@ -41,6 +41,7 @@ from typing import Any
 import asyncpg
 from redis.exceptions import RedisError
 
+from db.pool import connect
 from db.queries.outbox import NOTIFY_CHANNEL
 from realtime.broker import Broker, encode_message
 from realtime.frames import event_json
@@ -200,11 +201,7 @@ class OutboxRelay:
         return bool(waiting)
 
     async def _serve_once(self) -> None:
-        conn = await asyncpg.connect(
-            self.settings.database_url,
-            timeout=10,
-            server_settings=self.settings.lock_session_settings(),
-        )
+        conn = await connect(self.settings.database_url, self.settings.lock_session_settings(), 10)
         self.connection = conn
         _set_socket_keepalive(conn, self.settings.lock_timeout)
         timeout = self.settings.lock_timeout  # every statement but the wait in line

@@ -145,3 +145,24 @@ def test_load_profile_runs_locust_against_nginx(services: dict[str, dict[str, An
     assert worker["deploy"]["replicas"] >= 2
     assert master["depends_on"]["nginx"]["condition"] == "service_healthy"
     assert not any(is_locust(service) for service in app_services(services).values())
+
+
+def test_pgbouncer_profile_pools_the_apps_database_in_session_mode(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """Optional; session mode only: the relay's lock and LISTEN, and asyncpg's prepared
+    statements, belong to a session (docs/operations.md)."""
+    bouncer = services["pgbouncer"]
+    assert bouncer["profiles"] == ["pgbouncer"]
+    image, _, tag = bouncer["image"].partition(":")
+    assert image == "edoburu/pgbouncer" and tag and tag != "latest", "a pinned version"
+    env = environment(bouncer)
+    assert env["POOL_MODE"] == "session"
+    target = urlsplit(env["DATABASE_URL"])
+    assert (target.hostname, target.port) == ("postgres", SERVICE_PORTS["postgres"])
+    apps = [settings_from(environment(app)) for app in app_services(services).values()]
+    assert {urlsplit(str(app.database_url)).path for app in apps} == {target.path}
+    assert bouncer["depends_on"]["postgres"]["condition"] == "service_healthy"
+    listen = f"pgbouncer:{env['LISTEN_PORT']}"
+    assert f"@{listen}/" in COMPOSE_TEXT, "the comment's URL names pgbouncer's port"
+    assert int(env["DEFAULT_POOL_SIZE"]) >= 2 * (apps[0].pg_pool_max + 1)
