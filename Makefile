@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 PORT ?= 8080
 WORKERS ?= 1
 DURATION ?= 60s
+REDIS ?= single
 
 .PHONY: run test lint format services stop bench loadtest chaos clean
 
@@ -17,9 +18,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# REDIS=cluster: a local Redis Cluster (three masters, three replicas) instead of one Redis.
 services: $(STAMP)
-	$(BIN)/jangteo services start
+	$(BIN)/jangteo services start --redis $(REDIS)
 
+run: export JANGTEO_REDIS_MODE = $(REDIS)
 run: services
 	$(BIN)/jangteo migrate
 	$(BIN)/jangteo seed --if-empty
