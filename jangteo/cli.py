@@ -1,4 +1,4 @@
-"""The ``jangteo`` command line: serve, services, migrate, seed."""
+"""The ``jangteo`` command line: serve, services, migrate, relay, seed."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import argparse
 import asyncio
 import sys
 
+import asyncpg
+
 from db.migrate import MigrationError, migrate
+from db.queries.relay import RelayConfig, read_config, set_partitions
 from server.embedded.process import EmbeddedServiceError
 from server.embedded.stack import EmbeddedStack
 from server.settings import REDIS_MODES, Settings, SettingsError
@@ -55,6 +58,29 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     assert settings.database_url is not None
     applied = asyncio.run(migrate(settings.database_url))
     print("applied: " + ", ".join(applied) if applied else "database is up to date")
+    if settings.relay_partitions:
+        config = asyncio.run(_partitions(settings.database_url, settings.relay_partitions))
+        print(f"relay partitions: {config.partitions}")
+    return 0
+
+
+async def _partitions(database_url: str, count: int | None) -> RelayConfig:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await (read_config(conn) if count is None else set_partitions(conn, count))
+    finally:
+        await conn.close()
+
+
+def _relay(args: argparse.Namespace, settings: Settings) -> int:
+    settings = resolve_services(settings)
+    assert settings.database_url is not None
+    try:
+        config = asyncio.run(_partitions(settings.database_url, args.count))
+    except ValueError as error:
+        print(f"jangteo: {error}", file=sys.stderr)
+        return 2
+    print(f"relay partitions: {config.partitions} (generation {config.generation})")
     return 0
 
 
@@ -91,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate_cmd = commands.add_parser("migrate", help="apply pending migrations")
     migrate_cmd.set_defaults(run=_migrate)
+
+    relay = commands.add_parser("relay", help="the outbox relay's partitions")
+    relay_commands = relay.add_subparsers(dest="relay_command", required=True)
+    partitions = relay_commands.add_parser(
+        "partitions", help="show the partition count, or change it for every instance"
+    )
+    partitions.add_argument("count", type=int, nargs="?", help="the new count (1 to 64)")
+    partitions.set_defaults(run=_relay)
 
     seed_cmd = commands.add_parser("seed", help="fill a demo neighbourhood")
     seed_cmd.add_argument("--users", type=int, default=20)

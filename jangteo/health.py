@@ -7,7 +7,7 @@ import asyncio
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from realtime.keys import broker_key
+from realtime.keys import broker_key, relay_key
 from server import keys
 from server.errors import ServiceUnavailable
 from server.jsonio import json_response
@@ -25,9 +25,11 @@ async def readyz(request: web.Request) -> web.Response:
     checks = await asyncio.gather(_check_postgres(request.app), _check_redis(request.app))
     report = {"postgres": checks[0], "redis": checks[1], "events": _check_events(request.app)}
     if all(result == "ok" for result in report.values()):
-        return json_response({"status": "ok", **report})
+        return json_response({"status": "ok", **report, "relay": _relay(request.app)})
     failing = ", ".join(name for name, result in report.items() if result != "ok")
-    raise ServiceUnavailable(f"not ready: {failing}", retry_after=1, checks=report)
+    raise ServiceUnavailable(
+        f"not ready: {failing}", retry_after=1, checks=report, relay=_relay(request.app)
+    )
 
 
 async def _check_postgres(app: web.Application) -> str:
@@ -54,6 +56,14 @@ def _check_events(app: web.Application) -> str:
     if broker is None or broker.healthy:
         return "ok"
     return "error: event subscription down"
+
+
+def _relay(app: web.Application) -> dict[str, object]:
+    """Not a check: the relay partitions there are and those this instance leads."""
+    relay = app.get(relay_key)
+    if relay is None or relay.config is None:
+        return {"partitions": None, "leading": []}
+    return {"partitions": relay.config.partitions, "leading": relay.leading}
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -63,7 +63,7 @@ class PostgresEventLog:
 
     async def replay(self, channel: str, since: int, upto: int, limit: int) -> list[Delivery]:
         if since >= upto:
-            last = await self.pool.fetchval("SELECT last_position FROM relay_state")
+            last = await self.pool.fetchval("SELECT relay_last_position()")
             if since > (last or 0):
                 raise ResyncNeeded(f"offset {since} is ahead of every published event")
             return []

@@ -34,9 +34,15 @@ class RelayMetrics:
             "Times this relay gave up leadership because it could not publish",
             registry=registry,
         )
-        self.leader = Gauge(
-            "jangteo_relay_leader", "1 while this process is the relay leader", registry=registry
+        self.handed_over = Counter(
+            "jangteo_relay_partitions_handed_over",
+            "Partitions this relay gave to a waiting instance to spread leadership",
+            registry=registry,
         )
+        self.leader = Gauge(
+            "jangteo_relay_leader", "1 for each relay partition this process leads",
+            ["partition"], registry=registry,
+        )  # fmt: skip
 
 
 class HubMetrics:

@@ -1,31 +1,47 @@
-"""The outbox relay: one leader at a time moves committed outbox rows into the event log.
+"""The outbox relay: committed outbox rows become published events, in partitions.
 
-The leader holds a PostgreSQL advisory lock on a connection of its own; every instance
-runs a relay, and the others wait on that lock, so when the leader dies (its connection
-closes) another takes over at once. The leader wakes on NOTIFY (sent by a trigger at
-commit) or after a slow poll, takes the committed rows that have no position yet, gives
-them the next positions with each channel's previous position as ``prev``, commits that
-on the lock connection (so a relay that lost its lock cannot assign anything), then
-publishes them through the broker in one pipeline.
+Every channel belongs to one of ``relay_config.partitions`` partitions (a stable hash of
+its name, ``relay_partition()`` in SQL), and each partition has one leader at a time: the
+relay holding that partition's PostgreSQL advisory lock on a connection of its own. Every
+instance runs an ``OutboxRelay``; it keeps one ``PartitionLeader`` per partition, each
+leading or waiting in line for its lock, so when a leader dies (its connection closes)
+another instance takes that partition over at once. Leadership spreads: an instance that
+leads more than its share (partitions / instances with a relay, rounded up) hands its
+highest partition to an instance waiting for it, one at a time.
 
-A row that commits late simply has no position yet when a later one is published, so
-it is picked up by a later batch with a larger position: nothing is skipped, and nothing
+A partition's leader wakes on NOTIFY (sent after commit) or after a slow poll, takes the
+partition's committed rows that have no position yet, gives them positions drawn from one
+sequence shared by all partitions (so offsets are unique and increase along each channel,
+and offsets clients hold stay valid whatever the count) with each channel's previous
+position as ``prev``, commits that on the lock connection (so a relay that lost its lock
+cannot assign anything), then publishes them through the broker in one pipeline.
+
+A row that commits late simply has no position yet when a later one is published, so it
+is picked up by a later batch with a larger position: nothing is skipped, and nothing
 waits for unrelated open transactions. A leader that dies between committing positions
-and publishing them is covered by ``published_through``: the next leader publishes
-again everything after it, and instances drop offsets they already delivered.
+and publishing them is covered by the partition's ``published_through``: the next leader
+publishes again everything of the partition after it, and instances drop offsets they
+already delivered.
 
-Leadership follows the ability to publish. Only an instance whose broker is healthy
-waits in line for the lock. A leader that has not been able to publish (or to hear
-Redis) for ``step_down`` seconds releases the lock as soon as such an instance waits
-for it, so an instance cut off from Redis never holds every other instance's events
-back. When nobody can publish (Redis itself is down), the lock goes to whoever finds it
-free and nobody waiting, and that leader goes on numbering committed rows without
-publishing them: instances that cannot hear Redis read the log, so events still flow,
-and whoever publishes next republishes the tail. A leader that is paused or cut off from PostgreSQL
-loses the lock within ``lock_timeout``: the server ends its session when it stays idle
-that long (the leader speaks at least once per poll) or when TCP keepalives or
-``tcp_user_timeout`` find the peer gone; the leader's own socket has the same keepalives,
-so a follower waiting on a dead server notices too.
+Changing the partition count (``jangteo relay partitions N``) moves the configuration's
+generation on. Each batch checks, in the same statement, that its generation is still the
+current one (``FOR SHARE``, which the change waits for), so no batch of the old count runs
+after the change; every relay then drops its old leaders and starts new ones, and each new
+partition publishes again from the lowest ``published_through`` of the old ones: nothing
+is lost, and what is published twice is dropped by offset.
+
+Leadership follows the ability to publish. Only an instance whose broker is healthy waits
+in line for a lock. A leader that has not been able to publish (or to hear Redis) for
+``step_down`` seconds releases its lock as soon as such an instance waits for it, so an
+instance cut off from Redis never holds other instances' events back. When nobody can
+publish (Redis itself is down), a lock goes to whoever finds it free and nobody waiting,
+and that leader goes on numbering committed rows without publishing them: instances that
+cannot hear Redis read the log, so events still flow, and whoever publishes next
+republishes the tail. A leader that is paused or cut off from PostgreSQL loses its lock
+within ``lock_timeout``: the server ends its session when it stays idle that long (the
+leader speaks at least once per poll) or when TCP keepalives or ``tcp_user_timeout`` find
+the peer gone; the leader's own socket has the same keepalives, so a follower waiting on a
+dead server notices too.
 """
 
 from __future__ import annotations
@@ -33,8 +49,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,76 +60,24 @@ import asyncpg
 from redis.exceptions import RedisError
 
 from db.pool import connect
+from db.queries import relay as queries
 from db.queries.outbox import NOTIFY_CHANNEL
+from db.queries.relay import RelayConfig, read_config
 from realtime.broker import Broker, encode_message
 from realtime.frames import event_json
 from realtime.metrics import RelayMetrics
 
 log = logging.getLogger(__name__)
 
-LEADER_LOCK_ID = 0x6A746F72  # "jtor"; advisory locks are per database
 PRUNE_EVERY_S = 60.0
 PRUNE_CHUNK = 5000
 RETRY_DELAY_S = 0.5
-FLUSH_TIMEOUT_S = 5.0  # at shutdown, the leader's last publish may take this long
-_WAITERS = """
-SELECT count(*) FROM pg_locks
-WHERE locktype = 'advisory' AND classid = 0 AND objid = $1 AND objsubid = 1 AND NOT granted
-  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-"""
-
-# One statement (so one round trip and one commit): number the committed rows that have
-# no position yet in id order after the leader's last position, chain each to its
-# channel's previous position (within the batch, else the channel's head), record all
-# that, and return the rows to publish.
-_ASSIGN = """
-WITH pending AS (
-    SELECT id, channel, type, data::text AS data, {commit_time} AS committed_at
-    FROM outbox WHERE position IS NULL ORDER BY id LIMIT $1
-), numbered AS (
-    SELECT pending.*, $2::bigint + row_number() OVER (ORDER BY id) AS position FROM pending
-), chained AS (
-    SELECT numbered.*,
-           coalesce(lag(numbered.position) OVER (PARTITION BY numbered.channel
-                                                 ORDER BY numbered.position),
-                    heads.position, 0) AS prev
-    FROM numbered LEFT JOIN channel_heads heads ON heads.channel = numbered.channel
-), assigned AS (
-    UPDATE outbox SET position = chained.position, prev = chained.prev,
-                      committed_at = chained.committed_at
-    FROM chained WHERE outbox.id = chained.id
-), new_heads AS (
-    INSERT INTO channel_heads (channel, position)
-    SELECT channel, max(position) FROM numbered GROUP BY channel
-    ON CONFLICT (channel) DO UPDATE SET position = excluded.position
-), state AS (
-    UPDATE relay_state SET last_position = $2 + (SELECT count(*) FROM pending),
-                           published_through = $3
-    WHERE EXISTS (SELECT 1 FROM pending)
-)
-SELECT channel, type, data, committed_at, position, prev FROM chained ORDER BY position
-"""
-# The writing transaction's commit time needs track_commit_timestamp; without it the
-# insert time is the best there is. (Read before the UPDATE above replaces xmin.)
-_COMMIT_TIME = "coalesce(pg_xact_commit_timestamp(xmin), created_at)"
-_INSERT_TIME = "created_at"
-_TAIL = """
-SELECT channel, position, prev, type, data::text AS data, committed_at
-FROM outbox WHERE position > $1 ORDER BY position LIMIT $2
-"""
-# Pruning removes a prefix of positions: everything up to the newest position committed
-# before the cutoff. Commit times do not follow positions (a row that commits late is
-# numbered late), so deleting by time alone could drop an offset and keep an earlier one,
-# and a resume at the edge would see a hole instead of resync.
-_PRUNE = """
-DELETE FROM outbox WHERE id IN (
-    SELECT id FROM outbox
-    WHERE position <= (SELECT max(position) FROM outbox
-                       WHERE position IS NOT NULL
-                         AND committed_at < now() - make_interval(secs => $1))
-    ORDER BY position
-    LIMIT $2)
-"""
+FLUSH_TIMEOUT_S = 5.0  # at shutdown, a leader's last publish may take this long
+HAND_OVER_EVERY_S = 2.0  # an instance over its share gives away one partition this often
+_CONNECTION_ERRORS = (
+    OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # its server died mid-message: connect again
+)  # fmt: skip
 
 
 class PublishFailed(Exception):
@@ -127,13 +93,14 @@ class RelaySettings:
     step_down: float = 2.0
     lock_timeout: float = 3.0
 
-    def lock_session_settings(self) -> dict[str, str]:
-        """Server-side settings of the lock connection: the session ends, and the lock
-        with it, when the leader stays silent or unreachable for ``lock_timeout``."""
+    def lock_session_settings(self, instance: str = "") -> dict[str, str]:
+        """Server-side settings of a lock connection: the session ends, and the lock with
+        it, when the leader stays silent or unreachable for ``lock_timeout``. The
+        application name says which instance's relay it is (to count instances)."""
         timeout_ms = int(self.lock_timeout * 1000)
         idle, interval, count = _keepalive(self.lock_timeout)
         return {
-            "application_name": "jangteo-relay",
+            "application_name": f"jangteo-relay:{instance}",
             "statement_timeout": "0",  # the lock wait below may last
             "idle_session_timeout": str(timeout_ms),
             "tcp_keepalives_idle": str(idle),
@@ -164,16 +131,140 @@ def _set_socket_keepalive(conn: asyncpg.Connection, timeout: float) -> None:
 
 
 class OutboxRelay:
-    """Run ``run()`` as a task in every instance; at most one of them leads."""
+    """Run ``run()`` as a task in every instance: it leads the partitions that come to it."""
 
-    def __init__(self, settings: RelaySettings, broker: Broker, metrics: RelayMetrics) -> None:
+    def __init__(
+        self,
+        settings: RelaySettings,
+        broker: Broker,
+        metrics: RelayMetrics,
+        instance: str | None = None,
+    ) -> None:
         self.settings = settings
         self.broker = broker
         self.metrics = metrics
+        self.instance = instance or uuid.uuid4().hex[:12]
+        self.config: RelayConfig | None = None
+        self.leaders: dict[int, PartitionLeader] = {}
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.instances = 1  # with a relay on this database, for the share of partitions
+        self.last_hand_over = 0.0
+        self.config_changed = asyncio.Event()
+        self.stopping = False
+
+    @property
+    def leading(self) -> list[int]:
+        """The partitions this instance leads now."""
+        return sorted(k for k, leader in self.leaders.items() if leader.is_leader)
+
+    @property
+    def is_leader(self) -> bool:
+        return bool(self.leading)
+
+    async def run(self) -> None:
+        """Follow the configuration (on NOTIFY, and every poll) and run its partitions."""
+        try:
+            while not self.stopping:
+                try:
+                    await self._follow_config()
+                except _CONNECTION_ERRORS as error:
+                    log.warning("relay cannot read its configuration", extra={"error": repr(error)})
+                if not self.stopping:
+                    await asyncio.sleep(RETRY_DELAY_S)
+        finally:
+            await self._stop_leaders()
+
+    async def _follow_config(self) -> None:
+        name = {"application_name": f"jangteo-relay:{self.instance}"}
+        conn = await connect(self.settings.database_url, name, 10)
+        try:
+            await conn.add_listener(queries.CONFIG_NOTIFY_CHANNEL, self._config_notified)
+            while not self.stopping:
+                self.config_changed.clear()
+                timeout = self.settings.lock_timeout
+                config = await read_config(conn)
+                self.instances = max(
+                    1, await conn.fetchval(queries.RELAY_INSTANCES, timeout=timeout)
+                )
+                if config != self.config:
+                    await self._switch(config)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.config_changed.wait(), self.settings.poll_interval)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 2)
+            if not conn.is_closed():
+                conn.terminate()
+
+    def _config_notified(self, *_: object) -> None:
+        self.config_changed.set()
+
+    async def _switch(self, config: RelayConfig) -> None:
+        """Drop the leaders of the old configuration, start those of the new one."""
+        if self.config is not None:
+            log.info(
+                "relay partitions changed",
+                extra={"from": self.config.partitions, "to": config.partitions},
+            )
+        await self._stop_leaders()
+        self.config = config
+        for partition in range(config.partitions):
+            leader = PartitionLeader(self, partition, config)
+            self.leaders[partition] = leader
+            self.tasks[partition] = asyncio.create_task(
+                leader.run(), name=f"jangteo-relay-{partition}"
+            )
+
+    async def _stop_leaders(self) -> None:
+        leaders, tasks = self.leaders, self.tasks
+        self.leaders, self.tasks = {}, {}
+        await asyncio.gather(*(leaders[k].stop(tasks[k]) for k in leaders))
+        self.metrics.leader.clear()
+
+    def may_hand_over(self, partition: int) -> bool:
+        """Whether this leader should give its partition to an instance waiting for it:
+        this instance leads more than its share, it is the highest partition led, and no
+        partition was handed over in the last ``HAND_OVER_EVERY_S``."""
+        assert self.config is not None
+        leading = self.leading
+        share = math.ceil(self.config.partitions / self.instances)
+        return (
+            len(leading) > share
+            and partition == leading[-1]
+            and time.monotonic() - self.last_hand_over >= HAND_OVER_EVERY_S
+        )
+
+    def handed_over(self) -> None:
+        self.last_hand_over = time.monotonic()
+        self.metrics.handed_over.inc()
+
+    async def stop(self, task: asyncio.Task[None]) -> None:
+        """Publish what committed so far, then give leadership away (close the connections)."""
+        self.stopping = True
+        self.config_changed.set()
+        await self._stop_leaders()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(asyncio.shield(task), FLUSH_TIMEOUT_S)
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+class PartitionLeader:
+    """One partition of one configuration: waits in line for its lock, then leads it."""
+
+    def __init__(self, relay: OutboxRelay, partition: int, config: RelayConfig) -> None:
+        self.relay = relay
+        self.settings = relay.settings
+        self.broker = relay.broker
+        self.metrics = relay.metrics
+        self.partition = partition
+        self.config = config
         self.is_leader = False
         self.wake = asyncio.Event()
-        self.published_through = 0  # everything up to here reached the broker
-        self.last_position = 0
+        self.published_through = 0  # everything of the partition up to here was published
+        self.last_position = 0  # the last position this leader assigned
         self.stopping = False
         self.connection: asyncpg.Connection | None = None
 
@@ -182,11 +273,11 @@ class OutboxRelay:
         while not self.stopping:
             try:
                 await self._serve_once()
-            except (
-                OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
-                asyncpg.InternalClientError,  # its server died mid-message: connect again
-            ) as error:  # fmt: skip
-                log.warning("relay connection failed", extra={"error": repr(error)})
+            except _CONNECTION_ERRORS as error:
+                log.warning(
+                    "relay connection failed",
+                    extra={"partition": self.partition, "error": repr(error)},
+                )
             finally:
                 self._set_leader(False)
                 await self._close_connection()
@@ -196,54 +287,74 @@ class OutboxRelay:
                 await asyncio.sleep(RETRY_DELAY_S if healthy else self.settings.step_down)
 
     async def _someone_waits(self, conn: asyncpg.Connection) -> bool:
-        """Whether a relay that can publish waits for the lock (only those wait in line)."""
-        waiting = await conn.fetchval(_WAITERS, LEADER_LOCK_ID, timeout=self.settings.lock_timeout)
+        """Whether a relay that can publish waits for this lock (only those wait in line)."""
+        waiting = await conn.fetchval(
+            queries.WAITERS,
+            queries.RELAY_LOCK_CLASS,
+            self.partition,
+            timeout=self.settings.lock_timeout,
+        )
         return bool(waiting)
 
-    async def _serve_once(self) -> None:
-        conn = await connect(self.settings.database_url, self.settings.lock_session_settings(), 10)
-        self.connection = conn
-        _set_socket_keepalive(conn, self.settings.lock_timeout)
-        timeout = self.settings.lock_timeout  # every statement but the wait in line
+    async def _take_lock(self, conn: asyncpg.Connection) -> bool:
+        key = (queries.RELAY_LOCK_CLASS, self.partition)
         if self.broker.healthy:
             # Blocks until the current leader's connection goes away. The session is
             # active meanwhile, so idle_session_timeout does not end it; keepalives apply.
-            await conn.execute("SELECT pg_advisory_lock($1)", LEADER_LOCK_ID, timeout=None)
+            await conn.execute("SELECT pg_advisory_lock($1, $2)", *key, timeout=None)
             if self.stopping:
-                return
-            if not self.broker.healthy and await self._someone_waits(conn):
-                return  # lost Redis while waiting: the next in line can publish
-        elif not await conn.fetchval(
-            "SELECT pg_try_advisory_lock($1)", LEADER_LOCK_ID, timeout=timeout
-        ):
-            return  # it cannot publish: it never waits in line, it only takes a free lock
+                return False
+            # Lost Redis while waiting: the next in line can publish.
+            return self.broker.healthy or not await self._someone_waits(conn)
+        # It cannot publish: it never waits in line, it only takes a free lock.
+        taken = await conn.fetchval(
+            "SELECT pg_try_advisory_lock($1, $2)", *key, timeout=self.settings.lock_timeout
+        )
+        return bool(taken)
+
+    async def _serve_once(self) -> None:
+        conn = await connect(
+            self.settings.database_url,
+            self.settings.lock_session_settings(self.relay.instance),
+            10,
+        )
+        self.connection = conn
+        _set_socket_keepalive(conn, self.settings.lock_timeout)
+        timeout = self.settings.lock_timeout  # every statement but the wait in line
+        if not await self._take_lock(conn):
+            return
         await conn.execute("SET statement_timeout = '30s'", timeout=timeout)
         await conn.add_listener(NOTIFY_CHANNEL, self._notified)
         self._set_leader(True)
-        await conn.execute(
-            "INSERT INTO relay_state DEFAULT VALUES ON CONFLICT DO NOTHING", timeout=timeout
+        published = await conn.fetchval(
+            queries.PUBLISHED_THROUGH,
+            self.config.generation,
+            self.partition,
+            timeout=timeout,
         )
-        state = await conn.fetchrow(
-            "SELECT last_position, published_through FROM relay_state", timeout=timeout
-        )
-        assert state is not None
-        self.last_position = state["last_position"]
-        self.published_through = state["published_through"]
+        self.published_through = self.last_position = published
         commit_ts = await conn.fetchval("SHOW track_commit_timestamp", timeout=timeout) == "on"
         if not commit_ts:
             log.warning(
                 "track_commit_timestamp is off: event ts is the writing transaction's start,"
                 " which can go backwards along a channel; turn it on in postgresql.conf"
             )
-        assign_sql = _ASSIGN.format(commit_time=_COMMIT_TIME if commit_ts else _INSERT_TIME)
-        log.info("relay leader", extra={"from_position": self.last_position})
+        commit_time = queries.COMMIT_TIME if commit_ts else queries.INSERT_TIME
+        assign_sql = queries.ASSIGN.format(commit_time=commit_time)
+        log.info("relay leader", extra={"partition": self.partition, "from": published})
+        await self._lead(conn, assign_sql)
+
+    async def _lead(self, conn: asyncpg.Connection, assign_sql: str) -> None:
         last_prune = 0.0
         failing_since: float | None = None  # when publishing (or hearing Redis) stopped
+        tail = True  # what the last leader (or a failed publish) may have left unpublished
         while True:
             self.wake.clear()
             attempt = time.monotonic()
             try:
-                await self._publish_tail(conn)
+                if tail:
+                    await self._publish_tail(conn)
+                    tail = False
                 while await self._relay_batch(conn, assign_sql) == self.settings.batch_size:
                     pass
                 failing_since = None if self.broker.healthy else (failing_since or attempt)
@@ -251,9 +362,13 @@ class OutboxRelay:
                 # Positions stay committed; the tail is published again once the broker
                 # is back (here or by the next leader). Meanwhile new rows are numbered
                 # all the same, for the instances that read them from the log.
-                log.warning("relay cannot publish", extra={"error": repr(error)})
+                log.warning(
+                    "relay cannot publish",
+                    extra={"partition": self.partition, "error": repr(error)},
+                )
                 self.metrics.publish_failures.inc()
                 failing_since = failing_since or attempt
+                tail = True
                 if self.stopping:  # cannot publish now: the next leader republishes the tail
                     return
                 await self._number_only(conn, assign_sql)
@@ -268,7 +383,11 @@ class OutboxRelay:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), RETRY_DELAY_S)
                 continue
-            if time.monotonic() - last_prune > PRUNE_EVERY_S:
+            if self.relay.may_hand_over(self.partition) and await self._someone_waits(conn):
+                log.info("relay hands a partition over", extra={"partition": self.partition})
+                self.relay.handed_over()
+                return
+            if self.partition == 0 and time.monotonic() - last_prune > PRUNE_EVERY_S:
                 await self._prune(conn)
                 last_prune = time.monotonic()
             with contextlib.suppress(TimeoutError):
@@ -277,19 +396,26 @@ class OutboxRelay:
     def _notified(self, *_: object) -> None:
         self.wake.set()
 
-    async def _relay_batch(self, conn: asyncpg.Connection, assign_sql: str) -> int:
-        """Assign positions to one batch of committed rows, then publish it."""
-        rows = await conn.fetch(
+    async def _assign(self, conn: asyncpg.Connection, assign_sql: str) -> list[asyncpg.Record]:
+        rows: list[asyncpg.Record] = await conn.fetch(
             assign_sql,
             self.settings.batch_size,
-            self.last_position,
             self.published_through,
+            self.config.generation,
+            self.config.partitions,
+            self.partition,
             timeout=self.settings.lock_timeout,
         )
+        if rows:
+            self.last_position = rows[-1]["position"]
+        return rows
+
+    async def _relay_batch(self, conn: asyncpg.Connection, assign_sql: str) -> int:
+        """Assign positions to one batch of committed rows, then publish it."""
+        rows = await self._assign(conn, assign_sql)
         if not rows:
             return 0
         messages = [_message(row) for row in rows]
-        self.last_position = rows[-1]["position"]
         await self._publish(messages, [row["committed_at"].timestamp() for row in rows])
         self.published_through = self.last_position
         return len(rows)
@@ -297,18 +423,8 @@ class OutboxRelay:
     async def _number_only(self, conn: asyncpg.Connection, assign_sql: str) -> None:
         """Give committed rows their positions without publishing them (``published_through``
         stays where it is, so they are published with the tail later)."""
-        while True:
-            rows = await conn.fetch(
-                assign_sql,
-                self.settings.batch_size,
-                self.last_position,
-                self.published_through,
-                timeout=self.settings.lock_timeout,
-            )
-            if rows:
-                self.last_position = rows[-1]["position"]
-            if len(rows) < self.settings.batch_size:
-                return
+        while len(await self._assign(conn, assign_sql)) == self.settings.batch_size:
+            pass
 
     async def _publish(self, messages: list[tuple[str, bytes]], commit_times: list[float]) -> None:
         await self._send(messages)
@@ -319,20 +435,22 @@ class OutboxRelay:
 
     async def _publish_tail(self, conn: asyncpg.Connection) -> None:
         """Publish again what may not have reached the broker (after a takeover or failure)."""
-        while self.published_through < self.last_position:
+        while True:
             rows = await conn.fetch(
-                _TAIL,
+                queries.TAIL,
                 self.published_through,
+                self.config.partitions,
+                self.partition,
                 self.settings.batch_size,
                 timeout=self.settings.lock_timeout,
             )
             if not rows:
-                self.published_through = self.last_position
                 return
             messages = [_message(row) for row in rows]
             await self._send(messages)
             self.metrics.republished.inc(len(messages))
             self.published_through = rows[-1]["position"]
+            self.last_position = max(self.last_position, self.published_through)
 
     async def _send(self, messages: list[tuple[str, bytes]]) -> None:
         try:
@@ -343,7 +461,7 @@ class OutboxRelay:
     async def _prune(self, conn: asyncpg.Connection) -> None:
         while True:
             status = await conn.execute(
-                _PRUNE, float(self.settings.retention_seconds), PRUNE_CHUNK, timeout=30
+                queries.PRUNE, float(self.settings.retention_seconds), PRUNE_CHUNK, timeout=30
             )
             deleted = int(status.split()[-1])
             self.metrics.pruned.inc(deleted)
@@ -352,7 +470,7 @@ class OutboxRelay:
 
     def _set_leader(self, leader: bool) -> None:
         self.is_leader = leader
-        self.metrics.leader.set(1 if leader else 0)
+        self.metrics.leader.labels(str(self.partition)).set(1 if leader else 0)
 
     async def _close_connection(self) -> None:
         conn, self.connection = self.connection, None

@@ -211,6 +211,9 @@ class Settings:
     event_retention: int = setting(7 * 24 * 3600, parse=_EnvReader.duration)
     relay_poll_interval: float = 1.0  # safety net beside LISTEN/NOTIFY
     relay_batch_size: int = 500
+    # Read by `jangteo migrate` only (0: leave it): the partition count lives in the
+    # database, where `jangteo relay partitions N` changes it for every instance at once.
+    relay_partitions: int = 0
     # A leader that cannot publish for this long hands leadership to an instance that can.
     relay_step_down: float = 2.0
     # How long a relay leader may be silent (paused, cut off from PostgreSQL) before its

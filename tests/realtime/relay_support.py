@@ -81,7 +81,13 @@ class Running:
     stopped: bool = False
 
     def metric(self, name: str) -> float:
-        return self.registry.get_sample_value(name) or 0.0
+        """A metric's value, summed over its labels (partitions, for the leader gauge)."""
+        return sum(
+            sample.value
+            for family in self.registry.collect()
+            for sample in family.samples
+            if sample.name == name
+        )
 
     @property
     def sent(self) -> list[Sent]:

@@ -170,7 +170,9 @@ async def test_a_logout_closes_the_sessions_sockets_while_the_instance_cannot_he
     # No relay numbers anything from here on (as when the relay that would is gone too):
     # the revocation below never reaches the event log, so no event can close the socket.
     relay.stopping = True
-    relay.wake.set()
+    for leader in relay.leaders.values():
+        leader.stopping = True
+        leader.wake.set()
 
     async def stopped() -> bool:
         return not relay.is_leader

@@ -50,7 +50,7 @@ class FakeLog:
         self.rng = rng
         self.events: dict[str, list[Delivery]] = {}
         self.heads: dict[str, int] = {}  # kept when events are pruned, like channel_heads
-        self.last_position = 0  # like relay_state.last_position
+        self.last_position = 0  # like relay_last_position()
         self.messages: dict[int, tuple[str, bytes]] = {}
         self.gates: dict[str, asyncio.Event] = {}  # method name -> released when set
         self.entered: dict[str, asyncio.Event] = {}  # method name -> set when called

@@ -13,10 +13,10 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import pytest
 
+from db.queries.relay import RELAY_LOCK_CLASS
 from realtime import relay as relay_module
 from realtime.broker import decode_message
 from realtime.log import PostgresEventLog, ResyncNeeded
-from realtime.relay import LEADER_LOCK_ID
 from tests.realtime.relay_support import (
     Relays,
     check_chain,
@@ -70,7 +70,7 @@ async def test_positions_increase_and_prev_chains_per_channel(
     for message in messages:
         expected_heads[message.channel] = message.offset
     assert heads == expected_heads
-    assert await db.fetchval("SELECT last_position FROM relay_state") == n
+    assert await db.fetchval("SELECT relay_last_position()") == n
     assert running.metric("jangteo_relay_events_published_total") == n
     assert running.metric("jangteo_relay_leader") == 1
     await relays.stop(running)
@@ -181,8 +181,8 @@ async def _advisory_waiters(db: asyncpg.Connection) -> int:
     count = await db.fetchval(
         "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
         "WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = current_database() "
-        "AND l.objid = $1",
-        LEADER_LOCK_ID,
+        "AND l.classid = $1 AND l.objid = 0 AND l.objsubid = 2",
+        RELAY_LOCK_CLASS,
     )
     assert isinstance(count, int)
     return count
@@ -262,7 +262,7 @@ async def test_a_new_leader_republishes_the_tail_after_published_through(
     assert sorted(original) == [1, 2, 3, 4, 5, 6]
 
     # As if the leader died after committing positions 3..6 but before publishing them.
-    await db.execute("UPDATE relay_state SET published_through = 2")
+    await db.execute("UPDATE relay_partitions SET published_through = 2")
     second = relays.start(batch_size=3)  # the tail takes two batches
     await until(lambda: len(second.sent) >= 4)
     assert [(m.offset, m.payload) for m in second.sent] == [
@@ -295,13 +295,13 @@ async def test_a_failing_broker_keeps_events_until_it_recovers(
     failures = running.metric("jangteo_relay_publish_failures_total")
     await until(lambda: running.metric("jangteo_relay_publish_failures_total") >= failures + 2)
     assert running.bus.published == []
-    assert running.relay.published_through == 0
+    assert running.relay.leaders[0].published_through == 0
     running.broker.fail_publish = False
     await until(lambda: running.published_ns() == {0, 1, 2, 3})
     messages = running.sent
     assert [m.offset for m in messages] == [1, 2, 3, 4]  # each once, in order
     check_chain(messages)
-    assert running.relay.published_through == 4
+    assert running.relay.leaders[0].published_through == 4
     await insert(db, "listing:1", 4)
     await until(lambda: 4 in running.published_ns())
     check_chain(running.sent)

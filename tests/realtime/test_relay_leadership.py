@@ -12,8 +12,9 @@ import asyncio
 import asyncpg
 import pytest
 
+from db.queries.relay import RELAY_LOCK_CLASS
 from realtime import relay as relay_module
-from realtime.relay import LEADER_LOCK_ID, RelaySettings
+from realtime.relay import RelaySettings
 from tests.realtime.relay_support import (
     Relays,
     check_chain,
@@ -30,9 +31,9 @@ async def lock_holder(db: asyncpg.Connection) -> int | None:
     """The server pid holding the leader lock, if any."""
     pid = await db.fetchval(
         "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
-        " AND objid = $1 AND classid = 0"
+        " AND classid = $1 AND objid = 0 AND objsubid = 2"
         " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-        LEADER_LOCK_ID,
+        RELAY_LOCK_CLASS,
     )
     return pid if isinstance(pid, int) else None
 
@@ -91,7 +92,7 @@ async def test_a_relay_that_cannot_reach_redis_numbers_events_until_one_that_can
 
     await until_async(numbered)
     assert cut_off.bus.published == []
-    assert await db.fetchval("SELECT published_through FROM relay_state") == 0
+    assert await db.fetchval("SELECT published_through FROM relay_partitions") == 0
 
     healthy = relays.start(step_down=STEP_DOWN)
     await until(lambda: healthy.published_ns() == {0, 1, 2})  # the tail, once, in order
@@ -101,7 +102,8 @@ async def test_a_relay_that_cannot_reach_redis_numbers_events_until_one_that_can
     # It does not take the lock back while the healthy one holds it.
     for _ in range(5):
         await asyncio.sleep(0.1)
-        assert await lock_holder(db) == healthy.relay.connection.get_server_pid()  # type: ignore[union-attr]
+        connection = healthy.relay.leaders[0].connection
+        assert connection is not None and await lock_holder(db) == connection.get_server_pid()
 
 
 async def test_a_silent_leader_loses_the_lock_after_the_lock_timeout(
@@ -112,7 +114,7 @@ async def test_a_silent_leader_loses_the_lock_after_the_lock_timeout(
     settings = RelaySettings(database_url, lock_timeout=2.0)
     frozen = await asyncpg.connect(database_url, server_settings=settings.lock_session_settings())
     try:
-        await frozen.execute("SELECT pg_advisory_lock($1)", LEADER_LOCK_ID)
+        await frozen.execute("SELECT pg_advisory_lock($1, 0)", RELAY_LOCK_CLASS)
         assert await lock_holder(db) == frozen.get_server_pid()
         successor = relays.start()
         await insert(db, "listing:1", 0)

@@ -19,7 +19,8 @@ import asyncpg
 import pytest
 
 from db.pool import connect, create_pool
-from realtime.relay import LEADER_LOCK_ID, RelaySettings
+from db.queries.relay import RELAY_LOCK_CLASS
+from realtime.relay import RelaySettings
 from server.embedded.pgbouncer import EmbeddedPgbouncer
 from server.settings import Settings
 from tests import support
@@ -56,7 +57,7 @@ BUYERS = 40
 ATTEMPTS = 120
 _LEADER_LOCKS = """
 SELECT pid, granted FROM pg_locks
-WHERE locktype = 'advisory' AND classid = 0 AND objid = $1 AND objsubid = 1
+WHERE locktype = 'advisory' AND classid = $1 AND objid = 0 AND objsubid = 2
   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
 """
 
@@ -123,14 +124,14 @@ async def test_pool_and_relay_sessions_keep_their_settings_through_pgbouncer(
     # The relay's lock session ends when it stays silent for lock_timeout, and pgbouncer
     # then closes the client too: a paused leader's lock goes to the next in line.
     relay = RelaySettings(pgbouncer.url, lock_timeout=2.0)
-    lock = await connect(relay.database_url, relay.lock_session_settings(), 10)
+    lock = await connect(relay.database_url, relay.lock_session_settings("test"), 10)
     try:
         assert await lock.fetchval("SHOW idle_session_timeout") == "2s"
-        assert await lock.fetchval("SHOW application_name") == "jangteo-relay"
-        await lock.execute("SELECT pg_advisory_lock($1)", LEADER_LOCK_ID)
-        assert [row["granted"] for row in await db.fetch(_LEADER_LOCKS, LEADER_LOCK_ID)] == [True]
+        assert await lock.fetchval("SHOW application_name") == "jangteo-relay:test"
+        await lock.execute("SELECT pg_advisory_lock($1, 0)", RELAY_LOCK_CLASS)
+        assert [row["granted"] for row in await db.fetch(_LEADER_LOCKS, RELAY_LOCK_CLASS)] == [True]
         deadline = time.monotonic() + 30
-        while await db.fetch(_LEADER_LOCKS, LEADER_LOCK_ID):
+        while await db.fetch(_LEADER_LOCKS, RELAY_LOCK_CLASS):
             assert time.monotonic() < deadline, "the silent session kept its lock"
             await asyncio.sleep(0.1)
         with pytest.raises((asyncpg.InterfaceError, asyncpg.PostgresError, OSError)):
@@ -204,14 +205,15 @@ async def test_changes_reach_the_other_instance_woken_by_notify_through_pgbounce
     deadline = time.monotonic() + LEADER_TIMEOUT_S
     while True:
         leaders = [await metric(http, server, "jangteo_relay_leader") for server in two_servers]
-        locks = await db.fetch(_LEADER_LOCKS, LEADER_LOCK_ID)
+        locks = await db.fetch(_LEADER_LOCKS, RELAY_LOCK_CLASS)
         if sorted(leaders) == [0.0, 1.0] and len(locks) == 2:
             break
         assert time.monotonic() < deadline, (leaders, locks)
         await asyncio.sleep(0.2)
     servers = server_pids(pgbouncer)
     assert sorted(row["granted"] for row in locks) == [False, True]
-    assert {servers.get(row["pid"]) for row in locks} == {"jangteo-relay"}, (locks, servers)
+    names = {servers.get(row["pid"]) or "" for row in locks}
+    assert all(name.startswith("jangteo-relay:") for name in names), (locks, servers)
 
     # A change through one instance reaches a subscriber on the other, each woken for.
     seller = await sign_up(http, first)

@@ -1,0 +1,153 @@
+"""The relay's statements: positions for committed outbox rows, per partition of channels.
+
+A partition's leader runs ``ASSIGN`` over and over. It checks (``FOR SHARE`` on
+relay_config) that the partition count it works for is still the current one, so that
+a change of the count waits for every statement in flight, and no statement of the old
+count runs after it; ``set_partitions`` makes that change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+# Advisory lock keys (two int4 form): (RELAY_LOCK_CLASS, partition) is a partition's
+# leadership. Advisory locks are per database.
+RELAY_LOCK_CLASS = 0x6A746F72  # "jtor"
+CONFIG_NOTIFY_CHANNEL = "jangteo_relay_config"
+MAX_PARTITIONS = 64
+
+# One statement (one round trip, one commit): number the committed rows of the partition
+# that have no position yet, in id order, with positions drawn from the shared sequence;
+# chain each to its channel's previous position (within the batch, else the channel's
+# head); record all that with the partition's published_through; return the rows.
+ASSIGN = """
+WITH guard AS (
+    SELECT generation FROM relay_config WHERE generation = $3 FOR SHARE
+), pending AS (
+    SELECT id, channel, type, data::text AS data, {commit_time} AS committed_at
+    FROM outbox
+    WHERE position IS NULL AND relay_partition(channel, $4) = $5 AND EXISTS (SELECT FROM guard)
+    ORDER BY id LIMIT $1
+), reserved AS (
+    SELECT array_agg(position ORDER BY position) AS positions
+    FROM (SELECT nextval('outbox_position_seq') AS position FROM pending) drawn
+), numbered AS (
+    SELECT pending.*, reserved.positions[row_number() OVER (ORDER BY id)] AS position
+    FROM pending, reserved
+), chained AS (
+    SELECT numbered.*,
+           coalesce(lag(numbered.position) OVER (PARTITION BY numbered.channel
+                                                 ORDER BY numbered.position),
+                    heads.position, 0) AS prev
+    FROM numbered LEFT JOIN channel_heads heads ON heads.channel = numbered.channel
+), assigned AS (
+    UPDATE outbox SET position = chained.position, prev = chained.prev,
+                      committed_at = chained.committed_at
+    FROM chained WHERE outbox.id = chained.id
+), new_heads AS (
+    INSERT INTO channel_heads (channel, position)
+    SELECT channel, max(position) FROM numbered GROUP BY channel
+    ON CONFLICT (channel) DO UPDATE SET position = excluded.position
+), state AS (
+    UPDATE relay_partitions SET published_through = $2
+    WHERE generation = $3 AND partition = $5 AND EXISTS (SELECT FROM pending)
+)
+SELECT channel, type, data, committed_at, position, prev FROM chained ORDER BY position
+"""
+# The writing transaction's commit time needs track_commit_timestamp; without it the
+# insert time is the best there is. (Read before the UPDATE above replaces xmin.)
+COMMIT_TIME = "coalesce(pg_xact_commit_timestamp(xmin), created_at)"
+INSERT_TIME = "created_at"
+
+# The partition's events after ``published_through``: what its last leader may not have
+# published.
+TAIL = """
+SELECT channel, position, prev, type, data::text AS data, committed_at
+FROM outbox
+WHERE position > $1 AND relay_partition(channel, $2) = $3
+ORDER BY position LIMIT $4
+"""
+# A partition's row, made when missing (a new database, or one emptied by hand).
+PUBLISHED_THROUGH = """
+WITH made AS (
+    INSERT INTO relay_partitions (generation, partition, published_through)
+    VALUES ($1, $2, 0) ON CONFLICT DO NOTHING
+)
+SELECT coalesce((SELECT published_through FROM relay_partitions
+                 WHERE generation = $1 AND partition = $2), 0)
+"""
+# Relays waiting in line for a partition's lock (only those that can publish wait).
+WAITERS = """
+SELECT count(*) FROM pg_locks
+WHERE locktype = 'advisory' AND classid = $1 AND objid = $2 AND objsubid = 2 AND NOT granted
+  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+# Instances with a relay connected to this database (each names its lock sessions).
+RELAY_INSTANCES = """
+SELECT count(DISTINCT application_name) FROM pg_stat_activity
+WHERE datname = current_database() AND application_name LIKE 'jangteo-relay:%'
+"""
+# Pruning removes a prefix of positions: everything up to the newest position committed
+# before the cutoff. Commit times do not follow positions (a row that commits late is
+# numbered late), so deleting by time alone could drop an offset and keep an earlier one,
+# and a resume at the edge would see a hole instead of resync.
+PRUNE = """
+DELETE FROM outbox WHERE id IN (
+    SELECT id FROM outbox
+    WHERE position <= (SELECT max(position) FROM outbox
+                       WHERE position IS NOT NULL
+                         AND committed_at < now() - make_interval(secs => $1))
+    ORDER BY position
+    LIMIT $2)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    partitions: int
+    generation: int
+
+
+async def read_config(conn: asyncpg.Connection) -> RelayConfig:
+    row = await conn.fetchrow("SELECT partitions, generation FROM relay_config")
+    if row is None:  # a database emptied by hand: start over with one partition
+        await conn.execute("INSERT INTO relay_config DEFAULT VALUES ON CONFLICT DO NOTHING")
+        row = await conn.fetchrow("SELECT partitions, generation FROM relay_config")
+        assert row is not None
+    return RelayConfig(row["partitions"], row["generation"])
+
+
+async def set_partitions(conn: asyncpg.Connection, partitions: int) -> RelayConfig:
+    """Change the partition count (a no-op when it is already ``partitions``).
+
+    The UPDATE waits for every ASSIGN in flight (they hold relay_config FOR SHARE), and
+    every later one of the old count finds the generation moved on and assigns nothing.
+    Each new partition starts from the lowest published_through of the old ones, so its
+    first leader publishes again whatever the old leaders may not have published.
+    """
+    if not 1 <= partitions <= MAX_PARTITIONS:
+        raise ValueError(f"the partition count must be between 1 and {MAX_PARTITIONS}")
+    async with conn.transaction():
+        current = await conn.fetchrow("SELECT partitions, generation FROM relay_config FOR UPDATE")
+        assert current is not None
+        if current["partitions"] == partitions:
+            return RelayConfig(partitions, current["generation"])
+        generation = current["generation"] + 1
+        await conn.execute(
+            "UPDATE relay_config SET partitions = $1, generation = $2", partitions, generation
+        )
+        await conn.execute(
+            """
+            INSERT INTO relay_partitions (generation, partition, published_through)
+            SELECT $1, partition, (SELECT coalesce(min(published_through), 0)
+                                   FROM relay_partitions WHERE generation = $1 - 1)
+            FROM generate_series(0, $2 - 1) AS partition
+            """,
+            generation,
+            partitions,
+        )
+        await conn.execute("DELETE FROM relay_partitions WHERE generation < $1 - 1", generation)
+        await conn.execute(f"NOTIFY {CONFIG_NOTIFY_CHANNEL}")
+    return RelayConfig(partitions, generation)
