@@ -80,7 +80,9 @@ def test_two_or_more_replicas_start_after_their_dependencies(
             "redis": "service_healthy",
             "createbucket": "service_completed_successfully",
             "migrate": "service_completed_successfully",
+            "redis-cluster-create": "service_completed_successfully",
         }, name
+        assert service["depends_on"]["redis-cluster-create"]["required"] is False, name
 
 
 def test_migrations_run_once_before_the_apps(services: dict[str, dict[str, Any]]) -> None:
@@ -166,3 +168,29 @@ def test_pgbouncer_profile_pools_the_apps_database_in_session_mode(
     listen = f"pgbouncer:{env['LISTEN_PORT']}"
     assert f"@{listen}/" in COMPOSE_TEXT, "the comment's URL names pgbouncer's port"
     assert int(env["DEFAULT_POOL_SIZE"]) >= 2 * (apps[0].pg_pool_max + 1)
+
+
+def test_cluster_profile_makes_three_masters_with_a_replica_each(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """Optional: six cluster-enabled nodes and a one-shot `redis-cli --cluster create`;
+    the apps use it when JANGTEO_REDIS_MODE and JANGTEO_REDIS_URL say so."""
+    nodes = {name: service for name, service in services.items() if name.startswith("redis-node-")}
+    assert len(nodes) == 6
+    for name, node in nodes.items():
+        assert node["profiles"] == ["cluster"], name
+        assert node["image"] == "redis:7", "sharded pub/sub needs Redis >= 7"
+        assert "--cluster-enabled" in node["command"], name
+    create = services["redis-cluster-create"]
+    assert create["profiles"] == ["cluster"] and create["restart"] == "no"
+    assert set(create["depends_on"]) == set(nodes)
+    script = " ".join(create["command"])
+    assert "--cluster-replicas 1" in script and all(f"{n}:6379" in script for n in nodes)
+    switch = {"JANGTEO_REDIS_MODE": "cluster", "JANGTEO_REDIS_URL": "redis://redis-node-1:6379/0"}
+    assert (
+        "JANGTEO_REDIS_MODE=cluster JANGTEO_REDIS_URL=redis://redis-node-1:6379/0" in COMPOSE_TEXT
+    )
+    for name, app in app_services(services).items():
+        assert set(switch) <= set(environment(app)), f"{name} takes both from the environment"
+        settings = settings_from({**environment(app), **switch})
+        assert settings.redis_mode == "cluster", name
