@@ -232,16 +232,40 @@ class NodeBreakers:
 def node_breaker_connection(breakers: NodeBreakers) -> type[BreakerConnection]:
     """The connection class of a cluster client: each connection reports to its node's
     breaker, and asks it before every command (the cluster client has no pool checkout
-    to guard: it picks a node's connection itself)."""
+    to guard: it picks a node's connection itself).
+
+    The cluster client connects from inside ``send_packed_command`` (its handshake is sent
+    the same way), so the breaker is asked once per command, not again for the handshake
+    of the connection that command opens, and connecting reports to the breaker from
+    ``connect_check_health``, the one step every path to a new connection takes.
+    """
 
     class NodeBreakerConnection(BreakerConnection):
         def __init__(self, **kwargs: Any) -> None:
             super().__init__(**kwargs)
             self.breaker = breakers.for_node(self.host, self.port)
+            self.connecting = False
+
+        async def connect(self) -> None:
+            await aioredis.Connection.connect(self)  # type: ignore[no-untyped-call]
+
+        async def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+            self.connecting = True
+            try:
+                await super().connect_check_health(*args, **kwargs)
+            except RedisTimeoutError:
+                self._report(timed_out=True)
+                raise
+            except (RedisConnectionError, OSError):
+                self._report(timed_out=False)
+                raise
+            finally:
+                self.connecting = False
 
         async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-            assert self.breaker is not None
-            self.breaker.admit()
+            if not self.connecting:
+                assert self.breaker is not None
+                self.breaker.admit()
             await super().send_packed_command(command, check_health)
 
     return NodeBreakerConnection

@@ -63,12 +63,17 @@ def open_redis(settings: Settings, registry: CollectorRegistry) -> aioredis.Redi
         return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
     cluster = RedisCluster.from_url(
         settings.redis_url,
-        connection_class=node_breaker_connection(NodeBreakers(breaker)),
         max_connections=settings.redis_max_connections,
         socket_timeout=settings.redis_timeout,
         socket_connect_timeout=settings.redis_timeout,
         health_check_interval=30,
         retry=Retry(NoBackoff(), CLUSTER_RETRIES),
     )
+    # The cluster client takes no connection class of its own (it always uses redis-py's
+    # plain one): give it to the node it starts from and to every node it discovers later.
+    connection_class = node_breaker_connection(NodeBreakers(breaker))
+    cluster.nodes_manager.connection_kwargs["connection_class"] = connection_class
+    for node in cluster.nodes_manager.startup_nodes.values():
+        node.connection_class = connection_class
     # The same commands under another class; the app's code is written against Redis's.
     return cast(aioredis.Redis, cluster)
