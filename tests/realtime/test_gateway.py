@@ -744,17 +744,19 @@ async def test_a_ticket_from_before_logout_is_closed_with_4401(client: Client) -
 # -- health and shutdown ---------------------------------------------------------------------
 
 
-async def test_readyz_reports_events(client: Client) -> None:
-    async def ready() -> bool:
-        return (await client.get("/readyz")).status == 200
+async def test_readyz_reports_events_and_the_relay_partitions_led(client: Client) -> None:
+    async def leading() -> bool:
+        response = await client.get("/readyz")
+        return response.status == 200 and (await response.json())["relay"]["leading"] == [0]
 
-    await eventually(ready, "ready")
+    await eventually(leading, "ready, and leading the one partition")
     response = await client.get("/readyz")
     assert await response.json() == {
         "status": "ok",
         "postgres": "ok",
         "redis": "ok",
         "events": "ok",
+        "relay": {"partitions": 1, "leading": [0]},
     }
 
 
