@@ -18,6 +18,7 @@ RELAY_LOCK_CLASS = 0x6A746F72  # "jtor"
 CONFIG_NOTIFY_CHANNEL = "jangteo_relay_config"
 MAX_PARTITIONS = 64
 
+# (``$n = 1 OR``: with one partition, no hash is computed at all.)
 # One statement (one round trip, one commit): number the committed rows of the partition
 # that have no position yet, in id order, with positions drawn from the shared sequence;
 # chain each to its channel's previous position (within the batch, else the channel's
@@ -28,7 +29,8 @@ WITH guard AS (
 ), pending AS (
     SELECT id, channel, type, data::text AS data, {commit_time} AS committed_at
     FROM outbox
-    WHERE position IS NULL AND relay_partition(channel, $4) = $5 AND EXISTS (SELECT FROM guard)
+    WHERE position IS NULL AND ($4 = 1 OR relay_partition(channel, $4) = $5)
+      AND EXISTS (SELECT FROM guard)
     ORDER BY id LIMIT $1
 ), reserved AS (
     SELECT array_agg(position ORDER BY position) AS positions
@@ -66,7 +68,7 @@ INSERT_TIME = "created_at"
 TAIL = """
 SELECT channel, position, prev, type, data::text AS data, committed_at
 FROM outbox
-WHERE position > $1 AND relay_partition(channel, $2) = $3
+WHERE position > $1 AND ($2 = 1 OR relay_partition(channel, $2) = $3)
 ORDER BY position LIMIT $4
 """
 # A partition's row, made when missing (a new database, or one emptied by hand).
