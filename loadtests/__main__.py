@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = argparse.ArgumentParser(
         prog=f"python -m loadtests bench {chosen.name}", description=module.__doc__
     )
+    sub.set_defaults(name=chosen.name)  # the results file stem, unless the benchmark takes one
     module.options(sub)
     sub.add_argument("--results", type=Path, default=RESULTS, help="where the results go")
     sub.add_argument("--keep-database", action="store_true", help="keep its database")
@@ -47,7 +48,6 @@ def main(argv: list[str] | None = None) -> int:
         help="keep server logs and scripts in DIR (default: a temporary directory)",
     )  # fmt: skip
     args = sub.parse_args(chosen.options)
-    args.name = chosen.name
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"bench-{args.name}-") as scratch:
         args.scratch = Path(scratch) if args.keep_files is None else args.keep_files.resolve()
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         except BenchError as error:
             print(f"bench {args.name}: {error}", file=sys.stderr)
             return 1
-    code = save(result, args.results)
+    code = save(result, args.results, args.name)
     print(f"done in {time.monotonic() - started:.0f} s")
     return code
 

@@ -32,7 +32,6 @@ import os
 import secrets
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -40,16 +39,20 @@ from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import redis
 
-from db.migrate import migrate
 from loadtests import audit
 from loadtests.config import LoadConfig, parse_duration
-from loadtests.harness.processes import BenchError, background, jangteo_command, stop_group
-from loadtests.harness.stack import admin, wait_ready, with_database
+from loadtests.harness.processes import (
+    BenchError,
+    background,
+    jangteo_command,
+    run_guarded,
+    stop_group,
+)
+from loadtests.harness.stack import create_database, execute, wait_ready, with_database
 from loadtests.harness.stats import percentile
 from server.embedded.process import free_port
 from server.embedded.stack import EmbeddedStack
@@ -87,12 +90,8 @@ def start_services(cleanup: ExitStack) -> tuple[str, str, bool]:
 def fresh_database(cleanup: ExitStack, admin_url: str, name: str) -> str:
     """Create ``name`` afresh, migrate it, and drop it when ``cleanup`` closes."""
     drop = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
-    asyncio.run(admin(admin_url, drop, f'CREATE DATABASE "{name}"'))
-    cleanup.callback(lambda: asyncio.run(admin(admin_url, drop)))
-    url = with_database(admin_url, name)
-    applied = asyncio.run(migrate(url))
-    print(f"fresh database {name} ({len(applied)} migrations)", flush=True)
-    return url
+    cleanup.callback(lambda: asyncio.run(execute(admin_url, drop)))
+    return asyncio.run(create_database(admin_url, name))
 
 
 def empty_redis_database(cleanup: ExitStack, redis_url: str) -> str:
@@ -384,10 +383,6 @@ def print_summary(
     print(f"\nWebSocket deliveries {deliveries}; audited {checked}")
 
 
-def _interrupted(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", help="e.g. 60s, 2m (default JANGTEO_LOAD_DURATION, 60s)")
@@ -422,27 +417,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"load test: {error}", file=sys.stderr)
         return 2
-    # Ctrl-C and SIGTERM both end the run through the cleanup below (also when this was
-    # started with SIGINT ignored, as a background job of a script is).
-    signal.signal(signal.SIGINT, _interrupted)
-    signal.signal(signal.SIGTERM, _interrupted)
     cleanup = ExitStack()
-    try:
-        return run(config, args.output, cleanup, args.serve)
-    except BenchError as error:
-        print(f"load test could not run: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\nload test interrupted; stopping what it started", file=sys.stderr)
-        return 130
-    finally:
-        # Cleanup must finish: a second Ctrl-C must not leave servers or databases behind.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            cleanup.close()
-        except Exception as error:  # reported, not raised: the verdict stands
-            print(f"load test: cleaning up failed: {error!r}", file=sys.stderr)
+    return run_guarded(
+        "load test", lambda: run(config, args.output, cleanup, args.serve), cleanup.close,
+        (BenchError,),
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

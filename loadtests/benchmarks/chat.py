@@ -48,7 +48,8 @@ from loadtests.clients.ws import (
     raise_open_files,
 )
 from loadtests.harness.processes import BenchError, Server, server_problems
-from loadtests.harness.results import Machine, Result, finish, other_load, pyplot, versions
+from loadtests.harness.report import COLOURS, bars, finish
+from loadtests.harness.results import Machine, Result, other_load, versions
 from loadtests.harness.results import load_average as current_load
 from loadtests.harness.stack import (
     create_listing,
@@ -63,8 +64,8 @@ from loadtests.harness.stack import (
 from server.settings import Settings
 
 DATABASE = "jangteo_bench_chat"
-JWT_SECRET = "bench-chat-only-not-a-real-secret-0123456789abcdef"  # noqa: S105
 NAMES = ("chat-a", "chat-b")
+FLAT_OUT = ("one_room", "one_room_sockets", "rooms")  # the runs with senders flat out
 OPTIONS = (  # flag, default (its type is the option's), help
     ("--rooms", 500, "rooms: buyer sockets on A, seller sockets on B"),
     ("--rate", 50.0, "latency run: messages/s"),
@@ -103,14 +104,75 @@ class ChatResult(Result):
         return self.failed
 
     def table(self) -> str:
-        return table(self.as_json())
+        steady = self.phases["steady"]
+        latency, ack = steady["send_to_receive_ms"], steady["send_to_ack_ms"]
+        rows = [
+            (f"send-to-receive p50 / p99 ms, {steady['label']}",
+             f"{latency['p50']} / {latency['p99']}  (send-to-ack {ack['p50']} / {ack['p99']};"
+             f" {latency['samples']} messages)"),
+            ("a one-row commit alone p50 / p99 ms",
+             f"{self.commit_alone_ms['p50']} / {self.commit_alone_ms['p99']}"),
+        ]  # fmt: skip
+        for phase in (self.phases[key] for key in FLAT_OUT):
+            latency = phase["send_to_receive_ms"]
+            rows.append((
+                f"msgs/s acked / received, {phase['label']} (window {phase['window']})",
+                f"{phase['acked_per_second']:,.0f} / {phase['received_per_second']:,.0f}"
+                f"  (send-to-receive p50 {latency['p50']} ms, p99 {latency['p99']} ms;"
+                f" machine CPU {phase['machine']['machine_cpu_percent']:.0f}%)",
+            ))  # fmt: skip
+        delivery, database = self.delivery, self.database
+        rows.append((
+            "correctness (whole run)",
+            f"{delivery['acked']:,} acked of {delivery['sent']:,} sent ({delivery['resent']} resent"
+            f" after 'unavailable', {delivery['given_up']} given up); missing"
+            f" {delivery['missing']}, duplicates {delivery['duplicates']}, out of id order"
+            f" {delivery['out_of_id_order']}; {database['rows']:,} rows,"
+            f" {database['distinct_client_ids']:,} client_ids,"
+            f" {database['client_ids_with_several_rows']} with several rows:"
+            f" {'OK' if not self.failed else 'FAILED'}",
+        ))  # fmt: skip
+        width = max(len(name) for name, _ in rows)
+        return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
 
-    def plot(self, path: Path) -> bool:
+    def plot(self, plt: Any, path: Path) -> None:
+        """Send-to-receive histogram and CDF; acked and received msgs/s per run."""
+        figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=110)
+        samples, steady = self.steady_send_to_receive_ms, self.phases["steady"]
+        if samples:
+            left.hist(samples, bins=min(80, max(10, len(samples) // 10)), color=COLOURS["jangteo"])
+            left.set_xlabel("send-to-receive latency, ms (buyer on A -> seller on B)")
+            left.set_ylabel("messages")
+            cdf = left.twinx()
+            cdf.plot(
+                samples, [(n + 1) / len(samples) for n in range(len(samples))], color="#222222"
+            )
+            cdf.set_ylim(0, 1.02)
+            cdf.set_ylabel("cumulative share")
+            for name, style in (("p50", "--"), ("p99", ":")):
+                ms = steady["send_to_receive_ms"][name]
+                left.axvline(ms, color="#2a7ab9", linestyle=style, label=f"{name} {ms} ms")
+            left.legend(fontsize=8, loc="center right")
+        left.set_title(f"latency at {steady['label']}", fontsize=9)
+        phases = [self.phases[key] for key in FLAT_OUT]
+        for offset, measure, colour, name in (
+            (-0.2, "acked_per_second", COLOURS["jangteo"], "acked (on A)"),
+            (0.2, "received_per_second", COLOURS["bare"], "received (on B)"),
+        ):
+            xs = [x + offset for x in range(len(phases))]
+            values = [p[measure] for p in phases]
+            bars(right, xs, values, "{:,.0f}", width=0.4, color=colour, label=name)
+        labels = [f"{p['label']}\nwindow {p['window']}" for p in phases]
+        right.set_xticks(range(len(phases)), labels, fontsize=8)
+        right.set_ylabel("messages / s")
+        seconds = self.load["seconds"]
+        right.set_title(f"chat messages/s, senders flat out for {seconds:g} s", fontsize=9)
+        right.legend(fontsize=8)
         caption = (
             f"{self.date}, {self.machine.cores} cores; 2 jangteo instances (1 process each),"
             " the client, PostgreSQL and Redis on the same cores"
         )
-        return plot(self.as_json(), caption, path)
+        finish(plt, figure, caption, path)
 
 
 def open_rooms(port: int, seller: str, buyer: str, count: int) -> list[int]:
@@ -118,11 +180,8 @@ def open_rooms(port: int, seller: str, buyer: str, count: int) -> list[int]:
     rooms = []
     for number in range(count):
         listing = create_listing(port, seller, f"chat benchmark {number}")
-        path = f"/api/v1/listings/{listing}/chats"
-        status, body = http_request(port, "POST", path, None, {"Authorization": f"Bearer {buyer}"})
-        if status != 201:
-            raise BenchError(f"opening a room answered {status}: {body[:300]!r}")
-        rooms.append(int(json.loads(body)["id"]))
+        path, auth = f"/api/v1/listings/{listing}/chats", {"Authorization": f"Bearer {buyer}"}
+        rooms.append(int(json.loads(http_request(port, "POST", path, None, auth, 201))["id"]))
     return rooms
 
 
@@ -201,7 +260,7 @@ async def connect(
 ) -> float:
     """``count`` sockets on ``server`` with ``token``'s tickets; seconds it took."""
     target = Target.jangteo(server.name, server.port, token)
-    plan = ConnectPlan((target,), count, 0, 1, source_addresses=tuple(addresses.take(count)))
+    (plan,) = ConnectPlan.split([target], count, 1, None, addresses.take(count))
     result = await client.connect(plan)
     opened = result["outcome"].get("opened", 0)
     if opened != count:
@@ -340,91 +399,6 @@ def verdict(report: Mapping[str, Any]) -> list[str]:
     return failed
 
 
-# ----------------------------------------------------------------------------- report
-
-
-def table(report: Mapping[str, Any]) -> str:
-    phases = report["phases"]
-    steady_ms = phases["steady"]["send_to_receive_ms"]
-    ack_ms = phases["steady"]["send_to_ack_ms"]
-    rows = [
-        (
-            f"send-to-receive p50 / p99 ms, {phases['steady']['label']}",
-            f"{steady_ms['p50']} / {steady_ms['p99']}  (send-to-ack {ack_ms['p50']} /"
-            f" {ack_ms['p99']}; {steady_ms['samples']} messages)",
-        )
-    ]
-    commit = report["commit_alone_ms"]
-    rows.append(("a one-row commit alone p50 / p99 ms", f"{commit['p50']} / {commit['p99']}"))
-    for key in ("one_room", "one_room_sockets", "rooms"):
-        phase = phases[key]
-        latency = phase["send_to_receive_ms"]
-        rows.append((
-            f"msgs/s acked / received, {phase['label']} (window {phase['window']})",
-            f"{phase['acked_per_second']:,.0f} / {phase['received_per_second']:,.0f}"
-            f"  (send-to-receive p50 {latency['p50']} ms, p99 {latency['p99']} ms;"
-            f" machine CPU {phase['machine']['machine_cpu_percent']:.0f}%)",
-        ))  # fmt: skip
-    delivery, database = report["delivery"], report["database"]
-    rows.append((
-        "correctness (whole run)",
-        f"{delivery['acked']:,} acked of {delivery['sent']:,} sent ({delivery['resent']} resent"
-        f" after 'unavailable', {delivery['given_up']} given up); missing"
-        f" {delivery['missing']}, duplicates {delivery['duplicates']}, out of id order"
-        f" {delivery['out_of_id_order']}; {database['rows']:,} rows,"
-        f" {database['distinct_client_ids']:,} client_ids,"
-        f" {database['client_ids_with_several_rows']} with several rows:"
-        f" {'OK' if not report['failed'] else 'FAILED'}",
-    ))  # fmt: skip
-    width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
-
-
-def plot(report: Mapping[str, Any], caption: str, path: Path) -> bool:
-    """Send-to-receive histogram and CDF; acked and received msgs/s per run (matplotlib)."""
-    plt = pyplot()
-    if plt is None:
-        return False
-
-    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=110)
-    samples = report["steady_send_to_receive_ms"]
-    steady_phase = report["phases"]["steady"]
-    if samples:
-        left.hist(samples, bins=min(80, max(10, len(samples) // 10)), color="#d9534f")
-        left.set_xlabel("send-to-receive latency, ms (buyer on A -> seller on B)")
-        left.set_ylabel("messages")
-        cdf = left.twinx()
-        cdf.plot(samples, [(n + 1) / len(samples) for n in range(len(samples))], color="#222222")
-        cdf.set_ylim(0, 1.02)
-        cdf.set_ylabel("cumulative share")
-        latency = steady_phase["send_to_receive_ms"]
-        for name, style in (("p50", "--"), ("p99", ":")):
-            left.axvline(
-                latency[name], color="#2a7ab9", linestyle=style, label=f"{name} {latency[name]} ms"
-            )
-        left.legend(fontsize=8, loc="center right")
-    left.set_title(f"latency at {steady_phase['label']}", fontsize=9)
-    keys = ("one_room", "one_room_sockets", "rooms")
-    phases = [report["phases"][key] for key in keys]
-    labels = [f"{p['label']}\nwindow {p['window']}" for p in phases]
-    positions = list(range(len(phases)))
-    for offset, measure, colour, name in (
-        (-0.2, "acked_per_second", "#d9534f", "acked (on A)"),
-        (0.2, "received_per_second", "#7f8c8d", "received (on B)"),
-    ):
-        values = [p[measure] for p in phases]
-        bars = right.bar(
-            [x + offset for x in positions], values, width=0.4, color=colour, label=name
-        )
-        right.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=8)
-    right.set_xticks(positions, labels, fontsize=8)
-    right.set_ylabel("messages / s")
-    seconds = report["load"]["seconds"]
-    right.set_title(f"chat messages/s, senders flat out for {seconds:g} s", fontsize=9)
-    right.legend(fontsize=8)
-    return finish(plt, figure, caption, path)
-
-
 async def run(args: argparse.Namespace) -> ChatResult:
     seen_before = other_load()
     if seen_before:
@@ -434,15 +408,15 @@ async def run(args: argparse.Namespace) -> ChatResult:
     )
     stack = services()
     async with fresh_database(stack.admin_url, DATABASE, keep=args.keep_database) as url:
-        settings = serve_settings(url, stack.redis_url, JWT_SECRET=JWT_SECRET)
-        settings["JANGTEO_ACCESS_TOKEN_TTL"] = "3600"  # noqa: S105 - a lifetime, in seconds
+        settings = serve_settings(url, stack.redis_url)
         extra = {"JANGTEO_WS_FRAMES_PER_SECOND": str(args.frames_per_second)}
         chosen = Settings.from_env({**os.environ, **settings, **extra})
         commands: dict[str, Any] = {
             "benchmark": "python -m loadtests " + shlex.join(sys.argv[1:]),
             "database": database_note(DATABASE),
         }
-        with instances(NAMES, settings, args.scratch, commands, extra) as servers:
+        record = commands.setdefault("jangteo", {})
+        with instances(NAMES, settings | extra, args.scratch, record) as servers:
             started = time.monotonic()
             seller, buyer = sign_up(servers[0].port), sign_up(servers[0].port)
             rooms = open_rooms(servers[0].port, seller, buyer, args.rooms)

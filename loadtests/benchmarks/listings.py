@@ -13,18 +13,34 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from db.queries.listings import LISTING_SELECT, FeedFilter, feed_sql
-from loadtests.harness.processes import background, jangteo_command
-from loadtests.harness.results import Machine, Result, pyplot, versions
-from loadtests.harness.stack import fetch, fresh_database, services
-from loadtests.harness.tools import WRK_REPORT_LUA, Measurement, Target, pgbench, wrk
+from loadtests.harness.processes import Server, as_line, background
+from loadtests.harness.report import COLOURS, bars, finish
+from loadtests.harness.results import Machine, Result, versions
+from loadtests.harness.stack import (
+    bare_app,
+    execute,
+    fetch,
+    fresh_database,
+    instances,
+    serve_settings,
+    services,
+)
+from loadtests.harness.tools import (
+    WRK_REPORT_LUA,
+    Measurement,
+    Target,
+    alternate,
+    best,
+    pgbench,
+    wrk,
+    wrk_table,
+)
 from server.embedded.process import free_port
 from server.seed import seed
 from server.settings import Settings
@@ -34,7 +50,10 @@ POOL_MAX = 8  # per worker: pgbench gets WORKERS * POOL_MAX connections
 LISTINGS = 2000
 REGION = "seoul-mapo"
 DATABASE = "jangteo_bench_listings"
-
+DETAIL, FEED = f"/api/v1/listings/{LISTINGS // 2}", f"/api/v1/listings?region={REGION}"
+BARE_PG = "aiohttp + asyncpg"
+FASTAPI = "FastAPI + uvicorn + asyncpg"
+SHOWN = {"baseline": "bare aiohttp, same bytes"}
 RANDOM_ID_LUA = """
 request = function()
   return wrk.format("GET", "/api/v1/listings/" .. math.random(1, %d))
@@ -51,14 +70,61 @@ class ListingsResult(Result):
     uncached_rounds: list[list[Measurement]]
 
     def table(self) -> str:
-        ratios = ", ".join(f"{name} {value}" for name, value in self.uncached.items())
-        return _table(self.results, self.pgbench, self.shares) + "\n" + ratios
+        lines = [wrk_table(self.results, self.shares)]
+        lines += [f"{name}: pgbench {run['tps']:,.0f} tx/s" for name, run in self.pgbench.items()]
+        return "\n".join([*lines, ", ".join(f"{k} {v}" for k, v in self.uncached.items())])
 
-    def plot(self, path: Path) -> bool:
-        if not _plot(self.results, self.pgbench, self.shares, path):
-            return False
-        _plot_cdf(self.results, self.load["connections"], path.with_name("listings-cdf.png"))
-        return True
+    def plot(self, plt: Any, path: Path) -> None:
+        """Requests/s per endpoint, one bar per server, pgbench beside the uncached ones;
+        and one latency CDF per endpoint, every server of it on the same axes."""
+        endpoints = list(self.shares)
+        groups: dict[str, list[tuple[str, float]]] = {endpoint: [] for endpoint in endpoints}
+        for m in self.results:
+            groups[m.endpoint].append((m.server, m.requests_per_second))
+        for endpoint, run in self.pgbench.items():
+            groups[endpoint].append(("pgbench (tx/s)", run["tps"]))
+        colours = {**COLOURS, BARE_PG: "#5b7c99", FASTAPI: "#009688", "pgbench (tx/s)": "#c8c8c8"}
+        figure, axes = plt.subplots(figsize=(9, 4.6), dpi=120)
+        labelled: set[str] = set()
+        for x, endpoint in enumerate(endpoints):
+            for offset, (server, value) in enumerate(groups[endpoint]):
+                position = x + (offset - (len(groups[endpoint]) - 1) / 2) * 0.2
+                label = None if server in labelled else SHOWN.get(server, server)
+                labelled.add(server)
+                share = f"{self.shares[endpoint]:.0%}" if server == "jangteo" else "{:,.0f}"
+                bars(
+                    axes, [position], [value], share, width=0.2, color=colours[server], label=label
+                )
+        axes.set_xticks(range(len(endpoints)), endpoints)
+        axes.set_yscale("log")
+        axes.set_ylabel("requests (or transactions) / s, log")
+        title = f"listing reads, {WORKERS} processes each; jangteo's share of its first reference"
+        axes.set_title(title, fontsize=10)
+        axes.legend(fontsize=7)
+        finish(plt, figure, f"{self.date}, {self.machine.cores} cores", path)
+
+        from matplotlib import ticker  # type: ignore[import-not-found, unused-ignore]
+
+        figure, grid = plt.subplots(2, 2, figsize=(9, 6.4), dpi=120, squeeze=False)
+        for axes, endpoint in zip(grid.flat, endpoints, strict=False):
+            for m in self.results:
+                if m.endpoint == endpoint and m.cdf_ms:
+                    points = sorted(m.cdf_ms)
+                    label = f"{SHOWN.get(m.server, m.server)} (p99 {m.latency_ms['p99']:.1f} ms)"
+                    axes.plot([ms for _, ms in points], [p for p, _ in points], ".-", label=label)
+            axes.set_xscale("log")
+            axes.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+            axes.xaxis.set_minor_formatter(ticker.NullFormatter())
+            axes.set_title(endpoint, fontsize=10)
+            axes.set_xlabel("latency, ms (log)", fontsize=8)
+            axes.set_ylabel("percentile", fontsize=8)
+            axes.grid(True, which="both", alpha=0.3)
+            axes.legend(fontsize=7, loc="lower right")
+        connections = self.load["connections"]
+        title = f"listing read latency, {WORKERS} processes each, wrk -t2 -c{connections}"
+        figure.suptitle(title, fontsize=10)
+        cdf_path = path.with_name(f"{path.stem}-cdf.png")
+        finish(plt, figure, f"{self.date}, {self.machine.cores} cores", cdf_path)
 
 
 def options(parser: argparse.ArgumentParser) -> None:
@@ -75,37 +141,34 @@ def pgbench_script(sql: str, params: list[object]) -> str:
     text = " ".join(sql.split())
     for index in range(len(params), 0, -1):
         value = params[index - 1]
-        literal = (
-            ":id" if value is None else repr(value) if isinstance(value, int) else f"'{value}'"
-        )
-        text = text.replace(f"${index}", str(literal))
+        literal = ":id" if value is None else str(value) if isinstance(value, int) else f"'{value}'"
+        text = text.replace(f"${index}", literal)
     return f"\\set id random(1, {LISTINGS})\n{text};\n"
-
-
-def serve_env(base: Mapping[str, str], database_url: str, cache: bool) -> dict[str, str]:
-    return {
-        **base,
-        "JANGTEO_DATABASE_URL": database_url,
-        "JANGTEO_RATE_LIMITS": "off",
-        "JANGTEO_ACCESS_LOG": "off",
-        "JANGTEO_LOG_LEVEL": "WARNING",
-        "JANGTEO_PG_POOL_MAX": str(POOL_MAX),
-        "JANGTEO_CACHE": "on" if cache else "off",
-    }
 
 
 async def run(args: argparse.Namespace) -> ListingsResult:
     machine = Machine()
     stack = services()
-    env = {**os.environ, "JANGTEO_REDIS_URL": stack.redis_url}
     async with fresh_database(stack.admin_url, DATABASE, keep=args.keep_database) as url:
         await seed(Settings(database_url=url), users=60, listings=LISTINGS, if_empty=False)
-        conn = await asyncpg.connect(url)
-        try:
-            await conn.execute("VACUUM ANALYZE")
-        finally:
-            await conn.close()
-        measurements, rounds, pgbench_runs, commands = measure(args, env, url, args.scratch)
+        await execute(url, "VACUUM ANALYZE")
+        commands: dict[str, str] = {}
+        measurements, rounds = measure(args, stack.redis_url, url, commands)
+        feed_query, feed_params = feed_sql(FeedFilter(region=REGION), 20 + 1)
+        scripts = {
+            "uncached detail": pgbench_script(LISTING_SELECT + " WHERE l.id = $1", [None]),
+            "uncached feed": pgbench_script(feed_query, feed_params),
+        }
+        runs: dict[str, dict[str, Any]] = {}
+        for name, text in scripts.items():
+            script = args.scratch / f"{name.replace(' ', '-')}.sql"
+            script.write_text(text)
+            script.chmod(0o644)
+            commands[f"pgbench {name}"], runs[name] = pgbench(
+                url, script, clients=WORKERS * POOL_MAX, seconds=args.seconds, threads=WORKERS
+            )
+    best_of = {m.server: m for m in measurements if m.endpoint == "uncached detail"}
+    ours, bare, fastapi = best_of["jangteo"], best_of[BARE_PG], best_of[FASTAPI]
     return ListingsResult(
         benchmark="listings",
         machine=machine,
@@ -121,96 +184,61 @@ async def run(args: argparse.Namespace) -> ListingsResult:
         },
         commands=commands,
         results=measurements,
-        pgbench=pgbench_runs,
-        shares=_shares(measurements, pgbench_runs),
-        uncached=_uncached_ratios(measurements),
+        pgbench=runs,
+        shares=shares(measurements, runs),
+        uncached={
+            "rps_vs_bare": round(ours.requests_per_second / bare.requests_per_second, 3),
+            "rps_vs_fastapi": round(ours.requests_per_second / fastapi.requests_per_second, 3),
+            "p99_vs_bare": round(ours.latency_ms["p99"] / bare.latency_ms["p99"], 3),
+            "p99_ms": ours.latency_ms["p99"],
+            "bare_p99_ms": bare.latency_ms["p99"],
+            "fastapi_p99_ms": fastapi.latency_ms["p99"],
+        },
         uncached_rounds=rounds,
     )
 
 
+def shares(
+    measurements: list[Measurement], pgbench_runs: dict[str, dict[str, Any]]
+) -> dict[str, float]:
+    """jangteo's requests/s over its endpoint's first reference: the same bytes from the bare
+    app, else the bare handler's same SELECT, else pgbench's transactions/s."""
+    rps = {(m.endpoint, m.server): m.requests_per_second for m in measurements}
+    return {
+        endpoint: round(ours / (rps.get((endpoint, "baseline")) or rps.get((endpoint, BARE_PG))
+                                or pgbench_runs[endpoint]["tps"]), 3)
+        for (endpoint, server), ours in rps.items()
+        if server == "jangteo"
+    }  # fmt: skip
+
+
 def measure(
-    args: argparse.Namespace, env: Mapping[str, str], database_url: str, work: Path
-) -> tuple[list[Measurement], list[list[Measurement]], dict[str, dict[str, Any]], dict[str, str]]:
-    report_lua = work / "report.lua"
+    args: argparse.Namespace, redis_url: str, database_url: str, commands: dict[str, str]
+) -> tuple[list[Measurement], list[list[Measurement]]]:
+    """Cached reads against the bare app; uncached detail reads on jangteo, the bare handler
+    and FastAPI in alternating rounds (all three serve at once: idle ones cost nothing), and
+    the uncached feed. The measurements (best round each) and every uncached round."""
+    scratch: Path = args.scratch
+    report_lua, random_lua = scratch / "report.lua", scratch / "random.lua"
     report_lua.write_text(WRK_REPORT_LUA)
-    random_lua = work / "random.lua"
     random_lua.write_text(RANDOM_ID_LUA % LISTINGS + WRK_REPORT_LUA)
-    detail_path = f"/api/v1/listings/{LISTINGS // 2}"
-    feed_path = f"/api/v1/listings?region={REGION}"
     load = {"seconds": args.seconds, "threads": 2, "connections": args.connections}
-    measurements: list[Measurement] = []
-    commands: dict[str, str] = {}
-    cached_port, baseline_port, uncached_port = free_port(), free_port(), free_port()
-    serve = jangteo_command("serve", "--workers", str(WORKERS), "--port")
-    with background(
-        [*serve, str(cached_port)], serve_env(env, database_url, True), cached_port,
-        work / "cached.log",
-    ):  # fmt: skip
-        (work / "detail.json").write_bytes(fetch(cached_port, detail_path))
-        (work / "feed.json").write_bytes(fetch(cached_port, feed_path))
-        baseline = [
-            sys.executable, "-m", "loadtests.references.app", "--port", str(baseline_port),
-            "--processes", str(WORKERS), "--route", f"/detail={work / 'detail.json'}",
-            "--route", f"/feed={work / 'feed.json'}",
-        ]  # fmt: skip
-        commands["baseline"] = " ".join(baseline)
-        with background(baseline, env, baseline_port, work / "baseline.log"):
-            for endpoint, server, port, path in (
-                ("cached detail", "jangteo", cached_port, detail_path),
-                ("cached detail", "baseline", baseline_port, "/detail"),
-                ("cached feed", "jangteo", cached_port, feed_path),
-                ("cached feed", "baseline", baseline_port, "/feed"),
-            ):
-                fetch(port, path)  # warms the cache
-                target = Target(endpoint, server, f"http://127.0.0.1:{port}{path}")
-                measurements.append(wrk(target, report_lua, **load))
-    rounds = _uncached_rounds(args, env, database_url, work, random_lua, load, commands)
-    measurements += [max(runs, key=lambda m: m.requests_per_second) for runs in rounds]
-    with background(
-        [*serve, str(uncached_port)], serve_env(env, database_url, False), uncached_port,
-        work / "uncached.log",
-    ):  # fmt: skip
-        target = Target("uncached feed", "jangteo", f"http://127.0.0.1:{uncached_port}{feed_path}")
-        measurements.append(wrk(target, report_lua, **load))
-    clients = WORKERS * POOL_MAX
-    feed_query, feed_params = feed_sql(FeedFilter(region=REGION), 20 + 1)
-    scripts = {
-        "uncached detail": pgbench_script(LISTING_SELECT + " WHERE l.id = $1", [None]),
-        "uncached feed": pgbench_script(feed_query, feed_params),
-    }
-    runs: dict[str, dict[str, Any]] = {}
-    for name, text in scripts.items():
-        script = work / f"{name.replace(' ', '-')}.sql"
-        script.write_text(text)
-        script.chmod(0o644)
-        commands[f"pgbench {name}"], runs[name] = pgbench(
-            database_url, script, clients=clients, seconds=args.seconds, threads=WORKERS
-        )
-    commands["jangteo"] = " ".join([*serve, "<port>"]) + f" (JANGTEO_PG_POOL_MAX={POOL_MAX})"
-    return measurements, rounds, runs, commands
 
+    def jangteo(name: str, cache: str) -> AbstractContextManager[list[Server]]:
+        settings = serve_settings(database_url, redis_url, PG_POOL_MAX=str(POOL_MAX), CACHE=cache)
+        return instances([name], settings, scratch, commands, workers=WORKERS)
 
-BARE_PG = "aiohttp + asyncpg"
-FASTAPI = "FastAPI + uvicorn + asyncpg"
-SHOWN = {"baseline": "bare aiohttp, same bytes"}
-
-
-def _uncached_rounds(
-    args: argparse.Namespace,
-    env: Mapping[str, str],
-    database_url: str,
-    work: Path,
-    random_lua: Path,
-    load: Mapping[str, int],
-    commands: dict[str, str],
-) -> list[list[Measurement]]:
-    """Uncached detail reads on jangteo, the bare handler and FastAPI, in alternating rounds.
-
-    All three serve at once (idle ones cost nothing) so each round loads them back to back;
-    every other round runs in reverse order, so no server always goes first.
-    """
-    ports = {"jangteo": free_port(), BARE_PG: free_port(), FASTAPI: free_port()}
-    serve = jangteo_command("serve", "--workers", str(WORKERS), "--port", str(ports["jangteo"]))
+    with jangteo("jangteo cached", "on") as (cached,):
+        bodies = {"/detail": fetch(cached.port, DETAIL), "/feed": fetch(cached.port, FEED)}
+        with bare_app(bodies, scratch, commands, WORKERS) as baseline:
+            targets = [
+                Target("cached detail", "jangteo", cached.url + DETAIL),
+                Target("cached detail", "baseline", f"{baseline.url}/detail"),
+                Target("cached feed", "jangteo", cached.url + FEED),
+                Target("cached feed", "baseline", f"{baseline.url}/feed"),
+            ]
+            measurements = best(alternate(targets, report_lua, rounds=1, warmup=0, **load))
+    ports = {BARE_PG: free_port(), FASTAPI: free_port()}
     bare = [
         sys.executable, "-m", "loadtests.references.pg", "--port", str(ports[BARE_PG]),
         "--processes", str(WORKERS), "--pool", str(POOL_MAX), "--database", database_url,
@@ -220,147 +248,20 @@ def _uncached_rounds(
         "--port", str(ports[FASTAPI]), "--workers", str(WORKERS), "--loop", "uvloop",
         "--http", "httptools", "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
-    fastapi_env = {**env, "BENCH_DATABASE_URL": database_url, "BENCH_POOL": str(POOL_MAX)}
-    commands[BARE_PG] = " ".join(bare).replace(database_url, "<url>")
-    commands[FASTAPI] = f"BENCH_POOL={POOL_MAX} " + " ".join(fastapi)
-    servers = list(ports)
-    rounds: list[list[Measurement]] = [[] for _ in servers]
+    fastapi_env = {**os.environ, "BENCH_DATABASE_URL": database_url, "BENCH_POOL": str(POOL_MAX)}
+    commands[BARE_PG] = as_line(bare).replace(database_url, "<url>")
+    commands[FASTAPI] = f"BENCH_POOL={POOL_MAX} " + as_line(fastapi)
     with (
-        background(serve, serve_env(env, database_url, False), ports["jangteo"],
-                   work / "uncached.log"),
-        background(bare, env, ports[BARE_PG], work / "bare-pg.log"),
-        background(fastapi, fastapi_env, ports[FASTAPI], work / "fastapi.log"),
-    ):  # fmt: skip
-        for number in range(args.rounds):
-            order = range(len(servers)) if number % 2 == 0 else reversed(range(len(servers)))
-            for index in order:
-                target = Target(
-                    "uncached detail", servers[index], f"http://127.0.0.1:{ports[servers[index]]}/"
-                )
-                print(f"round {number + 1}: {target.server}", flush=True)
-                if args.warmup > 0:
-                    wrk(target, random_lua, **{**load, "seconds": args.warmup})
-                rounds[index].append(wrk(target, random_lua, **load))
-    return rounds
-
-
-def _uncached_ratios(measurements: list[Measurement]) -> dict[str, float]:
-    """The benchmark table's uncached ratios from the best round of each server."""
-    best = {m.server: m for m in measurements if m.endpoint == "uncached detail"}
-    ours, bare, fastapi = best["jangteo"], best[BARE_PG], best[FASTAPI]
-    return {
-        "rps_vs_bare": round(ours.requests_per_second / bare.requests_per_second, 3),
-        "rps_vs_fastapi": round(ours.requests_per_second / fastapi.requests_per_second, 3),
-        "p99_vs_bare": round(ours.latency_ms["p99"] / bare.latency_ms["p99"], 3),
-        "p99_ms": ours.latency_ms["p99"],
-        "bare_p99_ms": bare.latency_ms["p99"],
-        "fastapi_p99_ms": fastapi.latency_ms["p99"],
-    }
-
-
-def _shares(
-    measurements: list[Measurement], pgbench: Mapping[str, Mapping[str, Any]]
-) -> dict[str, float]:
-    rps = {(m.endpoint, m.server): m.requests_per_second for m in measurements}
-    shares = {}
-    for endpoint in dict.fromkeys(m.endpoint for m in measurements):
-        ours = rps[(endpoint, "jangteo")]
-        reference = (
-            rps.get((endpoint, "baseline"))
-            or rps.get((endpoint, BARE_PG))
-            or pgbench[endpoint]["tps"]
-        )
-        shares[endpoint] = round(ours / reference, 3)
-    return shares
-
-
-def _table(
-    measurements: list[Measurement],
-    pgbench: Mapping[str, Mapping[str, Any]],
-    shares: Mapping[str, float],
-) -> str:
-    lines = [f"{'endpoint':<17}{'server':<29}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'share':>8}"]
-    for m in measurements:
-        share = f"{shares[m.endpoint]:.0%}" if m.server == "jangteo" else ""
-        lines.append(
-            f"{m.endpoint:<17}{m.server:<29}{m.requests_per_second:>10,.0f}"
-            f"{m.latency_ms['p50']:>9.2f}{m.latency_ms['p99']:>9.2f}{share:>8}"
-        )
-    for endpoint, result in pgbench.items():
-        lines.append(f"{endpoint:<17}{'pgbench':<29}{result['tps']:>10,.0f}")
-    return "\n".join(lines)
-
-
-def _plot(
-    measurements: list[Measurement],
-    pgbench: Mapping[str, Mapping[str, Any]],
-    shares: Mapping[str, float],
-    path: Path,
-) -> bool:
-    """Requests/s per endpoint, one bar per server, pgbench beside the uncached ones."""
-    plt = pyplot()
-    if plt is None:
-        return False
-
-    endpoints = list(dict.fromkeys(m.endpoint for m in measurements))
-    bars: dict[str, list[tuple[str, float]]] = {e: [] for e in endpoints}
-    for m in measurements:
-        bars[m.endpoint].append((m.server, m.requests_per_second))
-    for endpoint, result in pgbench.items():
-        bars.setdefault(endpoint, []).append(("pgbench (tx/s)", result["tps"]))
-    colours = {"jangteo": "#d9534f", "baseline": "#7f8c8d", BARE_PG: "#5b7c99",
-               FASTAPI: "#009688", "pgbench (tx/s)": "#c8c8c8"}  # fmt: skip
-    figure, axes = plt.subplots(figsize=(9, 4.6), dpi=120)
-    width = 0.2
-    labelled: set[str] = set()
-    for x, endpoint in enumerate(endpoints):
-        group = bars[endpoint]
-        for offset, (server, value) in enumerate(group):
-            position = x + (offset - (len(group) - 1) / 2) * width
-            label = SHOWN.get(server, server) if server not in labelled else None
-            labelled.add(server)
-            drawn = axes.bar(position, value, width, color=colours.get(server), label=label)
-            text = f"{shares[endpoint]:.0%}" if server == "jangteo" else f"{value:,.0f}"
-            axes.bar_label(drawn, labels=[text], fontsize=7, padding=2)
-    axes.set_xticks(range(len(endpoints)), endpoints)
-    axes.set_yscale("log")
-    axes.set_ylabel("requests (or transactions) / s, log")
-    axes.set_title(
-        f"listing reads, {WORKERS} processes each; jangteo's share of its first reference",
-        fontsize=10,
-    )
-    axes.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return True
-
-
-def _plot_cdf(measurements: list[Measurement], connections: int, path: Path) -> None:
-    """One latency CDF per read benchmark, every server of it on the same axes."""
-    plt = pyplot()
-    from matplotlib import ticker  # type: ignore[import-not-found, unused-ignore]
-
-    endpoints = list(dict.fromkeys(m.endpoint for m in measurements))
-    figure, grid = plt.subplots(2, 2, figsize=(9, 6.4), dpi=120, squeeze=False)
-    for axes, endpoint in zip(grid.flat, endpoints, strict=False):
-        for m in measurements:
-            if m.endpoint == endpoint and m.cdf_ms:
-                points = sorted(m.cdf_ms, key=lambda point: point[0])
-                axes.plot([ms for _, ms in points], [p for p, _ in points], marker=".",
-                          label=f"{SHOWN.get(m.server, m.server)} "
-                                f"(p99 {m.latency_ms['p99']:.1f} ms)")  # fmt: skip
-        axes.set_xscale("log")
-        axes.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
-        axes.xaxis.set_minor_formatter(ticker.NullFormatter())
-        axes.set_title(endpoint, fontsize=10)
-        axes.set_xlabel("latency, ms (log)", fontsize=8)
-        axes.set_ylabel("percentile", fontsize=8)
-        axes.grid(True, which="both", alpha=0.3)
-        axes.legend(fontsize=7, loc="lower right")
-    figure.suptitle(
-        f"listing read latency, {WORKERS} processes each, wrk -t2 -c{connections}", fontsize=10
-    )
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+        jangteo("jangteo", "off") as (uncached,),
+        background(bare, os.environ, ports[BARE_PG], scratch / "bare-pg.log"),
+        background(fastapi, fastapi_env, ports[FASTAPI], scratch / "fastapi.log"),
+    ):
+        targets = [Target("uncached detail", "jangteo", f"{uncached.url}/")]
+        targets += [
+            Target("uncached detail", k, f"http://127.0.0.1:{p}/") for k, p in ports.items()
+        ]
+        rounds = alternate(targets, random_lua, rounds=args.rounds, warmup=args.warmup, **load)
+        measurements += best(rounds)
+        feed = Target("uncached feed", "jangteo", uncached.url + FEED)
+        measurements.append(wrk(feed, report_lua, **load))
+    return measurements, rounds

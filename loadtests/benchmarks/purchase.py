@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import orjson
 import redis
 import uvloop
@@ -29,27 +28,29 @@ from db.queries import listings as listing_queries
 from db.queries import orders as order_queries
 from db.queries import wallets as wallet_queries
 from db.queries.outbox import Event, insert_events
-from loadtests.harness.processes import (
-    BenchError,
-    background,
-    jangteo_command,
-    run_checked,
-    server_problems,
-)
+from loadtests.harness.processes import BenchError, jangteo_command, run_checked, server_problems
+from loadtests.harness.report import COLOURS, bars, finish, text_table
 from loadtests.harness.results import Machine, Result, versions
 from loadtests.harness.results import load_average as current_load
-from loadtests.harness.stack import database_note, fresh_database, services, wait_ready
+from loadtests.harness.stack import (
+    JWT_SECRET,
+    connected,
+    database_note,
+    fresh_database,
+    instances,
+    serve_settings,
+    services,
+)
 from loadtests.harness.stats import summary_ms
 from loadtests.harness.tools import pgbench
 from server.auth.tokens import TokenIssuer
-from server.embedded.process import free_port
 from server.idempotency import KEY_TTL
+from server.listings.cache import detail_base, feed_base
 from server.orders.purchase import OPTIMISTIC_ATTEMPTS, OPTIMISTIC_BACKOFF_S
 from server.settings import PURCHASE_STRATEGIES, Settings
 
 BENCH_DATABASE = "jangteo_bench_purchase"
 WORKERS = 2
-JWT_SECRET = "bench-purchase-only-not-a-real-secret-0123456789abcdef"  # noqa: S105
 # A listing id and region of their own, so the Redis keys the server touches (purchase
 # lock, fencing counter, cache generations) never collide with a development server's.
 LISTING_ID = 900_000_001
@@ -61,12 +62,7 @@ TABLES = (
 )
 # The SQL script each strategy's pgbench baseline runs; redis_lock's database work is the
 # atomic conditional UPDATE (plus a fencing predicate): its lock lives in Redis.
-BASELINE_SCRIPT = {
-    "atomic": "atomic",
-    "pessimistic": "pessimistic",
-    "optimistic": "optimistic",
-    "redis_lock": "atomic",
-}
+BASELINE_SCRIPT = {name: name for name in PURCHASE_STRATEGIES} | {"redis_lock": "atomic"}
 
 
 # ----------------------------------------------------------------------------- data
@@ -94,13 +90,12 @@ class Seeded:
 
 async def reset_data(url: str, fixture: Fixture) -> Seeded:
     """Empty every table and seed the fixture with plain SQL (no sign-ups, no argon2)."""
-    conn = await asyncpg.connect(url)
-    try:
+    async with connected(url) as conn:
         async with conn.transaction():
             await conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
-            await conn.execute(
+            seller_id: int = await conn.fetchval(
                 "INSERT INTO users (email, password_hash, nickname, region)"
-                " VALUES ($1, '!', 'bench seller', $2)",
+                " VALUES ($1, '!', 'bench seller', $2) RETURNING id",
                 SELLER_EMAIL,
                 REGION,
             )
@@ -111,18 +106,15 @@ async def reset_data(url: str, fixture: Fixture) -> Seeded:
                 fixture.buyers,
                 REGION,
             )
-            await conn.execute("INSERT INTO wallets (user_id) SELECT id FROM users")
             await conn.execute(
-                "INSERT INTO topups (user_id, amount) SELECT id, $2 FROM users WHERE email <> $1",
-                SELLER_EMAIL,
+                "INSERT INTO topups (user_id, amount) SELECT id, $2 FROM users WHERE id <> $1",
+                seller_id,
                 fixture.funds_per_buyer,
             )
+            # Every wallet holds what its owner topped up: the seller's nothing.
             await conn.execute(
-                "UPDATE wallets w SET balance = w.balance + t.amount, updated_at = now()"
-                " FROM topups t WHERE t.user_id = w.user_id"
-            )
-            seller_id: int = await conn.fetchval(
-                "SELECT id FROM users WHERE email = $1", SELLER_EMAIL
+                "INSERT INTO wallets (user_id, balance) SELECT u.id, coalesce(t.amount, 0)"
+                " FROM users u LEFT JOIN topups t ON t.user_id = u.id"
             )
             await conn.execute(
                 "INSERT INTO listings (id, seller_id, title, description, price, quantity,"
@@ -138,8 +130,6 @@ async def reset_data(url: str, fixture: Fixture) -> Seeded:
             rows = await conn.fetch("SELECT id FROM users WHERE id <> $1 ORDER BY id", seller_id)
         await conn.execute("VACUUM ANALYZE")
         await conn.execute("CHECKPOINT")  # every run starts without a pending checkpoint
-    finally:
-        await conn.close()
     buyer_ids = [row["id"] for row in rows]
     if buyer_ids != list(range(buyer_ids[0], buyer_ids[0] + len(buyer_ids))):
         raise BenchError("buyer ids are not contiguous; pgbench's random(first, last) needs that")
@@ -148,16 +138,39 @@ async def reset_data(url: str, fixture: Fixture) -> Seeded:
 
 def clear_redis_keys(redis_url: str) -> None:
     """Forget the benchmark listing's lock, fencing counter and cache generation."""
-    client = redis.Redis.from_url(redis_url)
-    try:
+    with redis.Redis.from_url(redis_url) as client:
         client.delete(
             f"lock:listing:{LISTING_ID}",
             f"fence:listing:{LISTING_ID}",
-            f"cache:listing:{LISTING_ID}:gen",
-            f"cache:feed:{REGION}:gen",
+            f"{detail_base(LISTING_ID)}:gen",
+            f"{feed_base(REGION)}:gen",
         )
-    finally:
-        client.close()
+
+
+# What the invariants are checked on, in one snapshot: the figures of the results file,
+# and counts only checked (zero, or as the listing's status says).
+CHECKED_ONLY = ("mispriced", "negative_balances", "events_status_changed")
+STATE = """
+SELECT l.quantity AS stock_left, l.status AS listing_status, l.version AS listing_version,
+  o.orders, o.quantity_sold, o.escrow, w.sum_balances,
+  (SELECT coalesce(sum(amount), 0)::bigint FROM topups) AS sum_topups, w.lowest_balance,
+  e.events_order_paid, e.events_stock_changed,
+  (SELECT count(*) FROM idempotency_keys WHERE status_code = 201) AS stored_201_responses,
+  o.mispriced, w.negative_balances, e.events_status_changed
+FROM listings l,
+  (SELECT count(*) AS orders, coalesce(sum(amount) FILTER (WHERE status = 'paid'), 0)::bigint
+     AS escrow, coalesce(sum(quantity) FILTER (WHERE status IN ('paid', 'completed')), 0)::bigint
+     AS quantity_sold, count(*) FILTER (WHERE amount <> quantity * unit_price) AS mispriced
+   FROM orders) o,
+  (SELECT coalesce(sum(balance), 0)::bigint AS sum_balances,
+     coalesce(min(balance), 0) AS lowest_balance,
+     count(*) FILTER (WHERE balance < 0) AS negative_balances FROM wallets) w,
+  (SELECT count(*) FILTER (WHERE type = 'order.paid') AS events_order_paid,
+     count(*) FILTER (WHERE type = 'listing.stock_changed') AS events_stock_changed,
+     count(*) FILTER (WHERE type = 'listing.status_changed') AS events_status_changed
+   FROM outbox) e
+WHERE l.id = $1
+"""
 
 
 async def check_invariants(
@@ -168,84 +181,37 @@ async def check_invariants(
     ``created_201`` and ``order_ids`` (what the clients saw) are None for pgbench runs,
     which answer nobody.
     """
-    conn = await asyncpg.connect(url)
-    try:
-        listing = await conn.fetchrow(
-            "SELECT quantity, status, version FROM listings WHERE id = $1", LISTING_ID
-        )
-        orders = await conn.fetchrow(
-            "SELECT count(*) AS n,"
-            " coalesce(sum(quantity) FILTER (WHERE status IN ('paid', 'completed')), 0) AS sold,"
-            " coalesce(sum(amount) FILTER (WHERE status = 'paid'), 0) AS escrow,"
-            " count(*) FILTER (WHERE amount <> quantity * unit_price) AS mispriced"
-            " FROM orders"
-        )
-        wallets = await conn.fetchrow(
-            "SELECT coalesce(sum(balance), 0) AS total, coalesce(min(balance), 0) AS lowest,"
-            " count(*) FILTER (WHERE balance < 0) AS negative FROM wallets"
-        )
-        topups = int(await conn.fetchval("SELECT coalesce(sum(amount), 0) FROM topups"))
-        events = await conn.fetchrow(
-            "SELECT count(*) FILTER (WHERE type = 'order.paid') AS paid,"
-            " count(*) FILTER (WHERE type = 'listing.stock_changed') AS stock_changed,"
-            " count(*) FILTER (WHERE type = 'listing.status_changed') AS status_changed"
-            " FROM outbox"
-        )
-        stored: int = await conn.fetchval(
-            "SELECT count(*) FROM idempotency_keys WHERE status_code = 201"
-        )
-        db_ids: set[int] = {
+    async with connected(url) as conn:
+        state = dict(await conn.fetchrow(STATE, LISTING_ID) or {})
+        paid = {
             row["id"] for row in await conn.fetch("SELECT id FROM orders WHERE status = 'paid'")
         }
-    finally:
-        await conn.close()
-    assert listing is not None and orders is not None and wallets is not None
-    assert events is not None
-    n_orders = int(orders["n"])
-    sold = int(orders["sold"])
-    quantity = int(listing["quantity"])
+    orders, left = state["orders"], state["stock_left"]
     checks: dict[str, bool] = {
-        "no_oversell": quantity >= 0 and fixture.stock - quantity == sold,
-        "money_conserved": int(wallets["total"]) + int(orders["escrow"]) == topups,
-        "no_negative_balance": int(wallets["negative"]) == 0 and int(wallets["lowest"]) >= 0,
-        "order_amounts": int(orders["mispriced"]) == 0,
-        "events_per_order": events["paid"] == 2 * n_orders
-        and events["stock_changed"] == n_orders
-        and events["status_changed"] == (1 if listing["status"] == "sold" else 0),
-        "stored_response_per_order": stored == n_orders,
-        "one_version_bump_per_order": int(listing["version"]) - 1 == n_orders,
+        "no_oversell": left >= 0 and fixture.stock - left == state["quantity_sold"],
+        "money_conserved": state["sum_balances"] + state["escrow"] == state["sum_topups"],
+        "no_negative_balance": state["negative_balances"] == 0 and state["lowest_balance"] >= 0,
+        "order_amounts": state["mispriced"] == 0,
+        "events_per_order": state["events_order_paid"] == 2 * orders
+        and state["events_stock_changed"] == orders
+        and state["events_status_changed"] == (1 if state["listing_status"] == "sold" else 0),
+        "stored_response_per_order": state["stored_201_responses"] == orders,
+        "one_version_bump_per_order": state["listing_version"] - 1 == orders,
     }
     if created_201 is not None and order_ids is not None:
         seen = set(order_ids)
         checks["one_order_per_201"] = (
-            n_orders == created_201 and len(seen) == len(order_ids) and seen == db_ids
+            orders == created_201 and len(seen) == len(order_ids) and seen == paid
         )
-    return {
-        "ok": all(checks.values()),
-        "checks": checks,
-        "figures": {
-            "initial_stock": fixture.stock,
-            "stock_left": quantity,
-            "listing_status": listing["status"],
-            "listing_version": int(listing["version"]),
-            "orders": n_orders,
-            "quantity_sold": sold,
-            "escrow": int(orders["escrow"]),
-            "sum_balances": int(wallets["total"]),
-            "sum_topups": topups,
-            "lowest_balance": int(wallets["lowest"]),
-            "events_order_paid": int(events["paid"]),
-            "events_stock_changed": int(events["stock_changed"]),
-            "stored_201_responses": stored,
-            "responses_201": created_201,
-        },
-    }
+    figures: dict[str, Any] = {"initial_stock": fixture.stock}
+    figures |= {key: value for key, value in state.items() if key not in CHECKED_ONLY}
+    figures["responses_201"] = created_201
+    return {"ok": all(checks.values()), "checks": checks, "figures": figures}
 
 
 async def connection_room(admin_url: str) -> tuple[int, int]:
     """Connections PostgreSQL grants ordinary users, and client backends other than ours."""
-    conn = await asyncpg.connect(admin_url)
-    try:
+    async with connected(admin_url) as conn:
         row = await conn.fetchrow(
             "SELECT current_setting('max_connections')::int"
             " - current_setting('superuser_reserved_connections')::int"
@@ -253,13 +219,11 @@ async def connection_room(admin_url: str) -> tuple[int, int]:
             " (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
             "  AND pid <> pg_backend_pid()) AS others"
         )
-    finally:
-        await conn.close()
     assert row is not None
     return int(row["room"]), int(row["others"])
 
 
-def ensure_connection_room(
+async def ensure_connection_room(
     admin_url: str, needed: int, env: Mapping[str, str], embedded: bool, wait: float
 ) -> str | None:
     """Make room for ``needed`` connections; restarts the embedded stack when it is idle.
@@ -267,7 +231,7 @@ def ensure_connection_room(
     Returns the restart command when one was run. A cluster used by someone else right
     now is never restarted: the run waits up to ``wait`` seconds for it to go quiet.
     """
-    room, others = asyncio.run(connection_room(admin_url))
+    room, others = await connection_room(admin_url)
     if room >= needed:
         return None
     if not embedded:
@@ -284,16 +248,17 @@ def ensure_connection_room(
                 " allows 600) and run this benchmark again."
             )
         print(f"  waiting for {others} other PostgreSQL client(s) to leave ...", flush=True)
-        time.sleep(2)
-        room, others = asyncio.run(connection_room(admin_url))
+        await asyncio.sleep(2)
+        room, others = await connection_room(admin_url)
     stop, start = jangteo_command("services", "stop"), jangteo_command("services", "start")
-    print(f"$ {shlex.join(stop)} && {shlex.join(start)}   (max_connections too low)", flush=True)
-    run_checked(stop, env)
-    run_checked(start, env)
-    room, _ = asyncio.run(connection_room(admin_url))
+    restart = f"{shlex.join(stop)} && {shlex.join(start)}"
+    print(f"$ {restart}   (max_connections too low)", flush=True)
+    for command in (stop, start):
+        await asyncio.to_thread(run_checked, command, env)
+    room, _ = await connection_room(admin_url)
     if room < needed:
         raise BenchError(f"PostgreSQL grants {room} connections after a restart, need {needed}")
-    return f"{shlex.join(stop)} && {shlex.join(start)}"
+    return restart
 
 
 # ----------------------------------------------------------------------------- HTTP load
@@ -308,7 +273,6 @@ class ClientJob:
     start_at: float  # wall clock (time.time()) when every buyer starts
     warmup: float
     duration: float
-    timeout: float
 
 
 @dataclass(slots=True)
@@ -337,53 +301,42 @@ def outcome(status: int, body: bytes) -> str:
     return f"{status} {slug}".strip()
 
 
-async def _buyer(
-    session: aiohttp.ClientSession,
-    job: ClientJob,
-    token: str,
-    measure_from: float,
-    stop: float,
-    result: ClientResult,
-) -> None:
-    body = b'{"quantity":1}'
-    base = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    while time.monotonic() < stop:
-        headers = {**base, "Idempotency-Key": str(uuid.uuid4())}
-        started = time.monotonic()
-        try:
-            async with session.post(job.url, data=body, headers=headers) as response:
-                status, payload = response.status, await response.read()
-            label = outcome(status, payload)
-        except (aiohttp.ClientError, TimeoutError) as error:
-            status, payload, label = 0, b"", f"client-error {type(error).__name__}"
-        ended = time.monotonic()
-        result.total[label] += 1
-        if status == 201:
-            result.order_ids.append(int(orjson.loads(payload)["id"]))
-        if measure_from <= ended < stop:
-            result.measured[label] += 1
-            result.measured_latency.append(ended - started)
-            if status == 201:
-                result.measured_paid_latency.append(ended - started)
-                result.paid_by_second[int(ended - measure_from)] += 1
-        if status == 0:
-            await asyncio.sleep(0.1)  # no hot loop on a refused connection
-
-
 async def _drive(job: ClientJob) -> ClientResult:
     result = ClientResult()
     start = job.start_at - time.time() + time.monotonic()
     measure_from = start + job.warmup
     stop = measure_from + job.duration
+
+    async def buyer(session: aiohttp.ClientSession, token: str) -> None:
+        base = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        while time.monotonic() < stop:
+            headers = {**base, "Idempotency-Key": str(uuid.uuid4())}
+            started = time.monotonic()
+            try:
+                async with session.post(job.url, data=b'{"quantity":1}', headers=headers) as answer:
+                    status, payload = answer.status, await answer.read()
+                label = outcome(status, payload)
+            except (aiohttp.ClientError, TimeoutError) as error:
+                status, payload, label = 0, b"", f"client-error {type(error).__name__}"
+            ended = time.monotonic()
+            result.total[label] += 1
+            if status == 201:
+                result.order_ids.append(int(orjson.loads(payload)["id"]))
+            if measure_from <= ended < stop:
+                result.measured[label] += 1
+                result.measured_latency.append(ended - started)
+                if status == 201:
+                    result.measured_paid_latency.append(ended - started)
+                    result.paid_by_second[int(ended - measure_from)] += 1
+            if status == 0:
+                await asyncio.sleep(0.1)  # no hot loop on a refused connection
+
     connector = aiohttp.TCPConnector(limit=len(job.tokens))
-    timeout = aiohttp.ClientTimeout(total=job.timeout)
+    timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         result.late_start = max(0.0, time.monotonic() - start)
         await asyncio.sleep(max(0.0, start - time.monotonic()))
-        buyers = [
-            asyncio.create_task(_buyer(session, job, token, measure_from, stop, result))
-            for token in job.tokens
-        ]
+        buyers = [asyncio.create_task(buyer(session, token)) for token in job.tokens]
         await asyncio.sleep(max(0.0, measure_from - time.monotonic()))
         cpu = time.process_time()
         await asyncio.sleep(max(0.0, stop - time.monotonic()))
@@ -402,37 +355,33 @@ def load_purchases(
     url: str, tokens: Sequence[str], processes: int, warmup: float, duration: float
 ) -> dict[str, Any]:
     """Drive every buyer at once from ``processes`` client processes; merge what they saw."""
-    shares = [list(tokens[index::processes]) for index in range(processes)]
     start_at = time.time() + 3.0  # time for the client processes to start and import
-    jobs = [ClientJob(url, share, start_at, warmup, duration, 120.0) for share in shares]
+    jobs = [
+        ClientJob(url, list(tokens[n::processes]), start_at, warmup, duration)
+        for n in range(processes)
+    ]
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(processes, mp_context=context) as pool:
         parts = list(pool.map(drive, jobs))
-    measured: Counter[str] = Counter()
-    total: Counter[str] = Counter()
-    paid: list[float] = []
-    every: list[float] = []
-    order_ids: list[int] = []
-    by_second: Counter[int] = Counter()
+    seen = ClientResult()
     for part in parts:
-        by_second.update(part.paid_by_second)
-        measured.update(part.measured)
-        total.update(part.total)
-        paid += part.measured_paid_latency
-        every += part.measured_latency
-        order_ids += part.order_ids
+        for counter in ("measured", "total", "paid_by_second"):
+            getattr(seen, counter).update(getattr(part, counter))
+        seen.measured_paid_latency += part.measured_paid_latency
+        seen.measured_latency += part.measured_latency
+        seen.order_ids += part.order_ids
     return {
         "measured_seconds": duration,
-        "paid_per_second": round(measured["201"] / duration, 1),
-        "responses_per_second": round(sum(measured.values()) / duration, 1),
-        "statuses": dict(sorted(measured.items())),
-        "statuses_whole_run": dict(sorted(total.items())),
-        "paid_each_second": [by_second[second] for second in range(int(duration))],
-        "latency_ms_201": summary_ms(paid),
-        "latency_ms_all": summary_ms(every),
+        "paid_per_second": round(seen.measured["201"] / duration, 1),
+        "responses_per_second": round(sum(seen.measured.values()) / duration, 1),
+        "statuses": dict(sorted(seen.measured.items())),
+        "statuses_whole_run": dict(sorted(seen.total.items())),
+        "paid_each_second": [seen.paid_by_second[second] for second in range(int(duration))],
+        "latency_ms_201": summary_ms(seen.measured_paid_latency),
+        "latency_ms_all": summary_ms(seen.measured_latency),
         "client_cpu_share_per_process": [round(p.cpu_seconds / duration, 3) for p in parts],
         "client_late_start_s": [round(p.late_start, 3) for p in parts],
-        "order_ids": order_ids,
+        "order_ids": seen.order_ids,
     }
 
 
@@ -637,15 +586,6 @@ def pgbench_script(name: str, seeded: Seeded) -> str:
     return "\n".join([*head, *body]) + "\n"
 
 
-async def count_orders(url: str) -> int:
-    conn = await asyncpg.connect(url)
-    try:
-        value: int = await conn.fetchval("SELECT count(*) FROM orders")
-        return value
-    finally:
-        await conn.close()
-
-
 async def run_baseline(
     url: str, fixture: Fixture, name: str, clients: int, seconds: int, scratch: Path
 ) -> dict[str, Any]:
@@ -657,176 +597,61 @@ async def run_baseline(
     command, report = await asyncio.to_thread(
         pgbench, url, script, clients=clients, seconds=seconds, threads=WORKERS
     )
-    orders = await count_orders(url)
+    invariants = await check_invariants(url, fixture, None, None)
+    orders = invariants["figures"]["orders"]
     # tps counts refused purchases too; the orders committed tell how many of them paid.
     paid_share = min(1.0, orders / report["transactions"]) if report["transactions"] else 0.0
-    report["load_average_at_start"] = load_average
-    report["orders_committed"] = orders
-    report["paid_per_second"] = round(report["tps"] * paid_share, 1)
-    report["invariants"] = await check_invariants(url, fixture, None, None)
-    report["command"] = command
-    report["script"] = name
-    return report
+    return {
+        **report,
+        "load_average_at_start": load_average,
+        "orders_committed": orders,
+        "paid_per_second": round(report["tps"] * paid_share, 1),
+        "invariants": invariants,
+        "command": command,
+        "script": name,
+    }
 
 
 # ----------------------------------------------------------------------------- one strategy
 
 
 async def run_strategy(
-    strategy: str,
-    *,
-    url: str,
-    env: Mapping[str, str],
-    fixture: Fixture,
-    args: argparse.Namespace,
-    scratch: Path,
-) -> dict[str, Any]:
+    strategy: str, *, url: str, redis_url: str, fixture: Fixture, args: argparse.Namespace,
+    record: dict[str, str],
+) -> dict[str, Any]:  # fmt: skip
     """Fresh data, serve with ``strategy``, load it, stop it, check the invariants."""
     load_average = current_load()
     seeded = await reset_data(url, fixture)
-    clear_redis_keys(env["JANGTEO_REDIS_URL"])
+    clear_redis_keys(redis_url)
     issuer = TokenIssuer(Settings(jwt_secret=JWT_SECRET))
     tokens = [issuer.issue_access(buyer, uuid.uuid4()) for buyer in seeded.buyer_ids]
-    port = free_port()
-    overrides = {
-        "JANGTEO_DATABASE_URL": url,
-        "JANGTEO_RATE_LIMITS": "off",
-        "JANGTEO_ACCESS_LOG": "off",
-        "JANGTEO_LOG_LEVEL": "WARNING",
-        "JANGTEO_PURCHASE_STRATEGY": strategy,
-        "JANGTEO_JWT_SECRET": JWT_SECRET,
-        "JANGTEO_PG_POOL_MAX": str(args.pool_max),
-    }
-    serve = jangteo_command(
-        "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(WORKERS)
-    )
-    shown = {**overrides, "JANGTEO_JWT_SECRET": "<fixed>", "JANGTEO_DATABASE_URL": url}
-    command = " ".join(f"{k}={v}" for k, v in shown.items()) + " " + shlex.join(serve)
-    log = scratch / f"jangteo-{strategy}.log"
-    with background(serve, {**env, **overrides}, port, log):
-        wait_ready(port, workers=WORKERS)
-        target = f"http://127.0.0.1:{port}/api/v1/listings/{LISTING_ID}/purchase"
+    pool = str(args.pool_max)
+    settings = serve_settings(url, redis_url, PURCHASE_STRATEGY=strategy, PG_POOL_MAX=pool)
+    with instances([strategy], settings, args.scratch, record, workers=WORKERS) as (server,):
         print(
             f"  {len(tokens)} buyers x POST .../purchase for {args.warmup}+{args.duration} s"
             f" from {args.client_processes} client process(es) ...",
             flush=True,
         )
         load = await asyncio.to_thread(
-            load_purchases, target, tokens, args.client_processes, args.warmup, args.duration
-        )
+            load_purchases, f"{server.url}/api/v1/listings/{LISTING_ID}/purchase", tokens,
+            args.client_processes, args.warmup, args.duration,
+        )  # fmt: skip
     order_ids: list[int] = load.pop("order_ids")
-    invariants = await check_invariants(
-        url, fixture, load["statuses_whole_run"].get("201", 0), order_ids
-    )
-    client_errors = sum(n for k, n in load["statuses_whole_run"].items() if k.startswith("client"))
-    if client_errors:
+    whole_run = load["statuses_whole_run"]
+    invariants = await check_invariants(url, fixture, whole_run.get("201", 0), order_ids)
+    if client_errors := sum(n for k, n in whole_run.items() if k.startswith("client")):
         invariants["note"] = (
             f"{client_errors} request(s) got no response: one_order_per_201 cannot be exact"
         )
-    clear_redis_keys(env["JANGTEO_REDIS_URL"])
+    clear_redis_keys(redis_url)
     return {
         "strategy": strategy,
         "load_average_at_start": load_average,
-        "command": command,
         "http": load,
         "invariants": invariants,
-        "server_log_problems": server_problems(log),
+        "server_log_problems": server_problems(server.log),
     }
-
-
-# ----------------------------------------------------------------------------- report
-
-
-def conflicts(statuses: Mapping[str, int]) -> dict[str, int]:
-    return {k.split(" ", 1)[1] or "?": n for k, n in statuses.items() if k.startswith("409")}
-
-
-def others(statuses: Mapping[str, int]) -> dict[str, int]:
-    return {k: n for k, n in statuses.items() if k != "201" and not k.startswith("409")}
-
-
-def table(strategies: Sequence[Mapping[str, Any]], pool_clients: int, clients: int) -> str:
-    head = (
-        f"{'strategy':<12}{'paid/s':>8}{'p50 ms':>8}{'p95 ms':>8}{'p99 ms':>8}{'p95 all':>8}"
-        f"{f'pgb{clients}/s':>10}{'ratio':>7}{f'pgb{pool_clients}/s':>10}{'ratio':>7}"
-        f"  {'invariants':<11}409s / other"
-    )
-    lines = [head]
-    for s in strategies:
-        http = s["http"]
-        paid, every = http["latency_ms_201"], http["latency_ms_all"]
-        full, pool = s["baseline"][str(clients)], s["baseline"][str(pool_clients)]
-
-        def ms(value: float | None) -> str:
-            return "-" if value is None else f"{value:.0f}"
-
-        extra = ", ".join(f"{k} {n}" for k, n in conflicts(http["statuses"]).items())
-        rest = ", ".join(f"{k}: {n}" for k, n in others(http["statuses"]).items())
-        lines.append(
-            f"{s['strategy']:<12}{http['paid_per_second']:>8,.1f}{ms(paid['p50']):>8}"
-            f"{ms(paid['p95']):>8}{ms(paid['p99']):>8}{ms(every['p95']):>8}"
-            f"{full['paid_per_second']:>10,.1f}{s['ratio_vs_pgbench'][str(clients)]:>7.0%}"
-            f"{pool['paid_per_second']:>10,.1f}{s['ratio_vs_pgbench'][str(pool_clients)]:>7.0%}"
-            f"  {'OK' if s['invariants']['ok'] else 'FAILED':<11}"
-            f"{extra or 'none'}{' / ' + rest if rest else ''}"
-        )
-    return "\n".join(lines)
-
-
-def plot(
-    strategies: Sequence[Mapping[str, Any]],
-    buyers: int,
-    clients: int,
-    pool_clients: int,
-    caption: str,
-    path: Path,
-) -> bool:
-    """Paid orders/s per strategy with its pgbench baselines; False without matplotlib."""
-    try:
-        import matplotlib  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        return False
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
-
-    names = [s["strategy"] for s in strategies]
-    paid = [float(s["http"]["paid_per_second"]) for s in strategies]
-    full = [float(s["baseline"][str(clients)]["paid_per_second"]) for s in strategies]
-    pool = [float(s["baseline"][str(pool_clients)]["paid_per_second"]) for s in strategies]
-    figure, axes = plt.subplots(figsize=(7.5, 5.0), dpi=120)
-    colours = ["#d9534f" if s["invariants"]["ok"] else "#555555" for s in strategies]
-    bars = axes.bar(range(len(names)), paid, 0.55, color=colours, label="jangteo paid orders/s")
-    axes.bar_label(bars, labels=[f"{v:,.0f}" for v in paid], fontsize=8, padding=2)
-    for index in range(len(names)):
-        axes.hlines(full[index], index - 0.38, index + 0.38, colors="#222222", linestyles="--")
-        axes.hlines(pool[index], index - 0.38, index + 0.38, colors="#2a7ab9", linestyles=":")
-    axes.plot([], [], "--", color="#222222", label=f"pgbench -c {clients} (same SQL)")
-    axes.plot([], [], ":", color="#2a7ab9", label=f"pgbench -c {pool_clients} (= pool size)")
-    top = max([*paid, *full, *pool, 1.0])
-    for index, s in enumerate(strategies):
-        ratios = s["ratio_vs_pgbench"]
-        shares = f"{ratios[str(clients)]:.0%} of pgbench-{clients}"
-        if pool_clients != clients:
-            shares += f"\n{ratios[str(pool_clients)]:.0%} of pgbench-{pool_clients}"
-        verdict = "invariants OK" if s["invariants"]["ok"] else "INVARIANTS FAILED"
-        axes.annotate(
-            f"{shares}\n{verdict}",
-            (index, top * 1.13),
-            ha="center",
-            fontsize=8,
-            fontweight="bold",
-        )
-    axes.set_xticks(range(len(names)), names)
-    axes.set_ylabel("paid orders / s (higher is better)")
-    axes.set_ylim(0, top * 1.4)
-    title = f"{buyers} buyers on one listing: {WORKERS} jangteo workers vs pgbench, same SQL"
-    axes.set_title(title, fontsize=10)
-    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3, fontsize=7)
-    figure.text(0.99, 0.01, caption, ha="right", va="bottom", fontsize=7, color="#555555")
-    figure.tight_layout(rect=(0, 0.03, 1, 1))
-    figure.savefig(path)
-    plt.close(figure)
-    return True
 
 
 # ----------------------------------------------------------------------------- run
@@ -842,17 +667,73 @@ class PurchaseResult(Result):
         return [f"invariants {s['strategy']}" for s in self.strategies if not s["invariants"]["ok"]]
 
     def table(self) -> str:
-        clients, pool_clients = self.load["pgbench_clients"]
-        return table(self.strategies, pool_clients, clients)
+        clients, pool_clients = (str(n) for n in self.load["pgbench_clients"])
 
-    def plot(self, path: Path) -> bool:
+        def ms(value: float | None) -> str:
+            return "-" if value is None else f"{value:.0f}"
+
+        rows = []
+        for s in self.strategies:
+            http, ratios, baseline = s["http"], s["ratio_vs_pgbench"], s["baseline"]
+            paid, every, statuses = http["latency_ms_201"], http["latency_ms_all"], http["statuses"]
+            refused = ", ".join(
+                f"{k[4:] or '?'} {n}" for k, n in statuses.items() if k[:3] == "409"
+            )
+            rest = ", ".join(
+                f"{k}: {n}" for k, n in statuses.items() if k[:3] not in ("201", "409")
+            )
+            rows.append((
+                s["strategy"], f"{http['paid_per_second']:,.1f}", ms(paid["p50"]), ms(paid["p95"]),
+                ms(paid["p99"]), ms(every["p95"]),
+                f"{baseline[clients]['paid_per_second']:,.1f}", f"{ratios[clients]:.0%}",
+                f"{baseline[pool_clients]['paid_per_second']:,.1f}", f"{ratios[pool_clients]:.0%}",
+                "OK" if s["invariants"]["ok"] else "FAILED",
+                (refused or "none") + (f" / {rest}" if rest else ""),
+            ))  # fmt: skip
+        head = ("strategy", "paid/s", "p50 ms", "p95 ms", "p99 ms", "p95 all", f"pgb{clients}/s",
+                "ratio", f"pgb{pool_clients}/s", "ratio", "invariants", "409s / other")  # fmt: skip
+        return text_table(head, rows, "lrrrrrrrrrll")
+
+    def plot(self, plt: Any, path: Path) -> None:
+        """Paid orders/s per strategy with its pgbench baselines."""
         clients, pool_clients = self.load["pgbench_clients"]
+        xs = range(len(self.strategies))
+        paid = [float(s["http"]["paid_per_second"]) for s in self.strategies]
+        full, pool = (
+            [float(s["baseline"][str(n)]["paid_per_second"]) for s in self.strategies]
+            for n in (clients, pool_clients)
+        )
+        figure, axes = plt.subplots(figsize=(7.5, 5.0), dpi=120)
+        colours = [
+            COLOURS["jangteo"] if s["invariants"]["ok"] else "#555555" for s in self.strategies
+        ]
+        bars(axes, xs, paid, "{:,.0f}", width=0.55, color=colours, label="jangteo paid orders/s")
+        for values, style, colour, label in (
+            (full, "--", "#222222", f"pgbench -c {clients} (same SQL)"),
+            (pool, ":", "#2a7ab9", f"pgbench -c {pool_clients} (= pool size)"),
+        ):
+            axes.hlines(values, [x - 0.38 for x in xs], [x + 0.38 for x in xs], colors=colour,
+                        linestyles=style, label=label)  # fmt: skip
+        top = max([*paid, *full, *pool, 1.0])
+        for x, s in zip(xs, self.strategies, strict=True):
+            ratios = s["ratio_vs_pgbench"]
+            text = f"{ratios[str(clients)]:.0%} of pgbench-{clients}"
+            if pool_clients != clients:
+                text += f"\n{ratios[str(pool_clients)]:.0%} of pgbench-{pool_clients}"
+            text += "\ninvariants OK" if s["invariants"]["ok"] else "\nINVARIANTS FAILED"
+            axes.annotate(text, (x, top * 1.13), ha="center", fontsize=8, fontweight="bold")
+        axes.set_xticks(xs, [s["strategy"] for s in self.strategies])
+        axes.set_ylabel("paid orders / s (higher is better)")
+        axes.set_ylim(0, top * 1.4)
+        title = f"{self.load['buyers']} buyers on one listing: {WORKERS} jangteo workers vs"
+        axes.set_title(f"{title} pgbench, same SQL", fontsize=10)
+        axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3, fontsize=7)
         caption = (
             f"{self.date}, {self.machine.cores} cores, {self.load['buyers']} buyers,"
             f" {self.load['duration_s']}s measured,"
             f" pool {WORKERS}x{self.load['pg_pool_max_per_worker']}"
         )
-        return plot(self.strategies, self.load["buyers"], clients, pool_clients, caption, path)
+        finish(plt, figure, caption, path)
 
 
 def options(parser: argparse.ArgumentParser) -> None:
@@ -880,28 +761,27 @@ def options(parser: argparse.ArgumentParser) -> None:
 async def run(args: argparse.Namespace) -> PurchaseResult:
     machine = Machine()
     stack = services()
-    env: dict[str, str] = {**os.environ, "JANGTEO_REDIS_URL": stack.redis_url}
-    env["JANGTEO_DATA_DIR"] = stack.data_dir
+    env = {**os.environ, "JANGTEO_REDIS_URL": stack.redis_url, "JANGTEO_DATA_DIR": stack.data_dir}
     commands: dict[str, Any] = {"database": database_note(BENCH_DATABASE)}
     pool_clients = WORKERS * args.pool_max
     needed = max(args.clients, pool_clients) + 10
-    restart = await asyncio.to_thread(
-        ensure_connection_room, stack.admin_url, needed, env, stack.embedded, args.restart_wait
+    restart = await ensure_connection_room(
+        stack.admin_url, needed, env, stack.embedded, args.restart_wait
     )
     if restart:
         commands["restart"] = restart
+    commands |= {"jangteo": {}, "pgbench": {}}
     fixture = Fixture(args.buyers, args.stock, args.price, args.purchases_funded)
     strategies: list[dict[str, Any]] = []
-    baselines: dict[str, dict[str, dict[str, Any]]] = {}
-    pgbench_commands: dict[str, str] = {}
+    baselines: dict[str, dict[str, dict[str, Any]]] = {}  # script -> clients -> its run
     scripts: dict[str, str] = {}
-    scratch: Path = args.scratch
     async with fresh_database(stack.admin_url, BENCH_DATABASE, keep=args.keep_database) as url:
         for strategy in args.strategies:
             print(f"\n== {strategy}", flush=True)
             result = await run_strategy(
-                strategy, url=url, env=env, fixture=fixture, args=args, scratch=scratch
-            )
+                strategy, url=url, redis_url=stack.redis_url, fixture=fixture, args=args,
+                record=commands["jangteo"],
+            )  # fmt: skip
             http = result["http"]
             verdict = "OK" if result["invariants"]["ok"] else "FAILED"
             print(f"  paid/s {http['paid_per_second']}, statuses {http['statuses']},"
@@ -914,27 +794,28 @@ async def run(args: argparse.Namespace) -> PurchaseResult:
                         f"  pgbench {name} -c {clients} -T {args.pgbench_seconds} ...", flush=True
                     )
                     baseline = await run_baseline(
-                        url, fixture, name, clients, args.pgbench_seconds, scratch
+                        url, fixture, name, clients, args.pgbench_seconds, args.scratch
                     )
-                    pgbench_commands[f"{name} -c {clients}"] = baseline.pop("command")
+                    commands["pgbench"][f"{name} -c {clients}"] = baseline.pop("command")
                     baselines[name][str(clients)] = baseline
                     print(f"    tps {baseline['tps']}, paid/s {baseline['paid_per_second']},"
                           f" p95 {baseline['latency_ms']['p95']} ms", flush=True)  # fmt: skip
-                scripts[name] = (scratch / f"purchase_{name}.sql").read_text()
-            result["baseline_script"] = name
-            result["baseline"] = baselines[name]
-            result["ratio_vs_pgbench"] = {
+                scripts[name] = (args.scratch / f"purchase_{name}.sql").read_text()
+            ratios = {
                 clients: round(http["paid_per_second"] / run["paid_per_second"], 3)
                 if run["paid_per_second"]
                 else 0.0
                 for clients, run in baselines[name].items()
             }
-            result["meets_target"] = bool(
-                result["invariants"]["ok"] and result["ratio_vs_pgbench"][str(args.clients)] >= 0.5
-            )
+            result |= {
+                "baseline_script": name,
+                "baseline": baselines[name],
+                "ratio_vs_pgbench": ratios,
+                "meets_target": bool(
+                    result["invariants"]["ok"] and ratios[str(args.clients)] >= 0.5
+                ),
+            }
             strategies.append(result)
-    commands["jangteo"] = {s["strategy"]: s.pop("command") for s in strategies}
-    commands["pgbench"] = pgbench_commands
     commands["load"] = (
         f"python -m loadtests bench purchase: {args.buyers} asyncio buyers (aiohttp, one"
         f" ClientSession per client process, connector limit {args.buyers} in all), each"

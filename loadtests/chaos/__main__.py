@@ -18,23 +18,17 @@ import asyncio
 import datetime as dt
 import secrets
 import shutil
-import signal
 import sys
 import tempfile
-import traceback
 from pathlib import Path
-from types import FrameType
 
 from loadtests.chaos.cluster import Cluster, ClusterError
 from loadtests.chaos.run import INSTANCES, Options, chaos, history_text, summary, write
 from loadtests.chaos.traffic import Unavailable
 from loadtests.config import parse_duration
+from loadtests.harness.processes import run_guarded
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "chaos-latest.json"
-
-
-def _interrupted(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
 
 
 def parse(argv: list[str] | None) -> Options:
@@ -56,18 +50,9 @@ def parse(argv: list[str] | None) -> Options:
         "--max-stall", type=float, help="fail when one fault alone stalls subscribers longer (s)"
     )
     args = parser.parse_args(argv)
-    seed = secrets.randbelow(1_000_000) if args.seed == "random" else int(args.seed)
-    return Options(
-        seed=seed,
-        duration=parse_duration(args.duration),
-        output=args.output,
-        history=args.history,
-        watchers=args.watchers,
-        slow_rate=args.slow_rate,
-        fresh_limit=args.fresh_limit,
-        max_stall=args.max_stall,
-        keep=args.keep,
-    )
+    args.seed = secrets.randbelow(1_000_000) if args.seed == "random" else int(args.seed)
+    args.duration = parse_duration(args.duration)
+    return Options(**vars(args))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,14 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"chaos: {error}", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGINT, _interrupted)
-    signal.signal(signal.SIGTERM, _interrupted)
     started = dt.datetime.now(dt.UTC)
     scratch = Path(tempfile.mkdtemp(prefix="jangteo-chaos-"))
     cluster = Cluster(scratch, INSTANCES)
     rerun = f"make chaos SEED={options.seed} DURATION={options.duration:g}"
     passed = False
-    try:
+
+    def run() -> int:
+        nonlocal passed
         report = asyncio.run(chaos(options, cluster))
         write(report, options.output, started)
         print(summary(report))
@@ -98,25 +83,14 @@ def main(argv: list[str] | None = None) -> int:
             f"fault history: {history_text(report)}; logs and records in {scratch}"
         )
         return 1
-    except (ClusterError, Unavailable) as error:
-        print(f"chaos: the run could not be made: {error} (logs in {scratch})", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\nchaos: interrupted; stopping what it started", file=sys.stderr)
-        return 130
-    except Exception:  # a fault of the harness, not a verdict on the server
-        traceback.print_exc()
-        print(f"chaos: the run failed to complete (logs in {scratch})", file=sys.stderr)
-        return 2
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            cluster.close()
-        except Exception as error:  # reported, not raised: the verdict stands
-            print(f"chaos: stopping failed: {error!r}", file=sys.stderr)
+
+    def stop() -> None:
+        cluster.close()
         if passed and not options.keep:
             shutil.rmtree(scratch, ignore_errors=True)
+
+    logs = f" (logs in {scratch})"
+    return run_guarded("chaos", run, stop, (ClusterError, Unavailable), logs)
 
 
 if __name__ == "__main__":

@@ -18,14 +18,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import aiohttp
 
-from db.migrate import migrate
 from loadtests.chaos.proxy import TcpProxy
+from loadtests.clients.events import gauge, parse
 from loadtests.harness.processes import jangteo_command
-from loadtests.harness.stack import admin, with_database
+from loadtests.harness.stack import create_database
 from server.embedded.postgres import EmbeddedPostgres
 from server.embedded.process import free_port, port_accepts
 from server.embedded.redis import EmbeddedRedis
@@ -64,18 +63,6 @@ class Services:
         if pid is not None:
             os.kill(pid, signal.SIGKILL)
 
-    def stop_postgres(self) -> None:
-        """A fast shutdown (what ``pg_ctl stop -m fast`` sends: SIGINT to the postmaster)."""
-        self.postgres.stop()
-
-    async def fresh_database(self) -> str:
-        """A new, migrated database; its URL (straight to PostgreSQL, not proxied)."""
-        drop = f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'
-        await admin(self.postgres.url, drop, f'CREATE DATABASE "{DATABASE}"')
-        url = with_database(self.postgres.url, DATABASE)
-        await migrate(url)
-        return url
-
 
 @dataclass(eq=False)
 class Instance:
@@ -100,10 +87,6 @@ class Instance:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
 
     def start(self, deadline_s: float = 120.0) -> None:
         """Start it (again) and wait until it listens; retried while it exits at once
@@ -182,7 +165,8 @@ class Cluster:
 
     async def start(self) -> None:
         await asyncio.to_thread(self.services.start)
-        self.database_url = await self.services.fresh_database()
+        # Straight to PostgreSQL, not proxied: the instances get their own proxied URLs.
+        self.database_url = await create_database(self.services.postgres.url, DATABASE)
         for index in range(self.size):
             redis_proxy = self.proxy(self.services.redis.port)
             postgres_proxy = self.proxy(self.services.postgres.port)
@@ -216,20 +200,6 @@ class Cluster:
             proxy.stop()
         self.services.stop()
 
-    def logs(self, tail: int = 3000) -> dict[str, str]:
-        return {instance.name: _tail(instance.log_path, tail) for instance in self.instances}
-
-
-def _tail(path: Path, size: int) -> str:
-    try:
-        handle: IO[bytes]
-        with path.open("rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - size))
-            return handle.read().decode(errors="replace")
-    except OSError:
-        return ""
-
 
 async def probe(
     http: aiohttp.ClientSession, instance: Instance, within: float = PROBE_TIMEOUT_S
@@ -242,12 +212,7 @@ async def probe(
         async with http.get(f"{instance.url}/readyz", timeout=client_timeout) as response:
             ready = response.status
         async with http.get(f"{instance.url}/metrics", timeout=client_timeout) as response:
-            text = await response.text()
-        leader = any(
-            line.split("{")[0].split(" ")[0] == "jangteo_relay_leader"
-            and float(line.rsplit(" ", 1)[1]) >= 1
-            for line in text.splitlines()
-        )
+            leader = gauge(parse(await response.text()), "jangteo_relay_leader") >= 1
     except (aiohttp.ClientError, TimeoutError, ValueError):
         pass
     return ready, leader

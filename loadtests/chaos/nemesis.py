@@ -176,40 +176,37 @@ class Nemesis:
         instance = await self._take(fault, applied, stops=False)
         if instance is None:
             return
-        await asyncio.to_thread(instance.redis_proxy.blackhole)
-        phase = self._begin(applied, "partition-redis")
-        try:
-            await self._until(fault.at + fault.hold)
-        finally:
-            await asyncio.to_thread(instance.redis_proxy.restore)
-            self._end(phase)
-        await asyncio.to_thread(instance.postgres_proxy.blackhole)
-        phase = self._begin(applied, "partition-postgres")
-        try:
-            await self._until(fault.end)
-        finally:
-            await asyncio.to_thread(instance.postgres_proxy.restore)
-            self._end(phase)
+        for proxy, label, until in (
+            (instance.redis_proxy, "partition-redis", fault.at + fault.hold),
+            (instance.postgres_proxy, "partition-postgres", fault.end),
+        ):
+            await asyncio.to_thread(proxy.blackhole)
+            phase = self._begin(applied, label)
+            try:
+                await self._until(until)
+            finally:
+                await asyncio.to_thread(proxy.restore)
+                self._end(phase)
 
-    async def _redis_kill(self, fault: Fault, applied: Applied) -> None:
-        phase = self._begin(applied, fault.kind)
-        await asyncio.to_thread(self.cluster.services.kill_redis)
-        try:
-            await self._until(fault.end)
-        finally:
-            await asyncio.to_thread(self.cluster.services.redis.ensure_running)
-            self._end(phase)
-
-    async def _postgres_restart(self, fault: Fault, applied: Applied) -> None:
+    async def _service(self, fault: Fault, applied: Applied) -> None:
+        """Redis SIGKILLed, or PostgreSQL fast-stopped (SIGINT to the postmaster, what
+        ``pg_ctl stop -m fast`` sends); started again after the hold."""
+        services = self.cluster.services
+        service = services.redis if fault.kind == "redis-kill" else services.postgres
         phase = self._begin(applied, fault.kind)
         started = time.monotonic()
         try:
-            await asyncio.to_thread(self.cluster.services.stop_postgres)
-            applied.notes.append(f"fast shutdown took {time.monotonic() - started:.1f} s")
+            if fault.kind == "redis-kill":
+                await asyncio.to_thread(services.kill_redis)
+            else:
+                await asyncio.to_thread(services.postgres.stop)
+                applied.notes.append(f"fast shutdown took {time.monotonic() - started:.1f} s")
             await self._until(fault.end)
         finally:
-            await asyncio.to_thread(self.cluster.services.postgres.ensure_running)
+            await asyncio.to_thread(service.ensure_running)
             self._end(phase)
+
+    _redis_kill = _postgres_restart = _service
 
     async def _pubsub_kill(self, fault: Fault, applied: Applied) -> None:
         phase = self._begin(applied, fault.kind)
@@ -229,61 +226,49 @@ class Nemesis:
             self._end(phase)
         applied.notes.append(f"{killed} pub/sub connections killed, {failed} attempts failed")
 
-    async def _pause(self, fault: Fault, applied: Applied) -> None:
+    async def _stop_instance(self, fault: Fault, applied: Applied) -> None:
+        """An instance stops serving for the hold: SIGSTOPped (then SIGCONTed), SIGKILLed or
+        SIGTERMed (then started again). SIGTERM must end it with status 0 in time."""
         instance = await self._take(fault, applied, stops=True)
         if instance is None:
             return
         phase = self._begin(applied, fault.kind)
-        instance.send(signal.SIGSTOP)
-        instance.state = "paused"
         window = self._down(instance)
         try:
+            if fault.kind == "pause":
+                instance.send(signal.SIGSTOP)
+                instance.state = "paused"
+            elif fault.kind == "kill":
+                instance.state = "stopped"  # before it dies: the monitor must not see a crash
+                await asyncio.to_thread(instance.kill)
+            else:
+                await self._sigterm(instance, applied)
+                await asyncio.sleep(fault.hold)
             await self._until(fault.end)
         finally:
-            instance.send(signal.SIGCONT)
-            instance.state = "running"
+            if fault.kind == "pause":
+                instance.send(signal.SIGCONT)
+                instance.state = "running"
+            else:
+                await self._restart(instance, applied)
             window[1] = self.clock()
             self._end(phase)
 
-    async def _kill(self, fault: Fault, applied: Applied) -> None:
-        instance = await self._take(fault, applied, stops=True)
-        if instance is None:
-            return
-        phase = self._begin(applied, fault.kind)
-        window = self._down(instance)
-        instance.state = "stopped"  # before it dies: the monitor must not see a crash
-        await asyncio.to_thread(instance.kill)
-        try:
-            await self._until(fault.end)
-        finally:
-            await self._restart(instance, applied)
-            window[1] = self.clock()
-            self._end(phase)
+    _pause = _kill = _terminate = _stop_instance
 
-    async def _terminate(self, fault: Fault, applied: Applied) -> None:
-        instance = await self._take(fault, applied, stops=True)
-        if instance is None:
-            return
-        phase = self._begin(applied, fault.kind)
-        window = self._down(instance)
+    async def _sigterm(self, instance: Instance, applied: Applied) -> None:
         started = time.monotonic()
         instance.send(signal.SIGTERM)
         instance.state = "stopped"  # it accepts no more: a load balancer sends elsewhere
-        try:
-            code = await asyncio.to_thread(instance.wait_exit, SIGTERM_EXIT_S)
-            took = time.monotonic() - started
-            if code is None:
-                detail = f"{instance.name} still ran {took:.0f} s after SIGTERM (killed)"
-                self.broken.append(("shutdown", detail))
-                await asyncio.to_thread(instance.kill)
-            elif code != 0:
-                self.broken.append(("shutdown", f"{instance.name} exited {code} on SIGTERM"))
-            applied.notes.append(f"exited {code} {took:.1f} s after SIGTERM")
-            await asyncio.sleep(fault.hold)
-        finally:
-            await self._restart(instance, applied)
-            window[1] = self.clock()
-            self._end(phase)
+        code = await asyncio.to_thread(instance.wait_exit, SIGTERM_EXIT_S)
+        took = time.monotonic() - started
+        if code is None:
+            detail = f"{instance.name} still ran {took:.0f} s after SIGTERM (killed)"
+            self.broken.append(("shutdown", detail))
+            await asyncio.to_thread(instance.kill)
+        elif code != 0:
+            self.broken.append(("shutdown", f"{instance.name} exited {code} on SIGTERM"))
+        applied.notes.append(f"exited {code} {took:.1f} s after SIGTERM")
 
     async def _slow_client(self, fault: Fault, applied: Applied) -> None:
         instance = self.cluster.instances[int(fault.target.rsplit("-", 1)[1])]

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import orjson
 
 from loadtests import audit
@@ -39,6 +38,7 @@ from loadtests.chaos.schedule import plan
 from loadtests.chaos.stall import Phase, measure
 from loadtests.chaos.traffic import Market, Writers, open_market
 from loadtests.chaos.watchers import Watcher, now_ms
+from loadtests.harness.stack import connected
 
 INSTANCES = 3
 FRESH_PRICE = 9_999_999  # never one of the editor's prices
@@ -48,15 +48,17 @@ GOAL_S = 5.0  # the longest stall of live delivery allowed under any single faul
 
 @dataclass(frozen=True, slots=True)
 class Options:
+    """What ``python -m loadtests.chaos`` was asked for (its options, defaults there)."""
+
     seed: int
     duration: float
     output: Path
-    history: int = 3000
-    watchers: int = 4  # per instance
-    slow_rate: int = 256 * 1024  # bytes per second on the slow link
-    fresh_limit: float = 2.0
-    max_stall: float | None = None
-    keep: bool = False  # the scratch directory, also when the run passed
+    history: int  # events the slow client resumes
+    watchers: int  # per instance
+    slow_rate: int  # bytes per second on the slow link
+    fresh_limit: float
+    max_stall: float | None
+    keep: bool  # the scratch directory, also when the run passed
 
 
 Broken = list[tuple[str, str]]
@@ -217,12 +219,8 @@ async def _ready_again(
     started = time.monotonic()
     statuses: list[int | None] = []
     while time.monotonic() - started < SETTLED_S:
-        statuses = [
-            ready
-            for ready, _ in await asyncio.gather(
-                *(probe(http, instance) for instance in cluster.instances)
-            )
-        ]
+        probes = await asyncio.gather(*(probe(http, i) for i in cluster.instances))
+        statuses = [ready for ready, _ in probes]
         if all(status == 200 for status in statuses):
             return {"ready_after_s": round(time.monotonic() - started, 2)}
         await asyncio.sleep(0.5)
@@ -262,30 +260,24 @@ async def _fresh_event(
 
 
 async def _all_published(database_url: str, broken: Broken) -> None:
-    conn = await asyncpg.connect(database_url)
-    try:
+    async with connected(database_url) as conn:
         deadline = time.monotonic() + SETTLED_S
         while pending := await conn.fetchval("SELECT count(*) FROM outbox WHERE position IS NULL"):
             if time.monotonic() > deadline:
                 broken.append(("all-published", f"{pending} committed rows never published"))
                 return
             await asyncio.sleep(0.2)
-    finally:
-        await conn.close()
 
 
 async def _caught_up(database_url: str, watchers: Sequence[Watcher]) -> None:
     """Until every watcher had its channels' last events (the audit says what is missing)."""
     channels = sorted({channel for watcher in watchers for channel in watcher.channels})
-    conn = await asyncpg.connect(database_url)
-    try:
+    async with connected(database_url) as conn:
         rows = await conn.fetch(
             "SELECT channel, max(position) AS head FROM outbox"
             " WHERE channel = ANY($1::text[]) AND position IS NOT NULL GROUP BY channel",
             channels,
         )
-    finally:
-        await conn.close()
     heads = {row["channel"]: row["head"] for row in rows}
 
     def done() -> bool:

@@ -38,16 +38,7 @@ ON_INSTANCE = DOWN | {"partition"}
 # How much later than its end a fault still counts as busy: a killed or terminated
 # instance has to start and be ready again; SIGTERM first waits out the shutdown.
 MARGIN_S = {"kill": 8.0, "terminate": 14.0, "pause": 3.0, "partition": 2.0}
-WEIGHTS = {
-    "partition": 3,
-    "redis-kill": 2,
-    "postgres-restart": 2,
-    "pubsub-kill": 2,
-    "pause": 2,
-    "kill": 2,
-    "terminate": 2,
-    "slow-client": 2,
-}
+WEIGHTS = dict.fromkeys(KINDS, 2) | {"partition": 3}  # how often each kind is drawn
 ALONE_SHARE = 0.4  # of the faults no other fault may overlap: the single-fault figures
 WARMUP_S = 3.0  # traffic flows this long before the first fault
 GAP_S = (1.0, 6.0)  # between the planned starts of consecutive faults

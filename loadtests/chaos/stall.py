@@ -22,7 +22,7 @@ those it began under; the longest with no fault active is the baseline.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from loadtests.chaos.watchers import Watcher
@@ -44,6 +44,10 @@ class Phase:
     def name(self) -> str:
         where = f" on instance-{self.instance}" if self.instance is not None else ""
         return f"#{self.fault} {self.label}{where}"
+
+    def covers(self, wait: Wait) -> bool:
+        """The phase was active while the event waited (or ended at most a grace before)."""
+        return self.start <= wait.received and wait.start <= self.end + GRACE_MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,9 +118,7 @@ def measure(
     for watcher in watchers:
         for wait in waits(watcher, down):
             count += 1
-            active = [
-                p for p in phases if p.start <= wait.received and wait.start <= p.end + GRACE_MS
-            ]
+            active = [phase for phase in phases if phase.covers(wait)]
             if longest is None or wait.ms > longest[0].ms:
                 longest = (wait, active)
             if not active and (quiet is None or wait.ms > quiet.ms):
@@ -125,15 +127,7 @@ def measure(
                 start = max(wait.start, phase.start)
                 if start > phase.end + GRACE_MS:
                     continue
-                counted = Wait(
-                    wait.received - start,
-                    start,
-                    wait.received,
-                    wait.watcher,
-                    wait.instance,
-                    wait.channel,
-                    wait.offset,
-                )
+                counted = replace(wait, ms=wait.received - start, start=start)
                 if phase not in worst or counted.ms > worst[phase].ms:
                     worst[phase] = counted
 
@@ -161,11 +155,7 @@ def measure(
         }
         if phase in worst:
             wait = worst[phase]
-            others = [
-                p.name()
-                for p in phases
-                if p != phase and p.start <= wait.received and wait.start <= p.end + GRACE_MS
-            ]
+            others = [p.name() for p in phases if p != phase and p.covers(wait)]
             entry.update(described(wait), also_active=others)
         per_fault.append(entry)
     per_kind: dict[str, dict[str, Any]] = {}

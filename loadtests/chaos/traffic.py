@@ -24,12 +24,12 @@ from collections.abc import Coroutine
 from typing import Any
 
 import aiohttp
-import asyncpg
 import orjson
 
 from loadtests.chaos.cluster import Cluster, Instance
 from loadtests.chaos.watchers import Account, open_socket
 from loadtests.config import BUSY_MARKET, LoadConfig
+from loadtests.harness.stack import connected
 
 API = "/api/v1"
 PRICE = 1000
@@ -67,6 +67,10 @@ class Market:
         self.history_since = 0
         self._turn = itertools.count()
         self._relisting = asyncio.Lock()
+
+    def keep(self, kind: str, **fields: Any) -> None:
+        """One record for the audit (``loadtests/audit.py``): what the server confirmed."""
+        self.records.append({"kind": kind, **fields})
 
     # -- requests ------------------------------------------------------------------------
 
@@ -121,7 +125,7 @@ class Market:
         answer = await self.setup_call("POST", "/auth/signup", None, body, 201)
         account = Account(int(answer["user"]["id"]), str(answer["access_token"]), name)
         role = "seller" if name == "seller" else "buyer"
-        self.records.append({"kind": "user", "user_id": account.user_id, "role": role})
+        self.keep("user", user_id=account.user_id, role=role)
         return account
 
     async def top_up(self, buyer: Account) -> None:
@@ -135,7 +139,7 @@ class Market:
             "category": "furniture",
         }
         listing = int((await self.setup_call("POST", "/listings", self.seller, body, 201))["id"])
-        self.records.append({"kind": "listing", "listing_id": listing, "quantity": quantity})
+        self.keep("listing", listing_id=listing, quantity=quantity)
         return listing
 
     async def open_room(self, listing: int, buyer: Account) -> int:
@@ -145,8 +149,7 @@ class Market:
     async def write_history(self, database_url: str, count: int) -> None:
         """``count`` chat messages of 3 kB on the history room's channel, published."""
         channel = f"room:{self.rooms['history']}"
-        conn = await asyncpg.connect(database_url)
-        try:
+        async with connected(database_url) as conn:
             await conn.execute(
                 "INSERT INTO outbox (channel, type, data) SELECT $1, 'chat.message',"
                 " jsonb_build_object('room_id', $2::bigint, 'sender_id', $3::bigint,"
@@ -164,8 +167,6 @@ class Market:
                 "SELECT prev FROM outbox WHERE channel = $1 ORDER BY position LIMIT 1", channel
             )
             self.history_since = int(first or 0)
-        finally:
-            await conn.close()
 
     def watched(self, account: Account) -> list[str]:
         """The channels a watcher signed in as ``account`` subscribes to."""
@@ -200,13 +201,7 @@ class Market:
             if stopped.is_set():
                 give_up = give_up or time.monotonic() + SETTLE_S
                 if time.monotonic() > give_up:
-                    self.records.append(
-                        {
-                            "kind": "purchase_unresolved",
-                            "buyer_id": buyer.user_id,
-                            "listing_id": listing,
-                        }
-                    )
+                    self.keep("purchase_unresolved", buyer_id=buyer.user_id, listing_id=listing)
                     return
             try:
                 status, answer, instance = await self.call(
@@ -220,15 +215,9 @@ class Market:
             self.answers[f"purchase {status} {slug}".rstrip()] += 1
             if status == 201:
                 self.strategies[instance.strategy] += 1
-                self.records.append(
-                    {
-                        "kind": "order",
-                        "order_id": int(answer["id"]),
-                        "buyer_id": buyer.user_id,
-                        "listing_id": listing,
-                        "quantity": int(answer["quantity"]),
-                    }
-                )
+                order, quantity = int(answer["id"]), int(answer["quantity"])
+                self.keep("order", order_id=order, buyer_id=buyer.user_id, listing_id=listing,
+                          quantity=quantity)  # fmt: skip
                 return
             if status == 409 and slug in BUSY_MARKET:
                 try:
@@ -274,15 +263,8 @@ class Market:
             await asyncio.sleep(RETRY_S)
 
     def keep_chat(self, message: dict[str, Any], sender: Account) -> None:
-        self.records.append(
-            {
-                "kind": "chat",
-                "client_id": str(message["client_id"]),
-                "room_id": int(message["room_id"]),
-                "message_id": int(message["id"]),
-                "sender_id": sender.user_id,
-            }
-        )
+        self.keep("chat", client_id=str(message["client_id"]), room_id=int(message["room_id"]),
+                  message_id=int(message["id"]), sender_id=sender.user_id)  # fmt: skip
 
 
 async def open_market(http: aiohttp.ClientSession, cluster: Cluster, history: int) -> Market:

@@ -267,21 +267,9 @@ class Watcher:
 
     def trace(self) -> dict[str, Any]:
         """Everything it saw, for reading after a failed run (``watchers.jsonl``)."""
-        return {
-            "name": self.name,
-            "connections": [
-                {
-                    "number": c.number,
-                    "instance": c.instance,
-                    "opened_ms": c.opened_ms,
-                    "closed_ms": c.closed_ms,
-                    "ended": c.ended,
-                    "subscribe_ms": c.subscribe_ms,
-                }
-                for c in self.connections
-            ],
-            "deliveries": self.deliveries,
-        }
+        shown = ("number", "instance", "opened_ms", "closed_ms", "ended", "subscribe_ms")
+        connections = [{key: getattr(c, key) for key in shown} for c in self.connections]
+        return {"name": self.name, "connections": connections, "deliveries": self.deliveries}
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -25,10 +25,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
 import orjson
 
 from loadtests.clients.ws import OP_TEXT, Fleet, WebSocket
+from loadtests.harness.stack import connected
 from loadtests.harness.stats import summary_ms
 
 Pair = tuple[WebSocket, int]  # a buyer's socket and the room it sends in
@@ -229,11 +229,8 @@ class ChatFleet(Fleet):
 
     async def database(self, database_url: str) -> dict[str, Any]:
         """What chat_messages holds against the ledger: exactly one row per acked client_id?"""
-        conn = await asyncpg.connect(database_url)
-        try:
+        async with connected(database_url) as conn:
             rows = await conn.fetch("SELECT client_id::text AS c, room_id, id FROM chat_messages")
-        finally:
-            await conn.close()
         counts = Counter(str(row["c"]) for row in rows)
         where = {str(row["c"]): (int(row["room_id"]), int(row["id"])) for row in rows}
         return {
@@ -265,29 +262,25 @@ async def steady(fleet: ChatFleet, pairs: Sequence[Pair], *, rate: float, second
     return phase
 
 
-class _Sender:
-    """Keeps ``window`` sends of one socket un-acked until ``stop`` (time.time())."""
-
-    def __init__(self, fleet: ChatFleet, pair: Pair, stop: float) -> None:
-        self.fleet = fleet
-        self.socket, self.room = pair
-        self.stop = stop
-
-    def next(self) -> None:
-        if time.time() < self.stop and self.socket.open:
-            self.fleet.send(self.socket, self.room, self.next)
-
-
 async def flat_out(
     fleet: ChatFleet, pairs: Sequence[Pair], *, window: int, seconds: float, name: str
 ) -> Phase:
-    """Every pair sends as fast as its acks allow, ``window`` un-acked at a time."""
+    """Every pair sends as fast as its acks allow, ``window`` un-acked at a time: each ack
+    (or refusal given up) sends the next one until the time is up."""
     phase = fleet.begin(name)
     stop = phase.started + seconds
-    for pair in pairs:
-        sender = _Sender(fleet, pair, stop)
+
+    def sender(socket: WebSocket, room: int) -> Callable[[], None]:
+        def send_next() -> None:
+            if time.time() < stop and socket.open:
+                fleet.send(socket, room, send_next)
+
+        return send_next
+
+    for socket, room in pairs:
+        send_next = sender(socket, room)
         for _ in range(window):
-            sender.next()
+            send_next()
     await asyncio.sleep(max(0.0, stop - time.time()))
     phase.stopped = stop
     return phase

@@ -15,15 +15,17 @@ import asyncio
 import math
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import aiohttp
 import asyncpg
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadtests.harness.stats import bucket_quantile
+from loadtests.harness.stack import connected
+from loadtests.harness.stats import bucket_quantile, summary_ms
 
+EVENT_TYPE = "listing.updated"  # of the rows inserted for the relay
 INSERT = "INSERT INTO outbox (channel, type, data) VALUES ($1, $2, $3::jsonb)"
 INSERT_MANY = (
     "INSERT INTO outbox (channel, type, data)"
@@ -33,11 +35,16 @@ INSERT_MANY = (
 
 
 def _late_summary(late: Sequence[float]) -> dict[str, float]:
-    ordered = sorted(late)
     return {
-        "late_over_5ms": sum(1 for value in ordered if value > 0.005),
-        "max_late_ms": round(ordered[-1] * 1000, 2) if ordered else 0.0,
+        "late_over_5ms": sum(1 for value in late if value > 0.005),
+        "max_late_ms": round(max(late) * 1000, 2) if late else 0.0,
     }
+
+
+def p50_p99_ms(seconds: Iterable[float]) -> dict[str, float | None]:
+    """p50 and p99 of samples in seconds, in ms, by the harness's one percentile definition."""
+    figures = summary_ms(seconds)
+    return {"p50": figures["p50"], "p99": figures["p99"]}
 
 
 async def patch_prices(
@@ -81,17 +88,13 @@ async def patch_prices(
             tasks.append(asyncio.create_task(one(number)))
         await asyncio.gather(*tasks)
         elapsed = loop.time() - start
-    durations.sort()
     return {
         "requests": total,
         "committed": statuses.get("200", 0),
         "statuses": dict(statuses),
         "seconds": round(elapsed, 3),
         "rate": round(total / elapsed, 1),
-        "response_ms": {
-            "p50": round(durations[len(durations) // 2] * 1000, 2),
-            "p99": round(durations[min(len(durations) - 1, int(0.99 * len(durations)))] * 1000, 2),
-        },
+        "response_ms": p50_p99_ms(durations),
         **_late_summary(late),
     }
 
@@ -104,7 +107,6 @@ async def insert_rows(
     rate: float | None,
     connections: int,
     rows_per_transaction: int = 1,
-    event_type: str = "listing.updated",
 ) -> dict[str, Any]:
     """Commit outbox rows for ``seconds``: ``rate`` rows a second, or flat out when None.
 
@@ -117,17 +119,17 @@ async def insert_rows(
         math.inf if rate is None else max(1, round(rate * seconds / rows_per_transaction))
     )
     interval = 0.0 if rate is None else rows_per_transaction / rate
-    pool = await asyncpg.create_pool(database_url, min_size=connections, max_size=connections)
-    assert pool is not None
     loop = asyncio.get_running_loop()
     late: list[float] = []
     commit_s: list[float] = []
     next_slot = 0
-    start = loop.time() + 0.2
-    stop = start + seconds
-    await asyncio.sleep(max(0.0, start - loop.time()))
-    started = time.time()
-    try:
+    async with asyncpg.create_pool(
+        database_url, min_size=connections, max_size=connections
+    ) as pool:
+        start = loop.time() + 0.2
+        stop = start + seconds
+        await asyncio.sleep(max(0.0, start - loop.time()))
+        started = time.time()
 
         async def worker() -> None:
             nonlocal next_slot
@@ -145,19 +147,16 @@ async def insert_rows(
                     first = number * rows_per_transaction
                     if rows_per_transaction == 1:
                         data = f'{{"seq": {first}, "bench": "relay"}}'
-                        await conn.execute(INSERT, channel, event_type, data)
+                        await conn.execute(INSERT, channel, EVENT_TYPE, data)
                     else:
                         await conn.execute(
-                            INSERT_MANY, channel, event_type, first, rows_per_transaction
+                            INSERT_MANY, channel, EVENT_TYPE, first, rows_per_transaction
                         )
                     commit_s.append(loop.time() - sent)
 
         await asyncio.gather(*(worker() for _ in range(connections)))
-    finally:
-        await pool.close()
     ended = time.time()
     rows = len(commit_s) * rows_per_transaction
-    commit_s.sort()
     return {
         "rows": rows,
         "seconds": round(ended - started, 3),
@@ -165,38 +164,27 @@ async def insert_rows(
         "target_rate": rate,
         "connections": connections,
         "rows_per_transaction": rows_per_transaction,
-        "commit_ms": {
-            "p50": round(commit_s[len(commit_s) // 2] * 1000, 2),
-            "p99": round(commit_s[min(len(commit_s) - 1, int(0.99 * len(commit_s)))] * 1000, 2),
-        },
+        "commit_ms": p50_p99_ms(commit_s),
         **_late_summary(late),
         "started_at": started,
         "ended_at": ended,
     }
 
 
-async def commit_latency(database_url: str, samples: int = 50) -> dict[str, float]:
+async def commit_latency(database_url: str, samples: int = 50) -> dict[str, float | None]:
     """Milliseconds of a one-row INSERT committed alone, one after another: the WAL flush.
 
     A relay that commits anything before it publishes can be no faster than this.
     """
-    conn = await asyncpg.connect(database_url)
     times: list[float] = []
-    try:
+    async with connected(database_url) as conn:
         await conn.execute("CREATE TABLE IF NOT EXISTS bench_commit_floor (n int)")
         for number in range(samples):
             started = time.perf_counter()
             await conn.execute("INSERT INTO bench_commit_floor VALUES ($1)", number)
             times.append(time.perf_counter() - started)
         await conn.execute("DROP TABLE bench_commit_floor")
-    finally:
-        await conn.close()
-    times.sort()
-    return {
-        "samples": samples,
-        "p50": round(times[len(times) // 2] * 1000, 2),
-        "p99": round(times[min(len(times) - 1, int(0.99 * len(times)))] * 1000, 2),
-    }
+    return {"samples": samples, **p50_p99_ms(times)}
 
 
 # ----------------------------------------------------------------------------- /metrics
@@ -212,12 +200,16 @@ async def scrape(base_url: str) -> Samples:
         aiohttp.ClientSession(timeout=timeout) as session,
         session.get(f"{base_url}/metrics") as response,
     ):
-        text = await response.text()
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = float(sample.value)
-    return samples
+        return parse(await response.text())
+
+
+def parse(text: str) -> Samples:
+    """Every sample of Prometheus text, keyed by (name, sorted labels)."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): float(sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def matching(samples: Samples, word: str) -> dict[str, float]:
@@ -245,15 +237,11 @@ def histogram_summary(
     ``share_within`` is the fraction of observations at or below ``within`` seconds, when
     that is a bucket bound. None when the histogram is not in /metrics.
     """
-    bucket = f"{name}_bucket"
-    bounds: dict[float, float] = {}
-    for (sample, labels), value in after.items():
-        if sample != bucket:
-            continue
-        le = dict(labels).get("le")
-        if le is None:
-            continue
-        bounds[float(le)] = value - before.get((sample, labels), 0.0)
+    bounds = {
+        float(dict(labels)["le"]): value - before.get((sample, labels), 0.0)
+        for (sample, labels), value in after.items()
+        if sample == f"{name}_bucket" and "le" in dict(labels)
+    }
     if not bounds:
         return None
     cumulative = sorted(bounds.items())
@@ -269,5 +257,5 @@ def histogram_summary(
     return summary
 
 
-def gauge(samples: Mapping[tuple[str, tuple[tuple[str, str], ...]], float], name: str) -> float:
+def gauge(samples: Samples, name: str) -> float:
     return samples.get((name, ()), 0.0)

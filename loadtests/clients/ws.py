@@ -29,16 +29,18 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, cast
 
 import aiohttp
 import orjson
 import uvloop
+from aiohttp.http import WS_KEY
 
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 HISTOGRAM_MS = 60_000  # latencies above go to "overflow"
+CONCURRENT_CONNECTS = 64  # per client process
+TIMEOUT_S = 60.0  # to connect, upgrade and subscribe
 SOCKETS_PER_SOURCE = 10_000  # loopback source addresses: well below ~28k ephemeral ports each
 IP_BIND_ADDRESS_NO_PORT = getattr(pysocket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux
 
@@ -97,7 +99,6 @@ class Target:
     path: str  # "/api/v1/ws" (a ticket is appended) or the bare server's "/ws"
     ticket_url: str | None = None  # POST here with ``token`` for a ticket; None: no ticket
     token: str | None = None
-    origin: str | None = None
     socketio: bool = False  # Engine.IO 4 over WebSocket; the server puts it in the room
 
     @classmethod
@@ -109,49 +110,31 @@ class Target:
 
 @dataclass(frozen=True, slots=True)
 class ConnectPlan:
-    """What one client process opens: ``sockets`` sockets, round-robin over the targets."""
+    """What one client process opens: of ``count`` sockets, socket i goes to target
+    i % targets from source address i % sources, and to client process i % processes."""
 
     targets: tuple[Target, ...]
-    sockets: int
-    first_index: int  # this process's sockets are first_index, first_index + step, ...
-    step: int
+    sockets: range  # the numbers of this process's sockets
+    sources: tuple[str, ...]
     channel: str | None = None  # subscribe to it after the upgrade
-    source_addresses: tuple[str, ...] = ("127.0.0.1",)
-    concurrency: int = 64
     check_offsets: bool = True
-    timeout: float = 60.0
+
+    @classmethod
+    def split(
+        cls, targets: Sequence[Target], count: int, processes: int, channel: str | None,
+        sources: Sequence[str],
+    ) -> list[ConnectPlan]:  # fmt: skip
+        """One plan per client process. Offsets are checked when every target is jangteo
+        (a bare server's frames repeat one)."""
+        check = all(target.ticket_url is not None for target in targets)
+        return [
+            cls(tuple(targets), range(process, count, processes), tuple(sources), channel, check)
+            for process in range(processes)
+        ]
 
     def assignments(self) -> Iterator[tuple[Target, str]]:
-        for number in range(self.sockets):
-            index = self.first_index + number * self.step
-            yield (
-                self.targets[index % len(self.targets)],
-                self.source_addresses[index % len(self.source_addresses)],
-            )
-
-
-def split_plan(
-    targets: Sequence[Target],
-    sockets: int,
-    processes: int,
-    *,
-    channel: str | None,
-    source_addresses: Sequence[str],
-    check_offsets: bool = True,
-) -> list[ConnectPlan]:
-    """One plan per client process; socket i goes to target i % targets, process i % processes."""
-    return [
-        ConnectPlan(
-            targets=tuple(targets),
-            sockets=len(range(process, sockets, processes)),
-            first_index=process,
-            step=processes,
-            channel=channel,
-            source_addresses=tuple(source_addresses),
-            check_offsets=check_offsets,
-        )
-        for process in range(processes)
-    ]
+        for index in self.sockets:
+            yield self.targets[index % len(self.targets)], self.sources[index % len(self.sources)]
 
 
 # ----------------------------------------------------------------------------- frames
@@ -172,8 +155,7 @@ def client_frame(opcode: int, payload: bytes) -> bytes:
     return head + mask + masked
 
 
-OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x2, 0x8, 0x9, 0xA
-CLOSE_NORMAL = client_frame(OP_CLOSE, (1000).to_bytes(2, "big"))
+OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x8, 0x9, 0xA
 
 
 @dataclass(slots=True)
@@ -193,13 +175,11 @@ class Fleet:
     tallies: dict[str, Tally] = field(default_factory=dict)
     histogram: list[int] = field(default_factory=lambda: [0] * (HISTOGRAM_MS + 1))
     overflow: int = 0
-    negative: int = 0
     ops: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     closes: Counter[str] = field(default_factory=Counter)
     gaps: int = 0
     repeats: int = 0
-    pings: int = 0
     per_second: dict[int, list[float]] = field(default_factory=dict)  # [count, sum, max] ms
     cpu_mark: float = field(default_factory=time.process_time)
     wall_mark: float = field(default_factory=time.monotonic)
@@ -208,7 +188,7 @@ class Fleet:
         for tally in self.tallies.values():
             tally.events, tally.first, tally.last = 0, 0.0, 0.0
         self.histogram = [0] * (HISTOGRAM_MS + 1)
-        self.overflow = self.negative = self.gaps = self.repeats = self.pings = 0
+        self.overflow = self.gaps = self.repeats = 0
         self.ops.clear()
         self.errors.clear()
         self.closes.clear()
@@ -218,19 +198,14 @@ class Fleet:
     def snapshot(self) -> dict[str, Any]:
         sparse = {ms: n for ms, n in enumerate(self.histogram) if n}
         return {
-            "tallies": {
-                name: {"events": t.events, "first": t.first, "last": t.last}
-                for name, t in self.tallies.items()
-            },
+            "tallies": {name: asdict(tally) for name, tally in self.tallies.items()},
             "histogram_ms": sparse,
             "overflow": self.overflow,
-            "negative": self.negative,
             "ops": dict(self.ops),
             "errors": dict(self.errors),
             "closes": dict(self.closes),
             "gaps": self.gaps,
             "repeats": self.repeats,
-            "pings": self.pings,
             "open": sum(1 for s in self.sockets if s.open),
             "per_second": {second: list(v) for second, v in self.per_second.items()},
             "cpu_seconds": time.process_time() - self.cpu_mark,
@@ -265,7 +240,6 @@ class Fleet:
                 return
             self.on_event(socket, frame, now)
         elif payload == b"2":  # ping: answer pong
-            self.pings += 1
             socket.send(OP_TEXT, b"3")
         elif payload.startswith(b"40"):  # connected to the namespace (and so the room)
             self.ops["connected"] += 1
@@ -282,10 +256,7 @@ class Fleet:
             tally.first = now
         tally.events += 1
         tally.last = now
-        latency = now * 1000.0 - frame["ts"]
-        if latency < 0:
-            self.negative += 1
-            latency = 0.0
+        latency = max(0.0, now * 1000.0 - frame["ts"])  # stamped after its receipt: 0
         millis = int(latency)
         if millis <= HISTOGRAM_MS:
             self.histogram[millis] += 1
@@ -391,7 +362,6 @@ class WebSocket(asyncio.Protocol):
                 else:
                     fleet.on_text(self, data[pos + head : end], now)
             elif opcode == OP_PING:
-                fleet.pings += 1
                 self.send(OP_PONG, data[pos + head : end])
             elif opcode == OP_CLOSE:
                 payload = data[pos + head : end]
@@ -408,25 +378,17 @@ class WebSocket(asyncio.Protocol):
             self.pending = data[pos:]
 
     def _upgrade(self, head: bytes) -> None:
-        status_line, _, rest = head.partition(b"\r\n")
-        headers = {
-            name.strip().lower(): value.strip()
-            for name, _, value in (line.partition(b":") for line in rest.split(b"\r\n") if line)
-        }
-        parts = status_line.split(b" ", 2)
-        if (
-            len(parts) < 2
-            or parts[1] != b"101"
-            or headers.get(b"sec-websocket-accept") != (self.accept)
-        ):
-            status = parts[1].decode(errors="replace") if len(parts) > 1 else "?"
+        status, *lines = head.split(b"\r\n")
+        headers = {n.strip().lower(): v.strip() for n, _, v in (ln.partition(b":") for ln in lines)}
+        accepted = headers.get(b"sec-websocket-accept") == self.accept
+        if status.split(b" ")[1:2] != [b"101"] or not accepted:
             if not self.opened.done():
-                self.opened.set_exception(ConnectionError(f"upgrade answered {status}"))
+                answer = status.decode(errors="replace")
+                self.opened.set_exception(ConnectionError(f"upgrade answered {answer}"))
             if self.transport is not None:
                 self.transport.close()
             return
-        self.upgraded = True
-        self.open = True
+        self.upgraded = self.open = True
         if not self.opened.done():
             self.opened.set_result(None)
 
@@ -434,7 +396,7 @@ class WebSocket(asyncio.Protocol):
 def upgrade_request(target: Target, path: str) -> tuple[bytes, bytes]:
     """The upgrade request for ``path`` and the Sec-WebSocket-Accept it must be answered with."""
     key = base64.b64encode(os.urandom(16))
-    accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())  # noqa: S324 - RFC 6455
+    accept = base64.b64encode(hashlib.sha1(key + WS_KEY).digest())  # noqa: S324 - RFC 6455
     lines = [
         f"GET {path} HTTP/1.1",
         f"Host: {target.host}:{target.port}",
@@ -443,8 +405,6 @@ def upgrade_request(target: Target, path: str) -> tuple[bytes, bytes]:
         f"Sec-WebSocket-Key: {key.decode()}",
         "Sec-WebSocket-Version: 13",
     ]
-    if target.origin:
-        lines.append(f"Origin: {target.origin}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode(), accept
 
 
@@ -457,13 +417,19 @@ class ClientProcess:
     def __init__(self) -> None:
         self.fleet = Fleet()
 
+    def reset(self) -> None:
+        self.fleet.reset()
+
+    def stats(self) -> dict[str, Any]:
+        return self.fleet.snapshot()
+
     async def connect(self, plan: ConnectPlan) -> dict[str, Any]:
         """Open the plan's sockets (ticket, upgrade, subscribe); counts of what happened."""
         for target in plan.targets:
             self.fleet.tallies.setdefault(target.instance, Tally())
         started = time.monotonic()
         outcome: Counter[str] = Counter()
-        gate = asyncio.Semaphore(plan.concurrency)
+        gate = asyncio.Semaphore(CONCURRENT_CONNECTS)
         connector = aiohttp.TCPConnector(limit=16)
         timeout = aiohttp.ClientTimeout(total=30)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -488,23 +454,18 @@ class ClientProcess:
         request, accept = upgrade_request(target, path)
         loop = asyncio.get_running_loop()
         tally = self.fleet.tallies[target.instance]
-        sock = await connect_from(source, target.host, target.port, plan.timeout)
+        sock = await connect_from(source, target.host, target.port, TIMEOUT_S)
         _, socket = await loop.create_connection(
             lambda: WebSocket(self.fleet, tally, request, accept, target.socketio), sock=sock
         )
         socket.check_offsets = plan.check_offsets
         self.fleet.sockets.append(socket)
-        if socket.socketio:  # nothing to send: it joins the room on connecting
-            assert socket.subscribed is not None
-            await asyncio.wait_for(socket.opened, plan.timeout)
-            await asyncio.wait_for(socket.subscribed, plan.timeout)
-            return
-        await asyncio.wait_for(socket.opened, plan.timeout)
-        if plan.channel is not None:
+        await asyncio.wait_for(socket.opened, TIMEOUT_S)
+        if plan.channel is not None and not socket.socketio:
             socket.subscribed = loop.create_future()
-            message = {"op": "subscribe", "channel": plan.channel}
-            socket.send(OP_TEXT, orjson.dumps(message))
-            await asyncio.wait_for(socket.subscribed, plan.timeout)
+            socket.send(OP_TEXT, orjson.dumps({"op": "subscribe", "channel": plan.channel}))
+        if socket.subscribed is not None:  # Socket.IO's joins the room on connecting
+            await asyncio.wait_for(socket.subscribed, TIMEOUT_S)
 
     async def close(self, wait: float = 15.0) -> dict[str, Any]:
         """Close every socket (close frame, then wait for the server to close TCP)."""
@@ -566,29 +527,23 @@ async def ticket(session: aiohttp.ClientSession, target: Target, attempts: int =
 
 
 async def _serve(conn: Connection) -> None:
+    """Run the parent's commands (``ClientProcess`` methods) until ``exit``; send each reply,
+    or the exception it raised."""
     client = ClientProcess()
     loop = asyncio.get_running_loop()
     commands: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
     loop.add_reader(conn.fileno(), lambda: commands.put_nowait(conn.recv()))
     while True:
         command, argument = await commands.get()
-        reply: Any
+        if command == "exit":
+            await client.close(wait=2.0)
+            conn.send(None)
+            return
         try:
-            if command == "connect":
-                reply = await client.connect(argument)
-            elif command == "reset":
-                client.fleet.reset()
-                reply = None
-            elif command == "stats":
-                reply = client.fleet.snapshot()
-            elif command == "close":
-                reply = await client.close()
-            elif command == "exit":
-                await client.close(wait=2.0)
-                conn.send(None)
-                return
-            else:
-                reply = RuntimeError(f"unknown command {command!r}")
+            call = getattr(client, command)
+            reply = call() if argument is None else call(argument)
+            if asyncio.iscoroutine(reply):
+                reply = await reply
         except Exception as error:  # reported to the parent, which raises it
             reply = error
         conn.send(reply)
@@ -670,24 +625,21 @@ def merge_stats(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The client processes' snapshots added up (first/last: earliest and latest)."""
     tallies: dict[str, dict[str, float]] = {}
     histogram: Counter[int] = Counter()
-    per_second: dict[int, list[float]] = {}
+    per_second: dict[int, list[float]] = {}  # [count, sum, max]
     totals: dict[str, Counter[str]] = {"ops": Counter(), "errors": Counter(), "closes": Counter()}
-    sums = dict.fromkeys(("overflow", "negative", "gaps", "repeats", "pings", "open"), 0)
+    sums = dict.fromkeys(("overflow", "gaps", "repeats", "open"), 0)
     cpu: list[float] = []
     for part in parts:
         for name, tally in part["tallies"].items():
             into = tallies.setdefault(name, {"events": 0, "first": 0.0, "last": 0.0})
             if tally["events"]:
-                first = into["first"]
-                into["first"] = tally["first"] if not first else min(first, tally["first"])
+                into["first"] = min(into["first"] or tally["first"], tally["first"])
                 into["last"] = max(into["last"], tally["last"])
             into["events"] += tally["events"]
         histogram.update(part["histogram_ms"])
         for second, (count, total, peak) in part["per_second"].items():
-            into_second = per_second.setdefault(second, [0.0, 0.0, 0.0])
-            into_second[0] += count
-            into_second[1] += total
-            into_second[2] = max(into_second[2], peak)
+            was = per_second.get(second, [0.0, 0.0, 0.0])
+            per_second[second] = [was[0] + count, was[1] + total, max(was[2], peak)]
         for key, counter in totals.items():
             counter.update(part[key])
         for key in sums:

@@ -8,11 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import orjson
@@ -140,3 +142,45 @@ def server_problems(log: Path, limit: int = 5) -> dict[str, Any]:
         if len(first) < limit:
             first.append(line[:600])
     return {"counts": dict(counts.most_common()), "first": first, "time_span": span}
+
+
+def _interrupted(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def run_guarded(
+    name: str,
+    body: Callable[[], int],
+    cleanup: Callable[[], object],
+    cannot: tuple[type[Exception], ...],
+    logs: str = "",
+) -> int:
+    """``body()``'s exit status, then ``cleanup()`` whatever happened.
+
+    Ctrl-C and SIGTERM both end the body (also when this was started with SIGINT ignored,
+    as a background job of a script is): 130. One of ``cannot`` (the run could not be made)
+    or a fault of the harness itself: 2. The cleanup runs with both signals ignored, so a
+    second Ctrl-C cannot leave servers or databases behind; its failure is reported, not
+    raised: the verdict stands.
+    """
+    signal.signal(signal.SIGINT, _interrupted)
+    signal.signal(signal.SIGTERM, _interrupted)
+    try:
+        return body()
+    except cannot as error:
+        print(f"{name}: the run could not be made: {error}{logs}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\n{name}: interrupted; stopping what it started", file=sys.stderr)
+        return 130
+    except Exception:  # a fault of the harness, not a verdict on the server
+        traceback.print_exc()
+        print(f"{name}: the run failed to complete{logs}", file=sys.stderr)
+        return 2
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            cleanup()
+        except Exception as error:  # reported, not raised: the verdict stands
+            print(f"{name}: cleaning up failed: {error!r}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Benchmark report: the benchmark targets against the latest results.
+"""Benchmark report: the benchmark targets against the latest results, and the helpers
+every benchmark draws its own table and plot with.
 
 Run as ``python -m loadtests report`` (the last step of ``make bench``). It reads
 ``loadtests/results/*.json``, writes ``loadtests/results/bench-latest.json`` and rewrites the
@@ -10,6 +11,8 @@ measured".
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from loadtests.harness.processes import RESULTS, ROOT
@@ -19,6 +22,7 @@ START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
 SOURCES = ("http", "listings", "purchase", "realtime", "realtime-20k", "chat", "loadtest-latest")
 Row = dict[str, Any]
 GOAL_BUY = ">= 50% of pgbench, same transaction and connections; no oversell, no lost money"
+COLOURS = {"jangteo": "#d9534f", "baseline": "#7f8c8d", "bare": "#7f8c8d", "socketio": "#2a7ab9"}
 
 
 def dig(obj: Any, *keys: str | int) -> Any:
@@ -38,6 +42,12 @@ def num(value: Any) -> float | None:
     return float(value) if ok else None
 
 
+def shown(template: str, *values: Any) -> str | None:
+    """``template`` filled in with ``values``; None (the cell says "not measured") when one
+    of them is missing."""
+    return None if any(value is None for value in values) else template.format(*values)
+
+
 def load(name: str) -> dict[str, Any]:
     try:
         data = json.loads((RESULTS / f"{name}.json").read_text())
@@ -46,133 +56,104 @@ def load(name: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def row(target: str, goal: str, src: str, data: dict[str, Any], **kw: Any) -> Row:
-    """One target; status from ``ok`` (None: not measured), ratio = figure / reference."""
-    figure, reference, ok = num(kw.get("figure")), num(kw.get("reference")), kw.get("ok")
-    ratio = kw.get("ratio")
+def row(
+    target: str,
+    goal: str,
+    src: str,
+    data: dict[str, Any],
+    *,
+    figure: Any = None,
+    reference: Any = None,
+    text: str | None = None,
+    ref_text: str | None = None,
+    ok: bool | None = None,
+    least: float | None = None,
+    ratio: Any = None,
+    status: str | None = None,
+    note: str = "",
+) -> Row:
+    """One target: ratio = figure / reference unless given, met when it is at ``least``
+    (or as ``ok`` says; None: not measured). No ``data``: no source either."""
+    figure, reference = num(figure), num(reference)
     if ratio is None and figure is not None and reference:
         ratio = round(figure / reference, 3)
-    status = "not measured" if ok is None else ("met" if ok else "missed")
+    if least is not None:
+        ok = None if ratio is None else ratio >= least
     return {
         "target": target,
         "goal": goal,
         "figure": figure,
-        "figure_text": kw.get("text") or "not measured",
+        "figure_text": text or "not measured",
         "reference": reference,
-        "reference_text": kw.get("ref_text") or "",
+        "reference_text": ref_text or "",
         "ratio": ratio,
-        "status": kw.get("status", status),
-        "note": kw.get("note", ""),
+        "status": status or ("not measured" if ok is None else "met" if ok else "missed"),
+        "note": note,
         "source": f"loadtests/results/{src}.json" if data else None,
         "measured_at": data.get("date") or data.get("started"),
     }
 
 
-def result(data: dict[str, Any], endpoint: str, server: str) -> float | None:
+def measured(data: dict[str, Any], endpoint: str, server: str, *keys: str) -> float | None:
+    """A figure (requests/s unless ``keys`` say) of one wrk measurement of the results."""
     for item in dig(data, "results") or []:
         if dig(item, "endpoint") == endpoint and dig(item, "server") == server:
-            return num(dig(item, "requests_per_second"))
+            return num(dig(item, *(keys or ("requests_per_second",))))
     return None
 
 
+def req_s(value: float | None) -> str | None:
+    return shown("{:,.0f} req/s", value)
+
+
 def listing_rows(data: dict[str, Any]) -> list[Row]:
-    fig, ref = result(data, "cached detail", "jangteo"), result(data, "cached detail", "baseline")
-    ratio = round(fig / ref, 3) if fig is not None and ref else None
+    fig, ref = (
+        measured(data, "cached detail", "jangteo"),
+        measured(data, "cached detail", "baseline"),
+    )
     rows = [
-        row(
-            "cached GET /listings/{id} vs bare aiohttp, same bytes",
-            ">= 70% of requests/s",
-            "listings",
-            data,
-            figure=fig,
-            reference=ref,
-            ok=None if ratio is None else ratio >= 0.7,
-            text=f"{fig:,.0f} req/s" if fig is not None else None,
-            ref_text=f"{ref:,.0f} req/s" if ref is not None else None,
-        )
-    ]
-    uncached = dig(data, "uncached") or {}
-    best = {
-        dig(item, "server"): item
-        for item in dig(data, "results") or []
-        if dig(item, "endpoint") == "uncached detail"
-    }
-
-    def rps(server: str) -> float | None:
-        return num(dig(best, server, "requests_per_second"))
-
-    def p99(server: str) -> float | None:
-        return num(dig(best, server, "latency_ms", "p99"))
-
-    connections = dig(data, "load", "connections")
-    pooled = num(dig(data, "load", "pgbench_clients"))
+        row("cached GET /listings/{id} vs bare aiohttp, same bytes", ">= 70% of requests/s",
+            "listings", data, figure=fig, reference=ref, least=0.7, text=req_s(fig),
+            ref_text=req_s(ref))
+    ]  # fmt: skip
+    ours = measured(data, "uncached detail", "jangteo")
     for server, goal, least in (
         ("aiohttp + asyncpg", ">= 1.0x requests/s", 1.0),
         ("FastAPI + uvicorn + asyncpg", ">= 1.3x requests/s", 1.3),
     ):
-        ours, theirs = rps("jangteo"), rps(server)
-        ratio = round(ours / theirs, 3) if ours is not None and theirs else None
-        shown = f"bare {server}" if server.startswith("aiohttp") else server
+        theirs = measured(data, "uncached detail", server)
+        name = f"bare {server}" if server.startswith("aiohttp") else server
         rows.append(
-            row(
-                f"uncached GET /listings/{{id}} vs {shown}",
-                goal,
-                "listings",
-                data if ratio is not None else {},
-                figure=ours,
-                reference=theirs,
-                ok=None if ratio is None else ratio >= least,
-                text=f"{ours:,.0f} req/s" if ours is not None else None,
-                ref_text=f"{theirs:,.0f} req/s" if theirs is not None else None,
-            )
-        )
-    ours_p99, bare_p99 = p99("jangteo"), p99("aiohttp + asyncpg")
-    ratio = num(uncached.get("p99_vs_bare"))
+            row(f"uncached GET /listings/{{id}} vs {name}", goal, "listings",
+                data if ours is not None and theirs else {}, figure=ours, reference=theirs,
+                least=least, text=req_s(ours), ref_text=req_s(theirs))
+        )  # fmt: skip
+    ours_p99 = measured(data, "uncached detail", "jangteo", "latency_ms", "p99")
+    bare_p99 = measured(data, "uncached detail", "aiohttp + asyncpg", "latency_ms", "p99")
+    ratio = num(dig(data, "uncached", "p99_vs_bare"))
     rows.append(
-        row(
-            "uncached GET /listings/{id} p99, 4x client connections per pooled one",
-            "<= 1.5x the bare aiohttp + asyncpg handler's p99",
-            "listings",
-            data if ratio is not None else {},
-            figure=ours_p99,
-            reference=bare_p99,
-            ratio=ratio,
+        row("uncached GET /listings/{id} p99, 4x client connections per pooled one",
+            "<= 1.5x the bare aiohttp + asyncpg handler's p99", "listings",
+            data if ratio is not None else {}, figure=ours_p99, reference=bare_p99, ratio=ratio,
             ok=None if ratio is None else ratio <= 1.5,
-            text=f"{ours_p99:.1f} ms at {connections} connections"
-            if ours_p99 is not None
-            else None,
-            ref_text=f"{bare_p99:.1f} ms, same {pooled:.0f} pooled connections"
-            if bare_p99 is not None and pooled is not None
-            else None,
-        )
-    )
-    unc, pg = (
-        result(data, "uncached detail", "jangteo"),
-        num(dig(data, "pgbench", "uncached detail", "tps")),
-    )
+            text=shown("{:.1f} ms at {} connections", ours_p99, dig(data, "load", "connections")),
+            ref_text=shown("{:.1f} ms, same {:.0f} pooled connections", bare_p99,
+                           num(dig(data, "load", "pgbench_clients"))))
+    )  # fmt: skip
+    pg = num(dig(data, "pgbench", "uncached detail", "tps"))
     clients = dig(data, "load", "pgbench_clients")
     rows.append(
-        row(
-            "uncached GET /listings/{id} vs pgbench, same SELECT (ceiling)",
-            "shown as the database's ceiling",
-            "listings",
-            data,
-            figure=unc,
-            reference=pg,
-            ok=None,
-            status="shown" if unc is not None and pg is not None else "not measured",
-            text=f"{unc:,.0f} req/s" if unc is not None else None,
-            ref_text=f"{pg:,.0f} tx/s, {clients} connections" if pg is not None else None,
-        )
-    )
+        row("uncached GET /listings/{id} vs pgbench, same SELECT (ceiling)",
+            "shown as the database's ceiling", "listings", data, figure=ours, reference=pg,
+            status="shown" if ours is not None and pg is not None else "not measured",
+            text=req_s(ours), ref_text=shown("{:,.0f} tx/s, {} connections", pg, clients))
+    )  # fmt: skip
     return rows
 
 
 def purchase_rows(data: dict[str, Any]) -> list[Row]:
-    workers, pool = (
-        num(dig(data, "load", "server_workers")),
-        num(dig(data, "load", "pg_pool_max_per_worker")),
-    )
+    workers = num(dig(data, "load", "server_workers"))
+    pool = num(dig(data, "load", "pg_pool_max_per_worker"))
     conns = str(int(workers * pool)) if workers and pool else None
     rows = []
     for item in dig(data, "strategies") or []:
@@ -181,145 +162,78 @@ def purchase_rows(data: dict[str, Any]) -> list[Row]:
         ref = num(dig(item, "baseline", conns, "paid_per_second")) if conns else None
         checks = dig(item, "invariants", "checks") or {}
         safe = checks.get("no_oversell") is True and checks.get("money_conserved") is True
-        ok = None if paid is None or not ref else safe and paid / ref >= 0.5
+        verdict = "OK" if safe else "FAILED"
+        ref_text = shown("pgbench -c {}, {} script: {:,.1f} tx/s", conns, script, ref or None)
         rows.append(
-            row(
-                f"500 buyers on one listing, {name}",
-                GOAL_BUY,
-                "purchase",
-                data,
-                figure=paid,
-                reference=ref,
-                ok=ok,
-                text=f"{paid:,.1f} paid/s, invariants {'OK' if safe else 'FAILED'}"
-                if paid
-                else None,
-                ref_text=f"pgbench -c {conns}, {script} script: {ref:,.1f} tx/s" if ref else None,
-                note=f"pgbench -c 500 share: {dig(item, 'ratio_vs_pgbench', '500')}",
-            )
-        )
+            row(f"500 buyers on one listing, {name}", GOAL_BUY, "purchase", data, figure=paid,
+                reference=ref, ok=None if paid is None or not ref else safe and paid / ref >= 0.5,
+                text=shown("{:,.1f} paid/s, invariants {}", paid or None, verdict),
+                ref_text=ref_text,
+                note=f"pgbench -c 500 share: {dig(item, 'ratio_vs_pgbench', '500')}")
+        )  # fmt: skip
     return rows or [row("500 buyers on one listing", ">= 50% of pgbench", "purchase", data)]
 
 
 def realtime_rows(data: dict[str, Any], big: dict[str, Any]) -> list[Row]:
     """Relay, fan-out and idle rows; the 20,000-socket fan-out from its own run (``big``)."""
-    relay, fan, idle = dig(data, "relay") or {}, dig(data, "fanout") or {}, dig(data, "idle") or {}
+    relay, idle = dig(data, "relay") or {}, dig(data, "idle") or {}
     p99 = num(dig(relay, "paced", "commit_to_publish_metric", "p99_ms"))
     rate = num(dig(relay, "paced", "insert", "rate"))
-    sus = num(dig(relay, "sustained", "received_per_second"))
+    sustained = num(dig(relay, "sustained", "received_per_second"))
     kept = dig(relay, "sustained", "kept_up")
-    best = dig(fan, "burst", "best") or {}
-    jt = num(dig(best, "jangteo", "messages_per_second_per_instance"))
-    bare = num(dig(best, "bare", "messages_per_second_per_instance"))
-    sio = num(dig(best, "socketio", "messages_per_second_per_instance"))
-    n_idle = num(dig(idle, "sockets"))
-    kib, bare_kib = (
-        num(dig(idle, "jangteo", "kib_per_connection")),
-        num(dig(idle, "bare", "kib_per_connection")),
-    )
-    fd = dig(data, "machine", "open_files_limit")
-    capped = dig(idle, "capped_by") is not None
-    still_open = num(dig(idle, "jangteo", "sockets_open_at_measurement")) or 0.0
     rows = [
-        row(
-            "relay commit-to-publish p99 at 1,000 events/s",
-            "< 10 ms",
-            "realtime",
-            data,
-            figure=p99,
-            ok=None if p99 is None else p99 < 10,
-            text=f"{p99} ms at {rate:,.0f} rows/s" if p99 is not None and rate else None,
-        ),
-        row(
-            "relay sustained events/s, lag not growing",
-            ">= 5,000 events/s, lag flat",
-            "realtime",
-            data,
-            figure=sus,
-            ok=None if sus is None or kept is None else sus >= 5000 and kept is True,
-            text=f"{sus:,.0f} events/s published, kept up: {kept}" if sus is not None else None,
-        ),
-    ]
+        row("relay commit-to-publish p99 at 1,000 events/s", "< 10 ms", "realtime", data,
+            figure=p99, ok=None if p99 is None else p99 < 10,
+            text=shown("{} ms at {:,.0f} rows/s", p99, rate or None)),
+        row("relay sustained events/s, lag not growing", ">= 5,000 events/s, lag flat",
+            "realtime", data, figure=sustained,
+            ok=None if sustained is None or kept is None else sustained >= 5000 and kept is True,
+            text=shown("{:,.0f} events/s published, kept up: {}", sustained, kept)),
+    ]  # fmt: skip
     for want, bound, source, run in (
         (2000, 50.0, "realtime", data),
         (20000, 250.0, "realtime-20k", big),
     ):
-        sockets = num(dig(run, "fanout", "sockets"))
         fan_p99 = num(dig(run, "fanout", "steady", "latency_ms", "p99"))
-        hit = sockets == want and fan_p99 is not None
+        hit = num(dig(run, "fanout", "sockets")) == want and fan_p99 is not None
         rows.append(
-            row(
-                f"fan-out p99 commit-to-receive, {want:,} sockets on 2 instances",
-                f"< {bound:.0f} ms",
-                source,
-                run,
-                figure=fan_p99 if hit else None,
+            row(f"fan-out p99 commit-to-receive, {want:,} sockets on 2 instances",
+                f"< {bound:.0f} ms", source, run, figure=fan_p99 if hit else None,
                 ok=(fan_p99 is not None and fan_p99 < bound) if hit else None,
                 text=f"{fan_p99} ms" if hit else None,
-                note="" if hit else f"no {source}.json run with {want:,} sockets",
-            )
-        )
-    for name, goal, ref, ref_name, limit in (
-        (
-            "fan-out delivered msgs/s per instance vs bare aiohttp",
-            ">= 90%",
-            bare,
-            "bare aiohttp loop",
-            0.9,
-        ),
-        (
-            "fan-out delivered msgs/s per instance vs python-socketio",
-            ">= 4x",
-            sio,
-            "python-socketio",
-            4.0,
-        ),
+                note="" if hit else f"no {source}.json run with {want:,} sockets")
+        )  # fmt: skip
+    best = dig(data, "fanout", "burst", "best") or {}
+    jangteo = num(dig(best, "jangteo", "messages_per_second_per_instance"))
+    for system, goal, name, limit in (
+        ("bare", ">= 90%", "bare aiohttp loop", 0.9),
+        ("socketio", ">= 4x", "python-socketio", 4.0),
     ):
+        ref = num(dig(best, system, "messages_per_second_per_instance"))
+        shown_as = "bare aiohttp" if system == "bare" else name
         rows.append(
-            row(
-                name,
-                goal,
-                "realtime",
-                data,
-                figure=jt,
-                reference=ref,
-                ok=None if jt is None or not ref else jt / ref >= limit,
-                text=f"{jt:,.0f} msgs/s" if jt is not None else None,
-                ref_text=f"{ref_name}: {ref:,.0f} msgs/s" if ref else None,
-            )
-        )
-    rows.append(
-        row(
-            "idle WebSockets per instance, heartbeats on",
-            ">= 20,000",
-            "realtime",
-            data,
-            figure=n_idle,
-            ok=None if n_idle is None or n_idle < 20000 else True,
-            text=None
-            if n_idle is None
-            else f"{n_idle:,.0f} opened, {still_open:,.0f} open after a heartbeat",
-            note=f"open files limit {fd}: at most 19,800 sockets on this machine",
-            **(
-                {"status": "capped by this machine's open files limit"}
-                if capped and n_idle is not None and n_idle < 20000
-                else {}
-            ),
-        )
-    )
-    rows.append(
-        row(
-            f"idle memory per connection vs bare aiohttp ({n_idle or 0:,.0f} sockets)",
-            "<= 1.25x",
-            "realtime",
-            data,
-            figure=kib,
-            reference=bare_kib,
+            row(f"fan-out delivered msgs/s per instance vs {shown_as}", goal, "realtime", data,
+                figure=jangteo, reference=ref,
+                ok=None if jangteo is None or not ref else jangteo / ref >= limit,
+                text=shown("{:,.0f} msgs/s", jangteo),
+                ref_text=shown("{}: {:,.0f} msgs/s", name, ref or None))
+        )  # fmt: skip
+    sockets = num(dig(idle, "sockets"))
+    kib, bare_kib = (num(dig(idle, side, "kib_per_connection")) for side in ("jangteo", "bare"))
+    still_open = num(dig(idle, "jangteo", "sockets_open_at_measurement")) or 0.0
+    capped = dig(idle, "capped_by") is not None and sockets is not None and sockets < 20000
+    rows += [
+        row("idle WebSockets per instance, heartbeats on", ">= 20,000", "realtime", data,
+            figure=sockets, ok=None if sockets is None or sockets < 20000 else True,
+            text=shown("{:,.0f} opened, {:,.0f} open after a heartbeat", sockets, still_open),
+            note=f"open files limit {dig(data, 'machine', 'open_files_limit')}: at most 19,800"
+            " sockets on this machine",
+            status="capped by this machine's open files limit" if capped else None),
+        row(f"idle memory per connection vs bare aiohttp ({sockets or 0:,.0f} sockets)",
+            "<= 1.25x", "realtime", data, figure=kib, reference=bare_kib,
             ok=None if kib is None or not bare_kib else kib / bare_kib <= 1.25,
-            text=f"{kib} KiB" if kib is not None else None,
-            ref_text=f"bare aiohttp: {bare_kib} KiB" if bare_kib is not None else None,
-        )
-    )
+            text=shown("{} KiB", kib), ref_text=shown("bare aiohttp: {} KiB", bare_kib)),
+    ]  # fmt: skip
     return rows
 
 
@@ -372,3 +286,46 @@ def main() -> None:
         _, tail = rest.split(END, 1)
         path.write_text(f"{head}{START}\n{table(rows)}\n{END}{tail}")
     print(table(rows))
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def text_table(head: Sequence[str], rows: Iterable[Sequence[Any]], align: str) -> str:
+    """Fixed-width columns, ``align`` one ``l`` (left) or ``r`` (right) per column; a row
+    may stop short."""
+    cells = [list(head), *([str(cell) for cell in line] for line in rows)]
+    widths = [max(len(line[i]) for line in cells if i < len(line)) for i in range(len(head))]
+    return "\n".join(
+        "  ".join(
+            cell.ljust(width) if side == "l" else cell.rjust(width)
+            for cell, width, side in zip(line, widths, align, strict=False)
+        ).rstrip()
+        for line in cells
+    )
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend, or None when matplotlib is not installed."""
+    try:
+        import matplotlib  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
+
+    return plt
+
+
+def bars(axes: Any, xs: Sequence[Any], values: Sequence[float], fmt: str, **style: Any) -> None:
+    """Bars at ``xs`` (positions or labels), each labelled with its value as ``fmt`` says."""
+    drawn = axes.bar(xs, values, **style)
+    axes.bar_label(drawn, labels=[fmt.format(value) for value in values], fontsize=8, padding=2)
+
+
+def finish(plt: Any, figure: Any, caption: str, path: Path) -> None:
+    """Caption bottom right, tight layout, save, close."""
+    figure.text(0.99, 0.01, caption, ha="right", va="bottom", fontsize=7, color="#555555")
+    figure.tight_layout(rect=(0, 0.03, 1, 1))
+    figure.savefig(path)
+    plt.close(figure)

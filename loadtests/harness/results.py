@@ -20,11 +20,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import psutil
 import redis
 
 from loadtests.harness.processes import RESULTS, as_line
+from loadtests.harness.report import pyplot
+from loadtests.harness.stack import connected
 
 PACKAGES = (
     "aiohttp", "asyncpg", "uvloop", "orjson", "redis", "hiredis", "psutil", "fastapi",
@@ -64,10 +65,6 @@ class Machine:
     other_benchmarks_or_tests_before: list[str] | None = None
     other_benchmarks_or_tests_after: list[str] | None = None
 
-    def done(self) -> Machine:
-        self.load_average_after = load_average()
-        return self
-
 
 def other_load(watched: tuple[str, ...] = ("loadtests", "pytest")) -> list[str]:
     """Command lines of other benchmarks and test runs on the machine right now."""
@@ -90,13 +87,13 @@ async def versions(database_url: str | None = None, redis_url: str | None = None
             found[name] = "absent"
     found["wrk"] = wrk_version()
     if database_url is not None:
-        found.update(await _postgres(database_url))
+        async with connected(database_url) as conn:
+            found["postgresql"] = str(await conn.fetchval("SHOW server_version"))
+            commit_timestamps = await conn.fetchval("SHOW track_commit_timestamp")
+            found["postgresql_track_commit_timestamp"] = str(commit_timestamps)
     if redis_url is not None:
-        client = redis.Redis.from_url(redis_url)
-        try:
+        with redis.Redis.from_url(redis_url) as client:
             found["redis_server"] = str(client.info("server")["redis_version"])
-        finally:
-            client.close()
     return found
 
 
@@ -106,19 +103,6 @@ def wrk_version() -> str:
         return "absent"
     done = subprocess.run([wrk_path, "-v"], capture_output=True, text=True, check=False)  # noqa: S603
     return (done.stdout + done.stderr).split("\n", 1)[0].strip()
-
-
-async def _postgres(url: str) -> dict[str, str]:
-    conn = await asyncpg.connect(url)
-    try:
-        return {
-            "postgresql": str(await conn.fetchval("SHOW server_version")),
-            "postgresql_track_commit_timestamp": str(
-                await conn.fetchval("SHOW track_commit_timestamp")
-            ),
-        }
-    finally:
-        await conn.close()
 
 
 @dataclass(kw_only=True, slots=True)
@@ -132,21 +116,16 @@ class Result:
     commands: dict[str, Any]
     date: str = field(default_factory=now)
 
-    @property
-    def name(self) -> str:
-        """The results file stem."""
-        return self.benchmark
-
     def failures(self) -> list[str]:
         """What went wrong (invariants, correctness): the run then exits non-zero."""
         return []
 
     def table(self) -> str:
+        """The figures as printed when the run ends."""
         return ""
 
-    def plot(self, path: Path) -> bool:
-        """Draw the figure to ``path``; False without matplotlib."""
-        return False
+    def plot(self, plt: Any, path: Path) -> None:
+        """Draw the figure to ``path`` with matplotlib's ``plt``."""
 
     def as_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -154,43 +133,25 @@ class Result:
         return data
 
 
-def save(result: Result, results: Path = RESULTS) -> int:
-    """Print the table, write the JSON and the plot; 1 when the result names failures."""
-    result.machine.done()
+def save(result: Result, results: Path = RESULTS, name: str = "") -> int:
+    """Print the table, write the JSON and the plot (``results/<name>``, by default the
+    benchmark's name); 1 when the result names failures."""
+    name = name or result.benchmark
+    result.machine.load_average_after = load_average()
     print()
     print(result.table())
     results = results.resolve()
     results.mkdir(parents=True, exist_ok=True)
-    json_path = results / f"{result.name}.json"
+    json_path = results / f"{name}.json"
     json_path.write_text(json.dumps(result.as_json(), indent=2, default=str) + "\n")
     print(f"\nwrote {as_line(json_path)}")
-    png_path = results / f"{result.name}.png"
-    if result.plot(png_path):
-        print(f"wrote {as_line(png_path)}")
-    else:
+    plt, png_path = pyplot(), results / f"{name}.png"
+    if plt is None:
         print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
+    else:
+        result.plot(plt, png_path)
+        print(f"wrote {as_line(png_path)}")
     failed = result.failures()
     if failed:
         print(f"FAILED: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
-
-
-def pyplot() -> Any:
-    """matplotlib.pyplot on the Agg backend, or None when matplotlib is not installed."""
-    try:
-        import matplotlib  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
-
-    return plt
-
-
-def finish(plt: Any, figure: Any, caption: str, path: Path) -> bool:
-    """Caption bottom right, tight layout, save, close."""
-    figure.text(0.99, 0.01, caption, ha="right", va="bottom", fontsize=7, color="#555555")
-    figure.tight_layout(rect=(0, 0.03, 1, 1))
-    figure.savefig(path)
-    plt.close(figure)
-    return True

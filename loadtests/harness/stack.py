@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -22,6 +23,7 @@ from server.embedded.process import free_port
 from server.embedded.stack import EmbeddedStack
 
 PASSWORD = "bench-password-123"  # noqa: S105 - the throwaway benchmark accounts' password
+JWT_SECRET = "bench-only-not-a-real-secret-0123456789abcdef"  # noqa: S105 - ditto
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,29 +58,44 @@ def with_database(url: str, database: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
 
 
-async def admin(admin_url: str, *statements: str) -> None:
-    conn = await asyncpg.connect(admin_url)
+@asynccontextmanager
+async def connected(url: str) -> AsyncIterator[asyncpg.Connection]:
+    """An asyncpg connection to ``url`` for the block, closed at its end."""
+    conn = await asyncpg.connect(url)
     try:
-        for statement in statements:
-            await conn.execute(statement)
+        yield conn
     finally:
         await conn.close()
 
 
-@asynccontextmanager
-async def fresh_database(admin_url: str, name: str, *, keep: bool = False) -> AsyncIterator[str]:
-    """A migrated database of the benchmark's own (dropped first); its URL. Dropped at the
-    end unless ``keep``."""
-    drop = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
-    await admin(admin_url, drop, f'CREATE DATABASE "{name}"')
+async def execute(url: str, *statements: str) -> None:
+    """``statements`` one after another on one connection to ``url``."""
+    async with connected(url) as conn:
+        for statement in statements:
+            await conn.execute(statement)
+
+
+async def create_database(admin_url: str, name: str) -> str:
+    """``name`` created afresh (dropped first if it exists) and migrated; its URL."""
+    await execute(
+        admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"'
+    )
     url = with_database(admin_url, name)
     applied = await migrate(url)
     print(f"fresh database {name}: applied {', '.join(applied)}", flush=True)
+    return url
+
+
+@asynccontextmanager
+async def fresh_database(admin_url: str, name: str, *, keep: bool = False) -> AsyncIterator[str]:
+    """A migrated database of the benchmark's own; its URL. Dropped at the end unless
+    ``keep``."""
+    url = await create_database(admin_url, name)
     try:
         yield url
     finally:
         if not keep:
-            await admin(admin_url, drop)
+            await execute(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def database_note(name: str) -> str:
@@ -86,10 +103,12 @@ def database_note(name: str) -> str:
 
 
 def serve_settings(database_url: str, redis_url: str, **more: str) -> dict[str, str]:
-    """``JANGTEO_*`` of a benchmark's jangteo: its database and Redis, no rate limits, no
-    access log, warnings only; ``more`` adds settings (``JWT_SECRET=...``)."""
-    chosen = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "RATE_LIMITS": "off"}
-    chosen |= {"ACCESS_LOG": "off", "LOG_LEVEL": "WARNING", **more}
+    """``JANGTEO_*`` of a benchmark's jangteo: its database and Redis, a JWT secret of the
+    benchmarks' own and access tokens living an hour (a benchmark signs up once), no rate
+    limits, no access log, warnings only; ``more`` adds settings (``PG_POOL_MAX="8"``)."""
+    chosen = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "JWT_SECRET": JWT_SECRET}
+    chosen |= {"ACCESS_TOKEN_TTL": "3600", "RATE_LIMITS": "off", "ACCESS_LOG": "off"}
+    chosen |= {"LOG_LEVEL": "WARNING", **more}
     return {f"JANGTEO_{name}": value for name, value in chosen.items()}
 
 
@@ -98,28 +117,51 @@ def instances(
     names: Sequence[str],
     settings: Mapping[str, str],
     scratch: Path,
-    commands: dict[str, dict[str, str]],
-    extra: Mapping[str, str] | None = None,
+    record: dict[str, Any],
+    *,
+    workers: int = 1,
 ) -> Iterator[list[Server]]:
-    """``jangteo serve`` once per name, each one process on a port of its own, ready.
+    """``jangteo serve`` once per name, ``workers`` processes each, on a port of its own,
+    ready; ``settings`` (``JANGTEO_*``) are added to this process's environment.
 
-    ``settings`` (``JANGTEO_*``) and ``extra`` are added to this process's environment; the
-    command lines go to ``commands["jangteo"][name]`` with URLs and secrets left out.
+    The command lines go to ``record[name]``, with URLs and secrets left out.
     """
-    chosen = {**settings, **(extra or {})}
     hidden = ("_URL", "_SECRET")
-    shown = " ".join(f"{k}={'<hidden>' if k.endswith(hidden) else v}" for k, v in chosen.items())
+    shown = " ".join(f"{k}={'<hidden>' if k.endswith(hidden) else v}" for k, v in settings.items())
+    more = ["--workers", str(workers)] if workers > 1 else []
     with ExitStack() as stack:
         servers = []
         for name in names:
             port = free_port()
-            serve = jangteo_command("serve", "--host", "127.0.0.1", "--port", str(port))
-            commands.setdefault("jangteo", {})[name] = f"{shown} {as_line(serve)}"
-            env = {**os.environ, **chosen}
+            serve = jangteo_command("serve", "--host", "127.0.0.1", "--port", str(port), *more)
+            record[name] = f"{shown} {as_line(serve)}"
+            env = {**os.environ, **settings}
             log = scratch / f"{name}.log"
             servers.append(stack.enter_context(background(serve, env, port, log, name)))
-            wait_ready(port)
+            wait_ready(port, workers=workers)
         yield servers
+
+
+@contextmanager
+def bare_app(
+    bodies: Mapping[str, bytes], scratch: Path, record: dict[str, Any], processes: int
+) -> Iterator[Server]:
+    """``loadtests.references.app`` answering each path with its body (the bytes jangteo
+    sent, checked), its command line in ``record["baseline"]``."""
+    port, routes = free_port(), []
+    for path, body in bodies.items():
+        file = scratch / f"{path.strip('/')}.json"
+        file.write_bytes(body)
+        routes += ["--route", f"{path}={file}"]
+    module = "loadtests.references.app"
+    command = [sys.executable, "-m", module, "--port", str(port), "--processes", str(processes)]
+    record["baseline"] = as_line(command + routes)
+    with background(command + routes, os.environ, port, scratch / "baseline.log") as server:
+        wait_ready(port, next(iter(bodies)), workers=processes)
+        for path, body in bodies.items():
+            if fetch(port, path) != body:
+                raise BenchError(f"the baseline's {path} bytes differ from jangteo's")
+        yield server
 
 
 def http_request(
@@ -128,8 +170,10 @@ def http_request(
     path: str,
     body: Any = None,
     headers: Mapping[str, str] | None = None,
-) -> tuple[int, bytes]:
-    """One HTTP/1.1 request to 127.0.0.1:port; its status and body bytes."""
+    want: int = 200,
+) -> bytes:
+    """One HTTP/1.1 request to 127.0.0.1:port (``body`` sent as JSON); the body of its
+    answer, or BenchError unless it answered ``want``."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         sent = dict(headers or {})
@@ -139,9 +183,12 @@ def http_request(
             sent["Content-Type"] = "application/json"
         connection.request(method, path, body=payload, headers=sent)
         response = connection.getresponse()
-        return response.status, response.read()
+        status, answer = response.status, response.read()
     finally:
         connection.close()
+    if status != want:
+        raise BenchError(f"{method} {path} on port {port} answered {status}: {answer[:500]!r}")
+    return answer
 
 
 def wait_ready(port: int, path: str = "/readyz", *, workers: int = 1, timeout: float = 60) -> None:
@@ -152,22 +199,18 @@ def wait_ready(port: int, path: str = "/readyz", *, workers: int = 1, timeout: f
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if http_request(port, "GET", path)[0] == 200:
-                break
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise BenchError(f"no 200 from {path} on port {port}")
+            http_request(port, "GET", path)
+            break
+        except (OSError, BenchError):
+            if time.monotonic() > deadline:
+                raise BenchError(f"no 200 from {path} on port {port}") from None
         time.sleep(0.1)
     if workers > 1:
         time.sleep(2)
 
 
 def fetch(port: int, path: str, headers: Mapping[str, str] | None = None) -> bytes:
-    status, body = http_request(port, "GET", path, headers=headers)
-    if status != 200:
-        raise BenchError(f"GET {path} on port {port} answered {status}: {body[:500]!r}")
-    return body
+    return http_request(port, "GET", path, headers=headers)
 
 
 def sign_up(port: int) -> str:
@@ -178,19 +221,14 @@ def sign_up(port: int) -> str:
         "nickname": "bench",
         "region": "seoul-mapo",
     }
-    status, body = http_request(port, "POST", "/api/v1/auth/signup", account)
-    if status != 201:
-        raise BenchError(f"sign-up answered {status}: {body[:500]!r}")
-    token: str = json.loads(body)["access_token"]
+    answer = http_request(port, "POST", "/api/v1/auth/signup", account, want=201)
+    token: str = json.loads(answer)["access_token"]
     return token
 
 
 def create_listing(port: int, token: str, title: str) -> int:
     body = {"title": title, "price": 10_000, "category": "etc", "description": "benchmark"}
-    status, answer = http_request(
-        port, "POST", "/api/v1/listings", body, {"Authorization": f"Bearer {token}"}
-    )
-    if status != 201:
-        raise BenchError(f"creating a listing answered {status}: {answer[:300]!r}")
+    auth = {"Authorization": f"Bearer {token}"}
+    answer = http_request(port, "POST", "/api/v1/listings", body, auth, want=201)
     listing_id: int = json.loads(answer)["id"]
     return listing_id

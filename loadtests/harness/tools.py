@@ -7,12 +7,13 @@ import re
 import shlex
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from loadtests.harness.processes import BenchError, as_line
+from loadtests.harness.report import text_table
 from loadtests.harness.stats import summary_ms
 from server.embedded.postgres import POSTGRES_BIN_PATH
 
@@ -109,6 +110,43 @@ def wrk(target: Target, lua: Path, *, seconds: int, threads: int, connections: i
         errors=dict(report["errors"]),
         cdf_ms=[(point, round(us / 1000, 3)) for point, us in report["cdf_us"]],
     )
+
+
+def alternate(
+    targets: Sequence[Target], lua: Path, *, rounds: int, warmup: int, **load: int
+) -> list[list[Measurement]]:
+    """Every target ``rounds`` times (each run after ``warmup`` s of unmeasured load); the
+    runs of each target. Every other round goes in reverse, so no server always runs first.
+    """
+    runs: list[list[Measurement]] = [[] for _ in targets]
+    order = list(range(len(targets)))
+    for number in range(rounds):
+        for index in order if number % 2 == 0 else order[::-1]:
+            target = targets[index]
+            print(f"round {number + 1}: wrk {target.server} GET {target.endpoint}", flush=True)
+            if warmup > 0:
+                wrk(target, lua, **{**load, "seconds": warmup})
+            runs[index].append(wrk(target, lua, **load))
+            if any(runs[index][-1].errors.values()):
+                print(f"  errors: {runs[index][-1].errors}", flush=True)
+    return runs
+
+
+def best(runs: Sequence[Sequence[Measurement]]) -> list[Measurement]:
+    """The run with the most requests/s of each target."""
+    return [max(target_runs, key=lambda m: m.requests_per_second) for target_runs in runs]
+
+
+def wrk_table(measurements: Sequence[Measurement], shares: Mapping[str, float]) -> str:
+    """Requests/s, latencies and errors per run; jangteo's share of the endpoint's reference."""
+    rows = [
+        (m.endpoint, m.server, f"{m.requests_per_second:,.0f}", f"{m.latency_ms['p50']:.2f}",
+         f"{m.latency_ms['p99']:.2f}", sum(m.errors.values()),
+         f"{shares[m.endpoint]:.0%}" if m.server == "jangteo" else "")
+        for m in measurements
+    ]  # fmt: skip
+    head = ("endpoint", "server", "req/s", "p50 ms", "p99 ms", "errors", "share")
+    return text_table(head, rows, "llrrrrr")
 
 
 def _number(pattern: str, text: str) -> float | None:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import multiprocessing
 import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 import uvloop
 from aiohttp import web
@@ -37,11 +37,6 @@ def make_app(routes: dict[str, bytes]) -> web.Application:
     return app
 
 
-def run_process(host: str, port: int, routes: dict[str, bytes], reuse_port: bool) -> None:
-    """Serve in this process until SIGTERM or SIGINT."""
-    serve_app(lambda: make_app(routes), host, port, reuse_port)
-
-
 def serve_app(
     make: Callable[[], web.Application], host: str, port: int, reuse_port: bool = False
 ) -> None:
@@ -61,21 +56,18 @@ def serve_app(
     )
 
 
-def serve(host: str, port: int, routes: dict[str, bytes], processes: int) -> None:
-    """Serve with ``processes`` processes; SIGTERM or SIGINT stops them all."""
-    run_processes(run_process, (host, port, routes), processes)
-
-
-def run_processes(target: Callable[..., None], args: tuple[Any, ...], processes: int) -> None:
-    """``target(*args, reuse_port)`` in ``processes`` processes until SIGTERM or SIGINT.
-
-    With one process it runs here, without SO_REUSEPORT, like ``jangteo serve``.
-    """
+def serve_processes(
+    make: Callable[[], web.Application], host: str, port: int, processes: int
+) -> None:
+    """``serve_app`` in ``processes`` processes sharing the port (SO_REUSEPORT) until SIGTERM
+    or SIGINT; ``make`` must pickle (a module's function, or a partial of one). With one
+    process it runs here, without SO_REUSEPORT, like ``jangteo serve``."""
     if processes <= 1:
-        target(*args, False)
+        serve_app(make, host, port)
         return
     context = multiprocessing.get_context("spawn")
-    children = [context.Process(target=target, args=(*args, True)) for _ in range(processes)]
+    arguments = (make, host, port, True)
+    children = [context.Process(target=serve_app, args=arguments) for _ in range(processes)]
     for child in children:
         child.start()
     stopping = False
@@ -113,7 +105,9 @@ def main(argv: list[str] | None = None) -> None:
         "--route", type=_route, action="append", required=True, help="/path=FILE (repeatable)"
     )
     args = parser.parse_args(argv)
-    serve(args.host, args.port, dict(args.route), args.processes)
+    serve_processes(
+        functools.partial(make_app, dict(args.route)), args.host, args.port, args.processes
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ framework of its own would do (no auth, no cache, no middleware, no validation).
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from db.queries.listings import LISTING_SELECT
-from loadtests.references.app import run_processes, serve_app
+from loadtests.references.app import serve_processes
 
 DETAIL_SQL = LISTING_SELECT + " WHERE l.id = $1"
 POOL_KEY = web.AppKey("pool", asyncpg.Pool)
@@ -55,11 +56,6 @@ def make_app(database_url: str, pool_size: int) -> web.Application:
     return app
 
 
-def run_process(host: str, port: int, database_url: str, pool_size: int, reuse: bool) -> None:
-    """Serve in this process until SIGTERM or SIGINT."""
-    serve_app(lambda: make_app(database_url, pool_size), host, port, reuse)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m loadtests.references.pg", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
@@ -68,7 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pool", type=int, default=8, help="pooled connections per process")
     parser.add_argument("--database", required=True, help="PostgreSQL URL")
     args = parser.parse_args(argv)
-    run_processes(run_process, (args.host, args.port, args.database, args.pool), args.processes)
+    make = functools.partial(make_app, args.database, args.pool)
+    serve_processes(make, args.host, args.port, args.processes)
 
 
 if __name__ == "__main__":
