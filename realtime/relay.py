@@ -73,7 +73,9 @@ PRUNE_EVERY_S = 60.0
 PRUNE_CHUNK = 5000
 RETRY_DELAY_S = 0.5
 FLUSH_TIMEOUT_S = 5.0  # at shutdown, a leader's last publish may take this long
+IN_LINE_CHECK_S = 0.1  # a relay in line for a lock checks this often that it can publish
 HAND_OVER_EVERY_S = 2.0  # an instance over its share gives away one partition this often
+CAUGHT_UP_EVERY_S = 1.0  # a leader records that it is caught up at most this often
 _CONNECTION_ERRORS = (
     OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
     asyncpg.InternalClientError,  # its server died mid-message: connect again
@@ -301,10 +303,21 @@ class PartitionLeader:
         if self.broker.healthy:
             # Blocks until the current leader's connection goes away. The session is
             # active meanwhile, so idle_session_timeout does not end it; keepalives apply.
-            await conn.execute("SELECT pg_advisory_lock($1, $2)", *key, timeout=None)
+            waiting = asyncio.ensure_future(
+                conn.execute("SELECT pg_advisory_lock($1, $2)", *key, timeout=None)
+            )
+            while not waiting.done():
+                await asyncio.wait([waiting], timeout=IN_LINE_CHECK_S)
+                if not waiting.done() and (self.stopping or not self.broker.healthy):
+                    # Only a relay that can publish waits in line: leave it.
+                    waiting.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, *_CONNECTION_ERRORS):
+                        await waiting
+                    return False
+            await waiting
             if self.stopping:
                 return False
-            # Lost Redis while waiting: the next in line can publish.
+            # Lost Redis just as it got the lock: the next in line can publish.
             return self.broker.healthy or not await self._someone_waits(conn)
         # It cannot publish: it never waits in line, it only takes a free lock.
         taken = await conn.fetchval(
@@ -345,7 +358,7 @@ class PartitionLeader:
         await self._lead(conn, assign_sql)
 
     async def _lead(self, conn: asyncpg.Connection, assign_sql: str) -> None:
-        last_prune = 0.0
+        last_prune = last_caught_up = 0.0
         failing_since: float | None = None  # when publishing (or hearing Redis) stopped
         tail = True  # what the last leader (or a failed publish) may have left unpublished
         while True:
@@ -390,8 +403,24 @@ class PartitionLeader:
             if self.partition == 0 and time.monotonic() - last_prune > PRUNE_EVERY_S:
                 await self._prune(conn)
                 last_prune = time.monotonic()
+            if time.monotonic() - last_caught_up >= CAUGHT_UP_EVERY_S:
+                await self._caught_up(conn)
+                last_caught_up = time.monotonic()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), self.settings.poll_interval)
+
+    async def _caught_up(self, conn: asyncpg.Connection) -> None:
+        """Everything it numbered is published: record that in the database, so that the
+        next leader's tail (a takeover scans the partition's positions after it) starts
+        near the present even when the partition has been quiet for days."""
+        recorded = await conn.fetchval(
+            queries.CAUGHT_UP,
+            self.config.generation,
+            self.partition,
+            timeout=self.settings.lock_timeout,
+        )
+        if recorded is not None:
+            self.published_through = self.last_position = recorded
 
     def _notified(self, *_: object) -> None:
         self.wake.set()

@@ -80,6 +80,14 @@ WITH made AS (
 SELECT coalesce((SELECT published_through FROM relay_partitions
                  WHERE generation = $1 AND partition = $2), 0)
 """
+# An idle leader has published everything of its partition it numbered, and any later row
+# of the partition gets a larger position: it records that, so that a change of the count
+# does not publish again everything since this partition last had work.
+CAUGHT_UP = """
+UPDATE relay_partitions SET published_through = relay_last_position()
+WHERE generation = $1 AND partition = $2 AND published_through < relay_last_position()
+RETURNING published_through
+"""
 # Relays waiting in line for a partition's lock (only those that can publish wait).
 WAITERS = """
 SELECT count(*) FROM pg_locks
@@ -106,6 +114,20 @@ DELETE FROM outbox WHERE id IN (
 """
 
 
+# Where every partition of a new count starts: the lowest published_through of the old
+# partitions that have numbered something after it (their newest channel head says so;
+# the others hold nothing back), else the last position there is. ($1: the old
+# generation, $2: the old count.)
+_FLOOR = """
+SELECT coalesce(min(coalesce(old.published_through, 0)), relay_last_position())
+FROM generate_series(0, $2 - 1) AS k(partition)
+LEFT JOIN relay_partitions old ON old.generation = $1 AND old.partition = k.partition
+WHERE EXISTS (SELECT FROM channel_heads heads
+              WHERE heads.position > coalesce(old.published_through, 0)
+                AND relay_partition(heads.channel, $2) = k.partition)
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class RelayConfig:
     partitions: int
@@ -126,12 +148,14 @@ async def set_partitions(conn: asyncpg.Connection, partitions: int) -> RelayConf
 
     The UPDATE waits for every ASSIGN in flight (they hold relay_config FOR SHARE), and
     every later one of the old count finds the generation moved on and assigns nothing.
-    Each new partition starts from the lowest published_through of the old ones, so its
-    first leader publishes again whatever the old leaders may not have published.
+    Each new partition starts from the lowest published_through of the old ones that
+    numbered something after it, so its first leader publishes again whatever the old
+    leaders may not have published, and no more.
     """
     if not 1 <= partitions <= MAX_PARTITIONS:
         raise ValueError(f"the partition count must be between 1 and {MAX_PARTITIONS}")
     async with conn.transaction():
+        await read_config(conn)  # a database emptied by hand starts over, as relays do
         current = await conn.fetchrow("SELECT partitions, generation FROM relay_config FOR UPDATE")
         assert current is not None
         if current["partitions"] == partitions:
@@ -140,15 +164,13 @@ async def set_partitions(conn: asyncpg.Connection, partitions: int) -> RelayConf
         await conn.execute(
             "UPDATE relay_config SET partitions = $1, generation = $2", partitions, generation
         )
+        floor = await conn.fetchval(_FLOOR, generation - 1, current["partitions"])
         await conn.execute(
-            """
-            INSERT INTO relay_partitions (generation, partition, published_through)
-            SELECT $1, partition, (SELECT coalesce(min(published_through), 0)
-                                   FROM relay_partitions WHERE generation = $1 - 1)
-            FROM generate_series(0, $2 - 1) AS partition
-            """,
+            "INSERT INTO relay_partitions (generation, partition, published_through)"
+            " SELECT $1, partition, $3 FROM generate_series(0, $2 - 1) AS partition",
             generation,
             partitions,
+            floor,
         )
         await conn.execute("DELETE FROM relay_partitions WHERE generation < $1 - 1", generation)
         await conn.execute(f"NOTIFY {CONFIG_NOTIFY_CHANNEL}")
