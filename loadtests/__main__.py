@@ -1,7 +1,7 @@
 """``python -m loadtests bench NAME [options]`` runs one benchmark; ``python -m loadtests
 report`` rebuilds BENCHMARKS.md's table from the results. ``make bench`` runs them all.
 
-Benchmarks: http, listings, purchase, realtime, chat (``bench NAME --help`` lists each
+Benchmarks: http, listings, purchase, realtime, chat, scaling (``bench NAME --help`` lists each
 one's options). Each writes ``loadtests/results/<name>.json`` and ``<name>.png``.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import signal
 import sys
 import tempfile
 import time
@@ -21,7 +22,7 @@ from loadtests.harness import report
 from loadtests.harness.processes import RESULTS, BenchError
 from loadtests.harness.results import save
 
-BENCHMARKS = ("http", "listings", "purchase", "realtime", "chat")
+BENCHMARKS = ("http", "listings", "purchase", "realtime", "chat", "scaling")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         help="keep server logs and scripts in DIR (default: a temporary directory)",
     )  # fmt: skip
     args = sub.parse_args(chosen.options)
+    # SIGTERM stops what the benchmark started, as Ctrl-C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"bench-{args.name}-") as scratch:
         args.scratch = Path(scratch) if args.keep_files is None else args.keep_files.resolve()

@@ -306,6 +306,8 @@ class PartitionLeader:
             waiting = asyncio.ensure_future(
                 conn.execute("SELECT pg_advisory_lock($1, $2)", *key, timeout=None)
             )
+            # Whoever ends the wait (a cancel, a closed connection), its outcome is read.
+            waiting.add_done_callback(lambda done: done.cancelled() or done.exception())
             while not waiting.done():
                 await asyncio.wait([waiting], timeout=IN_LINE_CHECK_S)
                 if not waiting.done() and (self.stopping or not self.broker.healthy):

@@ -36,8 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from loadtests.clients import events as event_load
 from loadtests.clients.chat import ChatFleet, Pair, Phase, flat_out, steady, subscribe
 from loadtests.clients.ws import (
@@ -47,11 +45,12 @@ from loadtests.clients.ws import (
     Target,
     raise_open_files,
 )
+from loadtests.harness.cpu import CpuMeter
 from loadtests.harness.processes import BenchError, Server, server_problems
 from loadtests.harness.report import COLOURS, bars, finish
 from loadtests.harness.results import Machine, Result, other_load, versions
-from loadtests.harness.results import load_average as current_load
 from loadtests.harness.stack import (
+    Inspect,
     create_listing,
     database_note,
     fresh_database,
@@ -185,73 +184,6 @@ def open_rooms(port: int, seller: str, buyer: str, count: int) -> list[int]:
     return rooms
 
 
-# ----------------------------------------------------------------------------- machine
-
-
-class CpuMeter:
-    """CPU seconds per group of processes (servers, PostgreSQL, Redis, this client, other).
-
-    PostgreSQL is shared with whatever else uses the embedded services: its backends are
-    told apart by the database in their process title.
-    """
-
-    def __init__(self, servers: Sequence[Server], database: str) -> None:
-        self.database = database
-        self.groups = {server.pid: server.name for server in servers}
-        self.groups[os.getpid()] = "client (this process)"
-        self.mark = self._sample()
-        self.wall = time.monotonic()
-        psutil.cpu_percent(None)
-
-    def _group(self, pid: int, name: str, cmdline: Sequence[str]) -> str:
-        if pid in self.groups:
-            return self.groups[pid]
-        if name.startswith("postgres"):  # "postgres: user database host state"
-            title = (cmdline[0] if cmdline else "").split()
-            if len(title) < 4 or not title[3].endswith((")", "[local]")):  # io worker 1, ...
-                return "postgres (background)"
-            if title[2] == self.database:
-                return "postgres (bench database)"
-            return "other: postgres backends of other databases"
-        if name.startswith("redis"):
-            return "redis"
-        if "-m" in cmdline[:-1]:  # python -m loadtests, -m pytest ...
-            return f"other: {name} -m {cmdline[cmdline.index('-m') + 1]}"
-        return f"other: {name}"
-
-    def _sample(self) -> dict[int, tuple[str, float]]:
-        sample = {}
-        for process in psutil.process_iter(["pid", "name", "cmdline", "cpu_times"]):
-            info = process.info
-            if info["cpu_times"] is not None:
-                group = self._group(info["pid"], info["name"] or "?", info["cmdline"] or [])
-                sample[info["pid"]] = (group, info["cpu_times"].user + info["cpu_times"].system)
-        return sample
-
-    def read(self) -> dict[str, Any]:
-        """Cores used per group since the last read (the largest "other" groups only)."""
-        now, wall = self._sample(), time.monotonic()
-        span = max(1e-9, wall - self.wall)
-        used: dict[str, float] = {}
-        for pid, (group, seconds) in now.items():
-            # A process not seen last time started since: all its CPU time is in the span.
-            used[group] = used.get(group, 0.0) + seconds - self.mark.get(pid, (group, 0.0))[1]
-        self.mark, self.wall = now, wall
-        busiest = sorted(used.items(), key=lambda item: -item[1])[:8]
-        cores = {group: round(s / span, 3) for group, s in busiest if s / span >= 0.005}
-        busy = psutil.cpu_percent(None)
-        # Processes that ended in between (CI set-ups, short commands) show only here.
-        unseen = busy / 100 * (os.cpu_count() or 1) - sum(used.values()) / span
-        others = sum(v for group, v in used.items() if group.startswith("other: ")) / span
-        return {
-            "machine_cpu_percent": busy,
-            "cores_used": cores,
-            "cores_used_by_processes_gone": round(max(0.0, unseen), 3),
-            "cores_used_by_others": round(others + max(0.0, unseen), 3),
-            "load_average": current_load(),
-        }
-
-
 # ----------------------------------------------------------------------------- the run
 
 
@@ -320,7 +252,7 @@ async def drive(
         }
         print(f"  {len(rooms)} buyer sockets on A, {len(rooms)} seller sockets on B subscribed")
         pairs: list[Pair] = list(zip(buyer_sockets, rooms, strict=True))
-        meter = CpuMeter(servers, DATABASE)
+        meter = CpuMeter({server.pid: server.name for server in servers}, DATABASE)
         phases: dict[str, Any] = {}
 
         warm = fleet.begin("warm-up")
@@ -399,22 +331,34 @@ def verdict(report: Mapping[str, Any]) -> list[str]:
     return failed
 
 
-async def run(args: argparse.Namespace) -> ChatResult:
-    seen_before = other_load()
-    if seen_before:
-        print("other load on the machine:\n  " + "\n  ".join(seen_before), flush=True)
-    machine = Machine(
-        open_files_limit=list(raise_open_files()), other_benchmarks_or_tests_before=seen_before
-    )
-    stack = services()
-    async with fresh_database(stack.admin_url, DATABASE, keep=args.keep_database) as url:
-        settings = serve_settings(url, stack.redis_url)
+@dataclass(slots=True)
+class Session:
+    """One chat run on two fresh instances: ChatResult's figures, and what it ran on."""
+
+    figures: dict[str, Any]  # ChatResult's own fields
+    versions: dict[str, str]
+    pg_pool_max: int
+    ws_frames_per_second: float
+    rooms: int
+    inspected: dict[str, Any] | None = None
+
+
+async def session(
+    args: argparse.Namespace,
+    admin_url: str,
+    redis_url: str,
+    commands: dict[str, Any],
+    *,
+    more: Mapping[str, str] | None = None,
+    inspect: Inspect | None = None,
+) -> Session:
+    """Set up a fresh database and two instances (``more``: extra ``JANGTEO_*``), drive
+    the chat, check it; ``inspect`` looks at the instances before they stop."""
+    async with fresh_database(admin_url, DATABASE, keep=args.keep_database) as url:
+        settings = serve_settings(url, redis_url, **dict(more or {}))
         extra = {"JANGTEO_WS_FRAMES_PER_SECOND": str(args.frames_per_second)}
         chosen = Settings.from_env({**os.environ, **settings, **extra})
-        commands: dict[str, Any] = {
-            "benchmark": "python -m loadtests " + shlex.join(sys.argv[1:]),
-            "database": database_note(DATABASE),
-        }
+        commands["database"] = database_note(DATABASE)
         record = commands.setdefault("jangteo", {})
         with instances(NAMES, settings | extra, args.scratch, record) as servers:
             started = time.monotonic()
@@ -428,13 +372,35 @@ async def run(args: argparse.Namespace) -> ChatResult:
                 for server in servers:
                     print(f"{server.name} logged: {server_problems(server.log)}", flush=True)
                 raise
+            inspected = None if inspect is None else await inspect(servers)
             problems = {s.name: server_problems(s.log) for s in servers}
-        found = await versions(url, stack.redis_url)
+        found = await versions(url, redis_url)
+    figures = {
+        "setup_seconds": setup_s,
+        "server_log_problems": problems,
+        "failed": verdict(measured_run),
+        **measured_run,
+    }
+    return Session(
+        figures, found, chosen.pg_pool_max, chosen.ws_frames_per_second, len(rooms), inspected
+    )
+
+
+async def run(args: argparse.Namespace) -> ChatResult:
+    seen_before = other_load()
+    if seen_before:
+        print("other load on the machine:\n  " + "\n  ".join(seen_before), flush=True)
+    machine = Machine(
+        open_files_limit=list(raise_open_files()), other_benchmarks_or_tests_before=seen_before
+    )
+    stack = services()
+    commands: dict[str, Any] = {"benchmark": "python -m loadtests " + shlex.join(sys.argv[1:])}
+    ran = await session(args, stack.admin_url, stack.redis_url, commands)
     machine.other_benchmarks_or_tests_after = other_load()
     return ChatResult(
         benchmark="chat",
         machine=machine,
-        versions=found,
+        versions=ran.versions,
         commands=commands,
         load={
             "client_processes": 1,
@@ -443,11 +409,11 @@ async def run(args: argparse.Namespace) -> ChatResult:
             " frame is written, receive time = wall clock when the event frame is read",
             "jangteo_instances": 2,
             "jangteo_processes_per_instance": 1,
-            "pg_pool_max_per_instance": chosen.pg_pool_max,
-            "ws_frames_per_second": chosen.ws_frames_per_second,
-            "rooms": len(rooms),
-            "buyer_sockets_on_a": len(rooms),
-            "seller_sockets_on_b": len(rooms),
+            "pg_pool_max_per_instance": ran.pg_pool_max,
+            "ws_frames_per_second": ran.ws_frames_per_second,
+            "rooms": ran.rooms,
+            "buyer_sockets_on_a": ran.rooms,
+            "seller_sockets_on_b": ran.rooms,
             "accounts": "1 seller (all listings), 1 buyer (one room per listing)",
             "seconds": args.seconds,
             "steady_rate": args.rate,
@@ -456,8 +422,5 @@ async def run(args: argparse.Namespace) -> ChatResult:
             "reported": "msgs/s: acks (resp. first receipts) between the first send and the"
             " end of the window, divided by the window; latencies exact (not binned)",
         },
-        setup_seconds=setup_s,
-        server_log_problems=problems,
-        failed=verdict(measured_run),
-        **measured_run,
+        **ran.figures,
     )

@@ -53,6 +53,7 @@ from loadtests.harness.processes import BenchError, Server, as_line, background,
 from loadtests.harness.report import COLOURS, bars, finish
 from loadtests.harness.results import Machine, Result, versions
 from loadtests.harness.stack import (
+    Inspect,
     connected,
     create_listing,
     database_note,
@@ -381,7 +382,41 @@ async def burst_round(
     }
 
 
-async def fanout_phase(bench: Bench) -> dict[str, Any]:
+Systems = dict[str, tuple[list[Server], Callable[[], Awaitable[Any]]]]
+
+
+def start_references(
+    bench: Bench, stack: ExitStack, frame_file: Path, channel: str, burst: int,
+    result: dict[str, Any],
+) -> Systems:  # fmt: skip
+    """The bare aiohttp servers (and python-socketio when installed) in ``stack``, each with
+    ``--sockets`` sockets open; their burst triggers."""
+    sockets = bench.args.sockets
+    names = [f"bare-{n + 1}" for n in range(INSTANCES)]
+    bares = stack.enter_context(bench.references("ws", names, frame_file))
+    print("== fan-out reference: the same frame from bare aiohttp")
+    bare_targets = [Target(s.name, "127.0.0.1", s.port, "/ws") for s in bares]
+    result["connect_bare"] = bench.open(bare_targets, sockets, channel)
+    systems: Systems = {"bare": (bares, functools.partial(trigger_bare, bares, burst))}
+    if SOCKETIO:
+        names = [f"socketio-{n + 1}" for n in range(INSTANCES)]
+        redis = ["--redis-url", bench.settings["JANGTEO_REDIS_URL"]]
+        redis += ["--channel", f"jangteo-bench-socketio-{os.getpid()}"]
+        sios = stack.enter_context(bench.references("socketio", names, frame_file, *redis))
+        print("== fan-out reference: python-socketio with AsyncRedisManager")
+        sio_targets = [Target(s.name, "127.0.0.1", s.port, SOCKETIO_PATH, socketio=True)
+                       for s in sios]  # fmt: skip
+        result["connect_socketio"] = bench.open(sio_targets, sockets, None)
+        # One emit reaches both processes' sockets through Redis.
+        systems["socketio"] = (sios, functools.partial(trigger_bare, sios[:1], burst))
+    return systems
+
+
+async def fanout_phase(
+    bench: Bench, *, with_references: bool = True, inspect: Inspect | None = None
+) -> dict[str, Any]:
+    """The steady run and the bursts (against the references unless ``with_references`` is
+    False); ``inspect`` looks at the two instances before they stop."""
     args, sockets = bench.args, bench.args.sockets
     burst = args.burst or max(10, min(200, 200_000 // sockets))
     names = [f"jangteo-{n + 1}" for n in range(INSTANCES)]
@@ -431,28 +466,9 @@ async def fanout_phase(bench: Bench) -> dict[str, Any]:
         result["frame"] = frame.decode()
         with ExitStack() as references:
             burst_jangteo = functools.partial(insert_burst, bench.database_url, channel, burst)
-            systems: dict[str, tuple[list[Server], Callable[[], Awaitable[Any]]]] = {
-                "jangteo": (servers, burst_jangteo)
-            }
-            names = [f"bare-{n + 1}" for n in range(INSTANCES)]
-            bares = references.enter_context(bench.references("ws", names, frame_file))
-            print("== fan-out reference: the same frame from bare aiohttp")
-            bare_targets = [Target(s.name, "127.0.0.1", s.port, "/ws") for s in bares]
-            result["connect_bare"] = bench.open(bare_targets, sockets, channel)
-            systems["bare"] = (bares, functools.partial(trigger_bare, bares, burst))
-            if SOCKETIO:
-                names = [f"socketio-{n + 1}" for n in range(INSTANCES)]
-                redis = ["--redis-url", bench.settings["JANGTEO_REDIS_URL"]]
-                redis += ["--channel", f"jangteo-bench-socketio-{os.getpid()}"]
-                sios = references.enter_context(
-                    bench.references("socketio", names, frame_file, *redis)
-                )
-                print("== fan-out reference: python-socketio with AsyncRedisManager")
-                sio_targets = [Target(s.name, "127.0.0.1", s.port, SOCKETIO_PATH, socketio=True)
-                               for s in sios]  # fmt: skip
-                result["connect_socketio"] = bench.open(sio_targets, sockets, None)
-                # One emit reaches both processes' sockets through Redis.
-                systems["socketio"] = (sios, functools.partial(trigger_bare, sios[:1], burst))
+            systems: Systems = {"jangteo": (servers, burst_jangteo)}
+            if with_references:
+                systems |= start_references(bench, references, frame_file, channel, burst, result)
             rounds: dict[str, list[dict[str, Any]]] = {system: [] for system in systems}
             order = list(systems)
             for number in range(args.rounds):
@@ -475,15 +491,19 @@ async def fanout_phase(bench: Bench) -> dict[str, Any]:
         }
         result["burst"] = {"best": best, "rounds": rounds}
         rate = {system: run["messages_per_second_per_instance"] for system, run in best.items()}
-        result["share_of_bare"] = round(rate["jangteo"] / rate["bare"], 3) if rate["bare"] else None
+        if "bare" in rate:
+            bare = rate["bare"]
+            result["share_of_bare"] = round(rate["jangteo"] / bare, 3) if bare else None
+            # What writing one frame to each instance's sockets takes at the bare loop's
+            # rate: a floor under any commit-to-receive percentile on this machine.
+            result["one_event_write_ms_at_bare_rate"] = (
+                round(sockets / INSTANCES / bare * 1000, 1) if bare else None
+            )
         if "socketio" in rate:
             sio = rate["socketio"]
             result["times_socketio"] = round(rate["jangteo"] / sio, 2) if sio else None
-        # What writing one frame to each instance's sockets takes at the bare loop's rate:
-        # a floor under any commit-to-receive percentile on this machine.
-        result["one_event_write_ms_at_bare_rate"] = (
-            round(sockets / INSTANCES / rate["bare"] * 1000, 1) if rate["bare"] else None
-        )
+        if inspect is not None:
+            result["inspected"] = await inspect(servers)
         result["server_log_problems"] = {s.name: server_problems(s.log) for s in servers}
     return result
 
@@ -671,11 +691,17 @@ async def idle_phase(bench: Bench) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- run
 
 
+def steady_rate(args: argparse.Namespace) -> None:
+    """``--rate`` unless given: 20,000 frames a second in all (10 events/s to 2,000
+    sockets, at most 10)."""
+    if args.rate is None:
+        args.rate = min(10.0, 20_000 / args.sockets)
+
+
 async def run(args: argparse.Namespace) -> RealtimeResult:
     limits = raise_open_files()
     machine = Machine(open_files_limit=list(limits))
-    if args.rate is None:  # 20,000 frames a second in all: 10 events/s to 2,000 sockets
-        args.rate = min(10.0, 20_000 / args.sockets)
+    steady_rate(args)
     # Every fan-out system's sockets stay open together (their rounds alternate).
     systems = 3 if SOCKETIO else 2
     needed = math.ceil(systems * args.sockets / (limits[1] - FD_RESERVE))

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import Counter
@@ -101,20 +102,25 @@ async def patch_prices(
 
 async def insert_rows(
     database_url: str,
-    channel: str,
+    channel: str | Sequence[str],
     *,
     seconds: float,
     rate: float | None,
     connections: int,
     rows_per_transaction: int = 1,
+    pool: asyncpg.Pool | None = None,
 ) -> dict[str, Any]:
     """Commit outbox rows for ``seconds``: ``rate`` rows a second, or flat out when None.
 
     Paced, transaction k is due at ``start + k * rows_per_transaction / rate``, and
     ``connections`` connections take the transactions in turn, so one slow commit delays
     only its own rows (a transaction is late when every connection was still busy at its
-    slot). Flat out, every connection commits back to back.
+    slot). Flat out, every connection commits back to back. Given several channels,
+    transaction k writes to channel ``k % len(channels)`` (``transactions`` in the answer
+    counts them). ``pool`` (at least ``connections`` connections) is used instead of one
+    of its own, so that its backends outlive the run.
     """
+    channels = [channel] if isinstance(channel, str) else list(channel)
     transactions = (
         math.inf if rate is None else max(1, round(rate * seconds / rows_per_transaction))
     )
@@ -123,9 +129,11 @@ async def insert_rows(
     late: list[float] = []
     commit_s: list[float] = []
     next_slot = 0
-    async with asyncpg.create_pool(
-        database_url, min_size=connections, max_size=connections
-    ) as pool:
+    async with contextlib.AsyncExitStack() as stack:
+        if pool is None:
+            pool = await stack.enter_async_context(
+                asyncpg.create_pool(database_url, min_size=connections, max_size=connections)
+            )
         start = loop.time() + 0.2
         stop = start + seconds
         await asyncio.sleep(max(0.0, start - loop.time()))
@@ -133,6 +141,7 @@ async def insert_rows(
 
         async def worker() -> None:
             nonlocal next_slot
+            assert pool is not None
             async with pool.acquire() as conn:
                 while next_slot < transactions and (rate is not None or loop.time() < stop):
                     number = next_slot
@@ -145,12 +154,13 @@ async def insert_rows(
                             late.append(-delay)
                     sent = loop.time()
                     first = number * rows_per_transaction
+                    into = channels[number % len(channels)]
                     if rows_per_transaction == 1:
                         data = f'{{"seq": {first}, "bench": "relay"}}'
-                        await conn.execute(INSERT, channel, EVENT_TYPE, data)
+                        await conn.execute(INSERT, into, EVENT_TYPE, data)
                     else:
                         await conn.execute(
-                            INSERT_MANY, channel, EVENT_TYPE, first, rows_per_transaction
+                            INSERT_MANY, into, EVENT_TYPE, first, rows_per_transaction
                         )
                     commit_s.append(loop.time() - sent)
 
@@ -159,6 +169,7 @@ async def insert_rows(
     rows = len(commit_s) * rows_per_transaction
     return {
         "rows": rows,
+        "transactions": len(commit_s),
         "seconds": round(ended - started, 3),
         "rate": round(rows / (ended - started), 1),
         "target_rate": rate,
@@ -210,6 +221,16 @@ def parse(text: str) -> Samples:
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
+
+
+def added(scrapes: Iterable[Samples]) -> Samples:
+    """Several instances' samples added up, key by key: what counters and histograms say
+    for all of them together (not meaningful for gauges)."""
+    total: Samples = {}
+    for samples in scrapes:
+        for key, value in samples.items():
+            total[key] = total.get(key, 0.0) + value
+    return total
 
 
 def matching(samples: Samples, word: str) -> dict[str, float]:

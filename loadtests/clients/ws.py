@@ -532,12 +532,21 @@ async def _serve(conn: Connection) -> None:
     client = ClientProcess()
     loop = asyncio.get_running_loop()
     commands: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-    loop.add_reader(conn.fileno(), lambda: commands.put_nowait(conn.recv()))
+
+    def readable() -> None:
+        try:
+            commands.put_nowait(conn.recv())
+        except (EOFError, OSError):  # the parent is gone: stop, do not spin on the pipe
+            loop.remove_reader(conn.fileno())
+            commands.put_nowait(("exit", None))
+
+    loop.add_reader(conn.fileno(), readable)
     while True:
         command, argument = await commands.get()
         if command == "exit":
             await client.close(wait=2.0)
-            conn.send(None)
+            with suppress(OSError):
+                conn.send(None)
             return
         try:
             call = getattr(client, command)

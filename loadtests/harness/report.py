@@ -19,9 +19,17 @@ from loadtests.harness.processes import RESULTS, ROOT
 
 DOCS = (ROOT / "BENCHMARKS.md", ROOT / "README.md")  # each holds the table between markers
 START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
-SOURCES = ("http", "listings", "purchase", "realtime", "realtime-20k", "chat", "loadtest-latest")
+SOURCES = (
+    "http", "listings", "purchase", "realtime", "realtime-20k", "chat", "scaling",
+    "loadtest-latest",
+)  # fmt: skip
+BENCHMARKS_MD, README_MD = "BENCHMARKS.md", "README.md"
+BOTH = (BENCHMARKS_MD, README_MD)
+# BENCHMARKS.md's generated details of a benchmark, between these markers.
+DETAILS = {"scaling": ("<!-- scaling-details:start -->", "<!-- scaling-details:end -->")}
 Row = dict[str, Any]
 GOAL_BUY = ">= 50% of pgbench, same transaction and connections; no oversell, no lost money"
+CPU_KINDS = ("postgresql", "redis", "jangteo", "load", "others")
 COLOURS = {"jangteo": "#d9534f", "baseline": "#7f8c8d", "bare": "#7f8c8d", "socketio": "#2a7ab9"}
 
 
@@ -71,9 +79,11 @@ def row(
     ratio: Any = None,
     status: str | None = None,
     note: str = "",
+    docs: tuple[str, ...] = BOTH,
 ) -> Row:
     """One target: ratio = figure / reference unless given, met when it is at ``least``
-    (or as ``ok`` says; None: not measured). No ``data``: no source either."""
+    (or as ``ok`` says; None: not measured). No ``data``: no source either. ``docs``: the
+    documents whose table shows it."""
     figure, reference = num(figure), num(reference)
     if ratio is None and figure is not None and reference:
         ratio = round(figure / reference, 3)
@@ -91,6 +101,7 @@ def row(
         "note": note,
         "source": f"loadtests/results/{src}.json" if data else None,
         "measured_at": data.get("date") or data.get("started"),
+        "docs": list(docs),
     }
 
 
@@ -237,6 +248,214 @@ def realtime_rows(data: dict[str, Any], big: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def sustained_rate(count: Any) -> float | None:
+    return num(dig(count, "sustained", "committed"))
+
+
+def scaling_rows(data: dict[str, Any]) -> list[Row]:
+    """Relay partitions against one partition, and Redis Cluster against one Redis: the
+    headline rows in both documents, the details in BENCHMARKS.md, and one summary row of
+    the cluster's cost in README.md."""
+    counts = dig(data, "partitions", "counts") or []
+    one = num(dig(data, "partitions", "one_partition_rate"))
+    ref = shown("1 partition: {:,.0f} events/s", one)
+    rated = [c for c in counts if sustained_rate(c) is not None and dig(c, "partitions") != 1]
+    best = max(rated, key=lambda c: sustained_rate(c) or 0.0) if rated else None
+    rate = sustained_rate(best)
+    rows = [
+        row("relay events/s sustained (lag flat), best partition count vs 1, 2 instances",
+            ">= 2x the single leader", "scaling", data if best else {}, figure=rate,
+            reference=one, least=2.0, ref_text=ref,
+            text=shown("{:,.0f} events/s with {} partitions", rate, dig(best, "partitions")))
+    ]  # fmt: skip
+    for count in counts:
+        n = dig(count, "partitions")
+        if n == 1:
+            continue
+        rate = sustained_rate(count)
+        rows.append(
+            row(f"relay events/s sustained (lag flat), {n} partitions vs 1, 2 instances",
+                "shown", "scaling", data, figure=rate, reference=one,
+                status="shown" if rate is not None and one else "not measured",
+                text=shown("{:,.0f} events/s", rate), ref_text=ref, docs=(BENCHMARKS_MD,))
+        )  # fmt: skip
+    by_n = {dig(c, "partitions"): c for c in counts}
+    paced_n = 4 if 4 in by_n else max((n for n in by_n if n != 1), default=4)
+    p99, one_p99 = (num(dig(by_n.get(n), "paced", "publish_p99_ms")) for n in (paced_n, 1))
+    at, one_at = (num(dig(by_n.get(n), "paced", "committed")) for n in (paced_n, 1))
+    paced_rate = num(dig(data, "load", "paced_rate")) or 1000.0
+    rows.append(
+        row(f"relay commit-to-publish p99 at {paced_rate:,.0f} events/s, {paced_n} partitions"
+            " on 2 instances", "< 10 ms", "scaling", data if p99 is not None else {},
+            figure=p99, reference=one_p99, ok=None if p99 is None else p99 < 10,
+            text=shown("{} ms at {:,.0f} rows/s", p99, at),
+            ref_text=shown("1 partition: {} ms at {:,.0f} rows/s", one_p99, one_at),
+            docs=(BENCHMARKS_MD,))
+    )  # fmt: skip
+    summary = dig(data, "cluster", "summary") or {}
+    costs = []
+    for kind, name, unit in cluster_kinds(data):
+        single, cluster = dig(summary, kind, "single") or {}, dig(summary, kind, "cluster") or {}
+        tput = (num(dig(cluster, "msgs_per_second")), num(dig(single, "msgs_per_second")))
+        lat = (num(dig(cluster, "p99_ms")), num(dig(single, "p99_ms")))
+        costs += [num(dig(summary, kind, "throughput_cost_pct")),
+                  num(dig(summary, kind, "p99_cost_pct"))]  # fmt: skip
+        rows += [
+            row(f"{name}: Redis Cluster vs one Redis, {unit}", ">= 90% of one Redis's",
+                "scaling", data if tput[0] is not None else {}, figure=tput[0],
+                reference=tput[1], least=0.9, text=shown("{:,.0f} " + unit, tput[0]),
+                ref_text=shown("one Redis: {:,.0f}", tput[1]), docs=(BENCHMARKS_MD,)),
+            row(f"{name}: Redis Cluster vs one Redis, p99", "<= 1.1x one Redis's",
+                "scaling", data if lat[0] is not None else {}, figure=lat[0],
+                reference=lat[1], ok=None if not lat[0] or not lat[1] else lat[0] / lat[1] <= 1.1,
+                text=shown("{} ms", lat[0]), ref_text=shown("one Redis: {} ms", lat[1]),
+                docs=(BENCHMARKS_MD,)),
+        ]  # fmt: skip
+    measured_all = all(cost is not None for cost in costs)
+    worst = max((c for c in costs if c is not None), default=None)
+    cost_text = None
+    if measured_all:
+        # As changes on the cluster: throughput's sign turned (a cost is throughput lost).
+        changes = [-(cost or 0.0) if n % 2 == 0 else cost or 0.0 for n, cost in enumerate(costs)]
+        cost_text = "on the cluster: fan-out msgs/s {:+.0f}%, p99 {:+.0f}%; chat msgs/s {:+.0f}%,"
+        cost_text = (cost_text + " p99 {:+.0f}%").format(*changes)
+    rows.append(
+        row("Redis Cluster (3 masters) vs one Redis: fan-out and chat msgs/s and p99",
+            "costs <= 10%", "scaling", data if measured_all else {}, text=cost_text,
+            ok=None if worst is None or not measured_all else worst <= 10.0,
+            ref_text="one Redis, same run", docs=(README_MD,))
+    )  # fmt: skip
+    seen = [
+        run["redis_connections"]
+        for kind in ("fanout", "chat")
+        for run in dig(data, "cluster", "sessions", kind, "cluster") or []
+        if run.get("redis_connections")
+    ]
+    pools = sorted(
+        {int(i["command_pool"]) for c in seen for i in (dig(c, "per_instance") or {}).values()}
+    )
+    rows.append(
+        row("Redis Cluster: connections per instance", "one event subscription per master,"
+            " plus the command pool", "scaling", data if seen else {},
+            ok=None if not seen else all(c.get("as_intended") for c in seen),
+            text=shown("events: 1 per master (of {}), near-cache 1, command pool {}",
+                       len(dig(seen[0], "masters") or []) if seen else None,
+                       "-".join(str(p) for p in (pools[0], pools[-1])) if pools else None),
+            docs=(BENCHMARKS_MD,))
+    )  # fmt: skip
+    return rows
+
+
+def cluster_kinds(data: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The cluster comparison's sessions: kind, how they are named, their throughput unit."""
+    sockets = num(dig(data, "cluster", "fanout_options", "sockets")) or 2000
+    rooms = num(dig(data, "cluster", "chat_options", "rooms")) or 500
+    return [
+        ("fanout", f"fan-out, {sockets:,.0f} sockets on 2 instances", "msgs/s per instance"),
+        ("chat", f"chat, {rooms:,.0f} rooms on 2 instances", "msgs/s"),
+    ]
+
+
+def scaling_details(data: dict[str, Any]) -> str:
+    """The partition sweep, the cluster comparison and the connections as Markdown."""
+    if not data:
+        return "Not measured yet: `python -m loadtests bench scaling`."
+    parts = [f"Measured {data.get('date')}; every figure in"
+             " [loadtests/results/scaling.json](loadtests/results/scaling.json)."]  # fmt: skip
+    counts = dig(data, "partitions", "counts") or []
+    if counts:
+        paced = num(dig(data, "load", "paced_rate")) or 1000.0
+        lines = [
+            f"| partitions | led by | publish p50 / p99 at {paced:,.0f}/s offered (committed)"
+            " | sustained events/s"
+            " | x 1 partition | publish p50 / p99 there | cores: PostgreSQL / Redis / jangteo"
+            " / load / others | the sweep stopped |",
+            "| ---: | --- | ---: | ---: | ---: | ---: | --- | --- |",
+        ]
+        times = dig(data, "partitions", "times_one_partition") or {}
+        for count in counts:
+            n, best = count["partitions"], count.get("sustained") or {}
+            led = "; ".join(f"{name}: {ours}" for name, ours in
+                            (dig(count, "leadership", "leading") or {}).items())  # fmt: skip
+            split = best.get("cpu_split") or {}
+            lines.append(
+                f"| {n} | {led} | {dig(count, 'paced', 'publish_p50_ms')} /"
+                f" {dig(count, 'paced', 'publish_p99_ms')} ms"
+                f" ({dig(count, 'paced', 'committed') or 0:,.0f}/s)"
+                f" | {best.get('committed', 0):,.0f} | {times.get(str(n)) or '-'}x"
+                f" | {best.get('publish_p50_ms')} / {best.get('publish_p99_ms')} ms"
+                f" | {' / '.join(str(split.get(k, '-')) for k in CPU_KINDS)}"
+                f" | {count.get('stopped')} |"
+            )
+        parts.append("\n".join(lines))
+        lines = [
+            "| partitions | offered/s | committed/s | publish p50 / p99 ms | receive p99 ms"
+            " | last event after last commit | cores: PostgreSQL (relay / inserts / pools /"
+            " background) / Redis / jangteo / load | CPU µs per event: relay's PostgreSQL"
+            " sessions / jangteo | kept up |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |",
+        ]
+        for count in counts:
+            for step in [count["paced"], *count["steps"]]:
+                split, cores = step["cpu_split"], step["cpu"]["cores_used"]
+                pg = " / ".join(
+                    str(cores.get(f"postgres{k}", 0.0))
+                    for k in (": relay sessions", ": inserts (load)",
+                              ": instance pools and others", " (background)")
+                )  # fmt: skip
+                verdict = "yes" if step["kept_up"] else "no: " + "; ".join(step["why"])
+                us = step.get("cpu_us_per_event") or {}
+                lines.append(
+                    f"| {count['partitions']} | {step['offered']:,.0f} | {step['committed']:,.0f}"
+                    f" | {step['publish_p50_ms']} / {step['publish_p99_ms']}"
+                    f" | {dig(step, 'commit_to_receive_ms', 'p99')}"
+                    f" | {step['drain_after_last_commit_s']} s"
+                    f" | {split['postgresql']} ({pg}) / {split['redis']} / {split['jangteo']}"
+                    f" / {split['load']} | {us.get('postgres_relay_sessions')} /"
+                    f" {us.get('jangteo')} | {verdict} |"
+                )
+        parts.append("Every run of the sweep (the first of each count is the paced one):")
+        parts.append("\n".join(lines))
+    summary = dig(data, "cluster", "summary")
+    if summary:
+        lines = [
+            "| | one Redis | Redis Cluster | the cluster's cost |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        for kind, name, _ in cluster_kinds(data):
+            figures = summary[kind]
+            for key, unit, cost in (("msgs_per_second", "msgs/s", "throughput_cost_pct"),
+                                    ("p99_ms", "p99 ms", "p99_cost_pct")):  # fmt: skip
+                single, cluster = dig(figures, "single", key), dig(figures, "cluster", key)
+                lines.append(
+                    f"| {name}, {unit} | {single:,} | {cluster:,} | {figures[cost]:+}% |"
+                    if single is not None and cluster is not None and figures[cost] is not None
+                    else f"| {name}, {unit} | {single} | {cluster} | - |"
+                )
+        parts.append("\n".join(lines))
+        lines = [
+            "| session | instance | event links per master | on replicas | near-cache"
+            " | command pool | in all | as intended |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for kind in ("fanout", "chat"):
+            for mode in ("cluster", "single"):
+                runs = dig(data, "cluster", "sessions", kind, mode) or []
+                for number, run in enumerate(runs, 1):
+                    found = run.get("redis_connections") or {}
+                    for owner, c in (found.get("per_instance") or {}).items():
+                        links = ", ".join(f"{n}" for n in c["events_per_master"].values())
+                        lines.append(
+                            f"| {kind} {number}, {mode} Redis | {owner} | {links}"
+                            f" | {c['events_on_replicas']}"
+                            f" | {c['near_cache']} | {c['command_pool']} | {c['total']}"
+                            f" | {'yes' if c['as_intended'] else 'no'} |"
+                        )
+        parts.append("Redis connections of each instance before it stopped (`CLIENT LIST`):")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
 def fmt_ratio(ratio: Any, goal: str) -> str:
     value = num(ratio)
     if value is None:
@@ -265,10 +484,12 @@ def main() -> None:
     data = {name: load(name) for name in SOURCES}
     rows = listing_rows(data["listings"]) + purchase_rows(data["purchase"])
     rows += realtime_rows(data["realtime"], data["realtime-20k"])
+    rows += scaling_rows(data["scaling"])
+    counted = [r for r in rows if BENCHMARKS_MD in r["docs"]]
     report = {
         "targets": rows,
         "summary": {
-            s: sum(r["status"] == s for r in rows) for s in ("met", "missed", "not measured")
+            s: sum(r["status"] == s for r in counted) for s in ("met", "missed", "not measured")
         },
         "sources": {
             f"loadtests/results/{name}.json": {
@@ -281,11 +502,24 @@ def main() -> None:
         },
     }
     (RESULTS / "bench-latest.json").write_text(json.dumps(report, indent=2) + "\n")
+    details = {"scaling": scaling_details(data["scaling"])}
     for path in DOCS:
-        head, rest = path.read_text().split(START, 1)
-        _, tail = rest.split(END, 1)
-        path.write_text(f"{head}{START}\n{table(rows)}\n{END}{tail}")
-    print(table(rows))
+        text = between(
+            path.read_text(), START, END, table([r for r in rows if path.name in r["docs"]])
+        )
+        if path.name == BENCHMARKS_MD:
+            for name, (start, end) in DETAILS.items():
+                if start in text:
+                    text = between(text, start, end, details[name])
+        path.write_text(text)
+    print(table(counted))
+
+
+def between(text: str, start: str, end: str, inside: str) -> str:
+    """``text`` with what stands between the markers replaced by ``inside``."""
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{inside}\n{end}{tail}"
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -8,7 +8,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +20,11 @@ import asyncpg
 from db.migrate import migrate
 from loadtests.harness.processes import BenchError, Server, as_line, background, jangteo_command
 from server.embedded.process import free_port
+from server.embedded.redis_cluster import NODES, EmbeddedRedisCluster
 from server.embedded.stack import EmbeddedStack
+
+# Looks at a benchmark's running instances before they stop (their Redis connections, say).
+Inspect = Callable[[Sequence[Server]], Awaitable[dict[str, Any]]]
 
 PASSWORD = "bench-password-123"  # noqa: S105 - the throwaway benchmark accounts' password
 JWT_SECRET = "bench-only-not-a-real-secret-0123456789abcdef"  # noqa: S105 - ditto
@@ -51,6 +55,19 @@ def services(env: Mapping[str, str] = os.environ) -> Services:
     return Services(
         database_url or urls.database_url, redis_url or urls.redis_url, not database_url, data_dir
     )
+
+
+@contextmanager
+def own_redis_cluster(directory: Path) -> Iterator[EmbeddedRedisCluster]:
+    """A local Redis Cluster (three masters, three replicas, as ``EmbeddedStack`` starts
+    one) of the benchmark's own under ``directory``, on fresh ports, stopped at the end:
+    the suite's cluster tests kill masters and flush the shared one."""
+    cluster = EmbeddedRedisCluster(directory, [(free_port(), free_port()) for _ in range(NODES)])
+    try:
+        cluster.ensure_running()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def with_database(url: str, database: str) -> str:
