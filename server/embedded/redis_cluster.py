@@ -149,16 +149,23 @@ class EmbeddedRedisCluster:
             raise EmbeddedServiceError(f"redis-cli --cluster create failed:\n{said[-2000:]}")
 
     def _healthy(self, cli: str) -> bool:
-        """Every node sees the cluster ok and every master has its replica in sync."""
+        """Every node sees the cluster ok, and knows every master with its replica in sync
+        (a restarted node rejoins as a replica; the others must have heard of it)."""
         for node in self.nodes:
-            info = self._cli(cli, "CLUSTER", "INFO", port=node.port)
-            if "cluster_state:ok" not in info:
+            if "cluster_state:ok" not in self._cli(cli, "CLUSTER", "INFO", port=node.port):
                 return False
-        nodes = self._cli(cli, "CLUSTER", "NODES")
-        lines = [line.split() for line in nodes.splitlines() if line.strip()]
-        masters = [line for line in lines if "master" in line[2] and "fail" not in line[2]]
-        replicas = [line for line in lines if "slave" in line[2] and "fail" not in line[2]]
-        connected = all(line[7] == "connected" for line in lines)
-        return (
-            len(masters) == MASTERS and len(replicas) == MASTERS * REPLICAS_PER_MASTER and connected
-        )
+            lines = [
+                line.split()
+                for line in self._cli(cli, "CLUSTER", "NODES", port=node.port).splitlines()
+                if line.strip()
+            ]
+            masters = [line for line in lines if "master" in line[2] and "fail" not in line[2]]
+            replicas = [line for line in lines if "slave" in line[2] and "fail" not in line[2]]
+            if not (
+                len(masters) == MASTERS
+                and len(replicas) == MASTERS * REPLICAS_PER_MASTER
+                and {line[3] for line in replicas} == {line[0] for line in masters}
+                and all(line[7] == "connected" for line in lines)
+            ):
+                return False
+        return True

@@ -161,13 +161,15 @@ async def through_a_fault(
                 stop = asyncio.Event()
                 traffic = asyncio.create_task(steady_traffic(database_url, channels, stop))
                 readiness = asyncio.create_task(not_ready_seen(http, servers, stop))
-                await asyncio.sleep(1.0)
-                struck = time.monotonic()
-                affected = await fault(client, slots, by_master)
-                await asyncio.sleep(8.0)
-                stop.set()
-                await traffic
-                unready = await readiness
+                try:
+                    await asyncio.sleep(1.0)
+                    struck = time.monotonic()
+                    affected = await fault(client, slots, by_master)
+                    await asyncio.sleep(8.0)
+                finally:  # whatever happened, no traffic outlives the test
+                    stop.set()
+                    await traffic
+                    unready = await readiness
                 await everything_arrived(database_url, recorders, channels)
                 await subscribed_on_their_masters(client, prefix, channels, instances=2)
     finally:
@@ -255,11 +257,18 @@ async def test_a_manual_failover_loses_doubles_and_reorders_nothing(
         client: aioredis.Redis, slots: SlotMap, by_master: dict[str, list[str]]
     ) -> list[str]:
         master = sorted(by_master)[1]
-        answer = await client.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
-        replica = next(
-            shard["replicas"][0] for shard in answer.values()
-            if f"{shard['primary'][0]}:{shard['primary'][1]}" == master
-        )  # fmt: skip
+        replicas: list[tuple[str, int]] = []
+        for _ in range(100):  # a replica that rejoined may take a moment to be listed
+            answer = await client.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
+            replicas = [
+                replica for shard in answer.values()
+                if f"{shard['primary'][0]}:{shard['primary'][1]}" == master
+                for replica in shard["replicas"]
+            ]  # fmt: skip
+            if replicas:
+                break
+            await asyncio.sleep(0.1)
+        replica = replicas[0]
         replica_client = aioredis.Redis(host=replica[0], port=replica[1])
         try:
             assert await replica_client.execute_command("CLUSTER FAILOVER")  # type: ignore[no-untyped-call]
