@@ -245,12 +245,7 @@ class OutboxRelay:
         self.stopping = True
         self.config_changed.set()
         await self._stop_leaders()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await asyncio.wait_for(asyncio.shield(task), FLUSH_TIMEOUT_S)
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await _finish(task, FLUSH_TIMEOUT_S)
 
 
 class PartitionLeader:
@@ -515,14 +510,20 @@ class PartitionLeader:
         """Publish what committed so far, then give leadership away (close the connection)."""
         self.stopping = True
         self.wake.set()
-        if self.is_leader:  # a follower only waits on the lock: nothing to finish
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(asyncio.shield(task), FLUSH_TIMEOUT_S)
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # A follower only waits on the lock: nothing to finish.
+        await _finish(task, FLUSH_TIMEOUT_S if self.is_leader else 0.0)
         await self._close_connection()
+
+
+async def _finish(task: asyncio.Task[None], within: float) -> None:
+    """Let ``task`` end by itself for up to ``within`` seconds, then cancel it."""
+    if within > 0:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(asyncio.shield(task), within)
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _message(row: asyncpg.Record) -> tuple[str, bytes]:

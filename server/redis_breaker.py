@@ -26,9 +26,10 @@ call through, so a still-dead Redis would make all requests in flight wait again
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -141,8 +142,14 @@ class BreakerConnection(aioredis.Connection):
     breaker: RedisBreaker | None = None
 
     async def connect(self) -> None:
-        try:
+        with self._reporting_failures():
             await super().connect()  # type: ignore[no-untyped-call]
+
+    @contextlib.contextmanager
+    def _reporting_failures(self) -> Iterator[None]:
+        """Tell the breaker when what runs inside fails to reach Redis."""
+        try:
+            yield
         except RedisTimeoutError:
             self._report(timed_out=True)
             raise
@@ -252,13 +259,8 @@ def node_breaker_connection(breakers: NodeBreakers) -> type[BreakerConnection]:
         async def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
             self.connecting = True
             try:
-                await super().connect_check_health(*args, **kwargs)
-            except RedisTimeoutError:
-                self._report(timed_out=True)
-                raise
-            except (RedisConnectionError, OSError):
-                self._report(timed_out=False)
-                raise
+                with self._reporting_failures():
+                    await super().connect_check_health(*args, **kwargs)
             finally:
                 self.connecting = False
 
