@@ -123,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     partitions = relay_commands.add_parser(
         "partitions", help="show the partition count, or change it for every instance"
     )
-    partitions.add_argument("count", type=int, nargs="?", help="the new count (1 to 64)")
+    partitions.add_argument(
+        "count", type=int, nargs="?", help="the new count: 1, 2, 4, 8, 16, 32 or 64"
+    )
     partitions.set_defaults(run=_relay)
 
     seed_cmd = commands.add_parser("seed", help="fill a demo neighbourhood")

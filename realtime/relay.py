@@ -1,7 +1,8 @@
 """The outbox relay: committed outbox rows become published events, in partitions.
 
-Every channel belongs to one of ``relay_config.partitions`` partitions (a stable hash of
-its name, ``relay_partition()`` in SQL), and each partition has one leader at a time: the
+Every channel belongs to one of 64 slots (a stable hash of its name, the outbox's ``slot``
+column) and so to one of ``relay_config.partitions`` partitions (slot modulo the count,
+``relay_partition()`` in SQL), and each partition has one leader at a time: the
 relay holding that partition's PostgreSQL advisory lock on a connection of its own. Every
 instance runs an ``OutboxRelay``; it keeps one ``PartitionLeader`` per partition, each
 leading or waiting in line for its lock, so when a leader dies (its connection closes)
@@ -9,12 +10,13 @@ another instance takes that partition over at once. Leadership spreads: an insta
 leads more than its share (partitions / instances with a relay, rounded up) hands its
 highest partition to an instance waiting for it, one at a time.
 
-A partition's leader wakes on NOTIFY (sent after commit) or after a slow poll, takes the
-partition's committed rows that have no position yet, gives them positions drawn from one
-sequence shared by all partitions (so offsets are unique and increase along each channel,
-and offsets clients hold stay valid whatever the count) with each channel's previous
-position as ``prev``, commits that on the lock connection (so a relay that lost its lock
-cannot assign anything), then publishes them through the broker in one pipeline.
+A partition's leader wakes on NOTIFY for one of its slots (sent after commit) or after a
+slow poll, takes the partition's committed rows that have no position yet, gives them
+positions drawn from one sequence shared by all partitions (so offsets are unique and
+increase along each channel, and offsets clients hold stay valid whatever the count)
+with each channel's previous position as ``prev``, commits that on the lock connection
+(so a relay that lost its lock cannot assign anything), then publishes them through the
+broker in one pipeline.
 
 A row that commits late simply has no position yet when a later one is published, so it
 is picked up by a later batch with a larger position: nothing is skipped, and nothing
@@ -61,8 +63,8 @@ from redis.exceptions import RedisError
 
 from db.pool import connect
 from db.queries import relay as queries
-from db.queries.outbox import NOTIFY_CHANNEL
-from db.queries.relay import RelayConfig, read_config
+from db.queries.outbox import notify_channel
+from db.queries.relay import RelayConfig, partition_slots, read_config
 from realtime.broker import Broker, encode_message
 from realtime.frames import event_json
 from realtime.metrics import RelayMetrics
@@ -258,6 +260,7 @@ class PartitionLeader:
         self.metrics = relay.metrics
         self.partition = partition
         self.config = config
+        self.slots = partition_slots(config.partitions, partition)
         self.is_leader = False
         self.wake = asyncio.Event()
         self.published_through = 0  # everything of the partition up to here was published
@@ -334,7 +337,8 @@ class PartitionLeader:
         if not await self._take_lock(conn):
             return
         await conn.execute("SET statement_timeout = '30s'", timeout=timeout)
-        await conn.add_listener(NOTIFY_CHANNEL, self._notified)
+        for slot in self.slots:
+            await conn.add_listener(notify_channel(slot), self._notified)
         self._set_leader(True)
         published = await conn.fetchval(
             queries.PUBLISHED_THROUGH,
@@ -428,7 +432,7 @@ class PartitionLeader:
             self.settings.batch_size,
             self.published_through,
             self.config.generation,
-            self.config.partitions,
+            self.slots,
             self.partition,
             timeout=self.settings.lock_timeout,
         )
@@ -465,8 +469,7 @@ class PartitionLeader:
             rows = await conn.fetch(
                 queries.TAIL,
                 self.published_through,
-                self.config.partitions,
-                self.partition,
+                self.slots,
                 self.settings.batch_size,
                 timeout=self.settings.lock_timeout,
             )

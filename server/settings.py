@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from db.queries.relay import valid_count
 from server.client_address import parse_networks
 
 _DEPLOYMENT = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
@@ -150,6 +151,15 @@ def _choice(allowed: tuple[str, ...]) -> Parser:
     return lambda reader, name, default: reader.choice(name, default, allowed)
 
 
+def _relay_partitions(reader: _EnvReader, name: str, default: int) -> int:
+    count = reader.integer(name, default)
+    if count and not valid_count(count):
+        raise SettingsError(
+            f"{reader.prefix}{name} must be 0 (leave it) or divide 64 (1, 2, 4 ... 64), got {count}"
+        )
+    return count
+
+
 def _upper(reader: _EnvReader, name: str, default: str) -> str:
     return reader.text(name, default).upper()
 
@@ -213,7 +223,7 @@ class Settings:
     relay_batch_size: int = 500
     # Read by `jangteo migrate` only (0: leave it): the partition count lives in the
     # database, where `jangteo relay partitions N` changes it for every instance at once.
-    relay_partitions: int = 0
+    relay_partitions: int = setting(0, parse=_relay_partitions)
     # A leader that cannot publish for this long hands leadership to an instance that can.
     relay_step_down: float = 2.0
     # How long a relay leader may be silent (paused, cut off from PostgreSQL) before its

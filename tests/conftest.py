@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -139,6 +140,19 @@ def make_client(aiohttp_client: Callable[..., Awaitable[Client]]) -> ClientFacto
 @pytest.fixture
 async def client(make_client: ClientFactory, settings: Settings) -> Client:
     return await make_client(settings)
+
+
+@pytest.fixture
+async def empty_database(service_urls: tuple[str, str]) -> AsyncIterator[str]:
+    """A brand-new database, dropped afterwards."""
+    admin_url = service_urls[0]
+    name = f"jangteo_migrate_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(admin_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    parts = urlsplit(admin_url)
+    yield urlunsplit((parts.scheme, parts.netloc, f"/{name}", "", ""))
+    await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    await admin.close()
 
 
 @pytest.fixture

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,11 +16,24 @@ log = logging.getLogger(__name__)
 
 # Internal channel: session revocations, which every instance follows to close sockets.
 SESSIONS_CHANNEL = "sessions"
-NOTIFY_CHANNEL = "jangteo_outbox"
+# A channel's events belong to one of SLOTS slots, a stable hash of its name
+# (relay_slot() in SQL, the outbox's slot column); the relay is woken per slot.
+SLOTS = 64
+NOTIFY_PREFIX = "jangteo_outbox_"
 
-# Server pids of pooled connections that wrote events in their current transaction; the
-# pool wakes the relay when they are released, after the commit (see db/pool.py).
-_notify_on_release: set[int] = set()
+# Per server pid of a pooled connection that wrote events in its current transaction,
+# the slots written to; the pool wakes their relay leaders when it is released, after
+# the commit (see db/pool.py).
+_notify_on_release: dict[int, set[int]] = {}
+
+
+def channel_slot(channel: str) -> int:
+    """The channel's slot: the same as relay_slot() in the database."""
+    return int(hashlib.md5(channel.encode(), usedforsecurity=False).hexdigest()[:15], 16) % SLOTS
+
+
+def notify_channel(slot: int) -> str:
+    return f"{NOTIFY_PREFIX}{slot}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +45,8 @@ class Event:
 
 async def insert_events(conn: Connection, events: Sequence[Event]) -> None:
     """Append events; call inside the transaction that makes the change."""
-    _notify_on_release.add(conn.get_server_pid())
+    slots = _notify_on_release.setdefault(conn.get_server_pid(), set())
+    slots.update(channel_slot(event.channel) for event in events)
     await conn.executemany(
         "INSERT INTO outbox (channel, type, data) VALUES ($1, $2, $3)",
         [(event.channel, event.type, event.data) for event in events],
@@ -43,16 +58,18 @@ async def notify_if_events_written(conn: asyncpg.Connection) -> None:
 
     Committed asynchronously: the wake-up needs no durability, so it waits for no flush.
     """
-    pid = conn.get_server_pid()
-    if pid in _notify_on_release:
-        _notify_on_release.discard(pid)
+    slots = _notify_on_release.pop(conn.get_server_pid(), None)
+    if slots:
         try:
-            await conn.execute(
-                f"SET LOCAL synchronous_commit = off; SELECT pg_notify('{NOTIFY_CHANNEL}', '')"
-            )
+            await conn.execute(_wake_up_sql(slots))
         except Exception as error:
             # Best effort, whatever went wrong: raising here would replace the request's
             # own outcome (a 200 for a committed change, or the error of a failed commit)
             # with this one. The relay's poll finds the rows; the connection is dropped.
             log.warning("relay wake-up failed after commit", extra={"error": repr(error)})
             conn.terminate()
+
+
+def _wake_up_sql(slots: Iterable[int]) -> str:
+    notify = "; ".join(f"NOTIFY {notify_channel(slot)}" for slot in sorted(slots))
+    return f"SET LOCAL synchronous_commit = off; {notify}"

@@ -12,32 +12,36 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from db.queries.outbox import SLOTS
+
 # Advisory lock keys (two int4 form): (RELAY_LOCK_CLASS, partition) is a partition's
 # leadership. Advisory locks are per database.
 RELAY_LOCK_CLASS = 0x6A746F72  # "jtor"
 CONFIG_NOTIFY_CHANNEL = "jangteo_relay_config"
-MAX_PARTITIONS = 64
+MAX_PARTITIONS = SLOTS  # a partition is a set of whole slots: the count divides SLOTS
 
-# (``$n = 1 OR``: with one partition, no hash is computed at all.)
-# One statement (one round trip, one commit): number the committed rows of the partition
-# that have no position yet, in id order, with positions drawn from the shared sequence;
-# chain each to its channel's previous position (within the batch, else the channel's
-# head); record all that with the partition's published_through; return the rows.
+# One statement (one round trip, one commit): number the committed rows of the
+# partition's slots ($4) that have no position yet, in id order, with positions drawn
+# from the shared sequence; chain each to its channel's previous position (within the
+# batch, else the channel's head); record all that with the partition's
+# published_through; return the rows. The count is checked (``guard``) only when there is
+# something to number: an idle leader's statement locks nothing and writes nothing.
 ASSIGN = """
-WITH guard AS (
-    SELECT generation FROM relay_config WHERE generation = $3 FOR SHARE
-), pending AS (
+WITH pending AS (
     SELECT id, channel, type, data::text AS data, {commit_time} AS committed_at
     FROM outbox
-    WHERE position IS NULL AND ($4 = 1 OR relay_partition(channel, $4) = $5)
-      AND EXISTS (SELECT FROM guard)
+    WHERE position IS NULL AND slot = ANY($4::smallint[])
     ORDER BY id LIMIT $1
+), guard AS (
+    SELECT generation FROM relay_config
+    WHERE generation = $3 AND EXISTS (SELECT FROM pending) FOR SHARE
 ), reserved AS (
     SELECT array_agg(position ORDER BY position) AS positions
-    FROM (SELECT nextval('outbox_position_seq') AS position FROM pending) drawn
+    FROM (SELECT nextval('outbox_position_seq') AS position FROM pending
+          WHERE EXISTS (SELECT FROM guard)) drawn
 ), numbered AS (
     SELECT pending.*, reserved.positions[row_number() OVER (ORDER BY id)] AS position
-    FROM pending, reserved
+    FROM pending, reserved WHERE reserved.positions IS NOT NULL
 ), chained AS (
     SELECT numbered.*,
            coalesce(lag(numbered.position) OVER (PARTITION BY numbered.channel
@@ -54,7 +58,7 @@ WITH guard AS (
     ON CONFLICT (channel) DO UPDATE SET position = excluded.position
 ), state AS (
     UPDATE relay_partitions SET published_through = $2
-    WHERE generation = $3 AND partition = $5 AND EXISTS (SELECT FROM pending)
+    WHERE generation = $3 AND partition = $5 AND EXISTS (SELECT FROM numbered)
 )
 SELECT channel, type, data, committed_at, position, prev FROM chained ORDER BY position
 """
@@ -68,8 +72,8 @@ INSERT_TIME = "created_at"
 TAIL = """
 SELECT channel, position, prev, type, data::text AS data, committed_at
 FROM outbox
-WHERE position > $1 AND ($2 = 1 OR relay_partition(channel, $2) = $3)
-ORDER BY position LIMIT $4
+WHERE position > $1 AND slot = ANY($2::smallint[])
+ORDER BY position LIMIT $3
 """
 # A partition's row, made when missing (a new database, or one emptied by hand).
 PUBLISHED_THROUGH = """
@@ -128,6 +132,15 @@ WHERE EXISTS (SELECT FROM channel_heads heads
 """
 
 
+def partition_slots(partitions: int, partition: int) -> list[int]:
+    """The slots of one partition (relay_partition() in SQL: slot % partitions)."""
+    return list(range(partition, SLOTS, partitions))
+
+
+def valid_count(partitions: int) -> bool:
+    return 1 <= partitions <= MAX_PARTITIONS and SLOTS % partitions == 0
+
+
 @dataclass(frozen=True, slots=True)
 class RelayConfig:
     partitions: int
@@ -152,8 +165,8 @@ async def set_partitions(conn: asyncpg.Connection, partitions: int) -> RelayConf
     numbered something after it, so its first leader publishes again whatever the old
     leaders may not have published, and no more.
     """
-    if not 1 <= partitions <= MAX_PARTITIONS:
-        raise ValueError(f"the partition count must be between 1 and {MAX_PARTITIONS}")
+    if not valid_count(partitions):
+        raise ValueError(f"the partition count must divide {SLOTS}: 1, 2, 4, 8, 16, 32 or 64")
     async with conn.transaction():
         await read_config(conn)  # a database emptied by hand starts over, as relays do
         current = await conn.fetchrow("SELECT partitions, generation FROM relay_config FOR UPDATE")

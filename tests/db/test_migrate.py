@@ -4,28 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
 from db.migrate import MIGRATIONS_DIR, MigrationError, load_migrations, migrate
-
-
-@pytest.fixture
-async def empty_database(service_urls: tuple[str, str]) -> AsyncIterator[str]:
-    """A brand-new database, dropped afterwards."""
-    admin_url = service_urls[0]
-    name = f"jangteo_migrate_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    parts = urlsplit(admin_url)
-    yield urlunsplit((parts.scheme, parts.netloc, f"/{name}", "", ""))
-    await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    await admin.close()
 
 
 @pytest.fixture
