@@ -100,9 +100,16 @@ async def run_once(
 ) -> Once[T]:
     """Run ``work`` at most once per key, and store ``body(result)`` as its answer in the
     same transaction; replay that answer afterwards."""
+    return await retry_transient(lambda: _attempt(pool, request, work, body), on_retry)
+
+
+async def retry_transient(
+    transaction: Callable[[], Awaitable[T]], on_retry: Callable[[str], None]
+) -> T:
+    """Run a whole transaction again after a deadlock or serialization failure."""
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
-            return await _attempt(pool, request, work, body)
+            return await transaction()
         except RETRYABLE as error:
             if attempt == MAX_ATTEMPTS:
                 raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 
 import asyncpg
 
@@ -32,6 +33,44 @@ async def insert_order(
         seller_id,
         quantity,
         unit_price,
+    )
+    assert row is not None
+    return row
+
+
+# The whole purchase in one call (db/migrations/0008_purchase_function.sql); made outside
+# any explicit transaction, it commits as it returns.
+PURCHASE = "SELECT * FROM purchase_listing($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+
+
+async def purchase(
+    conn: Connection,
+    *,
+    buyer_id: int,
+    listing_id: int,
+    quantity: int,
+    take: str,
+    fence: int | None,
+    attempts: int,
+    key: str,
+    fingerprint: bytes,
+    answer_status: int,
+    key_ttl: timedelta,
+) -> asyncpg.Record:
+    """(replayed, status_code, body, region, seller_id, retries); refusals raise
+    ``asyncpg.RaiseError`` with the problem's slug as its message."""
+    row = await conn.fetchrow(
+        PURCHASE,
+        buyer_id,
+        listing_id,
+        quantity,
+        take,
+        fence,
+        attempts,
+        key,
+        fingerprint,
+        answer_status,
+        key_ttl,
     )
     assert row is not None
     return row

@@ -8,8 +8,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
-
 from db.types import Connection
 
 log = logging.getLogger(__name__)
@@ -43,17 +41,23 @@ class Event:
     data: dict[str, Any]
 
 
+def events_written(conn: Connection, channels: Iterable[str]) -> None:
+    """Say that ``conn`` wrote events on ``channels`` (in SQL of its own): their relay
+    leaders are woken when it returns to the pool, after the commit."""
+    slots = _notify_on_release.setdefault(conn.get_server_pid(), set())
+    slots.update(channel_slot(channel) for channel in channels)
+
+
 async def insert_events(conn: Connection, events: Sequence[Event]) -> None:
     """Append events; call inside the transaction that makes the change."""
-    slots = _notify_on_release.setdefault(conn.get_server_pid(), set())
-    slots.update(channel_slot(event.channel) for event in events)
+    events_written(conn, (event.channel for event in events))
     await conn.executemany(
         "INSERT INTO outbox (channel, type, data) VALUES ($1, $2, $3)",
         [(event.channel, event.type, event.data) for event in events],
     )
 
 
-async def notify_if_events_written(conn: asyncpg.Connection) -> None:
+async def notify_if_events_written(conn: Connection) -> None:
     """Wake the relay if ``conn`` wrote events; called as it returns to the pool.
 
     Committed asynchronously: the wake-up needs no durability, so it waits for no flush.

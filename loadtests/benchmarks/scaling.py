@@ -644,7 +644,7 @@ async def partitions_phase(bench: realtime.Bench, redis_pid: int | None) -> dict
         size = max(args.paced_connections, args.step_connections)
         async with asyncpg.create_pool(
             bench.database_url, min_size=size, max_size=size,
-            server_settings={"application_name": INSERTER},
+            server_settings={"application_name": INSERTER, **event_load.WRITER_SETTINGS},
         ) as pool:  # fmt: skip
             load = Load.spread(channels, subscribed, pool)
             result["counts"] = [

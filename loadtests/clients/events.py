@@ -23,10 +23,15 @@ import aiohttp
 import asyncpg
 from prometheus_client.parser import text_string_to_metric_families
 
+from db.queries.outbox import events_written, notify_if_events_written
 from loadtests.harness.stack import connected
 from loadtests.harness.stats import bucket_quantile, summary_ms
 
 EVENT_TYPE = "listing.updated"  # of the rows inserted for the relay
+# Writers commit as jangteo's own do: the outbox trigger stays quiet, and the relay is
+# woken by a NOTIFY after the commit (a NOTIFY inside the transaction would serialise
+# every commit, WAL flush included: docs/architecture.md).
+WRITER_SETTINGS = {"jangteo.notify_after_commit": "on"}
 INSERT = "INSERT INTO outbox (channel, type, data) VALUES ($1, $2, $3::jsonb)"
 INSERT_MANY = (
     "INSERT INTO outbox (channel, type, data)"
@@ -117,8 +122,9 @@ async def insert_rows(
     only its own rows (a transaction is late when every connection was still busy at its
     slot). Flat out, every connection commits back to back. Given several channels,
     transaction k writes to channel ``k % len(channels)`` (``transactions`` in the answer
-    counts them). ``pool`` (at least ``connections`` connections) is used instead of one
-    of its own, so that its backends outlive the run.
+    counts them). ``pool`` (at least ``connections`` connections, with
+    ``WRITER_SETTINGS``) is used instead of one of its own, so that its backends outlive
+    the run.
     """
     channels = [channel] if isinstance(channel, str) else list(channel)
     transactions = (
@@ -132,7 +138,12 @@ async def insert_rows(
     async with contextlib.AsyncExitStack() as stack:
         if pool is None:
             pool = await stack.enter_async_context(
-                asyncpg.create_pool(database_url, min_size=connections, max_size=connections)
+                asyncpg.create_pool(
+                    database_url,
+                    min_size=connections,
+                    max_size=connections,
+                    server_settings=WRITER_SETTINGS,
+                )
             )
         start = loop.time() + 0.2
         stop = start + seconds
@@ -163,6 +174,8 @@ async def insert_rows(
                             INSERT_MANY, into, EVENT_TYPE, first, rows_per_transaction
                         )
                     commit_s.append(loop.time() - sent)
+                    events_written(conn, [into])
+                    await notify_if_events_written(conn)
 
         await asyncio.gather(*(worker() for _ in range(connections)))
     ended = time.time()

@@ -17,7 +17,7 @@ from db.queries import wallets as wallet_queries
 from db.queries.outbox import Event, insert_events
 from db.types import Connection
 from server.errors import Problem
-from server.idempotency import IdempotentRequest, Once, StoredResponse, run_once
+from server.idempotency import IdempotentRequest, StoredResponse, retry_transient, run_once
 from server.listings.cache import ListingCache
 from server.listings.service import event_snapshot
 from server.metrics import Metrics
@@ -38,30 +38,29 @@ async def purchase_listing(
     cache: ListingCache,
 ) -> StoredResponse:
     """Buy once per idempotency key; the redis_lock strategy holds the listing's lock
-    around the transaction and hands its fencing token in."""
+    around the call and hands its fencing token in."""
 
-    async def buy(fence: int | None) -> Once[Purchase]:
+    async def buy_once(fenced: PurchaseRequest) -> Purchase:
+        async with pool.acquire() as conn:  # no transaction: the call commits by itself
+            return await purchase(conn, idempotent, fenced, strategy, metrics)
+
+    async def buy(fence: int | None) -> Purchase:
         fenced = dataclasses.replace(request, fence=fence)
-        return await run_once(
-            pool,
-            idempotent,
-            lambda conn: purchase(conn, fenced, strategy, metrics),
-            lambda done: order_out(done.order),
-            metrics.transaction_retried,
-        )
+        return await retry_transient(lambda: buy_once(fenced), metrics.transaction_retried)
 
     try:
         if strategy == "redis_lock":
-            once = await locks.run(request.listing_id, buy)
+            bought = await locks.run(request.listing_id, buy)
         else:
-            once = await buy(None)
+            bought = await buy(None)
     except Problem as problem:
         metrics.purchases.labels(strategy, problem.slug).inc()
         raise
-    metrics.purchases.labels(strategy, "replayed" if once.response.replayed else "paid").inc()
-    if once.result is not None:  # bought now, not replayed: the listing's stock moved
-        await cache.changed(request.listing_id, once.result.listing["region"])
-    return once.response
+    response = bought.response
+    metrics.purchases.labels(strategy, "replayed" if response.replayed else "paid").inc()
+    if bought.region is not None:  # bought now, not replayed: the listing's stock moved
+        await cache.changed(request.listing_id, bought.region)
+    return response
 
 
 async def complete_order(

@@ -22,6 +22,7 @@ from hypothesis.stateful import (
 
 from db.queries import wallets as wallet_queries
 from server.errors import Problem
+from server.idempotency import IdempotentRequest
 from server.metrics import Metrics
 from server.orders import service
 from server.orders.purchase import PurchaseRequest, purchase
@@ -143,12 +144,21 @@ class MarketMachine(RuleBasedStateMachine):
             expected = "paid"
         self.fence += 1
         request = PurchaseRequest(buyer, listing_id, quantity, self.fence)
-        outcome = self.run(self._attempt(purchase(self.conn, request, strategy, self.metrics)))
+        idempotent = IdempotentRequest.of(
+            f"buy-{self.fence}",
+            user_id=buyer,
+            method="POST",
+            path=f"/api/v1/listings/{listing_id}/purchase",
+            body={"quantity": quantity},
+            status=201,
+        )
+        bought = purchase(self.conn, idempotent, request, strategy, self.metrics)
+        outcome = self.run(self._attempt(bought))
         if isinstance(outcome, str):
             assert outcome == expected
             return
         assert expected == "paid"
-        order = outcome.order
+        order = orjson.loads(outcome.response.body)
         assert (order["buyer_id"], order["quantity"], order["amount"]) == (
             buyer,
             quantity,

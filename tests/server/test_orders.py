@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 from aiohttp import ClientResponse
 
-from db.queries import listings as listing_queries
-from db.types import Connection
 from server import keys
+from server.idempotency import IdempotentRequest
 from server.orders.locks import PurchaseLocks
 from server.orders.purchase import PurchaseRequest, StaleFence, purchase
 from server.settings import RateLimit, Settings
@@ -722,95 +722,16 @@ async def test_complete_and_cancel_need_a_key(
 # -- each strategy's own guarantees --------------------------------------------------------
 
 
-class CrosswiseGates:
-    """Holds concurrent purchases at two points, so that their lock windows surely overlap.
-
-    1. Just after its listing's lock: until every purchase holds its own.
-    2. Before its second statement on wallets: until every purchase's first one returned,
-       or waits for a lock in PostgreSQL.
-
-    Wallets locked in one global order pass both: of each pair, one waits for the other
-    inside its first wallet statement, and the other goes on. Locked buyer first, each
-    purchase of a pair holds the wallet the other one wants next: a deadlock, every time.
-    """
-
-    def __init__(self, purchases: int, watcher: asyncpg.Connection) -> None:
-        self.purchases = purchases
-        self.watcher = watcher  # a connection of the test's, outside every purchase
-        self.holding_listing: set[int] = set()  # server pids of the purchases' connections
-        self.wallets_started: set[int] = set()
-        self.wallets_returned: set[int] = set()
-        self.all_listings_locked = asyncio.Event()
-        self.wallets_settled = asyncio.Event()
-
-    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        real_stock_row = listing_queries.stock_row
-
-        async def stock_row(
-            conn: Connection, listing_id: int, *, lock: bool
-        ) -> asyncpg.Record | None:
-            row = await real_stock_row(conn, listing_id, lock=lock)
-            if lock and not self.all_listings_locked.is_set():
-                self.holding_listing.add(conn.get_server_pid())
-                if len(self.holding_listing) == self.purchases:
-                    self.all_listings_locked.set()
-                async with asyncio.timeout(WAIT_TIMEOUT):
-                    await self.all_listings_locked.wait()
-            return row
-
-        monkeypatch.setattr(listing_queries, "stock_row", stock_row)
-        for name in ("execute", "executemany", "fetch", "fetchrow", "fetchval"):
-            real = getattr(asyncpg.Connection, name)
-            monkeypatch.setattr(asyncpg.Connection, name, self._gated(real))
-
-    def _gated(self, method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        async def gated(conn: asyncpg.Connection, query: str, *args: Any, **kwargs: Any) -> Any:
-            pid = conn.get_server_pid()
-            if (
-                self.wallets_settled.is_set()
-                or pid not in self.holding_listing
-                or "wallets" not in query
-            ):
-                return await method(conn, query, *args, **kwargs)
-            if pid in self.wallets_started:  # its second statement on wallets
-                async with asyncio.timeout(WAIT_TIMEOUT):
-                    await self.wallets_settled.wait()
-                return await method(conn, query, *args, **kwargs)
-            self.wallets_started.add(pid)
-            try:
-                return await method(conn, query, *args, **kwargs)
-            finally:
-                self.wallets_returned.add(pid)
-
-        return gated
-
-    async def open_when_settled(self) -> None:
-        """Gate 2 opens once each first wallet statement returned or waits for a lock."""
-        async with asyncio.timeout(WAIT_TIMEOUT):
-            await self.all_listings_locked.wait()
-            while True:
-                running = self.holding_listing - self.wallets_returned
-                waiting = await self.watcher.fetch(
-                    "SELECT pid FROM pg_stat_activity"
-                    " WHERE pid = any($1::int[]) AND wait_event_type = 'Lock'",
-                    list(running & self.wallets_started),
-                )
-                if running == {row["pid"] for row in waiting}:
-                    break
-                await asyncio.sleep(0.005)
-        self.wallets_settled.set()
-
-
 async def test_crosswise_pessimistic_purchases_never_deadlock(
-    make_client: ClientFactory,
-    db: asyncpg.Connection,
-    settings: Settings,
-    monkeypatch: pytest.MonkeyPatch,
+    make_client: ClientFactory, db: asyncpg.Connection, settings: Settings
 ) -> None:
-    """A buys B's listing while B buys A's, in several pairs at once: none deadlocks.
+    """A buys B's listing while B buys A's, in several pairs at once, every purchase
+    holding its listing's lock while it waits for a wallet: none deadlocks.
 
-    A deadlock aborts one purchase of the pair after deadlock_timeout and the request runs
-    again, so the status alone would hide it; the retry count does not.
+    The test holds every wallet, so that each purchase locks its listing and then waits;
+    once all of them wait, it lets go. A deadlock aborts one purchase of a pair after
+    deadlock_timeout and the request runs again, so the status alone would hide it; the
+    retry count does not.
     """
     purchases = 2 * CROSSWISE_PAIRS
     client = await make_client(
@@ -826,19 +747,27 @@ async def test_crosswise_pessimistic_purchases_never_deadlock(
         for first, second in zip(accounts[::2], accounts[1::2], strict=True)
         for buyer, seller in ((first, second), (second, first))
     ]
-    gates = CrosswiseGates(purchases, db)
-    gates.install(monkeypatch)
-    opener = asyncio.create_task(gates.open_when_settled())
-    try:
-        responses = await asyncio.gather(
-            *(buy(client, buyer, listing_of[seller.user_id]) for buyer, seller in crosswise)
+    async with db.transaction():
+        await db.execute(
+            "SELECT FROM wallets WHERE user_id = any($1::bigint[]) FOR UPDATE",
+            [account.user_id for account in accounts],
         )
-        failed = [(r.status, await r.text()) for r in responses if r.status != 201]
-        assert failed == []
-        await opener  # both gates were passed by every purchase
-    finally:
-        opener.cancel()
-        await asyncio.gather(opener, return_exceptions=True)
+        buying = [
+            asyncio.create_task(buy(client, buyer, listing_of[seller.user_id]))
+            for buyer, seller in crosswise
+        ]
+        async with asyncio.timeout(WAIT_TIMEOUT):
+            while await blocked_by(db, db.get_server_pid()) < purchases:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        holding = await db.fetchval(
+            "SELECT count(DISTINCT pid) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"
+            " WHERE c.relname = 'listings' AND l.mode = 'RowShareLock'"
+            " AND l.pid <> pg_backend_pid()"
+        )
+        assert holding == purchases  # each waits holding its listing's row
+    responses = await asyncio.gather(*buying)
+    failed = [(r.status, await r.text()) for r in responses if r.status != 201]
+    assert failed == []
     retries = client.app[keys.metrics_key].registry.get_sample_value(
         "jangteo_transaction_retries_total", {"reason": "DeadlockDetectedError"}
     )
@@ -850,50 +779,30 @@ async def test_crosswise_pessimistic_purchases_never_deadlock(
     await check_order_events(db)
 
 
-async def until_blocked_by(db: asyncpg.Connection, pid: int) -> None:
-    """Wait until some backend waits for a lock that backend ``pid`` holds."""
-    async with asyncio.timeout(WAIT_TIMEOUT):
-        while True:
-            if await db.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE $1 = any(pg_blocking_pids(pid))", pid
-            ):
-                return
-            await asyncio.sleep(0.005)
+async def blocked_by(db: asyncpg.Connection, pid: int) -> int:
+    """How many backends wait for a lock that backend ``pid`` holds (read afresh: within
+    a transaction, pg_stat_activity otherwise repeats its first answer)."""
+    await db.execute("SELECT pg_stat_clear_snapshot()")
+    count: int = await db.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE $1 = any(pg_blocking_pids(pid))", pid
+    )
+    return count
 
 
-async def test_pessimistic_purchases_take_the_lower_user_ids_wallet_first(
-    make_client: ClientFactory, db: asyncpg.Connection, settings: Settings, database_url: str
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_a_purchase_locks_no_wallet_but_the_buyers(
+    make_client: ClientFactory, db: asyncpg.Connection, settings: Settings, strategy: str
 ) -> None:
-    """While the seller's wallet (the lower user id) is awaited, the buyer's is not held.
-
-    Taken buyer first, by one statement or two, the buyer's wallet would be held while the
-    seller's is awaited: the other half of a crosswise deadlock.
-    """
-    client = await make_client(settings.replace(purchase_strategy="pessimistic"))
+    """The seller is paid on completion, so a purchase goes through while the seller's
+    wallet is held (by a completion or a top-up): its locks are the listing's row and
+    the buyer's wallet, and nothing it waits for can wait for it."""
+    client = await make_client(settings.replace(purchase_strategy=strategy))
     seller, buyer = await quick_accounts(db, settings, 2, balance=5_000)
-    assert seller.user_id < buyer.user_id
     listing_id = await new_listing(client, seller, price=1_000, stock=1)
-    holder = await asyncpg.connect(database_url)
-    purchase_done: asyncio.Task[JsonObject] | None = None
-    try:
-        async with holder.transaction():
-            await holder.execute(
-                "SELECT 1 FROM wallets WHERE user_id = $1 FOR UPDATE", seller.user_id
-            )
-            purchase_done = asyncio.create_task(bought(client, buyer, listing_id))
-            await until_blocked_by(db, holder.get_server_pid())
-            async with db.transaction():
-                free = await db.fetchval(
-                    "SELECT count(*) FROM (SELECT FROM wallets WHERE user_id = $1"
-                    " FOR UPDATE SKIP LOCKED) AS wallet",
-                    buyer.user_id,
-                )
-            assert free == 1, "the buyer's wallet is held while the seller's is awaited"
-        order = await purchase_done
-    finally:
-        await holder.close()
-        if purchase_done is not None:
-            await asyncio.gather(purchase_done, return_exceptions=True)
+    async with db.transaction():
+        await db.execute("SELECT FROM wallets WHERE user_id = $1 FOR UPDATE", seller.user_id)
+        async with asyncio.timeout(WAIT_TIMEOUT):
+            order = await bought(client, buyer, listing_id)
     assert (order["buyer_id"], order["seller_id"]) == (buyer.user_id, seller.user_id)
     assert await listing_stock(db, listing_id) == (0, "sold")
     await check_money(db)
@@ -914,8 +823,16 @@ async def test_a_lock_that_expires_mid_purchase_cannot_oversell(
     async def buy_with(buyer: Account, fence: int) -> int:
         async with pool.acquire() as conn, conn.transaction():
             request = PurchaseRequest(buyer.user_id, market.listing_id, 1, fence)
-            done = await purchase(conn, request, "redis_lock", metrics)
-            order_id: int = done.order["id"]
+            idempotent = IdempotentRequest.of(
+                f"fence-{fence}",
+                user_id=buyer.user_id,
+                method="POST",
+                path=f"/api/v1/listings/{market.listing_id}/purchase",
+                body={"quantity": 1},
+                status=201,
+            )
+            done = await purchase(conn, idempotent, request, "redis_lock", metrics)
+            order_id: int = orjson.loads(done.response.body)["id"]
             return order_id
 
     async def paused_holder(fence: int) -> int:

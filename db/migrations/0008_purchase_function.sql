@@ -1,0 +1,174 @@
+-- A purchase is one call of purchase_listing(), made outside any explicit transaction:
+-- the key's lock, the replay check, the listing, the stock, the debit, the order, its
+-- events and the stored response run in the server, and the commit follows at once. With
+-- many buyers on one listing, throughput is one over the time its row stays locked, and
+-- that time no longer includes a round trip to the application. The four ways of taking
+-- the stock are the strategies of server/orders/purchase.py; every one keeps the lock
+-- order of the rest of the schema (order row, listing, wallets).
+
+-- Times as the API writes them (server/jsonio.py): UTC with Z, and microseconds only
+-- when there are any.
+CREATE FUNCTION api_time(t timestamptz) RETURNS text LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
+        || CASE WHEN extract(microseconds FROM t AT TIME ZONE 'UTC')::bigint % 1000000 = 0
+                THEN '' ELSE to_char(t AT TIME ZONE 'UTC', '.US') END
+        || 'Z'
+$$;
+
+-- An order as the API answers it (OrderOut, byte for byte): the stored response.
+CREATE FUNCTION api_order(o orders) RETURNS text LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT format('{"id":%s,"listing_id":%s,"buyer_id":%s,"seller_id":%s,"quantity":%s,'
+                  '"unit_price":%s,"amount":%s,"status":"%s","created_at":"%s",'
+                  '"updated_at":"%s"}',
+                  o.id, o.listing_id, o.buyer_id, o.seller_id, o.quantity, o.unit_price,
+                  o.amount, o.status, api_time(o.created_at), api_time(o.updated_at))
+$$;
+
+-- A listing as events carry it (EVENT_FIELDS of server/listings/service.py).
+CREATE FUNCTION listing_event(l listings) RETURNS jsonb LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT jsonb_build_object('id', l.id, 'seller_id', l.seller_id, 'title', l.title,
+                              'price', l.price, 'quantity', l.quantity,
+                              'category', l.category, 'region', l.region,
+                              'status', l.status, 'like_count', l.like_count,
+                              'version', l.version)
+$$;
+
+-- Why a listing cannot be bought, raised as the problem's slug (with its detail), or
+-- nothing when it can.
+CREATE FUNCTION purchase_refusal(l listings, buyer bigint, quantity integer) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF l.id IS NULL OR l.status = 'hidden' THEN
+        RAISE EXCEPTION 'listing-not-found';
+    ELSIF l.seller_id = buyer THEN
+        RAISE EXCEPTION 'own-listing';
+    ELSIF l.status = 'reserved' THEN
+        RAISE EXCEPTION 'listing-not-on-sale';
+    ELSIF l.status = 'sold' OR l.quantity < quantity THEN
+        RAISE EXCEPTION 'insufficient-stock' USING DETAIL = format('%s left', l.quantity);
+    END IF;
+END
+$$;
+
+-- take: how the stock is taken.
+--   atomic   one conditional UPDATE decides (on sale, not one's own, enough left);
+--   fenced   the same, and the Redis lock's fencing token must be newer than the last;
+--   locked   SELECT ... FOR UPDATE, checked, then written (pessimistic);
+--   version  read without a lock, written only if the version is unchanged, read again
+--            and retried on a miss, at most `attempts` times (optimistic).
+-- Refusals are raised (MESSAGE: the problem's slug), so that nothing they follow stays.
+CREATE FUNCTION purchase_listing(
+    buyer bigint, listing_id bigint, quantity integer, take text, fence bigint,
+    attempts integer, key text, fingerprint bytea, answer_status integer, key_ttl interval,
+    OUT replayed boolean, OUT status_code integer, OUT body text, OUT region text,
+    OUT seller_id bigint, OUT retries integer)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    stored idempotency_keys;
+    before listings;
+    after listings;
+    placed orders;
+    wanted integer := quantity;
+    order_json jsonb;
+BEGIN
+    IF take NOT IN ('atomic', 'fenced', 'locked', 'version') THEN
+        RAISE EXCEPTION 'unknown way to take stock: %', take USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- One run per key at a time; a key already answered is answered again.
+    IF NOT pg_try_advisory_xact_lock(hashtextextended(key, buyer)) THEN
+        RAISE EXCEPTION 'idempotency-key-in-flight';
+    END IF;
+    SELECT * INTO stored FROM idempotency_keys k
+    WHERE k.user_id = buyer AND k.key = purchase_listing.key AND k.expires_at > now();
+    IF FOUND THEN
+        IF stored.fingerprint <> purchase_listing.fingerprint THEN
+            RAISE EXCEPTION 'idempotency-key-reused';
+        END IF;
+        replayed := true;
+        status_code := stored.status_code;
+        body := convert_from(stored.response_body, 'UTF8');
+        RETURN;
+    END IF;
+
+    retries := 0;
+    LOOP
+        IF take = 'locked' THEN
+            SELECT * INTO before FROM listings WHERE id = listing_id FOR UPDATE;
+        ELSE
+            SELECT * INTO before FROM listings WHERE id = listing_id;
+        END IF;
+        PERFORM purchase_refusal(before, buyer, wanted);
+        IF take = 'locked' THEN
+            UPDATE listings l SET quantity = l.quantity - wanted,
+                status = CASE WHEN l.quantity = wanted THEN 'sold' ELSE l.status END,
+                version = l.version + 1, updated_at = now()
+            WHERE l.id = listing_id
+            RETURNING * INTO after;
+        ELSIF take = 'version' THEN
+            UPDATE listings l SET quantity = l.quantity - wanted,
+                status = CASE WHEN l.quantity = wanted THEN 'sold' ELSE l.status END,
+                version = l.version + 1, updated_at = now()
+            WHERE l.id = listing_id AND l.version = before.version
+            RETURNING * INTO after;
+        ELSE
+            UPDATE listings l SET quantity = l.quantity - wanted,
+                status = CASE WHEN l.quantity = wanted THEN 'sold' ELSE l.status END,
+                fence = coalesce(purchase_listing.fence, l.fence),
+                version = l.version + 1, updated_at = now()
+            WHERE l.id = listing_id AND l.status = 'on_sale' AND l.seller_id <> buyer
+              AND l.quantity >= wanted
+              AND (purchase_listing.fence IS NULL OR l.fence < purchase_listing.fence)
+            RETURNING * INTO after;
+        END IF;
+        EXIT WHEN after.id IS NOT NULL;
+        IF take = 'version' THEN
+            retries := retries + 1;
+            IF retries >= attempts THEN
+                RAISE EXCEPTION 'purchase-conflict'
+                    USING DETAIL = format('the listing kept changing (%s attempts)', attempts);
+            END IF;
+            CONTINUE;
+        END IF;
+        -- The conditional UPDATE refused: say why, as of now.
+        SELECT * INTO before FROM listings WHERE id = listing_id;
+        PERFORM purchase_refusal(before, buyer, wanted);
+        IF take = 'fenced' AND before.fence >= purchase_listing.fence THEN
+            RAISE EXCEPTION 'stale-fence' USING DETAIL = before.fence::text;
+        END IF;
+        RAISE EXCEPTION 'insufficient-stock';
+    END LOOP;
+
+    UPDATE wallets w SET balance = w.balance - after.price * wanted, updated_at = now()
+    WHERE w.user_id = buyer AND w.balance >= after.price * wanted;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'insufficient-funds' USING DETAIL = format('%s needed', after.price * wanted);
+    END IF;
+    INSERT INTO orders (listing_id, buyer_id, seller_id, quantity, unit_price, amount)
+    VALUES (listing_id, buyer, after.seller_id, wanted, after.price, after.price * wanted)
+    RETURNING * INTO placed;
+    body := api_order(placed);
+    order_json := body::jsonb;
+    INSERT INTO outbox (channel, type, data) VALUES
+        ('user:' || buyer, 'order.paid', order_json),
+        ('user:' || after.seller_id, 'order.paid', order_json),
+        ('listing:' || listing_id, 'listing.stock_changed',
+         listing_event(after) || jsonb_build_object('old_quantity', after.quantity + wanted));
+    IF after.status = 'sold' THEN
+        INSERT INTO outbox (channel, type, data) VALUES
+            ('listing:' || listing_id, 'listing.status_changed',
+             listing_event(after) || jsonb_build_object('old_status', 'on_sale'));
+    END IF;
+    INSERT INTO idempotency_keys AS k
+        (user_id, key, fingerprint, status_code, response_body, expires_at)
+    VALUES (buyer, purchase_listing.key, purchase_listing.fingerprint, answer_status,
+            convert_to(body, 'UTF8'), now() + key_ttl)
+    ON CONFLICT (user_id, key) DO UPDATE SET fingerprint = excluded.fingerprint,
+        status_code = excluded.status_code, response_body = excluded.response_body,
+        created_at = now(), expires_at = excluded.expires_at;
+    replayed := false;
+    status_code := answer_status;
+    region := after.region;
+    seller_id := after.seller_id;
+END
+$$;
