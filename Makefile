@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(BIN)/python -m loadtests bench http
 	$(BIN)/python -m loadtests bench listings
 	$(BIN)/python -m loadtests bench purchase
+	$(BIN)/python -m loadtests bench purchase --listings 500 --buyers 2000 --clients 40 --name purchase-spread
 	$(BIN)/python -m loadtests bench realtime
 	$(BIN)/python -m loadtests bench realtime --sockets 20000 --phases fanout --name realtime-20k
 	$(BIN)/python -m loadtests bench chat

@@ -187,42 +187,6 @@ async def stock_row(conn: Connection, listing_id: int, *, lock: bool) -> asyncpg
     )
 
 
-async def take_stock_if_available(
-    conn: Connection, listing_id: int, quantity: int, buyer_id: int, fence: int | None = None
-) -> asyncpg.Record | None:
-    """One conditional UPDATE: take ``quantity`` if on sale, not the buyer's, and enough left.
-
-    With ``fence``, the write also requires an older fencing token than ``fence``.
-    """
-    return await conn.fetchrow(
-        "UPDATE listings SET quantity = quantity - $2,"
-        " status = CASE WHEN quantity = $2 THEN 'sold' ELSE status END,"
-        " fence = coalesce($4, fence), version = version + 1, updated_at = now()"
-        " WHERE id = $1 AND status = 'on_sale' AND seller_id <> $3 AND quantity >= $2"
-        " AND ($4::bigint IS NULL OR fence < $4)"
-        f" RETURNING {STOCK_COLUMNS}",
-        listing_id,
-        quantity,
-        buyer_id,
-        fence,
-    )
-
-
-async def set_stock_if_version(
-    conn: Connection, listing_id: int, new_quantity: int, version: int
-) -> asyncpg.Record | None:
-    """Optimistic write: succeeds only if nobody changed the listing since ``version``."""
-    return await conn.fetchrow(
-        "UPDATE listings SET quantity = $2,"
-        " status = CASE WHEN $2 = 0 THEN 'sold' ELSE status END,"
-        " version = version + 1, updated_at = now()"
-        f" WHERE id = $1 AND version = $3 RETURNING {STOCK_COLUMNS}",
-        listing_id,
-        new_quantity,
-        version,
-    )
-
-
 async def restock(conn: Connection, listing_id: int, quantity: int) -> asyncpg.Record:
     """Give back cancelled stock; a sold listing is on sale again.
 

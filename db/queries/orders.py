@@ -15,29 +15,6 @@ ORDER_COLUMNS = (
 )
 
 
-async def insert_order(
-    conn: Connection,
-    *,
-    listing_id: int,
-    buyer_id: int,
-    seller_id: int,
-    quantity: int,
-    unit_price: int,
-) -> asyncpg.Record:
-    row = await conn.fetchrow(
-        "INSERT INTO orders (listing_id, buyer_id, seller_id, quantity, unit_price, amount)"
-        " VALUES ($1, $2, $3, $4::int, $5::bigint, $4::int * $5::bigint) RETURNING "
-        + ORDER_COLUMNS,
-        listing_id,
-        buyer_id,
-        seller_id,
-        quantity,
-        unit_price,
-    )
-    assert row is not None
-    return row
-
-
 # The whole purchase in one call (db/migrations/0008_purchase_function.sql); made outside
 # any explicit transaction, it commits as it returns.
 PURCHASE = "SELECT * FROM purchase_listing($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"

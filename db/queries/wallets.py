@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import asyncpg
-
 from db.types import Connection, Queryable
 
 
@@ -30,24 +26,3 @@ async def credit(conn: Connection, user_id: int, amount: int) -> int:
         amount,
     )
     return new_balance
-
-
-async def debit_if_covered(conn: Connection, user_id: int, amount: int) -> int | None:
-    """Take ``amount`` only if the balance covers it; the new balance, or None if it does not."""
-    value: int | None = await conn.fetchval(
-        "UPDATE wallets SET balance = balance - $2, updated_at = now()"
-        " WHERE user_id = $1 AND balance >= $2 RETURNING balance",
-        user_id,
-        amount,
-    )
-    return value
-
-
-async def lock_wallets(conn: Connection, user_ids: Sequence[int]) -> dict[int, int]:
-    """Row-lock wallets in ascending user id, the one global order every locker follows."""
-    rows: list[asyncpg.Record] = await conn.fetch(
-        "SELECT user_id, balance FROM wallets WHERE user_id = any($1::bigint[])"
-        " ORDER BY user_id FOR UPDATE",
-        sorted(set(user_ids)),
-    )
-    return {row["user_id"]: row["balance"] for row in rows}
