@@ -52,15 +52,14 @@ import asyncio
 import contextlib
 import logging
 import math
-import socket
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 from redis.exceptions import RedisError
 
+from db.lock_session import lock_session_settings, set_socket_keepalive
 from db.pool import connect
 from db.queries import relay as queries
 from db.queries.outbox import notify_channel
@@ -98,40 +97,10 @@ class RelaySettings:
     lock_timeout: float = 3.0
 
     def lock_session_settings(self, instance: str = "") -> dict[str, str]:
-        """Server-side settings of a lock connection: the session ends, and the lock with
-        it, when the leader stays silent or unreachable for ``lock_timeout``. The
-        application name says which instance's relay it is (to count instances)."""
-        timeout_ms = int(self.lock_timeout * 1000)
-        idle, interval, count = _keepalive(self.lock_timeout)
-        return {
-            "application_name": f"jangteo-relay:{instance}",
-            "statement_timeout": "0",  # the lock wait below may last
-            "idle_session_timeout": str(timeout_ms),
-            "tcp_keepalives_idle": str(idle),
-            "tcp_keepalives_interval": str(interval),
-            "tcp_keepalives_count": str(count),
-            "tcp_user_timeout": str(timeout_ms),
-        }
-
-
-def _keepalive(timeout: float) -> tuple[int, int, int]:
-    """Keepalive idle, interval and count (whole seconds) that give up within ``timeout``."""
-    interval = max(1, int(timeout // 4))
-    return interval, interval, max(1, int(timeout // interval) - 1)
-
-
-def _set_socket_keepalive(conn: asyncpg.Connection, timeout: float) -> None:
-    """The client's side of the same rules, on the lock connection's socket."""
-    transport: Any = getattr(conn, "_transport", None)  # asyncpg exposes no socket options
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return  # a Unix socket has no peer to lose
-    idle, interval, count = _keepalive(timeout)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(timeout * 1000))
+        """A lock connection ends, and the lock with it, when the leader stays silent or
+        unreachable for ``lock_timeout``; its name says which instance's relay it is (to
+        count instances)."""
+        return lock_session_settings(f"jangteo-relay:{instance}", self.lock_timeout)
 
 
 class OutboxRelay:
@@ -332,7 +301,7 @@ class PartitionLeader:
             10,
         )
         self.connection = conn
-        _set_socket_keepalive(conn, self.settings.lock_timeout)
+        set_socket_keepalive(conn, self.settings.lock_timeout)
         timeout = self.settings.lock_timeout  # every statement but the wait in line
         if not await self._take_lock(conn):
             return

@@ -14,6 +14,7 @@ from server.listings.cache import ListingCache
 from server.metrics import Metrics
 from server.openapi import ApiSpec
 from server.orders.locks import PurchaseLocks
+from server.orders.queue import PurchaseQueue
 from server.photos.storage import PhotoStorage
 from server.ratelimit import RateLimiter
 from server.settings import Settings
@@ -30,5 +31,6 @@ api_spec_key = web.AppKey("api_spec", ApiSpec)
 photo_storage_key = web.AppKey("photo_storage", PhotoStorage)
 listing_cache_key = web.AppKey("listing_cache", ListingCache)
 purchase_locks_key = web.AppKey("purchase_locks", PurchaseLocks)
+purchase_queue_key = web.AppKey("purchase_queue", PurchaseQueue)
 
 claims_key = web.RequestKey("claims", AccessClaims)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -16,6 +17,8 @@ from server.listings.invalidation import listen_for_invalidations
 from server.listings.invalidation import stop as stop_listener
 from server.listings.near_cache import NearCache
 from server.orders.locks import PurchaseLocks
+from server.orders.queue import PurchaseQueue, QueueSettings
+from server.orders.queue_consumer import QueueConsumers
 from server.ratelimit import RateLimiter
 from server.redis_client import open_redis
 
@@ -73,3 +76,28 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await stop_listener(listener)
     await client.aclose()
+
+
+async def purchase_queue_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The queue strategy's log, outcome listener and consumers (only under it)."""
+    settings = app[keys.settings_key]
+    if settings.purchase_strategy != "queue":
+        yield
+        return
+    assert settings.database_url is not None, "resolve the database URL first"
+    queue_settings = QueueSettings(
+        settings.database_url,
+        settings.deployment,
+        partitions=settings.purchase_queue_partitions,
+        batch=settings.purchase_queue_batch,
+        timeout=settings.purchase_queue_timeout,
+    )
+    instance = uuid.uuid4().hex
+    queue = PurchaseQueue(queue_settings, app[keys.redis_key], instance)
+    consumers = QueueConsumers(queue_settings, app[keys.redis_key], instance)
+    app[keys.purchase_queue_key] = queue
+    queue.start()
+    consumers.start()
+    yield
+    await consumers.stop()
+    await queue.stop()

@@ -17,7 +17,7 @@ from db.queries.relay import valid_count
 from server.client_address import parse_networks
 
 _DEPLOYMENT = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
-PURCHASE_STRATEGIES = ("pessimistic", "optimistic", "atomic", "redis_lock")
+PURCHASE_STRATEGIES = ("pessimistic", "optimistic", "atomic", "redis_lock", "queue")
 REDIS_MODES = ("single", "cluster")
 T = TypeVar("T")
 
@@ -212,6 +212,12 @@ class Settings:
     rate_limit_auth_email: RateLimit = RateLimit(10, 60)
     rate_limit_writes: RateLimit = RateLimit(120, 60)
     purchase_strategy: str = setting("atomic", parse=_choice(PURCHASE_STRATEGIES))
+    # The queue strategy: partitions of the purchase log (listing id modulo this), the
+    # most purchases a consumer applies in one transaction, and how long a request waits
+    # for its outcome before 503 purchase-pending.
+    purchase_queue_partitions: int = 4
+    purchase_queue_batch: int = 50
+    purchase_queue_timeout: float = 5.0
     cache_enabled: bool = setting(True, name="CACHE")
     allowed_origins: tuple[str, ...] = ()
     trusted_proxies: tuple[str, ...] = setting((), parse=_EnvReader.networks)

@@ -59,7 +59,10 @@ TABLES = (
 # (call_<strategy>). redis_lock's database work is the atomic one plus a fencing
 # predicate (its lock lives in Redis), so it is compared with atomic's scripts.
 SCRIPTS = Path(__file__).resolve().parents[1] / "references" / "pgbench"
-BASELINE_SCRIPT = {name: name for name in PURCHASE_STRATEGIES} | {"redis_lock": "atomic"}
+BASELINE_SCRIPT = {name: name for name in PURCHASE_STRATEGIES} | {
+    "redis_lock": "atomic",
+    "queue": "atomic",  # its consumer applies each purchase as the atomic call does
+}
 # Created in the benchmark's database for call scripts that use it (see the file).
 CALL_REFUSED = SCRIPTS / "purchase_call_refused.sql"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.errors import Conflict, Forbidden, NotFound
+from server.errors import Conflict, Forbidden, NotFound, ServiceUnavailable
 
 
 class OwnListing(Conflict):
@@ -38,3 +38,8 @@ class NotTheBuyer(Forbidden):
 
 class IllegalTransition(Conflict):
     slug, title = "illegal-order-transition", "The order is no longer paid"
+
+
+class PurchasePending(ServiceUnavailable):
+    slug = "purchase-pending"
+    title = "The purchase is queued but not decided yet; retry with the same Idempotency-Key"

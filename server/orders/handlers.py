@@ -32,6 +32,7 @@ async def purchase_listing(request: web.Request) -> web.Response:
         metrics=app[keys.metrics_key],
         locks=app[keys.purchase_locks_key],
         cache=app[keys.listing_cache_key],
+        queue=app.get(keys.purchase_queue_key),
     )
     return stored_response(stored)
 

@@ -73,18 +73,24 @@ class StaleFence(PurchaseConflict):
         self.seen = seen
 
 
-# The problem each refusal of purchase_listing() stands for, by slug.
-REFUSALS: dict[str, Callable[[asyncpg.RaiseError], Problem]] = {
-    "idempotency-key-in-flight": lambda error: IdempotencyKeyInFlight(),
-    "idempotency-key-reused": lambda error: IdempotencyKeyReused(),
-    "listing-not-found": lambda error: ListingNotFound(),
-    "own-listing": lambda error: OwnListing(),
-    "listing-not-on-sale": lambda error: ListingNotOnSale(),
-    "insufficient-stock": lambda error: InsufficientStock(error.detail),
-    "insufficient-funds": lambda error: InsufficientFunds(error.detail),
-    "purchase-conflict": lambda error: PurchaseConflict(error.detail),
-    "stale-fence": lambda error: StaleFence(int(error.detail or 0)),
+# The problem each refusal of purchase_listing() stands for, by slug, given its detail.
+REFUSALS: dict[str, Callable[[str | None], Problem]] = {
+    "idempotency-key-in-flight": lambda detail: IdempotencyKeyInFlight(),
+    "idempotency-key-reused": lambda detail: IdempotencyKeyReused(),
+    "listing-not-found": lambda detail: ListingNotFound(),
+    "own-listing": lambda detail: OwnListing(),
+    "listing-not-on-sale": lambda detail: ListingNotOnSale(),
+    "insufficient-stock": InsufficientStock,
+    "insufficient-funds": InsufficientFunds,
+    "purchase-conflict": PurchaseConflict,
+    "stale-fence": lambda detail: StaleFence(int(detail or 0)),
 }
+
+
+def refusal(slug: str, detail: str | None) -> Problem | None:
+    """The problem a refusal stands for (None: not a refusal of a purchase)."""
+    problem = REFUSALS.get(slug)
+    return None if problem is None else problem(detail)
 
 
 async def purchase(
@@ -110,10 +116,10 @@ async def purchase(
             key_ttl=KEY_TTL,
         )
     except asyncpg.RaiseError as error:
-        refusal = REFUSALS.get(error.message)
-        if refusal is None:
+        problem = refusal(error.message, error.detail)
+        if problem is None:
             raise
-        raise refusal(error) from None
+        raise problem from None
     if row["retries"]:
         metrics.purchase_retries.labels(strategy).inc(row["retries"])
     response = StoredResponse(row["status_code"], row["body"].encode(), row["replayed"])

@@ -24,6 +24,7 @@ from server.metrics import Metrics
 from server.orders.errors import IllegalTransition, NotTheBuyer, OrderNotFound
 from server.orders.locks import PurchaseLocks
 from server.orders.purchase import Purchase, PurchaseRequest, order_out, purchase
+from server.orders.queue import PurchaseQueue
 from server.orders.schemas import OrderOut
 
 
@@ -36,9 +37,11 @@ async def purchase_listing(
     metrics: Metrics,
     locks: PurchaseLocks,
     cache: ListingCache,
+    queue: PurchaseQueue | None = None,
 ) -> StoredResponse:
     """Buy once per idempotency key; the redis_lock strategy holds the listing's lock
-    around the call and hands its fencing token in."""
+    around the call and hands its fencing token in; the queue strategy appends the
+    purchase to the log and waits for its outcome."""
 
     async def buy_once(fenced: PurchaseRequest) -> Purchase:
         async with pool.acquire() as conn:  # no transaction: the call commits by itself
@@ -51,6 +54,9 @@ async def purchase_listing(
     try:
         if strategy == "redis_lock":
             bought = await locks.run(request.listing_id, buy)
+        elif strategy == "queue":
+            assert queue is not None, "the queue strategy needs its queue"
+            bought = await queue.purchase(idempotent, request)
         else:
             bought = await buy(None)
     except Problem as problem:

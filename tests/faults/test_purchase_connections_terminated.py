@@ -43,10 +43,11 @@ async def _buy(http: aiohttp.ClientSession, url: str, buyer: User, key: str) -> 
 
 
 async def _terminate_app_connections(db: asyncpg.Connection) -> int:
-    """pg_terminate_backend on every connection of the app's pools; how many there were."""
+    """pg_terminate_backend on every connection of the app's pools and purchase queue
+    consumers; how many there were."""
     killed: int = await db.fetchval(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-        " WHERE application_name = 'jangteo'"
+        " WHERE application_name = 'jangteo' OR application_name LIKE 'jangteo-queue:%'"
     )
     return killed
 
@@ -90,7 +91,8 @@ async def test_purchases_cut_off_mid_way_leave_nothing_half_done_and_retry_once(
 
             # Each one committed whole or not at all, and said which.
             assert {reply.status for reply in replies} <= {201, 503, 409}, replies
-            assert any(reply.status == 503 for reply in replies), replies
+            if strategy != "queue":  # a consumer's death is hidden: the next one applies
+                assert any(reply.status == 503 for reply in replies), replies
             for reply in replies:
                 if reply.status == 503:
                     assert reply.retry_after is not None
@@ -137,7 +139,8 @@ async def _wait_blocked(
     """Until an app connection waits for the wallet lock (a purchase is mid-way)."""
     async with asyncio.timeout(60):
         while not await db.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'jangteo'"
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE (application_name = 'jangteo' OR application_name LIKE 'jangteo-queue:%')"
             " AND wait_event_type = 'Lock' AND $1 = any(pg_blocking_pids(pid))",
             blocker_pid,
         ):
