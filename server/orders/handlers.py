@@ -88,8 +88,10 @@ def setup_routes(app: web.Application, spec: ApiSpec) -> None:
     money = (400, 403, 404, 409, 422, 429)
     spec.route(
         app, "POST", "/api/v1/listings/{id}/purchase", purchase_listing,
-        summary="Buy (Idempotency-Key required): stock, escrow and order in one transaction",
-        tag="orders", body=PurchaseBody, response=OrderOut, status=201, auth=True, errors=money,
+        summary="Buy (Idempotency-Key required): stock, escrow and order in one transaction;"
+        " 503 purchase-pending when a queued purchase is not decided in time (retry the key)",
+        tag="orders", body=PurchaseBody, response=OrderOut, status=201, auth=True,
+        errors=(*money, 503),
         headers=(IDEMPOTENCY_KEY,),
     )  # fmt: skip
     spec.route(
