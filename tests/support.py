@@ -76,21 +76,31 @@ class ServerProcess:
         self.env = {**os.environ, **env, "JANGTEO_PORT": str(self.port)}
         self.workers = workers
         self.process: subprocess.Popen[bytes] | None = None
+        self.deadline = 0.0  # by when a launched process must listen
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> ServerProcess:
+        return self.launch().ready()
+
+    def launch(self) -> ServerProcess:
+        """Start the process without waiting for it to listen (see ``ready``)."""
         command = [sys.executable, "-m", "jangteo", "serve", "--workers", str(self.workers)]
         # Logs go to a file: a pipe nobody drains could fill up and stall the server.
         self.log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
             command, env=self.env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=self.log
         )
-        deadline = time.monotonic() + 30
+        self.deadline = time.monotonic() + 30
+        return self
+
+    def ready(self) -> ServerProcess:
+        """Wait until the launched process accepts connections on its port."""
+        assert self.process is not None
         while not port_accepts(self.port):
-            if self.process.poll() is not None or time.monotonic() > deadline:
+            if self.process.poll() is not None or time.monotonic() > self.deadline:
                 self.stop()
                 raise RuntimeError(f"server did not start: {self.output()[-2000:]}")
             time.sleep(0.05)
@@ -108,10 +118,15 @@ class ServerProcess:
         finally:
             self.stop()
 
-    def stop(self, timeout: float = 20) -> int:
+    def terminate(self) -> None:
+        """Send SIGTERM to a process still running (``stop`` then waits for it)."""
         assert self.process is not None
         if self.process.poll() is None:
             self.process.terminate()
+
+    def stop(self, timeout: float = 20) -> int:
+        self.terminate()
+        assert self.process is not None
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -122,22 +137,40 @@ class ServerProcess:
                 self.log.close()
 
 
+def start_servers(*servers: ServerProcess) -> list[ServerProcess]:
+    """Start ``servers`` side by side (they import and bind at once); each listens on return.
+
+    If one does not start, all are stopped.
+    """
+    try:
+        for server in servers:
+            server.launch()
+        for server in servers:
+            server.ready()
+    except BaseException:
+        stop_servers(*(server for server in servers if server.process is not None))
+        raise
+    return list(servers)
+
+
+def stop_servers(*servers: ServerProcess) -> None:
+    """Stop ``servers``, all signalled first so that their shutdowns overlap."""
+    for server in servers:
+        server.terminate()
+    for server in servers:
+        server.stop()
+
+
 @contextmanager
 def two_server_processes(
     env: Mapping[str, str],
 ) -> Iterator[tuple[ServerProcess, ServerProcess]]:
     """Two instances on one environment, as behind a load balancer; both stopped after."""
-    first = ServerProcess(env).start()
-    try:
-        second = ServerProcess(env).start()
-    except BaseException:
-        first.stop()
-        raise
+    first, second = start_servers(ServerProcess(env), ServerProcess(env))
     try:
         yield first, second
     finally:
-        first.stop()
-        second.stop()
+        stop_servers(first, second)
 
 
 def server_env(database_url: str, redis_url: str, **settings: str) -> dict[str, str]:

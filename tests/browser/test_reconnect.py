@@ -15,7 +15,7 @@ from tests.browser.support import (
     expect,
     phone_page,
 )
-from tests.support import ServerProcess
+from tests.support import ServerProcess, start_servers, stop_servers
 from tests.system.realtime_support import create_listing, set_price, sign_up
 
 
@@ -32,8 +32,7 @@ def restart_on(port: int, env: Mapping[str, str]) -> ServerProcess:
 async def test_the_page_reconnects_and_resumes_every_event_it_missed(
     browser: Browser, browser_env: dict[str, str], screenshots: Screenshots
 ) -> None:
-    page_server = ServerProcess(browser_env).start()
-    other = ServerProcess(browser_env).start()
+    page_server, other = start_servers(ServerProcess(browser_env), ServerProcess(browser_env))
     servers = [page_server, other]
     try:
         async with aiohttp.ClientSession() as http:
@@ -72,8 +71,7 @@ async def test_the_page_reconnects_and_resumes_every_event_it_missed(
             await screenshots.take("caught-up", viewer=page)
             assert errors.uncaught == []
     finally:
-        for server in servers:
-            server.stop()
+        stop_servers(*servers)
 
 
 @pytest.mark.timeout(300)
@@ -81,8 +79,7 @@ async def test_the_page_reconnects_and_resumes_every_event_it_missed(
 async def test_a_resync_reloads_the_listing_over_rest(
     browser: Browser, browser_env: dict[str, str], screenshots: Screenshots
 ) -> None:
-    page_server = ServerProcess(browser_env).start()
-    other = ServerProcess(browser_env).start()
+    page_server, other = start_servers(ServerProcess(browser_env), ServerProcess(browser_env))
     servers = [page_server, other]
     try:
         async with aiohttp.ClientSession() as http:
@@ -117,8 +114,7 @@ async def test_a_resync_reloads_the_listing_over_rest(
             await screenshots.take("resynced", viewer=page)
             assert errors.uncaught == []
     finally:
-        for server in servers:
-            server.stop()
+        stop_servers(*servers)
 
 
 async def test_the_backoff_is_exponential_with_full_jitter(

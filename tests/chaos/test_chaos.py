@@ -1,5 +1,5 @@
 """A short chaos run (``python -m loadtests.chaos``) inside the suite: a fixed seed whose
-schedule has a fault of every kind in 50 s, against three instances and a PostgreSQL and
+schedule has a fault of every kind in 30 s, against three instances and a PostgreSQL and
 Redis of the run's own. It must pass: every invariant holds after the heal.
 
 Wall-clock figures (the stall, the fresh event's delay) are reported, never asserted
@@ -19,8 +19,8 @@ import pytest
 from loadtests.chaos.schedule import KINDS, plan
 from tests.support import REPO_ROOT
 
-SEED = 1
-DURATION = 50.0
+SEED = 742  # one of the few seeds whose 30 s schedule has a fault of every kind
+DURATION = 30.0
 
 
 def test_the_schedule_is_a_pure_function_of_seed_and_duration() -> None:

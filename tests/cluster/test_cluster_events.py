@@ -31,6 +31,7 @@ from tests.system.realtime_support import (
 CHANNELS_PER_MASTER = 2
 TICK_S = 0.02  # one event committed this often during a fault
 SETTLE_S = 60.0  # a loaded machine may need this long to deliver the last events
+EVENTS_BEFORE = 2  # on every channel, on every socket, before a fault strikes
 
 
 @dataclass
@@ -124,10 +125,13 @@ async def everything_arrived(
 
 
 async def not_ready_seen(
-    http: aiohttp.ClientSession, servers: tuple[ServerProcess, ServerProcess], stop: asyncio.Event
-) -> set[int]:
-    """The instances (by port) whose /readyz said their event subscription was down."""
-    seen: set[int] = set()
+    http: aiohttp.ClientSession,
+    servers: tuple[ServerProcess, ServerProcess],
+    stop: asyncio.Event,
+    seen: set[int],
+) -> None:
+    """The instances (by port) whose /readyz said their event subscription was down,
+    added to ``seen`` as they are found."""
     while not stop.is_set():
         for server in servers:
             with contextlib.suppress(aiohttp.ClientError, TimeoutError):
@@ -136,7 +140,16 @@ async def not_ready_seen(
                     if checks.get("events", "ok") != "ok":
                         seen.add(server.port)
         await asyncio.sleep(0.1)
-    return seen
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float = SETTLE_S) -> None:
+    """Poll ``check`` until it holds or ``timeout`` runs out (the asserts that follow
+    then say what is missing)."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            return
+        await asyncio.sleep(0.1)
 
 
 async def through_a_fault(
@@ -144,8 +157,13 @@ async def through_a_fault(
     database_url: str,
     redis_cluster: EmbeddedRedisCluster,
     fault: Callable[[aioredis.Redis, SlotMap, dict[str, list[str]]], Awaitable[list[str]]],
+    unready: int = 0,
 ) -> tuple[list[Recorder], float, list[str], set[int]]:
     """Two instances, events on channels of every master, ``fault`` in the middle.
+
+    Traffic flows to every socket before the fault, and after it until every socket has
+    had events published after the fault on each channel it affected (and, when
+    ``unready`` is given, that many instances were seen not ready).
 
     Returns the recorders, when the fault struck, the channels it affected, and the
     instances seen not ready; every socket has been checked to hold every event once.
@@ -159,37 +177,67 @@ async def through_a_fault(
         with two_server_processes(cluster_env) as servers:
             async with watching(servers, channels) as recorders, aiohttp.ClientSession() as http:
                 stop = asyncio.Event()
+                seen: set[int] = set()
                 traffic = asyncio.create_task(steady_traffic(database_url, channels, stop))
-                readiness = asyncio.create_task(not_ready_seen(http, servers, stop))
+                readiness = asyncio.create_task(not_ready_seen(http, servers, stop, seen))
+
+                async def flowing() -> bool:
+                    return all(
+                        len(recorder.offsets(c)) >= EVENTS_BEFORE
+                        for recorder in recorders
+                        for c in channels
+                    )
+
                 try:
-                    await asyncio.sleep(1.0)
+                    await until(flowing)
                     struck = time.monotonic()
                     affected = await fault(client, slots, by_master)
-                    await asyncio.sleep(8.0)
+                    marks = {c: (await committed_offsets(database_url, c))[-1] for c in affected}
+
+                    async def past_it() -> bool:
+                        return len(seen) >= unready and all(
+                            recorder.offsets(c) and recorder.offsets(c)[-1] > mark
+                            for recorder in recorders
+                            for c, mark in marks.items()
+                        )
+
+                    await until(past_it)
                 finally:  # whatever happened, no traffic outlives the test
                     stop.set()
                     await traffic
-                    unready = await readiness
+                    await readiness
                 await everything_arrived(database_url, recorders, channels)
                 await subscribed_on_their_masters(client, prefix, channels, instances=2)
     finally:
         await client.aclose()
-    return recorders, struck, affected, unready
+    return recorders, struck, affected, seen
 
 
 async def subscribed_on_their_masters(
     client: aioredis.Redis, prefix: str, channels: list[str], instances: int
 ) -> None:
-    """Each channel is subscribed once per instance on the master that owns it now."""
-    slots = await read_slot_map(client)
-    for channel in channels:
-        owner = slots.owner(prefix + channel)
-        assert owner is not None
-        node = aioredis.Redis(port=node_port(owner))
-        try:
-            answer = await node.execute_command("PUBSUB SHARDNUMSUB", prefix + channel)  # type: ignore[no-untyped-call]
-        finally:
-            await node.aclose()
+    """Each channel is subscribed once per instance on the master that owns it now (after
+    a fault, once the instances have moved their subscriptions there)."""
+    found: list[tuple[str, str | None, object]] = []
+
+    async def settled() -> bool:
+        slots = await read_slot_map(client)
+        found.clear()
+        for channel in channels:
+            owner = slots.owner(prefix + channel)
+            answer = None
+            if owner is not None:
+                node = aioredis.Redis(port=node_port(owner))
+                try:
+                    answer = await node.execute_command("PUBSUB SHARDNUMSUB", prefix + channel)  # type: ignore[no-untyped-call]
+                finally:
+                    await node.aclose()
+            found.append((channel, owner, answer))
+        return all(answer == [((prefix + c).encode(), instances)] for c, _, answer in found)
+
+    await until(settled)
+    for channel, owner, answer in found:
+        assert owner is not None, channel
         assert answer == [((prefix + channel).encode(), instances)], (channel, owner)
 
 
@@ -241,7 +289,7 @@ async def test_a_master_killed_mid_stream_loses_doubles_and_reorders_nothing(
         return by_master[victim]
 
     recorders, struck, affected, unready = await through_a_fault(
-        cluster_env, database_url, redis_cluster, kill_a_master
+        cluster_env, database_url, redis_cluster, kill_a_master, unready=2
     )
     assert len(unready) == 2  # both instances lost that master's link for a while
     for recorder in recorders:

@@ -15,7 +15,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.support import ServerProcess, server_env
+from tests.support import ServerProcess, server_env, start_servers, stop_servers
 from tests.system.realtime_support import (
     Socket,
     User,
@@ -55,8 +55,7 @@ async def test_sigterm_closes_hundreds_of_sockets_with_1001_and_they_resume_else
     database_url: str, redis_url: str, http: aiohttp.ClientSession
 ) -> None:
     env = server_env(database_url, redis_url)
-    leaving = ServerProcess(env).start()
-    staying = ServerProcess(env).start()
+    leaving, staying = start_servers(ServerProcess(env), ServerProcess(env))
     channel = "feed:sigterm"
     try:
         user = await sign_up(http, leaving)
@@ -86,8 +85,7 @@ async def test_sigterm_closes_hundreds_of_sockets_with_1001_and_they_resume_else
             assert socket.offsets(channel) == await committed_offsets(database_url, channel, start)
             assert [e["data"]["n"] for e in socket.events[channel]] == list(range(63))
     finally:
-        leaving.stop()
-        staying.stop()
+        stop_servers(leaving, staying)
 
 
 async def _chat_room(http: aiohttp.ClientSession, server: ServerProcess) -> tuple[User, int]:
@@ -135,8 +133,7 @@ async def test_sigkill_mid_send_keeps_acknowledged_messages_and_stores_resends_o
     database_url: str, redis_url: str, http: aiohttp.ClientSession, db: asyncpg.Connection
 ) -> None:
     env = server_env(database_url, redis_url, WS_FRAMES_PER_SECOND="10000")
-    doomed = ServerProcess(env).start()
-    other = ServerProcess(env).start()
+    doomed, other = start_servers(ServerProcess(env), ServerProcess(env))
     try:
         buyer, room = await _chat_room(http, other)
         socket = await open_socket(http, doomed, buyer)
@@ -177,5 +174,4 @@ async def test_sigkill_mid_send_keeps_acknowledged_messages_and_stores_resends_o
         assert {row["client_id"] for row in rows} == set(sent)
         assert {row["n"] for row in rows} == {1}  # each message once
     finally:
-        doomed.stop()
-        other.stop()
+        stop_servers(doomed, other)

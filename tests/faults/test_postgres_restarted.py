@@ -16,7 +16,7 @@ from server.embedded.postgres import EmbeddedPostgres
 from server.embedded.redis import EmbeddedRedis
 from tests.faults.support import eventually, wait_ready
 from tests.faults.traffic import Traffic, audit, more_writes, open_market, watch
-from tests.support import ServerProcess, server_env
+from tests.support import ServerProcess, server_env, start_servers, stop_servers
 
 ACQUIRE_S, CONNECT_S, STATEMENT_S = 2.0, 2.0, 3.0
 
@@ -31,7 +31,8 @@ async def test_postgres_stopped_and_started_under_traffic_loses_nothing(
         PG_CONNECT_TIMEOUT=str(CONNECT_S),
         PG_STATEMENT_TIMEOUT=str(STATEMENT_S),
     )
-    servers = (ServerProcess(env).start(), ServerProcess(env).start())
+    first, second = start_servers(ServerProcess(env), ServerProcess(env))
+    servers = (first, second)
     try:
         async with aiohttp.ClientSession() as http:
             db = await asyncpg.connect(own_postgres)
@@ -72,5 +73,4 @@ async def test_postgres_stopped_and_started_under_traffic_loses_nothing(
             finally:
                 await db.close()
     finally:
-        for server in servers:
-            server.stop()
+        stop_servers(*servers)

@@ -11,15 +11,14 @@ import asyncpg
 from server.embedded.redis import EmbeddedRedis
 from tests.faults.support import wait_ready
 from tests.faults.traffic import Traffic, audit, more_writes, open_market, watch
-from tests.support import ServerProcess, server_env
+from tests.support import ServerProcess, server_env, start_servers, stop_servers
 
 
 async def test_redis_killed_and_restarted_under_traffic_loses_nothing(
     database_url: str, own_redis: EmbeddedRedis, db: asyncpg.Connection
 ) -> None:
     env = server_env(database_url, own_redis.url, REDIS_TIMEOUT="1")
-    first = ServerProcess(env).start()
-    second = ServerProcess(env).start()
+    first, second = start_servers(ServerProcess(env), ServerProcess(env))
     try:
         async with aiohttp.ClientSession() as http:
             market = await open_market(http, (first, second), db)
@@ -45,5 +44,4 @@ async def test_redis_killed_and_restarted_under_traffic_loses_nothing(
             assert market.chat_refusals == 0
             await audit(market, db, database_url)
     finally:
-        first.stop()
-        second.stop()
+        stop_servers(first, second)

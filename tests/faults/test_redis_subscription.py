@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from server.embedded.redis import EmbeddedRedis
 from tests.faults.support import eventually, metric, wait_ready
-from tests.support import ServerProcess, server_env
+from tests.support import ServerProcess, server_env, start_servers, stop_servers
 from tests.system.realtime_support import committed_offsets, insert_events, open_socket, sign_up
 
 WATCHDOG_S = 0.5
@@ -22,7 +22,7 @@ async def test_killed_subscriber_connections_are_detected_and_backfilled(
     database_url: str, own_redis: EmbeddedRedis
 ) -> None:
     env = server_env(database_url, own_redis.url)
-    servers = (ServerProcess(env).start(), ServerProcess(env).start())
+    servers = start_servers(ServerProcess(env), ServerProcess(env))
     channel = "feed:client-kill"
     try:
         async with aiohttp.ClientSession() as http:
@@ -41,8 +41,7 @@ async def test_killed_subscriber_connections_are_detected_and_backfilled(
                 await socket.wait_events(channel, 15, timeout=60)
                 assert socket.offsets(channel) == await committed_offsets(database_url, channel)
     finally:
-        for server in servers:
-            server.stop()
+        stop_servers(*servers)
 
 
 async def _events_check(http: aiohttp.ClientSession, server: ServerProcess) -> str:

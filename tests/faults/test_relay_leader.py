@@ -16,7 +16,7 @@ import aiohttp
 from loadtests.chaos.proxy import TcpProxy
 from server.embedded.redis import EmbeddedRedis
 from tests.faults.support import eventually, metric, wait_ready
-from tests.support import ServerProcess, server_env
+from tests.support import ServerProcess, server_env, start_servers, stop_servers
 from tests.system.realtime_support import (
     Socket,
     User,
@@ -69,10 +69,12 @@ async def test_a_leader_cut_off_from_redis_hands_over_and_every_instance_keeps_r
 ) -> None:
     proxies = [TcpProxy(own_redis.port).start() for _ in range(2)]
     settings = {"REDIS_WATCHDOG_INTERVAL": "0.5", "REDIS_TIMEOUT": "1"}
-    servers = [
-        ServerProcess(server_env(own_postgres, proxy.url(own_redis.url), **settings)).start()
-        for proxy in proxies
-    ]
+    servers = start_servers(
+        *(
+            ServerProcess(server_env(own_postgres, proxy.url(own_redis.url), **settings))
+            for proxy in proxies
+        )
+    )
     try:
         async with aiohttp.ClientSession() as http:
             for server in servers:
@@ -97,8 +99,7 @@ async def test_a_leader_cut_off_from_redis_hands_over_and_every_instance_keeps_r
             await edit_prices(http, other, user, listing, range(2000, 2002))
             await all_received(sockets, channel, own_postgres)
     finally:
-        for server in servers:
-            server.stop()
+        stop_servers(*servers)
         for proxy in proxies:
             proxy.stop()
 
@@ -107,7 +108,7 @@ async def test_a_paused_leader_loses_the_lock_and_events_flow_on(
     own_postgres: str, own_redis: EmbeddedRedis
 ) -> None:
     env = server_env(own_postgres, own_redis.url, RELAY_LOCK_TIMEOUT="3")
-    servers = [ServerProcess(env).start(), ServerProcess(env).start()]
+    servers = start_servers(ServerProcess(env), ServerProcess(env))
     paused: int | None = None
     try:
         async with aiohttp.ClientSession() as http:
@@ -140,5 +141,4 @@ async def test_a_paused_leader_loses_the_lock_and_events_flow_on(
     finally:
         if paused is not None:
             os.kill(paused, signal.SIGCONT)
-        for server in servers:
-            server.stop()
+        stop_servers(*servers)

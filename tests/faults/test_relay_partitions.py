@@ -26,7 +26,7 @@ from db.queries.relay import set_partitions
 from loadtests.chaos.proxy import TcpProxy
 from server.embedded.redis import EmbeddedRedis
 from tests.faults.support import eventually, wait_ready
-from tests.support import REPO_ROOT, ServerProcess, server_env
+from tests.support import REPO_ROOT, ServerProcess, server_env, start_servers, stop_servers
 from tests.system.realtime_support import (
     Socket,
     User,
@@ -77,11 +77,8 @@ async def cluster(database_url: str, redis: EmbeddedRedis) -> AsyncIterator[Clus
         for _ in range(3):
             proxy = TcpProxy(redis.port).start()
             env = server_env(database_url, proxy.url(redis.url), **SETTINGS)
-            try:
-                started.append(Instance(ServerProcess(env).start(), proxy))
-            except BaseException:
-                proxy.stop()
-                raise
+            started.append(Instance(ServerProcess(env), proxy))
+        start_servers(*(instance.server for instance in started))
         async with aiohttp.ClientSession() as http:
             scene = Cluster(http, started, by_partition)
             for server in scene.servers:
@@ -95,8 +92,8 @@ async def cluster(database_url: str, redis: EmbeddedRedis) -> AsyncIterator[Clus
                 for instance in started:
                     await instance.watching.close()
     finally:
+        stop_servers(*(i.server for i in started if i.server.process is not None))
         for instance in started:
-            instance.server.stop()
             instance.proxy.stop()
 
 

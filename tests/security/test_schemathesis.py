@@ -22,6 +22,7 @@ import requests
 import schemathesis
 from schemathesis import Case
 from schemathesis.core.parameters import ParameterLocation
+from schemathesis.core.result import Ok
 from schemathesis.engine import Status, events, from_schema
 from schemathesis.engine.core import EventStream
 from schemathesis.hooks import GLOBAL_HOOK_DISPATCHER
@@ -32,10 +33,13 @@ from tests.support import ServerProcess
 
 AnyCase = Case[Any]
 SEED = 20261201
-# Per operation and phase; about 25 s in all on a 2-core machine. Ids in paths are integers
-# and names have patterns, so generating them is cheap (strings that must survive a URL
-# path cost hypothesis most of the time).
+# Per operation and phase (the coverage phase makes every case the document defines, however
+# many). Ids in paths are integers and names have patterns, so generating them is cheap
+# (strings that must survive a URL path cost hypothesis most of the time). The fuzzing
+# phase, which follows the coverage phase's edge cases, takes fewer per operation; the
+# stateful phase keeps MAX_EXAMPLES for its scenarios over the links.
 MAX_EXAMPLES = 40
+FUZZING_EXAMPLES = 20
 
 
 @pytest.fixture
@@ -68,7 +72,10 @@ def _config(base_url: str, token: str) -> schemathesis.Config:
                 "deterministic": True,
                 "database": "none",
             },
-            "phases": {"stateful": {"enabled": True}},
+            "phases": {
+                "fuzzing": {"generation": {"max-examples": FUZZING_EXAMPLES}},
+                "stateful": {"enabled": True},
+            },
             "checks": {
                 "positive_data_acceptance": {"expected-statuses": ACCEPTED},
                 "negative_data_rejection": {"expected-statuses": REFUSED},
@@ -124,15 +131,19 @@ class Outcome:
 
     failures: list[str] = field(default_factory=list)
     answered: set[tuple[str, str, int]] = field(default_factory=set)
+    # The operations (by label) that got an answer, by phase.
+    reached: dict[str, set[str]] = field(default_factory=dict)
 
     def record(self, event: events.ScenarioFinished) -> None:
         recorder = event.recorder
-        for interaction in recorder.interactions.values():
+        for case_id, interaction in recorder.interactions.items():
             if interaction.response is not None:
                 path = urlsplit(interaction.request.uri).path
                 self.answered.add(
                     (interaction.request.method, path, interaction.response.status_code)
                 )
+                operation = recorder.cases[case_id].value.operation.label
+                self.reached.setdefault(str(event.phase), set()).add(operation)
         for case_id, checks in recorder.checks.items():
             for check in checks:
                 if check.status == Status.FAILURE and check.failure_info is not None:
@@ -169,6 +180,22 @@ def test_the_served_api_keeps_to_its_openapi_document(served: ServerProcess) -> 
     finally:
         GLOBAL_HOOK_DISPATCHER.unregister(_close_when_upgraded)
     assert not outcome.failures, "\n\n".join(dict.fromkeys(outcome.failures))
+    # Every operation of the document was called in each phase that generates data, and
+    # the stateful phase followed the links between them.
+    operations = set()
+    for result in schema.get_all_operations():
+        assert isinstance(result, Ok), result
+        operations.add(result.ok().label)
+    for phase in ("coverage", "fuzzing"):
+        missed = operations - outcome.reached.get(phase, set())
+        assert not missed, (phase, sorted(missed))
+    linked = {
+        "POST /api/v1/listings",
+        "GET /api/v1/listings/{id}",
+        "POST /api/v1/listings/{id}/purchase",
+    }
+    stateful = outcome.reached.get("stateful", set())
+    assert linked <= stateful, sorted(stateful)
     # It ran as the signed-in user (protected routes answered with success), and the
     # socket's handshake as documented is one the server takes.
     for reached in (

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
+from db.migrate import migrate
 from db.queries.listings import FeedFilter, feed_sql
 from server.cursors import encode_cursor
 from server.settings import Settings
@@ -423,35 +427,72 @@ async def test_paging_neither_skips_nor_repeats_while_listings_are_added(
 # --- indexes ---------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def market(db: asyncpg.Connection, redis_url: str) -> asyncpg.Connection:
-    """20 000 listings over 100 regions, 200 sellers and skewed categories, vacuumed and analysed.
+MARKET_SQL = """
+    INSERT INTO users (email, password_hash, nickname, region)
+    SELECT 'bulk' || n || '@example.com', 'x', 'bulk', 'region-' || (n % 100)
+    FROM generate_series(1, 200) n;
+    INSERT INTO listings (seller_id, title, description, price, category, region, status)
+    SELECT (SELECT min(id) FROM users) + n % 200,
+           'item ' || md5(n::text),
+           'about ' || md5((n * 7)::text) || CASE WHEN n % 1000 = 0 THEN ' 자전거' ELSE '' END,
+           (n::bigint * 7919) % 1000000,
+           CASE WHEN n % 97 = 0 THEN 'tickets' ELSE (ARRAY['digital', 'appliances',
+               'furniture', 'kids', 'fashion', 'beauty', 'sports', 'hobby', 'books', 'pets',
+               'plants', 'food', 'etc'])[1 + n % 13] END,
+           'region-' || (n % 100),
+           (ARRAY['on_sale', 'on_sale', 'on_sale', 'reserved', 'sold', 'hidden'])[1 + n % 6]
+    FROM generate_series(1, 20000) n;
+"""
+
+
+@pytest.fixture(scope="module")
+def market_database(service_urls: tuple[str, str]) -> Iterator[str]:
+    """A migrated database of this module's own with 20 000 listings over 100 regions, 200
+    sellers and skewed categories, vacuumed and analysed; made once, as the index tests
+    only read it.
 
     Regions and sellers are many, as in a real market, so their filters are selective; the
     "tickets" category is rare. VACUUM as well as ANALYZE: it flushes the pending list a bulk
     load leaves in the GIN index (autovacuum would, in production), which the planner costs.
     """
-    await db.execute(
-        """
-        INSERT INTO users (email, password_hash, nickname, region)
-        SELECT 'bulk' || n || '@example.com', 'x', 'bulk', 'region-' || (n % 100)
-        FROM generate_series(1, 200) n;
-        INSERT INTO listings (seller_id, title, description, price, category, region, status)
-        SELECT (SELECT min(id) FROM users) + n % 200,
-               'item ' || md5(n::text),
-               'about ' || md5((n * 7)::text) || CASE WHEN n % 1000 = 0 THEN ' 자전거' ELSE '' END,
-               (n::bigint * 7919) % 1000000,
-               CASE WHEN n % 97 = 0 THEN 'tickets' ELSE (ARRAY['digital', 'appliances',
-                   'furniture', 'kids', 'fashion', 'beauty', 'sports', 'hobby', 'books', 'pets',
-                   'plants', 'food', 'etc'])[1 + n % 13] END,
-               'region-' || (n % 100),
-               (ARRAY['on_sale', 'on_sale', 'on_sale', 'reserved', 'sold', 'hidden'])[1 + n % 6]
-        FROM generate_series(1, 20000) n;
-        """
-    )
-    await db.execute("VACUUM ANALYZE listings")
-    await db.execute("SET enable_seqscan = off")
-    return db
+    admin_url = service_urls[0]
+    name = f"jangteo_market_{os.getpid()}"
+    url = urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
+
+    async def admin(statement: str) -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    async def fill() -> None:
+        await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin(f'CREATE DATABASE "{name}"')
+        await migrate(url)
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(MARKET_SQL)
+            await conn.execute("VACUUM ANALYZE listings")
+        finally:
+            await conn.close()
+
+    asyncio.run(fill())
+    try:
+        yield url
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+async def market(market_database: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the market's database that may not scan a table sequentially."""
+    conn = await asyncpg.connect(market_database)
+    try:
+        await conn.execute("SET enable_seqscan = off")
+        yield conn
+    finally:
+        await conn.close()
 
 
 @pytest.mark.parametrize(

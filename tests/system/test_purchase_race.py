@@ -33,7 +33,7 @@ from tests.orders_support import (
     quick_account,
     quick_accounts,
 )
-from tests.support import TEST_JWT_SECRET, Account, ServerProcess
+from tests.support import TEST_JWT_SECRET, Account, ServerProcess, start_servers, stop_servers
 
 STOCK = 25
 PRICE = 1_000
@@ -70,14 +70,11 @@ def cluster(request: pytest.FixtureRequest, database_url: str, redis_url: str) -
         # correctness under contention, not about shedding load.
         "JANGTEO_PG_ACQUIRE_TIMEOUT": "60",
     }
-    started: list[ServerProcess] = []
+    first, second = start_servers(ServerProcess(env), ServerProcess(env))
     try:
-        for _ in range(2):
-            started.append(ServerProcess(env).start())
-        yield Cluster(request.param, (started[0], started[1]))
+        yield Cluster(request.param, (first, second))
     finally:
-        for server in started:
-            server.stop()
+        stop_servers(first, second)
 
 
 @pytest.fixture
