@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
 from db.lock_session import lock_session_settings, set_socket_keepalive
@@ -70,6 +71,8 @@ class QueueConsumers:
                     "purchase queue consumer failed",
                     extra={"partition": partition, "error": repr(error)},
                 )
+            except Exception:  # a candidate never dies: it logs and tries again
+                log.exception("purchase queue consumer failed", extra={"partition": partition})
             finally:
                 self.consuming.discard(partition)
             await asyncio.sleep(RETRY_S)
@@ -102,7 +105,13 @@ class QueueConsumers:
 
     async def _ensure_group(self, stream: str) -> None:
         try:
-            await self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            if isinstance(self.redis, RedisCluster):  # it cannot tell XGROUP's key itself
+                await self.redis.execute_command(
+                    "XGROUP CREATE", stream, GROUP, "0", "MKSTREAM",
+                    target_nodes=self.redis.get_node_from_key(stream),
+                )  # fmt: skip
+            else:
+                await self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
         except ResponseError as error:
             if "BUSYGROUP" not in str(error):
                 raise
