@@ -47,7 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m loadtests bench http
 	$(BIN)/python -m loadtests bench listings
-	$(BIN)/python -m loadtests bench purchase
+	$(BIN)/python -m loadtests bench purchase --buyers-sweep 50,200,500
 	$(BIN)/python -m loadtests bench purchase --listings 500 --buyers 2000 --clients 40 --name purchase-spread
 	$(BIN)/python -m loadtests bench realtime
 	$(BIN)/python -m loadtests bench realtime --sockets 20000 --phases fanout --name realtime-20k

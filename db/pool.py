@@ -13,7 +13,8 @@ import asyncpg
 import orjson
 from asyncpg.pool import PoolAcquireContext, PoolConnectionProxy
 
-from db.queries.outbox import notify_if_events_written
+from db.queries.outbox import take_events_written
+from db.wake_up import RelayWaker
 
 # The only session setting sent as a startup parameter: pgbouncer (in every pool mode)
 # refuses a connection whose startup packet carries one it does not track, such as
@@ -73,10 +74,21 @@ class TimedPool(asyncpg.Pool):
 
     acquire_timeout: float = 5.0
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args: Any, waker: RelayWaker, **kwargs: Any) -> None:
+        super().__init__(*args, reset=functools.partial(_on_release, waker), **kwargs)
         self._gate = FifoGate(self.get_max_size())
         self._permits: set[PoolConnectionProxy[Any]] = set()
+        self.waker = waker
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        finally:
+            await self.waker.close()
+
+    def terminate(self) -> None:
+        super().terminate()
+        self.waker.terminate()
 
     def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext:
         return super().acquire(timeout=self.acquire_timeout if timeout is None else timeout)
@@ -107,11 +119,13 @@ class TimedPool(asyncpg.Pool):
                 self._gate.release()
 
 
-async def _on_release(connection: asyncpg.Connection) -> None:
+async def _on_release(waker: RelayWaker, connection: asyncpg.Connection) -> None:
     """Instead of asyncpg's reset query (a round trip per request; jangteo leaves nothing
-    session-wide behind: no session advisory locks, LISTEN, SET or cursors), only wake
-    the outbox relay when the connection's transaction wrote events."""
-    await notify_if_events_written(connection)
+    session-wide behind: no session advisory locks, LISTEN, SET or cursors), only hand the
+    slots the connection's transaction wrote events to to the relay's waker."""
+    slots = take_events_written(connection)
+    if slots:
+        waker.wake(slots)
 
 
 def startup_settings(settings: Mapping[str, str]) -> dict[str, str]:
@@ -189,7 +203,6 @@ async def create_pool(
         "max_inactive_connection_lifetime": 300.0,
         "setup": None,
         "init": functools.partial(_init_connection, session),
-        "reset": _on_release,
         "loop": None,
         "connection_class": asyncpg.Connection,
         "record_class": asyncpg.Record,
@@ -197,7 +210,8 @@ async def create_pool(
         "command_timeout": statement_timeout + 1,
         "server_settings": startup_settings(session),
     }
-    pool = TimedPool(database_url, **options)
+    waker = RelayWaker(functools.partial(connect, database_url, session, connect_timeout))
+    pool = TimedPool(database_url, waker=waker, **options)
     pool.acquire_timeout = acquire_timeout
     await pool
     return pool

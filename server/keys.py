@@ -8,6 +8,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from server.auth.passwords import PasswordHasher
+from server.auth.revocations import SessionRevocations
 from server.auth.tokens import AccessClaims, TokenIssuer
 from server.client_address import Network
 from server.listings.cache import ListingCache
@@ -32,5 +33,6 @@ photo_storage_key = web.AppKey("photo_storage", PhotoStorage)
 listing_cache_key = web.AppKey("listing_cache", ListingCache)
 purchase_locks_key = web.AppKey("purchase_locks", PurchaseLocks)
 purchase_queue_key = web.AppKey("purchase_queue", PurchaseQueue)
+session_revocations_key = web.AppKey("session_revocations", SessionRevocations)
 
 claims_key = web.RequestKey("claims", AccessClaims)

@@ -12,6 +12,7 @@ from prometheus_client import Gauge
 from db.pool import create_pool
 from rediswire.codec import redis_database
 from server import keys
+from server.auth.revocations import SessionRevocations
 from server.listings.cache import ListingCache
 from server.listings.invalidation import listen_for_invalidations
 from server.listings.invalidation import stop as stop_listener
@@ -69,11 +70,14 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         sharded=cluster is not None,
     )
     app[keys.purchase_locks_key] = PurchaseLocks(client)
+    app[keys.session_revocations_key] = SessionRevocations(client)
     listener = asyncio.create_task(
         listen_for_invalidations(settings.redis_url, near, settings.deployment, cluster),
         name="jangteo-cache-invalidations",
     )
     yield
+    await app[keys.listing_cache_key].close()
+    await app[keys.session_revocations_key].close()
     await stop_listener(listener)
     await client.aclose()
 

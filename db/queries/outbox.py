@@ -21,7 +21,7 @@ NOTIFY_PREFIX = "jangteo_outbox_"
 
 # Per server pid of a pooled connection that wrote events in its current transaction,
 # the slots written to; the pool wakes their relay leaders when it is released, after
-# the commit (see db/pool.py).
+# the commit (see db/pool.py and db/wake_up.py).
 _notify_on_release: dict[int, set[int]] = {}
 
 
@@ -57,23 +57,28 @@ async def insert_events(conn: Connection, events: Sequence[Event]) -> None:
     )
 
 
+def take_events_written(conn: Connection) -> set[int] | None:
+    """The slots ``conn`` wrote events to since it was last asked, if any."""
+    return _notify_on_release.pop(conn.get_server_pid(), None)
+
+
 async def notify_if_events_written(conn: Connection) -> None:
-    """Wake the relay if ``conn`` wrote events; called as it returns to the pool.
+    """Wake the relay if ``conn`` wrote events, from ``conn`` itself (after its commit).
 
     Committed asynchronously: the wake-up needs no durability, so it waits for no flush.
     """
-    slots = _notify_on_release.pop(conn.get_server_pid(), None)
+    slots = take_events_written(conn)
     if slots:
         try:
-            await conn.execute(_wake_up_sql(slots))
+            await conn.execute(wake_up_sql(slots))
         except Exception as error:
-            # Best effort, whatever went wrong: raising here would replace the request's
-            # own outcome (a 200 for a committed change, or the error of a failed commit)
-            # with this one. The relay's poll finds the rows; the connection is dropped.
+            # Best effort, whatever went wrong: raising here would replace the caller's
+            # own outcome with this one. The relay's poll finds the rows.
             log.warning("relay wake-up failed after commit", extra={"error": repr(error)})
             conn.terminate()
 
 
-def _wake_up_sql(slots: Iterable[int]) -> str:
+def wake_up_sql(slots: Iterable[int]) -> str:
+    """Wake the leaders of ``slots``, committed asynchronously (a hint needs no flush)."""
     notify = "; ".join(f"NOTIFY {notify_channel(slot)}" for slot in sorted(slots))
     return f"SET LOCAL synchronous_commit = off; {notify}"

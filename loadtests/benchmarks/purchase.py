@@ -1,12 +1,15 @@
 """Purchase benchmark: 500 buyers on one listing per strategy (or ``--listings`` to spread
 them), checked, against pgbench running jangteo's purchase transaction as it was before a
-purchase became one call, and pgbench making that one call."""
+purchase became one call, and pgbench making that one call. ``--buyers-sweep 50,200,500``
+also runs every strategy at those buyer counts and draws paid orders/s and p99 against them
+(``<name>-buyers.png``)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import concurrent.futures
+import math
 import multiprocessing
 import os
 import random
@@ -25,8 +28,14 @@ import orjson
 import redis
 import uvloop
 
-from loadtests.harness.processes import BenchError, jangteo_command, run_checked, server_problems
-from loadtests.harness.report import COLOURS, bars, finish, text_table
+from loadtests.harness.processes import (
+    BenchError,
+    as_line,
+    jangteo_command,
+    run_checked,
+    server_problems,
+)
+from loadtests.harness.report import COLOURS, SweepRun, bars, finish, purchase_sweep, text_table
 from loadtests.harness.results import Machine, Result, versions
 from loadtests.harness.results import load_average as current_load
 from loadtests.harness.stack import (
@@ -42,6 +51,7 @@ from loadtests.harness.stats import summary_ms
 from loadtests.harness.tools import pgbench
 from server.auth.tokens import TokenIssuer
 from server.listings.cache import detail_base, feed_base
+from server.orders.locks import fence_key, lock_key
 from server.settings import PURCHASE_STRATEGIES, Settings
 
 WORKERS = 2
@@ -65,6 +75,11 @@ BASELINE_SCRIPT = {name: name for name in PURCHASE_STRATEGIES} | {
 }
 # Created in the benchmark's database for call scripts that use it (see the file).
 CALL_REFUSED = SCRIPTS / "purchase_call_refused.sql"
+# One colour per strategy in the buyers sweep's figure; a pgbench reference takes the
+# colour of the strategy its script is named after.
+STRATEGY_COLOURS = dict(
+    zip(PURCHASE_STRATEGIES, ("#8e44ad", "#f0ad4e", "#d9534f", "#2a7ab9", "#5cb85c"), strict=True)
+)
 
 
 # ----------------------------------------------------------------------------- data
@@ -88,6 +103,18 @@ class Fixture:
     @property
     def listing_ids(self) -> range:
         return range(LISTING_ID, LISTING_ID + self.listings)
+
+
+def fixture_for(args: argparse.Namespace, buyers: int) -> Fixture:
+    """The fixture of a run with ``buyers`` buyers: the headline's (``--buyers``), or one
+    of the sweep's.
+
+    Fewer buyers than the headline's get more purchases funded each, as many in all as the
+    headline's buyers (500 x 40, twice the default stock): a small buyer count of the sweep
+    runs out of stock, not of money, and the headline's fixture stays as it always was.
+    """
+    funded = max(args.purchases_funded, math.ceil(args.purchases_funded * args.buyers / buyers))
+    return Fixture(buyers, args.stock, args.price, funded, listings=args.listings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,8 +188,8 @@ def clear_redis_keys(redis_url: str, fixture: Fixture) -> None:
     keys = [f"{feed_base(REGION)}:gen"]
     for listing in fixture.listing_ids:
         keys += [
-            f"lock:listing:{listing}",
-            f"fence:listing:{listing}",
+            lock_key(listing),
+            fence_key(listing),
             f"{detail_base(listing)}:gen",
         ]
     with redis.Redis.from_url(redis_url) as client:
@@ -548,6 +575,164 @@ async def run_strategy(
     }
 
 
+# ----------------------------------------------------------------------------- buyers sweep
+
+
+def buyer_counts(text: str) -> list[int]:
+    """``--buyers-sweep 50,200,500``: the buyer counts, ascending, each once. A typo fails
+    when the options are parsed, not after minutes of runs."""
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: want buyer counts separated by commas, each at least 1 (50,200,500)"
+        )
+    return sorted(set(counts))
+
+
+def sweep_points(headline: int, sweep: Sequence[int]) -> list[int]:
+    """Every buyer count a strategy runs at, ascending: the sweep's and the headline's
+    (``--buyers``), which is always one of them, so that the table's run is measured once
+    and drawn in the sweep too."""
+    return sorted({headline, *sweep})
+
+
+def sweep_record(
+    points: Sequence[int], headline: int, others: Mapping[int, list[Any]]
+) -> dict[str, Any]:
+    """The results' ``buyers_sweep``: every buyer count, the headline's (its runs are the
+    table's ``strategies``, not stored twice), and the other counts' runs by buyers. Empty
+    without a sweep, as results written before the sweep existed read."""
+    if len(points) < 2:
+        return {}
+    return {
+        "buyers": list(points),
+        "headline": headline,
+        "points": {str(buyers): list(others[buyers]) for buyers in points if buyers != headline},
+    }
+
+
+async def run_buyer_counts(
+    strategy: str, points: Sequence[int], *, url: str, redis_url: str, args: argparse.Namespace,
+    record: dict[str, str],
+) -> dict[int, dict[str, Any]]:  # fmt: skip
+    """``strategy`` at each buyer count, fewest buyers first: its runs by buyers. The
+    sweep's runs (not the headline's, whose row stays as it was) say their buyers and
+    funds, as their fixture differs from the results' ``load``."""
+    runs = {}
+    for buyers in points:
+        print(f"\n== {strategy}, {buyers:,} buyers", flush=True)
+        fixture = fixture_for(args, buyers)
+        result = await run_strategy(
+            strategy, url=url, redis_url=redis_url, fixture=fixture, args=args, record=record
+        )
+        print_run(result)
+        if buyers != args.buyers:
+            result = {"buyers": buyers, "funds_per_buyer": fixture.funds_per_buyer, **result}
+        runs[buyers] = result
+    return runs
+
+
+def print_run(result: Mapping[str, Any]) -> None:
+    """One run's paid/s, answers and verdict; a warning when the stock ran out, which caps
+    paid/s (``--stock`` is at most 10,000, the schema's limit)."""
+    http = result["http"]
+    verdict = "OK" if result["invariants"]["ok"] else "FAILED"
+    print(f"  paid/s {http['paid_per_second']}, statuses {http['statuses']},"
+          f" invariants {verdict}", flush=True)  # fmt: skip
+    if result["invariants"]["figures"].get("stock_left") == 0:
+        print("  SOLD OUT during the run: paid/s is capped by the stock", flush=True)
+
+
+def same_connection_references(
+    strategies: Sequence[Mapping[str, Any]], clients: str
+) -> dict[str, float]:
+    """pgbench's paid orders/s with ``clients`` clients, by script (each once): the
+    references drawn in the sweep. pgbench opens ``--clients`` connections whatever the
+    buyers, so it runs once per benchmark run, not once per buyer count."""
+    found: dict[str, float] = {}
+    for strategy in strategies:
+        for runs in ("baseline", "call_baseline"):
+            if run := strategy.get(runs, {}).get(clients):
+                found[run["script"]] = float(run["paid_per_second"])
+    return found
+
+
+def sweep_table(runs: Sequence[SweepRun]) -> str:
+    """The sweep as printed after the table: paid/s and p99 per strategy and buyer count."""
+    counts = sorted({r.buyers for r in runs})
+    by_run = {(r.strategy, r.buyers): r for r in runs}
+    head = ["strategy"]
+    for n in counts:
+        head += [f"{n} buyers paid/s", "p99 ms"]
+    rows = []
+    for strategy in dict.fromkeys(r.strategy for r in runs):
+        cells = [strategy]
+        for n in counts:
+            run = by_run.get((strategy, n))
+            paid, p99 = (None, None) if run is None else (run.paid_per_second, run.p99_ms)
+            failed = run is not None and not run.invariants_ok
+            cells += ["-" if paid is None else f"{paid:,.1f}" + (" FAILED" if failed else ""),
+                      "-" if p99 is None else f"{p99:,.0f}"]  # fmt: skip
+        rows.append(cells)
+    return text_table(head, rows, "l" + "r" * (len(head) - 1))
+
+
+def plot_buyers(
+    plt: Any, runs: Sequence[SweepRun], references: Mapping[str, float], clients: str,
+    title: str, caption: str, path: Path,
+) -> None:  # fmt: skip
+    """Two panels against the buyers: paid orders/s (with pgbench's references, measured
+    once, as horizontal lines) and the p99 of paid orders; one line per strategy, a cross
+    on a run whose invariants failed. No pgbench line on the p99 panel: its latency is at
+    ``clients`` connections, not at that many buyers."""
+    figure, (rate, tail) = plt.subplots(1, 2, figsize=(11.0, 5.5), dpi=120)
+    for strategy in dict.fromkeys(r.strategy for r in runs):
+        mine = sorted((r for r in runs if r.strategy == strategy), key=lambda r: r.buyers)
+        for axes, values in ((rate, [r.paid_per_second for r in mine]),
+                             (tail, [r.p99_ms for r in mine])):  # fmt: skip
+            _sweep_line(axes, strategy, mine, values)
+    drawn = []
+    for script, value in references.items():
+        before = not script.startswith("call_")
+        what = f"{script}, before one call" if before else script
+        drawn.append(rate.axhline(
+            value, color=STRATEGY_COLOURS.get(script.removeprefix("call_"), "#222222"),
+            linestyle=":" if before else "--", linewidth=1, label=f"pgbench -c {clients}: {what}",
+        ))  # fmt: skip
+    counts = sorted({r.buyers for r in runs})
+    for axes, label in ((rate, "paid orders / s (higher is better)"),
+                        (tail, "p99 of paid orders, ms (lower is better)")):  # fmt: skip
+        axes.set_xticks(counts, [f"{n:,}" for n in counts])
+        axes.set_xlabel("concurrent buyers")
+        axes.set_ylabel(label)
+        axes.grid(alpha=0.3)
+    paid = [r.paid_per_second or 0.0 for r in runs]
+    rate.set_ylim(0, 1.12 * max([*paid, *references.values(), 1.0]))  # room above pgbench
+    tail.set_ylim(bottom=0)
+    tail.legend(loc="upper left", fontsize=7)  # the strategies; the colours are the same left
+    if drawn:
+        rate.legend(handles=drawn, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2,
+                    fontsize=7)  # fmt: skip
+    figure.suptitle(title, fontsize=10)
+    finish(plt, figure, caption, path)
+
+
+def _sweep_line(
+    axes: Any, strategy: str, runs: Sequence[SweepRun], values: Sequence[float | None]
+) -> None:
+    colour = STRATEGY_COLOURS.get(strategy, "#555555")
+    xs = [r.buyers for r in runs]
+    ys = [math.nan if value is None else value for value in values]
+    axes.plot(xs, ys, marker="o", color=colour, label=strategy)
+    failed = [(r.buyers, y) for r, y in zip(runs, ys, strict=True) if not r.invariants_ok]
+    if failed:
+        axes.scatter(*zip(*failed, strict=True), marker="x", s=90, color="black", zorder=3,
+                     label=f"{strategy}: invariants FAILED")  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- run
 
 
@@ -556,9 +741,22 @@ class PurchaseResult(Result):
     target: str
     strategies: list[dict[str, Any]]
     pgbench_scripts: dict[str, str]
+    buyers_sweep: dict[str, Any] = field(default_factory=dict)  # see sweep_record
 
     def failures(self) -> list[str]:
-        return [f"invariants {s['strategy']}" for s in self.strategies if not s["invariants"]["ok"]]
+        failed = [
+            f"invariants {s['strategy']}" for s in self.strategies if not s["invariants"]["ok"]
+        ]
+        headline = self.buyers_sweep.get("headline")
+        return failed + [
+            f"invariants {r.strategy} at {r.buyers} buyers"
+            for r in self.sweep_runs()
+            if not r.invariants_ok and r.buyers != headline
+        ]
+
+    def sweep_runs(self) -> list[SweepRun]:
+        """Every run of the buyers sweep, the headline's included ([] without a sweep)."""
+        return purchase_sweep({"strategies": self.strategies, "buyers_sweep": self.buyers_sweep})
 
     def client_counts(self) -> list[str]:
         return [str(n) for n in dict.fromkeys(self.load["pgbench_clients"])]
@@ -599,9 +797,32 @@ class PurchaseResult(Result):
             for n in counts:
                 head += [f"{kind}{n}/s", "ratio"]
         head += ["invariants", "409s / other"]
-        return text_table(head, rows, "l" + "r" * (len(head) - 3) + "ll")
+        headline = text_table(head, rows, "l" + "r" * (len(head) - 3) + "ll")
+        sweep = self.sweep_runs()
+        return f"{headline}\n\n{sweep_table(sweep)}" if sweep else headline
 
     def plot(self, plt: Any, path: Path) -> None:
+        """Paid orders/s per strategy with its pgbench baselines; with a buyers sweep, also
+        ``<name>-buyers.png``."""
+        self.plot_strategies(plt, path)
+        if sweep := self.sweep_runs():
+            buyers_path = path.with_name(f"{path.stem}-buyers{path.suffix}")
+            clients = str(WORKERS * self.load["pg_pool_max_per_worker"])
+            listings = self.load.get("listings", 1)
+            where = "One listing" if listings == 1 else f"{listings:,} listings"
+            title = (
+                f"{where}: paid orders/s and p99 by buyers, {WORKERS} jangteo workers;"
+                f" pgbench -c {clients} (jangteo's connections) measured once"
+            )
+            caption = (
+                f"{self.date}, {self.machine.cores} cores, {self.load['duration_s']}s measured"
+                f" per point, pool {WORKERS}x{self.load['pg_pool_max_per_worker']}"
+            )
+            references = same_connection_references(self.strategies, clients)
+            plot_buyers(plt, sweep, references, clients, title, caption, buyers_path)
+            print(f"wrote {as_line(buyers_path)}")
+
+    def plot_strategies(self, plt: Any, path: Path) -> None:
         """Paid orders/s per strategy with its pgbench baselines."""
         counts = self.client_counts()
         xs = range(len(self.strategies))
@@ -649,7 +870,14 @@ def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--strategies", nargs="+", choices=PURCHASE_STRATEGIES, default=list(PURCHASE_STRATEGIES)
     )
-    parser.add_argument("--buyers", type=int, default=500, help="concurrent buyers")
+    parser.add_argument(
+        "--buyers", type=int, default=500, help="concurrent buyers (the table's runs)"
+    )
+    parser.add_argument(
+        "--buyers-sweep", type=buyer_counts, default=[], metavar="N,N,...",
+        help="also run every strategy at these buyer counts (--buyers is always one) and draw"
+        " <name>-buyers.png; make bench: 50,200,500",
+    )  # fmt: skip
     parser.add_argument(
         "--listings", type=int, default=1, help="listings, each purchase of a random one"
     )
@@ -688,24 +916,24 @@ async def run(args: argparse.Namespace) -> PurchaseResult:
     if restart:
         commands["restart"] = restart
     commands |= {"jangteo": {}, "pgbench": {}}
-    fixture = Fixture(
-        args.buyers, args.stock, args.price, args.purchases_funded, listings=args.listings
-    )
+    fixture = fixture_for(args, args.buyers)  # pgbench's too: it runs once, at the headline
+    points = sweep_points(args.buyers, args.buyers_sweep)
+    # The sweep's other buyer counts: their runs by buyers (the headline's are ``strategies``).
+    swept: dict[int, list[dict[str, Any]]] = {n: [] for n in points if n != args.buyers}
     strategies: list[dict[str, Any]] = []
     baselines: dict[str, dict[str, dict[str, Any]]] = {}  # script -> clients -> its run
     scripts: dict[str, str] = {}
     async with fresh_database(stack.admin_url, database, keep=args.keep_database) as url:
         await prepare_scripts(url)
         for strategy in args.strategies:
-            print(f"\n== {strategy}", flush=True)
-            result = await run_strategy(
-                strategy, url=url, redis_url=stack.redis_url, fixture=fixture, args=args,
+            runs = await run_buyer_counts(
+                strategy, points, url=url, redis_url=stack.redis_url, args=args,
                 record=commands["jangteo"],
             )  # fmt: skip
+            result = runs.pop(args.buyers)
+            for buyers, other in runs.items():
+                swept[buyers].append(other)
             http = result["http"]
-            verdict = "OK" if result["invariants"]["ok"] else "FAILED"
-            print(f"  paid/s {http['paid_per_second']}, statuses {http['statuses']},"
-                  f" invariants {verdict}", flush=True)  # fmt: skip
             name = BASELINE_SCRIPT[strategy]
             for script in (name, f"call_{name}"):
                 if script not in baselines:
@@ -734,6 +962,11 @@ async def run(args: argparse.Namespace) -> PurchaseResult:
         f' looping POST {where} {{"quantity":1}} with a fresh Idempotency-Key, no back-off'
         " on 409"
     )
+    if len(points) > 1:
+        commands["load"] += (
+            f"; --buyers-sweep: each strategy with {', '.join(map(str, points))} buyers in"
+            f" turn, fewest first; pgbench once per script, on {args.buyers} buyers' data"
+        )
     return PurchaseResult(
         benchmark="purchase",
         machine=machine,
@@ -760,4 +993,5 @@ async def run(args: argparse.Namespace) -> PurchaseResult:
         ),
         strategies=strategies,
         pgbench_scripts=scripts,
+        buyers_sweep=sweep_record(points, args.buyers, swept),
     )

@@ -29,7 +29,10 @@ SOURCES = (
 BENCHMARKS_MD, README_MD = "BENCHMARKS.md", "README.md"
 BOTH = (BENCHMARKS_MD, README_MD)
 # BENCHMARKS.md's generated details of a benchmark, between these markers.
-DETAILS = {"scaling": ("<!-- scaling-details:start -->", "<!-- scaling-details:end -->")}
+DETAILS = {
+    "scaling": ("<!-- scaling-details:start -->", "<!-- scaling-details:end -->"),
+    "purchase": ("<!-- purchase-sweep:start -->", "<!-- purchase-sweep:end -->"),
+}
 Row = dict[str, Any]
 CPU_KINDS = ("postgresql", "redis", "jangteo", "load", "others")
 COLOURS = {"jangteo": "#d9534f", "baseline": "#7f8c8d", "bare": "#7f8c8d", "socketio": "#2a7ab9"}
@@ -317,6 +320,80 @@ def _purchase_row(
                    "OK" if safe else "FAILED"),
         ref_text=shown("pgbench -c {}, {} script: {:,.1f} tx/s", conns, what, ref or None),
     )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class SweepRun:
+    """One strategy at one buyer count of the purchase benchmark's buyers sweep."""
+
+    buyers: int
+    strategy: str
+    paid_per_second: float | None
+    p99_ms: float | None  # of paid orders
+    invariants_ok: bool
+
+
+def purchase_sweep(data: dict[str, Any]) -> list[SweepRun]:
+    """Every run of the buyers sweep (``buyers_sweep``), by buyers then as the strategies ran.
+
+    The headline buyer count's runs are the table's rows (``strategies``), measured once and
+    not stored twice, so they are read from there. Results without a sweep (older ones, or
+    runs without ``--buyers-sweep``) give [].
+    """
+    sweep = dig(data, "buyers_sweep") or {}
+    counts, headline = dig(sweep, "buyers") or [], dig(sweep, "headline")
+    runs = []
+    for buyers in counts:
+        items = dig(data, "strategies") if buyers == headline else dig(sweep, "points", str(buyers))
+        runs += [
+            SweepRun(
+                int(buyers),
+                str(dig(item, "strategy")),
+                num(dig(item, "http", "paid_per_second")),
+                num(dig(item, "http", "latency_ms_201", "p99")),
+                dig(item, "invariants", "ok") is True,
+            )
+            for item in items or []
+        ]
+    return runs
+
+
+def purchase_details(data: dict[str, Any]) -> str:
+    """The buyers sweep as Markdown for BENCHMARKS.md: paid orders/s and p99 per strategy
+    at each buyer count, and its figure; a hint when the results have no sweep."""
+    runs = purchase_sweep(data)
+    if not runs:
+        return (
+            "Buyers sweep not measured yet: `make bench` (or `python -m loadtests bench"
+            " purchase --buyers-sweep 50,200,500`) runs every strategy at 50, 200 and 500"
+            " buyers and draws paid orders/s and p99 against them."
+        )
+    counts = sorted({r.buyers for r in runs})
+    by_run = {(r.strategy, r.buyers): r for r in runs}
+    lines = [
+        "| strategy | " + " | ".join(f"{n:,} buyers: paid/s, p99" for n in counts) + " |",
+        "| --- |" + " ---: |" * len(counts),
+    ]
+    for strategy in dict.fromkeys(r.strategy for r in runs):
+        cells = [_sweep_cell(by_run.get((strategy, n))) for n in counts]
+        lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+    headline = num(dig(data, "buyers_sweep", "headline")) or 0
+    listings = num(dig(data, "load", "listings")) or 1
+    where = "one listing" if listings == 1 else f"{listings:,.0f} listings"
+    return "\n\n".join([
+        f"Buyers sweep on {where}, measured {data.get('date')}: paid orders/s and the p99 of"
+        f" paid orders at each buyer count; the {headline:,.0f}-buyer column is the table's"
+        " run, and pgbench's references (they do not depend on the buyers) are the table's.",
+        "\n".join(lines),
+        "![purchase: paid orders/s and p99 by buyers](loadtests/results/purchase-buyers.png)",
+    ])  # fmt: skip
+
+
+def _sweep_cell(run: SweepRun | None) -> str:
+    if run is None:
+        return "-"
+    text = shown("{:,.1f}, {:,.0f} ms", run.paid_per_second, run.p99_ms) or "not measured"
+    return text if run.invariants_ok else f"{text}, invariants FAILED"
 
 
 def realtime_rows(data: dict[str, Any], big: dict[str, Any]) -> list[Row]:
@@ -636,7 +713,10 @@ def main() -> None:
         },
     }
     (RESULTS / "bench-latest.json").write_text(json.dumps(report, indent=2) + "\n")
-    details = {"scaling": scaling_details(data["scaling"])}
+    details = {
+        "scaling": scaling_details(data["scaling"]),
+        "purchase": purchase_details(data["purchase"]),
+    }
     for path in DOCS:
         text = between(
             path.read_text(), START, END, table([r for r in rows if path.name in r["docs"]])

@@ -14,7 +14,7 @@ from server.auth.schemas import (
     TokenPairOut,
     UserOut,
 )
-from server.auth.sessions import authenticate, revoke_session
+from server.auth.sessions import authenticate
 from server.client_address import client_address
 from server.errors import InvalidToken
 from server.jsonio import json_response, read_json
@@ -64,7 +64,9 @@ async def refresh(request: web.Request) -> web.Response:
     issuer = request.app[keys.token_issuer_key]
     outcome = await service.refresh(request.app[keys.pg_pool_key], issuer, body.refresh_token)
     if outcome.revoked_family is not None:
-        await revoke_session(request.app[keys.redis_key], outcome.revoked_family, issuer.access_ttl)
+        await request.app[keys.session_revocations_key].revoke(
+            outcome.revoked_family, issuer.access_ttl
+        )
         raise InvalidToken("refresh token reused; the whole session is revoked")
     if outcome.pair is None:
         raise InvalidToken("refresh token unknown or expired")
@@ -75,7 +77,7 @@ async def logout(request: web.Request) -> web.Response:
     body = await read_json(request, RefreshBody)
     session_id = await service.log_out(request.app[keys.pg_pool_key], body.refresh_token)
     ttl = request.app[keys.token_issuer_key].access_ttl
-    await revoke_session(request.app[keys.redis_key], session_id, ttl)
+    await request.app[keys.session_revocations_key].revoke(session_id, ttl)
     return web.Response(status=204)
 
 

@@ -15,6 +15,7 @@ from server.settings import Settings
 
 ALGORITHM = "HS256"
 ACCESS_TYPE = "access"
+DECODED_KEPT = 10_000  # access tokens whose signature was checked once, per process
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,7 @@ class TokenIssuer:
         self.audience = settings.jwt_audience
         self.access_ttl = settings.access_token_ttl
         self.refresh_ttl = settings.refresh_token_ttl
+        self._decoded: dict[str, AccessClaims] = {}
 
     def issue_access(self, user_id: int, session_id: uuid.UUID) -> str:
         now = int(time.time())
@@ -61,7 +63,23 @@ class TokenIssuer:
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
 
     def decode_access(self, token: str) -> AccessClaims:
-        """The claims of a valid access token; anything else is ``InvalidToken``."""
+        """The claims of a valid access token; anything else is ``InvalidToken``.
+
+        A token seen before is not verified again (the same bytes carry the same valid
+        signature); only its expiry is, so an app's every request costs one dict lookup.
+        """
+        claims = self._decoded.get(token)
+        if claims is None:
+            claims = self._verify(token)
+            if len(self._decoded) >= DECODED_KEPT:
+                del self._decoded[next(iter(self._decoded))]  # the oldest
+            self._decoded[token] = claims
+        elif claims.expires_at <= time.time():  # as PyJWT judges "exp"
+            del self._decoded[token]
+            raise InvalidToken("access token expired")
+        return claims
+
+    def _verify(self, token: str) -> AccessClaims:
         try:
             claims = jwt.decode(
                 token,

@@ -32,6 +32,7 @@ from server.listings.invalidation import (
 )
 from server.listings.near_cache import NearCache
 from server.metrics import Metrics
+from server.rounds import Rounds
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class ListingCache:
         self.deployment = deployment
         self.sharded = sharded  # a Redis Cluster: invalidations by sharded pub/sub
         self._lookup = redis.register_script(_LOOKUP)
+        self._invalidations: Rounds[str, None] = Rounds(self._invalidate)
 
     async def detail(self, listing_id: int, build: Builder) -> bytes:
         return await self._cached("detail", detail_base(listing_id), build, DETAIL_TTL_MS)
@@ -103,10 +105,15 @@ class ListingCache:
         """Call after a change to a listing has committed, before answering the client.
 
         Returns once every process has dropped its near copies, or can no longer serve
-        them (its lease ran out; see invalidation.py).
+        them (its lease ran out; see invalidation.py). Changes that commit together share
+        one round of invalidation (``Rounds``): it starts after each of them committed.
         """
         bases = [detail_base(listing_id), feed_base(region)]
         self.near.invalidate(bases)
+        await self._invalidations.ask(bases)
+
+    async def _invalidate(self, bases: frozenset[str]) -> dict[str, None]:
+        """One round: move the generations on, then empty every process's near copies."""
         ack_key = new_ack_key(self.deployment)
         try:
             # The generations move on before any process hears of the change (a cluster
@@ -137,6 +144,11 @@ class ListingCache:
             # this writer lost Redis, the others keep their copies until the TTLs.
             self.metrics.failed_invalidations.inc()
             log.warning("cache invalidation failed", extra={"error": str(error)})
+        return {}
+
+    async def close(self) -> None:
+        """Stop a round of invalidation in flight (at shutdown)."""
+        await self._invalidations.close()
 
     async def _cached(
         self, kind: str, base: str, build: Builder, ttl_ms: int, variant: str = ""

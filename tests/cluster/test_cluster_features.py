@@ -33,6 +33,7 @@ from server import keys
 from server.embedded.redis_cluster import EmbeddedRedisCluster
 from server.errors import PROBLEM_CONTENT_TYPE
 from server.listings.invalidation import channel_name
+from server.orders.locks import fence_key
 from server.redis_breaker import RedisUnavailable
 from server.settings import RateLimit, Settings
 from tests.conftest import ClientFactory
@@ -434,7 +435,7 @@ async def test_buyers_racing_over_two_instances_never_oversell(
     assert sum(paid) == statuses[201]
     if strategy == "redis_lock":
         # Every sale held the listing's lock and took a fencing token from the cluster.
-        fence = await cluster_redis.get(f"fence:listing:{listing_id}")
+        fence = await cluster_redis.get(fence_key(listing_id))
         assert fence is not None and int(fence) >= statuses[201]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from server.auth.tokens import TokenIssuer
+from server.errors import InvalidToken
 from server.settings import Settings
 from tests.support import Account, Client, sign_up
 
@@ -180,3 +183,22 @@ async def test_a_revoked_family_is_401_for_every_token_of_it(client: Client) -> 
         "/api/v1/auth/refresh", json={"refresh_token": newest["refresh_token"]}
     )
     assert refresh.status == 401
+
+
+def test_a_token_accepted_before_still_expires_on_time(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tokens seen before are not verified again; their expiry is checked every time, and
+    a tampered copy of a known token is verified afresh."""
+    issuer = TokenIssuer(settings)
+    session_id = uuid.uuid4()
+    token = issuer.issue_access(7, session_id)
+    assert issuer.decode_access(token).user_id == 7
+    assert issuer.decode_access(token).session_id == session_id  # the kept claims
+    header, payload, signature = token.split(".")
+    with pytest.raises(InvalidToken):
+        issuer.decode_access(f"{header}.{payload}.{signature[:-2]}AA")
+    later = time.time() + settings.access_token_ttl
+    monkeypatch.setattr(time, "time", lambda: later)
+    with pytest.raises(InvalidToken, match="expired"):
+        issuer.decode_access(token)

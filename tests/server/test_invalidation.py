@@ -145,6 +145,34 @@ async def test_a_change_returns_only_once_every_process_dropped_its_copy(
     assert _unconfirmed(writer) == 0
 
 
+async def test_concurrent_changes_share_rounds_and_each_returns_after_its_own(
+    redis: aioredis.Redis, subscribe: Subscribe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many writers at once: fewer rounds than changes, and still, when a change returns,
+    no process holds a copy it put before that change."""
+    processes = [await subscribe() for _ in range(2)]
+    writer = ListingCache(redis, Metrics(), near=NearCache(), ack_timeout_s=5)
+    published = 0
+    publish = redis.publish
+
+    async def counting_publish(channel: str, message: str) -> int:
+        nonlocal published
+        published += 1
+        return await publish(channel, message)
+
+    monkeypatch.setattr(redis, "publish", counting_publish)
+
+    async def change(listing_id: int) -> None:
+        for near in processes:
+            near.put(detail_base(listing_id), "", b"before", near.epoch)
+        await writer.changed(listing_id, "seoul-mapo")
+        assert [detail_base(listing_id) in near for near in processes] == [False, False]
+
+    await asyncio.gather(*(change(listing_id) for listing_id in range(100, 160)))
+    assert 1 <= published < 60
+    assert _unconfirmed(writer) == 0
+
+
 async def test_a_stalled_process_stops_serving_before_the_write_answers(
     own_redis: EmbeddedRedis, redis: aioredis.Redis
 ) -> None:

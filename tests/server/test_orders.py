@@ -14,7 +14,7 @@ from aiohttp import ClientResponse
 
 from server import keys
 from server.idempotency import IdempotentRequest
-from server.orders.locks import PurchaseLocks
+from server.orders.locks import PurchaseLocks, lock_key
 from server.orders.purchase import PurchaseRequest, StaleFence, purchase
 from server.settings import RateLimit, Settings
 from tests.conftest import ClientFactory
@@ -836,7 +836,7 @@ async def test_a_lock_that_expires_mid_purchase_cannot_oversell(
             return order_id
 
     async def paused_holder(fence: int) -> int:
-        await redis.delete(f"lock:listing:{market.listing_id}")  # its timeout ran out
+        await redis.delete(lock_key(market.listing_id))  # its timeout ran out
         winner = await process_b.run(market.listing_id, lambda later: buy_with(second_buyer, later))
         winners.append(winner)
         return await buy_with(market.buyer, fence)  # wakes up and writes, too late
