@@ -1,9 +1,11 @@
-"""The redis_lock strategy's lock, through a real Redis: passed on between a process's own
-buyers under one taking, with fencing tokens that only grow, and never kept for nobody."""
+"""The redis_lock strategy's lock, through a real Redis: a process holds it as a lease under
+one fencing token, its purchases run under it at once, never beside another process's,
+and it is given back as soon as its last purchase ends."""
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import pytest
@@ -11,7 +13,7 @@ import redis.asyncio as aioredis
 
 from server.embedded.redis import EmbeddedRedis
 from server.orders.errors import InsufficientStock
-from server.orders.locks import TOKENS_PER_HOLD, PurchaseLocks, fence_key, lock_key
+from server.orders.locks import LEASE_PURCHASES, PurchaseLocks, fence_key, lock_key
 
 LISTING = 41
 
@@ -23,80 +25,117 @@ async def redis(own_redis: EmbeddedRedis) -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
-async def test_buyers_of_two_processes_are_serialised_with_growing_fences(
-    redis: aioredis.Redis,
-) -> None:
-    """40 buyers in each of two processes: never two inside at once, every fence newer
-    than the one before, and the lock taken far fewer times than there were buyers."""
+async def test_two_processes_never_hold_the_listing_at_once(redis: aioredis.Redis) -> None:
+    """60 buyers in each of two processes: while a process has purchases inside, the other
+    has none; the fences grow from one holder to the next; purchases share takings."""
     processes = [PurchaseLocks(redis), PurchaseLocks(redis)]
-    inside = 0
-    fences: list[int] = []
+    inside: Counter[int] = Counter()
+    fences_seen: list[int] = []
 
-    async def work(fence: int) -> int:
-        nonlocal inside
-        inside += 1
-        assert inside == 1
-        assert await redis.exists(lock_key(LISTING))
-        await asyncio.sleep(0.001)
-        fences.append(fence)
-        inside -= 1
-        return fence
+    async def buyer(number: int) -> None:
+        async def work(fence: int) -> None:
+            inside[number] += 1
+            assert inside[1 - number] == 0, "both processes inside at once"
+            assert await redis.get(lock_key(LISTING)) is not None
+            if not fences_seen or fences_seen[-1] != fence:
+                fences_seen.append(fence)
+            await asyncio.sleep(0.002)
+            inside[number] -= 1
 
-    await asyncio.gather(*(locks.run(LISTING, work) for locks in processes for _ in range(40)))
-    assert fences == sorted(fences) and len(set(fences)) == 80
-    takings = int(await redis.get(fence_key(LISTING)) or 0) // TOKENS_PER_HOLD
-    assert 80 / TOKENS_PER_HOLD <= takings < 80
+        await processes[number].run(LISTING, work)
+
+    await asyncio.gather(*(buyer(number) for number in (0, 1) for _ in range(60)))
+    assert fences_seen == sorted(set(fences_seen))  # a new holder, a newer token
+    takings = int(await redis.get(fence_key(LISTING)) or 0)
+    assert 120 / LEASE_PURCHASES <= takings < 120
     assert not await redis.exists(lock_key(LISTING))  # given back at the end
 
 
-async def test_a_refusal_passes_the_lock_on_and_a_failure_gives_it_back(
+async def test_a_lease_takes_at_most_its_purchases_then_the_next_one_is_newer(
     redis: aioredis.Redis,
 ) -> None:
     locks = PurchaseLocks(redis)
-    seen: list[int] = []
+    release = asyncio.Event()
+    fences: list[int] = []
+
+    async def held(fence: int) -> None:
+        fences.append(fence)
+        await release.wait()
+        await asyncio.sleep(0.01)  # a purchase's round trip
+
+    buyers = [asyncio.create_task(locks.run(LISTING, held)) for _ in range(LEASE_PURCHASES + 5)]
+    for _ in range(200):
+        if len(fences) == LEASE_PURCHASES:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    assert len(fences) == LEASE_PURCHASES and len(set(fences)) == 1  # the rest wait
+    release.set()
+    await asyncio.gather(*buyers)
+    assert len(fences) == LEASE_PURCHASES + 5
+    assert set(fences[LEASE_PURCHASES:]) == {fences[0] + 1}
+    assert not await redis.exists(lock_key(LISTING))
+
+
+async def test_a_refusal_keeps_the_lease_and_a_failure_ends_it(redis: aioredis.Redis) -> None:
+    locks = PurchaseLocks(redis)
+    started = asyncio.Event()
+    go_on = asyncio.Event()
+    seen: list[tuple[str, int]] = []
+
+    async def slow(fence: int) -> None:
+        seen.append(("slow", fence))
+        started.set()
+        await go_on.wait()
 
     async def refused(fence: int) -> None:
-        seen.append(fence)
+        seen.append(("refused", fence))
         raise InsufficientStock("0 left")
 
     async def broken(fence: int) -> None:
+        seen.append(("broken", fence))
         raise ConnectionError("the database went away")
 
-    results = await asyncio.gather(
-        *(locks.run(LISTING, refused) for _ in range(3)), return_exceptions=True
-    )
-    assert all(isinstance(result, InsufficientStock) for result in results)
-    assert seen == [seen[0], seen[0] + 1, seen[0] + 2]  # one taking served all three
+    holding = asyncio.create_task(locks.run(LISTING, slow))
+    await started.wait()
+    with pytest.raises(InsufficientStock):
+        await locks.run(LISTING, refused)
     with pytest.raises(ConnectionError):
         await locks.run(LISTING, broken)
+    after_failure = asyncio.create_task(locks.run(LISTING, refused))
+    await asyncio.sleep(0.05)
+    assert [name for name, _ in seen] == ["slow", "refused", "broken"]  # the last one waits
+    go_on.set()
+    await holding
+    with pytest.raises(InsufficientStock):
+        await after_failure
+    first = seen[0][1]
+    assert [fence for _, fence in seen] == [first, first, first, first + 1]
     assert not await redis.exists(lock_key(LISTING))
 
 
-async def test_a_hold_kept_for_a_buyer_who_gave_up_is_released(redis: aioredis.Redis) -> None:
+async def test_buyers_waiting_for_a_taker_that_gave_up_take_the_lock_themselves(
+    redis: aioredis.Redis,
+) -> None:
+    other_process = PurchaseLocks(redis)
     locks = PurchaseLocks(redis)
-    second_waits = asyncio.Event()
-    second: asyncio.Task[int] | None = None
+    inside = asyncio.Event()
+    leave = asyncio.Event()
 
-    async def first_work(fence: int) -> int:
-        await second_waits.wait()
-        assert second is not None
-        # The second buyer gives up just as this one hands the lock on to him.
-        asyncio.get_running_loop().call_soon(second.cancel)
-        return fence
+    async def hold(fence: int) -> None:
+        inside.set()
+        await leave.wait()
 
-    async def never(fence: int) -> int:
-        raise AssertionError("the buyer who gave up never runs")
-
-    first = asyncio.create_task(locks.run(LISTING, first_work))
+    holder = asyncio.create_task(other_process.run(LISTING, hold))
+    await inside.wait()
+    taker = asyncio.create_task(locks.run(LISTING, lambda fence: asyncio.sleep(0)))
+    await asyncio.sleep(0.01)  # polling for the other process's lock
+    waiter = asyncio.create_task(locks.run(LISTING, lambda fence: asyncio.sleep(0, fence)))
     await asyncio.sleep(0.01)
-    second = asyncio.create_task(locks.run(LISTING, never))
-    await asyncio.sleep(0.01)
-    second_waits.set()
-    await first
+    taker.cancel()
+    leave.set()
+    await holder
     with pytest.raises(asyncio.CancelledError):
-        await second
-    for _ in range(100):  # well within the lock's own timeout
-        if not await redis.exists(lock_key(LISTING)):
-            break
-        await asyncio.sleep(0.01)
-    assert not await redis.exists(lock_key(LISTING))
+        await taker
+    async with asyncio.timeout(5):
+        assert await waiter == int(await redis.get(fence_key(LISTING)) or 0)
