@@ -14,6 +14,7 @@ from server.auth.tokens import TokenIssuer
 from server.chats import handlers as chat_handlers
 from server.client_address import parse_networks
 from server.janitor import janitor_ctx
+from server.listings import fast_path
 from server.listings import handlers as listing_handlers
 from server.metrics import Metrics
 from server.middlewares import request_middleware
@@ -55,4 +56,5 @@ def create_app(settings: Settings) -> web.Application:
     chat_handlers.setup_routes(app, spec)
     realtime_handlers.setup_routes(app, spec)
     demo.setup_routes(app, spec)
+    fast_path.install(app)  # cached listing reads answered before the routing above
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
-from server.request_stats import RequestStats
+from server.request_stats import LoopCounter, RequestStats
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -29,12 +29,13 @@ class Metrics:
             registry=self.registry,
         )
 
-        self.cache = Counter(
+        # Counted on every cached read, so without prometheus_client's lock (request_stats.py).
+        self.cache = LoopCounter(
             "jangteo_cache_lookups",
             "Cache lookups by kind and outcome (local, hit, miss = rebuilt here, waited, bypass)",
             ["kind", "outcome"],
-            registry=self.registry,
         )
+        self.registry.register(self.cache)
         self.unconfirmed_invalidations = Counter(
             "jangteo_cache_unconfirmed_invalidations",
             "Cache invalidations some subscriber did not confirm in time (the writer then"

@@ -118,12 +118,17 @@ def _new_id() -> str:
     return f"{_ID_PREFIX}{next(_id_counter):020x}"
 
 
+def request_id_of(request: web.BaseRequest) -> str:
+    """The client's ``X-Request-ID`` when it is a plain token, else a new one."""
+    incoming = request.headers.get(REQUEST_ID_HEADER, "")
+    return incoming if incoming and _CLIENT_REQUEST_ID.match(incoming) else _new_id()
+
+
 @web.middleware
 async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Around every request: an id (echoed back, logged), its latency by route, and every
     failure turned into problem+json. One middleware, as every layer costs each request."""
-    incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    request_id = incoming if incoming and _CLIENT_REQUEST_ID.match(incoming) else _new_id()
+    request_id = request_id_of(request)
     token = request_id_var.set(request_id)
     started = time.perf_counter()
     response: web.StreamResponse

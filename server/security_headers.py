@@ -15,6 +15,13 @@ from server.settings import Settings
 
 SERVER_NAME = "jangteo"  # never a version: it only helps someone match known exploits
 CSP_HEADER = "Content-Security-Policy"
+# On every response, whatever its type; the listing fast path (which answers before the
+# hook could run) adds these same pairs.
+EVERY_RESPONSE = (
+    (hdrs.SERVER, SERVER_NAME),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+)
 
 
 def page_csp(settings: Settings) -> str:
@@ -63,10 +70,11 @@ class SecurityHeaders:
 
     async def __call__(self, request: web.Request, response: web.StreamResponse) -> None:
         headers = response.headers
-        headers[hdrs.SERVER] = SERVER_NAME
-        headers["X-Content-Type-Options"] = "nosniff"
-        headers["Referrer-Policy"] = "no-referrer"
-        if response.content_type == "text/html" and CSP_HEADER not in headers:
+        for name, value in EVERY_RESPONSE:
+            headers[name] = value
+        # Parsing the Content-Type costs every response; only one naming html can be a page.
+        maybe_page = "html" in headers.get(hdrs.CONTENT_TYPE, "").lower()
+        if maybe_page and response.content_type == "text/html" and CSP_HEADER not in headers:
             headers[CSP_HEADER] = self.page_csp  # pages with a policy of their own keep it
 
 

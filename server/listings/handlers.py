@@ -6,7 +6,7 @@ Reading listings needs no account (browsing comes before signing up); changing d
 from __future__ import annotations
 
 import asyncpg
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from server import keys
 from server.auth.sessions import authenticate
@@ -27,6 +27,7 @@ from server.openapi import ApiSpec
 from server.photos.storage import PhotoStorage
 
 PREFIX = "/api/v1/listings"
+ITEM = PREFIX + "/{id}"  # also the route label of its metrics
 
 
 def etag_of(row: asyncpg.Record) -> str:
@@ -101,17 +102,22 @@ async def get_listing(request: web.Request) -> web.Response:
     entry = await request.app[keys.listing_cache_key].detail(listing_id, build)
     if not entry:
         raise service.ListingNotFound()
+    return detail_response(entry, request.headers.get(hdrs.IF_NONE_MATCH))
+
+
+def detail_response(entry: bytes, if_none_match: str | None) -> web.Response:
+    """The answer for a detail cache entry (``ETag\nbody``): 200, or 304 when If-None-Match
+    names its ETag. One function, so the fast path (``fast_path.py``) answers the same."""
     raw_etag, _, body = entry.partition(b"\n")
     etag = raw_etag.decode()
     headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
-    if "If-None-Match" in request.headers and etag in _if_none_match(request):
+    if if_none_match is not None and etag in _tags(if_none_match):
         return web.Response(status=304, headers=headers)
     return web.Response(body=body, headers=headers, content_type=JSON_CONTENT_TYPE)
 
 
-def _if_none_match(request: web.Request) -> set[str]:
-    header = request.headers.get("If-None-Match", "")
-    return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}
+def _tags(if_none_match: str) -> set[str]:
+    return {tag.strip().removeprefix("W/") for tag in if_none_match.split(",") if tag.strip()}
 
 
 async def update_listing(request: web.Request) -> web.Response:
@@ -186,7 +192,6 @@ async def _set_like(request: web.Request, *, liked: bool) -> web.Response:
 
 
 def setup_routes(app: web.Application, spec: ApiSpec) -> None:
-    item = PREFIX + "/{id}"
     spec.route(
         app, "GET", PREFIX, list_listings, summary="The feed: filters, newest first, keyset pages",
         tag="listings", response=ListingPage, errors=(422,), query=FeedQuery,
@@ -197,24 +202,24 @@ def setup_routes(app: web.Application, spec: ApiSpec) -> None:
         errors=(429,),
     )  # fmt: skip
     spec.route(
-        app, "GET", item, get_listing, summary="One listing, with ETag (If-None-Match gives 304)",
+        app, "GET", ITEM, get_listing, summary="One listing, with ETag (If-None-Match gives 304)",
         tag="listings", response=ListingOut, errors=(304, 404),
     )  # fmt: skip
     spec.route(
-        app, "PATCH", item, update_listing, summary="Edit (seller only; If-Match required)",
+        app, "PATCH", ITEM, update_listing, summary="Edit (seller only; If-Match required)",
         tag="listings", body=ListingPatch, response=ListingOut, auth=True,
         errors=(403, 404, 409, 412, 428, 429), headers=(IF_MATCH,),
     )  # fmt: skip
     spec.route(
-        app, "DELETE", item, hide_listing, summary="Hide (seller only; If-Match required)",
+        app, "DELETE", ITEM, hide_listing, summary="Hide (seller only; If-Match required)",
         tag="listings", status=204, auth=True, errors=(403, 404, 412, 428, 429),
         headers=(IF_MATCH,),
     )  # fmt: skip
     spec.route(
-        app, "PUT", item + "/like", like, summary="Like (idempotent)",
+        app, "PUT", ITEM + "/like", like, summary="Like (idempotent)",
         tag="listings", status=204, auth=True, errors=(404, 429),
     )  # fmt: skip
     spec.route(
-        app, "DELETE", item + "/like", unlike, summary="Unlike (idempotent)",
+        app, "DELETE", ITEM + "/like", unlike, summary="Unlike (idempotent)",
         tag="listings", status=204, auth=True, errors=(404, 429),
     )  # fmt: skip

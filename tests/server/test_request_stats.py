@@ -1,4 +1,5 @@
-"""RequestStats exports exactly what prometheus_client's own Histogram and Counter would."""
+"""RequestStats and LoopCounter export exactly what prometheus_client's own Histogram and
+Counter would."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import random
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from server.metrics import LATENCY_BUCKETS
-from server.request_stats import DURATION_NAME, REQUESTS_NAME, RequestStats
+from server.request_stats import DURATION_NAME, REQUESTS_NAME, LoopCounter, RequestStats
 
 
 def _samples(text: bytes) -> set[str]:
@@ -50,3 +51,19 @@ def test_nothing_observed_exports_empty_families() -> None:
     assert f"# TYPE {DURATION_NAME} histogram" in text
     assert f"# TYPE {REQUESTS_NAME}_total counter" in text
     assert "_bucket" not in text
+
+
+def test_a_loop_counter_gives_the_samples_of_a_prometheus_counter() -> None:
+    reference = CollectorRegistry()
+    counter = Counter("jangteo_cache_lookups", "c", ["kind", "outcome"], registry=reference)
+    ours = CollectorRegistry()
+    loop_counter = LoopCounter("jangteo_cache_lookups", "c", ["kind", "outcome"])
+    ours.register(loop_counter)
+    chosen = random.Random(11)
+    for _ in range(300):
+        labels = chosen.choice([("detail", "local"), ("detail", "hit"), ("feed", "miss")])
+        amount = chosen.choice([1, 1, 2.5])
+        counter.labels(*labels).inc(amount)
+        loop_counter.labels(*labels).inc(amount)
+    assert _samples(generate_latest(ours)) == _samples(generate_latest(reference))
+    assert "# TYPE jangteo_cache_lookups_total counter" in generate_latest(ours).decode()
