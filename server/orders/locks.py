@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -37,8 +38,12 @@ T = TypeVar("T")
 
 LOCK_TIMEOUT_S = 5.0  # a holder that dies frees the listing after this
 WAIT_TIMEOUT_S = 10.0
-POLL_INTERVAL_S = 0.002
+# Polls for a lock another instance holds back off (full jitter): with hundreds of
+# listings wanted at once, a fixed short interval floods Redis and the event loop.
+POLL_FIRST_S = 0.002
+POLL_MOST_S = 0.010
 LEASE_PURCHASES = 32  # purchases of one process under one taking of the lock, at most
+LEASE_JOIN_S = 0.05  # purchases join a lease this long after it was taken, no longer
 
 # KEYS: the lock, the fencing counter; ARGV: our token, the timeout in ms.
 # Returns the new fencing token, or nil when the lock is someone else's.
@@ -61,6 +66,13 @@ return current
 
 # The lock and its counter share a hash tag: on a Redis Cluster one slot holds both, so
 # one script takes the lock and its token.
+def _cancel_pending() -> bool:
+    """Whether this task was asked to stop. A cancellation that lands in the middle of a
+    redis-py command is sometimes not raised from it (redis-py 8): the poll loop asks."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 def lock_key(listing_id: int) -> str:
     return f"lock:{{listing:{listing_id}}}"
 
@@ -152,14 +164,20 @@ class PurchaseLocks:
         keys = [lock_key(listing_id), fence_key(listing_id)]
         args: list[str | int] = [token, int(LOCK_TIMEOUT_S * 1000)]
         deadline = time.monotonic() + WAIT_TIMEOUT_S
+        backoff = POLL_FIRST_S
         while True:
             started = time.monotonic()
             fence = await self._acquire(keys=keys, args=args)
+            if _cancel_pending():  # the wait was given up: a lock taken meanwhile goes back
+                if fence is not None:
+                    await self._release(keys=[keys[0]], args=[token])
+                raise asyncio.CancelledError
             if fence is not None:
-                return _Lease(token, int(fence), release_by=started + LOCK_TIMEOUT_S / 2)
+                return _Lease(token, int(fence), release_by=started + LEASE_JOIN_S)
             if time.monotonic() >= deadline:
                 raise PurchaseConflict("the listing is busy; try again")
-            await asyncio.sleep(POLL_INTERVAL_S)
+            await asyncio.sleep(random.uniform(0, backoff))  # noqa: S311 - jitter, not a secret
+            backoff = min(POLL_MOST_S, backoff * 2)
 
     async def _give_back(self, listing_id: int, lease: _Lease) -> None:
         """Release the lock (the purchases' outcomes stand whatever happens here)."""

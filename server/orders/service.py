@@ -51,9 +51,20 @@ async def purchase_listing(
         fenced = dataclasses.replace(request, fence=fence)
         return await retry_transient(lambda: buy_once(fenced), metrics.transaction_retried)
 
+    async def buy_locked() -> Purchase:
+        # The connection first: the lock is held while the purchase is in the database,
+        # never while it waits for the pool.
+        async with pool.acquire() as conn:
+
+            async def call(fence: int) -> Purchase:
+                fenced = dataclasses.replace(request, fence=fence)
+                return await purchase(conn, idempotent, fenced, strategy, metrics)
+
+            return await locks.run(request.listing_id, call)
+
     try:
         if strategy == "redis_lock":
-            bought = await locks.run(request.listing_id, buy)
+            bought = await retry_transient(buy_locked, metrics.transaction_retried)
         elif strategy == "queue":
             assert queue is not None, "the queue strategy needs its queue"
             bought = await queue.purchase(idempotent, request)

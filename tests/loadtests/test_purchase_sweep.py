@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -273,3 +274,21 @@ def test_the_details_go_between_their_markers_in_benchmarks_md() -> None:
     start, end = report.DETAILS["purchase"]
     text = f"# purchase\n{start}\nold\n{end}\n## next\n"
     assert report.between(text, start, end, "new") == f"# purchase\n{start}\nnew\n{end}\n## next\n"
+
+
+# ----------------------------------------------------------------------------- sold out
+
+
+def test_paid_per_second_is_counted_over_the_whole_window_while_in_stock() -> None:
+    measured = Counter({"201": 900, "409 insufficient-funds": 3})
+    assert purchase.in_stock_seconds(measured, [9.7, 9.9], 10.0) == 10.0
+
+
+def test_a_sold_out_window_counts_paid_per_second_up_to_the_last_paid_order() -> None:
+    measured = Counter({"201": 8_000, "409 insufficient-stock": 2_500})
+    assert purchase.in_stock_seconds(measured, [7.25, 7.5], 10.0) == 7.5
+
+
+def test_a_window_that_sold_nothing_keeps_its_length() -> None:
+    measured = Counter({"409 insufficient-stock": 40})
+    assert purchase.in_stock_seconds(measured, [0.0], 10.0) == 10.0
