@@ -305,7 +305,7 @@ class PartitionLeader:
         timeout = self.settings.lock_timeout  # every statement but the wait in line
         if not await self._take_lock(conn):
             return
-        await conn.execute("SET statement_timeout = '30s'", timeout=timeout)
+        await conn.execute(queries.LEADER_SESSION, timeout=timeout)
         for slot in self.slots:
             await conn.add_listener(notify_channel(slot), self._notified)
         self._set_leader(True)

@@ -62,6 +62,10 @@ WITH pending AS (
 )
 SELECT channel, type, data, committed_at, position, prev FROM chained ORDER BY position
 """
+# The leader's own session. ASSIGN is planned at every run: a generic plan made while the
+# outbox was empty (a new or emptied database) joins every outbox row to every row of the
+# batch, and would be kept until the next ANALYZE.
+LEADER_SESSION = "SET statement_timeout = '30s'; SET plan_cache_mode = force_custom_plan"
 # The writing transaction's commit time needs track_commit_timestamp; without it the
 # insert time is the best there is. (Read before the UPDATE above replaces xmin.)
 COMMIT_TIME = "coalesce(pg_xact_commit_timestamp(xmin), created_at)"
