@@ -583,3 +583,35 @@ async def state_written(db: asyncpg.Connection) -> dict[str, list[Any]]:
         "listings": [{**dict(row), "updated_at": None} for row in listings],
         "wallets": [tuple(row) for row in wallets],
     }  # fmt: skip
+
+
+async def seq_scans(db: asyncpg.Connection, table: str) -> int:
+    """Sequential scans of ``table`` by this backend's current transaction."""
+    scans: int = await db.fetchval(
+        "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = $1", table
+    )
+    return scans
+
+
+async def test_a_batch_looks_keys_up_by_index_after_the_tables_were_analyzed_empty(
+    db: asyncpg.Connection, settings: Settings
+) -> None:
+    """Statistics that say the keys and orders are empty (a new database), and a session
+    whose calls were all made then: a batch still finds each entry's stored key by its
+    index, not by reading the whole table once per entry."""
+    await db.execute("VACUUM ANALYZE idempotency_keys, orders")
+    seller, buyer = await quick_accounts(db, settings, 2, balance=100_000)
+    listing_id = await new_listing(db, seller.user_id, price=10, stock=1_000)
+    log = Log()
+    for _ in range(10):  # more than the five calls after which a generic plan may be kept
+        await apply(db, BATCH, [log.entry(buyer.user_id, listing_id)])
+    await db.execute(  # then the table grows (many pages) before the next ANALYZE
+        "INSERT INTO idempotency_keys (user_id, key, fingerprint, status_code, response_body,"
+        " expires_at) SELECT $1, 'stored-' || g, '\\x00', 201, '\\x7b7d', now() + interval '1 day'"
+        " FROM generate_series(1, 5000) AS g",
+        buyer.user_id,
+    )
+    async with db.transaction():
+        before = await seq_scans(db, "idempotency_keys")
+        await apply(db, BATCH, [log.entry(buyer.user_id, listing_id) for _ in range(20)])
+        assert await seq_scans(db, "idempotency_keys") == before
