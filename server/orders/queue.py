@@ -21,6 +21,7 @@ import contextlib
 import functools
 import logging
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,11 +34,14 @@ from server.errors import Problem, ServiceUnavailable
 from server.idempotency import IdempotentRequest, StoredResponse
 from server.orders.errors import PurchasePending
 from server.orders.purchase import Purchase, PurchaseRequest, refusal
+from server.rounds import Rounds
 
 log = logging.getLogger(__name__)
 
 RECONNECT_S = 0.5
 CONNECT_TIMEOUT_S = 5.0
+
+Append = tuple[str, tuple[tuple[str, str | int], ...]]  # a stream, an entry's fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +70,14 @@ class PurchaseQueue:
         self.waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.listening = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Purchases appended together share one pipeline of XADDs (one round trip).
+        self._appends: Rounds[Append, None] = Rounds(self._append)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._listen(), name="jangteo-purchase-outcomes")
 
     async def stop(self) -> None:
+        await self._appends.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -84,19 +91,18 @@ class PurchaseQueue:
         outcome: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.waiting[request_id] = outcome
         try:
-            await self.redis.xadd(
-                self.settings.stream(self.settings.partition_of(request.listing_id)),
-                {
-                    "request": request_id,
-                    "reply": self.reply_channel,
-                    "buyer": request.buyer_id,
-                    "listing": request.listing_id,
-                    "quantity": request.quantity,
-                    "key": idempotent.key,
-                    "fingerprint": idempotent.fingerprint.hex(),
-                    "status": idempotent.status,
-                },
+            stream = self.settings.stream(self.settings.partition_of(request.listing_id))
+            fields: tuple[tuple[str, str | int], ...] = (
+                ("request", request_id),
+                ("reply", self.reply_channel),
+                ("buyer", request.buyer_id),
+                ("listing", request.listing_id),
+                ("quantity", request.quantity),
+                ("key", idempotent.key),
+                ("fingerprint", idempotent.fingerprint.hex()),
+                ("status", idempotent.status),
             )
+            await self._appends.ask([(stream, fields)])
             try:
                 async with asyncio.timeout(self.settings.timeout):
                     reply = await outcome
@@ -107,6 +113,14 @@ class PurchaseQueue:
         finally:
             self.waiting.pop(request_id, None)
         return _answer(reply)
+
+    async def _append(self, appends: frozenset[Append]) -> Mapping[Append, None]:
+        """One round of appends: a pipeline of XADDs, all of them or an error for all."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream, fields in appends:
+                pipe.xadd(stream, dict(fields))
+            await pipe.execute()
+        return dict.fromkeys(appends)
 
     async def _listen(self) -> None:
         """Keep one connection listening for this instance's outcomes."""
