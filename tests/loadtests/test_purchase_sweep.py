@@ -217,8 +217,7 @@ def test_the_sweep_figure_has_both_panels_a_line_per_strategy_and_pgbench_once(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     plt = report.pyplot()
-    if plt is None:
-        pytest.skip("matplotlib is not installed")
+    assert plt is not None, "matplotlib is part of the test set-up ([dev] in pyproject.toml)"
     drawn = Drawn()
     monkeypatch.setattr(purchase, "finish", drawn)
     result().plot(plt, tmp_path / "purchase.png")
@@ -242,8 +241,7 @@ def test_the_sweep_figure_has_both_panels_a_line_per_strategy_and_pgbench_once(
 
 def test_the_figures_are_written_and_without_a_sweep_only_the_table_s(tmp_path: Path) -> None:
     plt = report.pyplot()
-    if plt is None:
-        pytest.skip("matplotlib is not installed")
+    assert plt is not None, "matplotlib is part of the test set-up ([dev] in pyproject.toml)"
     result(failed_at_50=True).plot(plt, tmp_path / "purchase-smoke.png")
     assert (tmp_path / "purchase-smoke-buyers.png").read_bytes().startswith(b"\x89PNG")
     result(sweep=False).plot(plt, tmp_path / "purchase.png")
