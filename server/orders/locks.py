@@ -4,10 +4,9 @@ A process takes a listing's lock together with a fencing token (one script: ``SE
 and ``INCR`` of the listing's counter) and holds it as a lease: while it holds it, up
 to ``LEASE_PURCHASES`` purchases of that process run under the one token, at once
 (PostgreSQL queues them on the listing's row, with no round trip back here between
-them), and buyers that come meanwhile join; the lease is given back when its last
-purchase ends, when its purchases are used up or after half the lock's timeout, so
-the other instances get their turn. Only one coroutine per process polls Redis for the
-lock; the others wait for the lease it takes.
+them), and buyers that come within ``LEASE_JOIN_S`` of the taking join; the lease is
+given back when its last purchase ends, so the other instances get their turn. Only one
+coroutine per process polls Redis for the lock; the others wait for the lease it takes.
 
 The database write must find its token no older than the last one written: a holder
 whose lock expired and whose successor has written is refused, and if Redis ever hands
@@ -64,8 +63,6 @@ return current
 """
 
 
-# The lock and its counter share a hash tag: on a Redis Cluster one slot holds both, so
-# one script takes the lock and its token.
 def _cancel_pending() -> bool:
     """Whether this task was asked to stop. A cancellation that lands in the middle of a
     redis-py command is sometimes not raised from it (redis-py 8): the poll loop asks."""
@@ -73,6 +70,8 @@ def _cancel_pending() -> bool:
     return task is not None and task.cancelling() > 0
 
 
+# The lock and its counter share a hash tag: on a Redis Cluster one slot holds both, so
+# one script takes the lock and its token.
 def lock_key(listing_id: int) -> str:
     return f"lock:{{listing:{listing_id}}}"
 

@@ -43,13 +43,9 @@ async def purchase_listing(
     around the call and hands its fencing token in; the queue strategy appends the
     purchase to the log and waits for its outcome."""
 
-    async def buy_once(fenced: PurchaseRequest) -> Purchase:
+    async def buy() -> Purchase:
         async with pool.acquire() as conn:  # no transaction: the call commits by itself
-            return await purchase(conn, idempotent, fenced, strategy, metrics)
-
-    async def buy(fence: int | None) -> Purchase:
-        fenced = dataclasses.replace(request, fence=fence)
-        return await retry_transient(lambda: buy_once(fenced), metrics.transaction_retried)
+            return await purchase(conn, idempotent, request, strategy, metrics)
 
     async def buy_locked() -> Purchase:
         # The connection first: the lock is held while the purchase is in the database,
@@ -69,7 +65,7 @@ async def purchase_listing(
             assert queue is not None, "the queue strategy needs its queue"
             bought = await queue.purchase(idempotent, request)
         else:
-            bought = await buy(None)
+            bought = await retry_transient(buy, metrics.transaction_retried)
     except Problem as problem:
         metrics.purchases.labels(strategy, problem.slug).inc()
         raise
