@@ -28,6 +28,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
@@ -39,6 +40,8 @@ from realtime.event import Delivery
 from realtime.frames import text_frame
 from realtime.log import EventLog, ResyncNeeded
 from realtime.metrics import HubMetrics
+from realtime.resume import LogRead, RecentEvents
+from server.rounds import Rounds
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +109,17 @@ class Feed:
         "last",
         "opened",
         "opening",
+        "reading",
+        "recent",
         "refetch",
         "subscribers",
         "task",
     )
 
-    def __init__(self, channel: str) -> None:
+    def __init__(self, channel: str, recent: RecentEvents) -> None:
         self.channel = channel
+        self.recent = recent  # its start is set when the feed opens
+        self.reading: asyncio.Future[LogRead | None] | None = None  # a resume's log read
         # An int is the live subscriber's threshold (offsets above it are sent); a
         # CatchUp holds live events while that subscriber is being caught up.
         self.subscribers: dict[Subscriber, int | CatchUp] = {}
@@ -133,6 +140,8 @@ class Hub:
         metrics: HubMetrics,
         *,
         replay_limit: int,
+        recent_size: int = 0,
+        recent_age: float = 0.0,
         head_check: float = HEAD_CHECK_S,
         poll_interval: float = POLL_S,
     ) -> None:
@@ -140,6 +149,11 @@ class Hub:
         self.log = log
         self.metrics = metrics
         self.replay_limit = replay_limit
+        self.recent_size = recent_size  # events each feed keeps for resumes (0: none)
+        self.recent_age = recent_age
+        # The newest offset known to be published, for `since` ahead of every feed.
+        self.published = 0
+        self.published_reads: Rounds[str, int] = Rounds(self._read_published)
         self.head_check = head_check
         self.poll_interval = poll_interval
         self.feeds: dict[str, Feed] = {}
@@ -165,7 +179,8 @@ class Hub:
         """
         feed = self.feeds.get(channel)
         if feed is None:
-            feed = self.feeds[channel] = Feed(channel)
+            recent = RecentEvents(0, self.recent_size, self.recent_age)
+            feed = self.feeds[channel] = Feed(channel, recent)
             feed.opening = asyncio.create_task(self._open(feed))
             self.metrics.channels.set(len(self.feeds))
         state = CatchUp()
@@ -178,8 +193,7 @@ class Hub:
             replayed: list[Delivery] = []
             if since is not None:
                 # Read before `on_ready`: a `since` out of reach gets resync, not subscribed.
-                replayed = await self.log.replay(channel, since, upto, self.replay_limit)
-                check_chain(replayed, since)
+                replayed = await self._replay(feed, since, upto)
                 sent = max(since, upto)
             if feed.subscribers.get(subscriber) is not state:
                 return upto  # left, or told to resync, meanwhile
@@ -195,6 +209,90 @@ class Hub:
                 self.leave(channel, subscriber)
             raise
         return upto
+
+    async def _replay(self, feed: Feed, since: int, upto: int) -> list[Delivery]:
+        """Every event of the channel in (``since``, ``upto``], or ResyncNeeded: from the
+        feed's recent events when they reach back far enough, else from the log, one read
+        per feed at a time, shared by the resumes that waited for it."""
+        if since >= upto:
+            if since > upto:
+                await self._check_published(since)
+            self.metrics.resumes.labels("memory").inc()
+            return []
+        while not feed.recent.covers(since):
+            reading = feed.reading
+            if reading is None:
+                self.metrics.resumes.labels("log").inc()
+                read = await self._read_back(feed, since, upto)
+                replayed = await self._from_read(feed, read, since, upto)
+                if replayed is None:
+                    raise ResyncNeeded(f"events after offset {since} are past the retention window")
+                return replayed
+            shared: LogRead | None = await asyncio.shield(reading)  # a cancelled waiter leaves it
+            if shared is not None and since >= shared.start:
+                self.metrics.resumes.labels("shared").inc()
+                replayed = await self._from_read(feed, shared, since, upto)
+                assert replayed is not None
+                return replayed
+        self.metrics.resumes.labels("memory").inc()
+        return self._within_limit(feed.recent.after(since, upto), since)
+
+    async def _read_back(self, feed: Feed, since: int, upto: int) -> LogRead:
+        """Read the log from ``since`` to where the feed's recent events start, and keep
+        what was read (up to their size) for the resumes that follow."""
+        recent = feed.recent
+        reading: asyncio.Future[LogRead | None] = asyncio.get_running_loop().create_future()
+        feed.reading = reading
+        # After a wait for another read, the recent events may start past `upto`.
+        boundary = min(recent.start, upto)
+        room = max(0, self.recent_size - len(recent))
+        limit = self.replay_limit + room + 1  # enough to tell a resume over the limit
+        read: LogRead | None = None
+        try:
+            events = await self.log.read_back(feed.channel, since, boundary, room, limit)
+            if len(events) >= limit:
+                raise ResyncNeeded(f"more than {self.replay_limit} events after offset {since}")
+            if not events or events[-1].offset != boundary:
+                raise ResyncNeeded(f"events after offset {since} are past the retention window")
+            read = LogRead(events, boundary)
+            recent.extend_back(events, time.monotonic())
+            return read
+        finally:
+            feed.reading = None
+            reading.set_result(read)  # None: the waiters read for themselves
+
+    async def _from_read(
+        self, feed: Feed, read: LogRead, since: int, upto: int
+    ) -> list[Delivery] | None:
+        """The events in (``since``, ``upto``] from ``read`` and the recent events after
+        it; None when ``read`` starts after ``since``."""
+        if since < read.start:
+            return None
+        replayed = [event for event in read.events if since < event.offset <= upto]
+        if read.end < upto:  # the rest is in memory, unless it moved on during the read
+            if feed.recent.covers(read.end):
+                replayed += feed.recent.after(read.end, upto)
+            else:
+                rest = await self.log.after(feed.channel, read.end, self.replay_limit + 1)
+                replayed += [event for event in rest if event.offset <= upto]
+        check_chain(replayed, since)
+        return self._within_limit(replayed, since)
+
+    def _within_limit(self, events: list[Delivery], since: int) -> list[Delivery]:
+        if len(events) > self.replay_limit:
+            raise ResyncNeeded(f"more than {self.replay_limit} events after offset {since}")
+        return events
+
+    async def _check_published(self, since: int) -> None:
+        """A ``since`` ahead of this feed is fine unless no event has that offset yet."""
+        if since > self.published:
+            await self.published_reads.ask(("last",))
+            if since > self.published:
+                raise ResyncNeeded(f"offset {since} is ahead of every published event")
+
+    async def _read_published(self, _: frozenset[str]) -> dict[str, int]:
+        self.published = max(self.published, await self.log.last_published())
+        return {}
 
     async def _catch_up(
         self, feed: Feed, subscriber: Subscriber, state: CatchUp, sent: int
@@ -296,7 +394,7 @@ class Hub:
         await self.broker.subscribe(feed.channel)
         # Anything committed after this read is published after the subscription above
         # is live, so it arrives; anything before is covered by the head.
-        feed.last = await self.log.head(feed.channel)
+        feed.last = feed.recent.start = await self.log.head(feed.channel)
         feed.opened = True
         early, feed.inbox = list(feed.inbox), collections.deque()
         for event in early:
@@ -322,6 +420,7 @@ class Hub:
 
     def _deliver(self, feed: Feed, event: Delivery) -> None:
         feed.last = event.offset
+        feed.recent.add(event, time.monotonic())
         offset = event.offset
         delivered = 0
         for subscriber, state in feed.subscribers.items():
@@ -423,6 +522,7 @@ class Hub:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self.published_reads.close()
         self.feeds.clear()
 
 

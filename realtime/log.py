@@ -1,4 +1,4 @@
-"""Reading the published event log back from PostgreSQL: heads, gap fills and replays."""
+"""Reading the published event log back from PostgreSQL: heads, gap fills and resumes."""
 
 from __future__ import annotations
 
@@ -23,8 +23,14 @@ class EventLog(Protocol):
     async def after(self, channel: str, after: int, limit: int) -> list[Delivery]:
         """Up to ``limit`` published events of ``channel`` with offset > ``after``, in order."""
 
-    async def replay(self, channel: str, since: int, upto: int, limit: int) -> list[Delivery]:
-        """Every event of ``channel`` in (``since``, ``upto``], or ResyncNeeded."""
+    async def read_back(
+        self, channel: str, since: int, upto: int, keep: int, limit: int
+    ) -> list[Delivery]:
+        """The events of ``channel`` in (``since``, ``upto``] and, if they are fewer, its
+        newest ``keep`` events up to ``upto``, in order; at most ``limit`` (the oldest)."""
+
+    async def last_published(self) -> int:
+        """The newest offset the relay has assigned, on any channel."""
 
 
 # `ts` truncated to the millisecond like the relay's live frames (a bare cast would round).
@@ -37,6 +43,20 @@ ORDER BY position
 LIMIT $4
 """
 _MAX_POSITION = 2**63 - 1
+# From `since` or from the (keep+1)-th newest event, whichever is older: one read answers a
+# resume and fills the feed's recent events (both index scans on (channel, position)).
+_READ_BACK = """
+SELECT position, prev, floor(extract(epoch FROM committed_at) * 1000)::bigint AS ts, type,
+       data::text AS data
+FROM outbox
+WHERE channel = $1 AND position <= $3
+  AND position > LEAST($2, COALESCE((
+      SELECT position FROM outbox
+      WHERE channel = $1 AND position <= $3
+      ORDER BY position DESC OFFSET $4 LIMIT 1), 0))
+ORDER BY position
+LIMIT $5
+"""
 
 
 class PostgresEventLog:
@@ -61,26 +81,21 @@ class PostgresEventLog:
     async def after(self, channel: str, after: int, limit: int) -> list[Delivery]:
         return await self._events(channel, after, _MAX_POSITION, limit)
 
-    async def replay(self, channel: str, since: int, upto: int, limit: int) -> list[Delivery]:
-        if since >= upto:
-            last = await self.pool.fetchval("SELECT relay_last_position()")
-            if since > (last or 0):
-                raise ResyncNeeded(f"offset {since} is ahead of every published event")
-            return []
-        events = await self._events(channel, since, upto, limit + 1)
-        # The first event after `since` must name `since` or an older one as its
-        # predecessor; otherwise events between them were pruned.
-        if not events or events[0].prev > since:
-            raise ResyncNeeded(f"events after offset {since} are past the retention window")
-        if len(events) > limit:
-            raise ResyncNeeded(f"more than {limit} events after offset {since}")
-        return events
+    async def read_back(
+        self, channel: str, since: int, upto: int, keep: int, limit: int
+    ) -> list[Delivery]:
+        rows = await self.pool.fetch(_READ_BACK, channel, since, upto, keep, limit)
+        return [_delivery(channel, row) for row in rows]
+
+    async def last_published(self) -> int:
+        return int(await self.pool.fetchval("SELECT relay_last_position()") or 0)
 
     async def _events(self, channel: str, after: int, upto: int, limit: int) -> list[Delivery]:
         rows = await self.pool.fetch(_EVENTS, channel, after, upto, limit)
-        return [
-            Delivery.from_row(
-                channel, row["position"], row["prev"], row["ts"], row["type"], row["data"]
-            )
-            for row in rows
-        ]
+        return [_delivery(channel, row) for row in rows]
+
+
+def _delivery(channel: str, row: asyncpg.Record) -> Delivery:
+    return Delivery.from_row(
+        channel, row["position"], row["prev"], row["ts"], row["type"], row["data"]
+    )

@@ -70,6 +70,12 @@ class HubMetrics:
             "Subscribers told to reload a channel whose events the log cannot chain",
             registry=registry,
         )
+        self.resumes = Counter(
+            "jangteo_hub_resumes",
+            "Subscriptions with since, by what answered them: the feed's recent events"
+            " (memory) or a read of PostgreSQL (log)",
+            ["source"], registry=registry,
+        )  # fmt: skip
         self.channels = Gauge(
             "jangteo_hub_channels", "Channels with local subscribers", registry=registry
         )

@@ -37,6 +37,8 @@ async def realtime_ctx(app: web.Application) -> AsyncIterator[None]:
         PostgresEventLog(app[keys.pg_pool_key]),
         HubMetrics(registry),
         replay_limit=settings.ws_replay_limit,
+        recent_size=settings.ws_resume_window,
+        recent_age=settings.ws_resume_window_age,
     )
     relay = OutboxRelay(
         RelaySettings(

@@ -245,6 +245,10 @@ class Settings:
     ws_send_queue: int = 512  # frames waiting for a slow client before it is closed (1013)
     ws_heartbeat: float = 20.0  # seconds between server pings; no pong in half of it: dead
     ws_replay_limit: int = 10_000  # events one resume may replay; further back is `resync`
+    # Each channel's latest events kept in memory, so resumes (many at once after an
+    # instance dies) rarely need PostgreSQL: at most this many, none older than the age.
+    ws_resume_window: int = 256
+    ws_resume_window_age: float = 300.0
     ws_ticket_ttl: int = 30
     redis_watchdog_interval: float = 1.0  # the event subscription pings this often
 

@@ -516,6 +516,14 @@ async def test_a_replayed_event_is_the_same_frame_as_the_live_one(
         "UPDATE outbox SET committed_at = '2025-12-01 12:00:00.000999+00' WHERE position = $1",
         first["offset"],
     )
+    # With no subscriber left, the instance forgets the channel's recent events: the next
+    # resume reads the log.
+    await ws.close()
+    await other.close()
+    feeds = client.app[gateway_key].hub.feeds
+    async with asyncio.timeout(TIMEOUT):
+        while channel in feeds:
+            await asyncio.sleep(0.01)
     third = await open_socket(client, seller)
     await subscribed(third, channel, since=0)
     assert (await receive(third))["ts"] == epoch_ms(datetime(2025, 12, 1, 12, tzinfo=UTC))

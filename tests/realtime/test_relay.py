@@ -16,7 +16,7 @@ import pytest
 from db.queries.relay import RELAY_LOCK_CLASS
 from realtime import relay as relay_module
 from realtime.broker import decode_message
-from realtime.log import PostgresEventLog, ResyncNeeded
+from realtime.log import PostgresEventLog
 from tests.realtime.relay_support import (
     Relays,
     check_chain,
@@ -380,21 +380,29 @@ async def test_the_event_log_reads_back_the_published_bytes(
                 event.prev,
                 event.json,
             )
-        replayed = await log.replay("listing:1", ours[0].offset, ours[-1].offset, 100)
+        offsets = [m.offset for m in ours]
+        replayed = await log.read_back("listing:1", offsets[0], offsets[-1], 0, 100)
         assert [(e.offset, e.prev, e.json) for e in replayed] == [
             decode_message(m.payload) for m in ours[1:]
         ]
         assert [e.offset for e in await log.after("listing:1", ours[1].offset, 2)] == [
             m.offset for m in ours[2:4]
         ]
-        assert await log.replay("listing:1", ours[-1].offset, ours[-1].offset, 100) == []
-        with pytest.raises(ResyncNeeded):
-            await log.replay("listing:1", ours[0].offset, ours[-1].offset, 2)  # over the limit
-        with pytest.raises(ResyncNeeded):  # ahead of every position
-            await log.replay("listing:1", 9, ours[-1].offset, 100)
+
+        async def offsets_read(since: int, upto: int, keep: int, limit: int = 100) -> list[int]:
+            events = await log.read_back("listing:1", since, upto, keep, limit)
+            return [event.offset for event in events]
+
+        assert await offsets_read(offsets[-1], offsets[-1], 0) == []
+        assert await offsets_read(offsets[1], offsets[-2], 0) == offsets[2:-1]
+        # Also the newest `keep` up to `upto`, when they reach further back than `since`.
+        assert await offsets_read(offsets[2], offsets[-1], 3) == offsets[-3:]
+        assert await offsets_read(offsets[2], offsets[-1], 2) == offsets[2:]
+        assert await offsets_read(offsets[2], offsets[-2], 3) == offsets[:-1]
+        assert await offsets_read(0, offsets[-1], 1) == offsets
+        assert await offsets_read(0, offsets[-1], 0, limit=2) == offsets[:2]
+        assert await log.last_published() == max(live)
         await db.execute("DELETE FROM outbox WHERE position <= $1", ours[1].offset)
-        with pytest.raises(ResyncNeeded):  # pruned
-            await log.replay("listing:1", ours[0].offset, ours[-1].offset, 100)
-        assert len(await log.replay("listing:1", ours[1].offset, ours[-1].offset, 100)) == 2
+        assert await offsets_read(0, offsets[-1], 0) == offsets[2:]  # pruned
     finally:
         await pool.close()
