@@ -1,4 +1,5 @@
-"""The demo page at ``/``: static ES modules served as they are (no build), and its accounts."""
+"""The demo page at ``/``: static ES modules served as they are (no build), and its accounts;
+also the JavaScript client library (``clients/js/``), which the page imports as any app would."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ from server.seed import DEMO_PASSWORD
 
 DEMO_DIR = Path(__file__).parent / "static" / "demo"
 ASSETS_PATH = "/demo/"
-# Names only, never paths: nothing outside DEMO_DIR (and its views/) can be asked for.
+# The library lives beside the server packages, not inside them: apps take it from the tree.
+CLIENT_DIR = Path(__file__).resolve().parent.parent / "clients" / "js"
+CLIENT_PATH = "/clients/js/"
+# Names only, never paths: nothing outside the folders served here can be asked for.
 _ASSET_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*\.(js|css|svg)$")
 _CONTENT_TYPES = {"js": "text/javascript", "css": "text/css", "svg": "image/svg+xml"}
 # Revalidated on every load: a changed module shows at once, an unchanged one costs a 304.
@@ -60,6 +64,10 @@ async def view_asset(request: web.Request) -> web.FileResponse:
     return _asset(DEMO_DIR / "views", request.match_info["name"])
 
 
+async def client_asset(request: web.Request) -> web.FileResponse:
+    return _asset(CLIENT_DIR, request.match_info["name"])
+
+
 async def demo_accounts(request: web.Request) -> web.Response:
     """The accounts ``jangteo seed`` made, for one-click sign-in on the demo page.
 
@@ -88,6 +96,11 @@ def setup_routes(app: web.Application, spec: ApiSpec) -> None:
     spec.route(
         app, "GET", ASSETS_PATH + "views/{name}", view_asset, summary="Demo page views",
         tag="demo", content_type="text/javascript", errors=(404,), path_schemas=name,
+    )  # fmt: skip
+    spec.route(
+        app, "GET", CLIENT_PATH + "{name}", client_asset,
+        summary="The JavaScript realtime client library (clients/js/)", tag="demo",
+        content_type="text/javascript", errors=(404,), path_schemas=name,
     )  # fmt: skip
     spec.route(
         app, "GET", "/api/v1/demo/accounts", demo_accounts,

@@ -124,22 +124,15 @@ async def test_the_backoff_is_exponential_with_full_jitter(
     try:
         page = await phone_page(browser, server.url, PageErrors())
         await page.goto("/")
-        # The page's own module, with Math.random pinned to both ends of its range.
+        # The client library the page imports, with its random source pinned to both ends.
         bounds = await page.evaluate(
             """async () => {
-                const { Realtime } = await import('/demo/socket.js');
-                const options = { backoffBase: 500, backoffCap: 30000 };
-                const client = new Realtime(async () => ({}), options);
-                const random = Math.random;
-                try {
-                    Math.random = () => 1;
-                    const longest = [0, 1, 2, 3, 6, 7, 60].map((n) => client.backoffDelay(n));
-                    Math.random = () => 0;
-                    const shortest = [0, 7].map((n) => client.backoffDelay(n));
-                    return { longest, shortest };
-                } finally {
-                    Math.random = random;
-                }
+                const { backoffDelay } = await import('/clients/js/jangteo.js');
+                const at = (random) => (n) => backoffDelay(n, { base: 500, cap: 30000, random });
+                return {
+                    longest: [0, 1, 2, 3, 6, 7, 60].map(at(() => 1)),
+                    shortest: [0, 7].map(at(() => 0)),
+                };
             }"""
         )
         assert bounds == {

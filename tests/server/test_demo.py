@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
-from server.demo import DEMO_DIR
+from server.demo import ASSETS_PATH, CLIENT_DIR, CLIENT_PATH, DEMO_DIR
 from server.seed import DEMO_PASSWORD, seed
 from server.settings import Settings
 from tests.support import Client
@@ -29,6 +30,14 @@ async def test_the_page_is_served_at_the_root_without_inline_scripts(client: Cli
     assert "<style" not in html
 
 
+def served_file(path: str) -> Path:
+    """The file behind a module's URL path: the demo's own, or the client library's."""
+    for prefix, folder in ((ASSETS_PATH, DEMO_DIR), (CLIENT_PATH, CLIENT_DIR)):
+        if path.startswith(prefix):
+            return folder / path.removeprefix(prefix)
+    raise AssertionError(f"{path} is outside every served folder")
+
+
 def module_paths() -> set[str]:
     """Every module app.js reaches through relative imports, as URL paths."""
     seen: set[str] = set()
@@ -38,7 +47,7 @@ def module_paths() -> set[str]:
         if path in seen:
             continue
         seen.add(path)
-        source = (DEMO_DIR / path.removeprefix("/demo/")).read_text()
+        source = served_file(path).read_text()
         assert INLINE_HANDLER.search(source) is None
         assert "eval(" not in source and "new Function" not in source
         folder = path.rsplit("/", 1)[0]
@@ -55,7 +64,7 @@ def module_paths() -> set[str]:
 
 async def test_every_module_is_served_as_javascript(client: Client) -> None:
     paths = module_paths()
-    assert {"/demo/api.js", "/demo/socket.js", "/demo/views/feed.js"} <= paths
+    assert {"/demo/api.js", "/clients/js/jangteo.js", "/demo/views/feed.js"} <= paths
     for path in sorted(paths):
         response = await client.get(path)
         assert response.status == 200, path
@@ -68,7 +77,15 @@ async def test_every_module_is_served_as_javascript(client: Client) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["/demo/missing.js", "/demo/index.html", "/demo/..%2Fdemo.py", "/demo/views/..%2Fapp.js"],
+    [
+        "/demo/missing.js",
+        "/demo/index.html",
+        "/demo/..%2Fdemo.py",
+        "/demo/views/..%2Fapp.js",
+        "/clients/js/jangteo.d.ts",
+        "/clients/js/README.md",
+        "/clients/js/..%2F..%2Fserver%2Fdemo.py",
+    ],
 )
 async def test_nothing_else_is_served(client: Client, path: str) -> None:
     assert (await client.get(path)).status == 404

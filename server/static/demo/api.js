@@ -12,11 +12,12 @@ let refreshing = null; // one refresh at a time: a rotated token must not be use
 const signedOutListeners = new Set();
 
 export class ApiError extends Error {
-  constructor(status, problem) {
+  constructor(status, problem, retryAfter = null) {
     super(describe(problem, status));
     this.status = status;
     this.problem = problem;
     this.type = problem?.type ?? '';
+    this.retryAfter = retryAfter; // the Retry-After header of a 429 or 503, for the realtime client
   }
 }
 
@@ -79,7 +80,8 @@ export async function request(path, { method = 'GET', body, headers = {}, auth =
       continue;
     }
     if (!response.ok) {
-      throw new ApiError(response.status, await response.json().catch(() => null));
+      const problem = await response.json().catch(() => null);
+      throw new ApiError(response.status, problem, response.headers.get('Retry-After'));
     }
     const etag = response.headers.get('ETag');
     const data = response.status === 204 ? null : await response.json();
@@ -108,8 +110,8 @@ export async function logout() {
   }
 }
 
-/** A ticket for one WebSocket upgrade (single use, 30 s). */
-export const wsTicket = () => post('/ws/ticket');
+/** A ticket for one realtime connection (single use, 30 s), as the realtime client asks. */
+export const realtimeTicket = async () => (await post('/ws/ticket')).ticket;
 
 export const demoAccounts = () => request('/demo/accounts', { auth: false });
 

@@ -1,6 +1,6 @@
 // The demo app shell: session, router, realtime status, and the app-wide `user:{me}` channel.
 import * as api from './api.js';
-import { Realtime } from './socket.js';
+import { RealtimeClient } from '../clients/js/jangteo.js';
 import { clear, formatWon, h, toast } from './dom.js';
 import * as auth from './views/auth.js';
 import * as feed from './views/feed.js';
@@ -23,8 +23,8 @@ const ROUTES = [
 const STATE_LABELS = {
   connecting: 'Connecting…',
   live: 'Live',
-  'catching-up': 'Catching up…',
   reconnecting: 'Reconnecting…',
+  closed: 'Offline',
   offline: 'Offline',
 };
 
@@ -93,10 +93,13 @@ function setBadge(id, count) {
   badge.hidden = count === 0;
 }
 
-function showState(state) {
+function showState(state, transport = null) {
   const pill = document.getElementById('status');
   pill.dataset.state = state;
-  pill.querySelector('.label').textContent = STATE_LABELS[state] ?? state;
+  pill.dataset.transport = transport ?? '';
+  // Server-Sent Events when WebSockets cannot get through: receiving works the same.
+  const via = state === 'live' && transport === 'sse' ? ' (SSE)' : '';
+  pill.querySelector('.label').textContent = (STATE_LABELS[state] ?? state) + via;
 }
 
 function onUserEvent(event) {
@@ -119,24 +122,24 @@ function onUserEvent(event) {
 async function signedIn() {
   ctx.user = await api.get('/me');
   document.getElementById('tabs').hidden = false;
-  ctx.rt = new Realtime(api.wsTicket);
-  ctx.rt.addEventListener('state', (e) => showState(e.detail));
-  ctx.rt.addEventListener('fatal', (e) => {
-    if (e.detail.code === 4401) api.forget();
-    else toast(`Realtime stopped: ${e.detail.message}. Tap the status to retry.`, 'error');
+  ctx.rt = new RealtimeClient({ ticket: api.realtimeTicket });
+  ctx.rt.addEventListener('state', (e) => showState(e.detail.state, e.detail.transport));
+  ctx.rt.addEventListener('closed', (e) => {
+    if (e.detail.kind === 'sessionEnded') api.forget();
+    else if (e.detail.kind === 'fatal') toast(`Realtime stopped: ${e.detail.message}. Tap the status to retry.`, 'error');
   });
   ctx.rt.subscribe(`user:${ctx.user.id}`, {
     event: onUserEvent,
-    resync: () => Promise.all([refreshWallet(), refreshChatBadge()]),
+    resync: () => Promise.all([refreshWallet(), refreshChatBadge()]).catch(() => {}),
   });
-  ctx.rt.start();
+  ctx.rt.connect();
   await Promise.all([refreshWallet(), refreshChatBadge()]).catch(() => {});
   if (!location.hash || location.hash === '#/login') location.hash = '#/feed';
   else route();
 }
 
 function signedOut() {
-  ctx.rt?.stop();
+  ctx.rt?.close();
   ctx.rt = null;
   ctx.user = null;
   document.getElementById('wallet').hidden = true;
@@ -144,8 +147,8 @@ function signedOut() {
   navigate('#/login');
 }
 
-document.getElementById('status').addEventListener('click', () => ctx.rt?.retryNow());
-window.addEventListener('online', () => ctx.rt?.retryNow());
+document.getElementById('status').addEventListener('click', () => ctx.rt?.reconnectNow());
+window.addEventListener('online', () => ctx.rt?.reconnectNow());
 window.addEventListener('hashchange', () => {
   if (location.hash.startsWith('#/orders')) setBadge('order-badge', 0);
   route();

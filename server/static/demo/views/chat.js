@@ -82,14 +82,15 @@ export async function render(root, ctx, roomId) {
       }
     },
     presence: showPresence,
-    resync: loadMessages,
+    resync: () => loadMessages().catch(() => {}),
   });
 
   const input = h('input', { name: 'body', maxlength: 1000, autocomplete: 'off', placeholder: 'Message', 'aria-label': 'Message' });
   const form = h('form', { class: 'composer' }, input, h('button', { type: 'submit', class: 'primary' }, 'Send'));
   input.addEventListener('input', () => {
     const now = Date.now();
-    if (now - lastTyping >= TYPING_EVERY_MS && rt.send({ op: 'typing', room: Number(roomId) })) lastTyping = now;
+    // A hint over the WebSocket only; on Server-Sent Events the page just does not send it.
+    if (now - lastTyping >= TYPING_EVERY_MS && rt.transport === 'websocket' && rt.typing(Number(roomId))) lastTyping = now;
   });
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
@@ -119,7 +120,7 @@ export async function render(root, ctx, roomId) {
     }
     await loadMessages();
   } catch (error) {
-    sub.close();
+    sub.unsubscribe();
     throw error;
   }
   clear(root,
@@ -132,7 +133,7 @@ export async function render(root, ctx, roomId) {
   };
   document.addEventListener('visibilitychange', onVisible);
   return () => {
-    sub.close();
+    sub.unsubscribe();
     document.removeEventListener('visibilitychange', onVisible);
   };
 }

@@ -41,7 +41,7 @@ export async function render(root, ctx) {
   function forget(id) {
     const card = cards.get(id);
     if (!card) return;
-    card.sub.close();
+    card.sub.unsubscribe();
     card.el.remove();
     cards.delete(id);
     showEmpty();
@@ -82,7 +82,7 @@ export async function render(root, ctx) {
           }
           if (needsReload(frame)) reload(listing.id).catch(() => {});
         },
-        resync: () => reload(listing.id),
+        resync: () => reload(listing.id).catch(() => {}),
       }, { since });
     } else {
       card.listing = newer(card.listing, listing);
@@ -121,7 +121,7 @@ export async function render(root, ctx) {
       put({ ...frame.data, photos: [] }, { atTop: true, since: frame.offset });
       reload(frame.data.id).catch(() => {});
     },
-    resync: reloadAll,
+    resync: () => reloadAll().catch(() => {}),
   });
 
   const regions = [...new Set([ctx.user.region, ...REGIONS])];
@@ -140,7 +140,7 @@ export async function render(root, ctx) {
   feedSub.ready.then(reloadAll).catch(() => {});
 
   return () => {
-    feedSub.close();
-    for (const card of cards.values()) card.sub.close();
+    feedSub.unsubscribe();
+    for (const card of cards.values()) card.sub.unsubscribe();
   };
 }

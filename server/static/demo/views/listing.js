@@ -115,13 +115,13 @@ export async function render(root, ctx, id) {
       }
       if (needsReload(frame)) reload().catch(() => {});
     },
-    resync: reload,
+    resync: () => reload().catch(() => {}),
   });
 
   try {
     listing = await api.get(`/listings/${id}`);
   } catch (error) {
-    sub.close();
+    sub.unsubscribe();
     throw error;
   }
   draw();
@@ -131,5 +131,5 @@ export async function render(root, ctx, id) {
     h('article', { class: 'listing', dataset: { listingId: id } },
       gallery, h('div', { class: 'card' }, head, actions), h('section', { class: 'card' }, description), activityBox));
   sub.ready.then(reload).catch(() => {}); // subscribed after the first read: read again
-  return () => sub.close();
+  return () => sub.unsubscribe();
 }
