@@ -225,15 +225,24 @@ class Setup:
         )
 
 
-@pytest.fixture
-async def setup() -> AsyncIterator[Setup]:
+def make_setup(recent_size: int = 0) -> Setup:
+    """A hub on an in-memory bus and log; ``recent_size`` events kept per feed for resumes."""
     bus = MemoryBus()
     broker = CountingBroker(bus)
     registry = CollectorRegistry()
     log = FakeLog()
-    hub = Hub(broker, log, HubMetrics(registry), replay_limit=100)
-    yield Setup(bus, broker, bus.client(), log, hub, registry)
-    await hub.close()
+    hub = Hub(
+        broker, log, HubMetrics(registry), replay_limit=100, recent_size=recent_size,
+        recent_age=3600,
+    )  # fmt: skip
+    return Setup(bus, broker, bus.client(), log, hub, registry)
+
+
+@pytest.fixture
+async def setup() -> AsyncIterator[Setup]:
+    made = make_setup()
+    yield made
+    await made.hub.close()
 
 
 # -- subscriptions ---------------------------------------------------------------------
