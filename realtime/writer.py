@@ -1,6 +1,9 @@
 """One socket's outgoing side: whole frames straight to the transport, a bounded queue behind.
 
-While the peer keeps up, a frame is written at once (the fan-out loop never waits). When
+While the peer keeps up, a frame is written at once (the fan-out loop never waits), and
+the frames that follow it in the same turn of the event loop (a burst: many events read
+from Redis in one go) are written together at the end of that turn, one write for all of
+them instead of one per frame. A lone event is never held back. When
 the transport's buffer is past its high-water mark, frames wait in a bounded queue that a
 writer task of this socket drains as the peer reads; when the queue is full the peer is
 too slow, and ``on_overflow`` closes it (1013): it resumes later with ``since``. So one
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import weakref
 from collections.abc import Callable
 
 from realtime.event import Delivery
@@ -20,8 +24,42 @@ LOW_WATER = 16 * 1024  # the queue is drained again once the buffer is below thi
 DRAIN_POLL_S = 0.005
 
 
+class _Flusher:
+    """Writes, at the end of a loop turn, the frames each writer gathered in that turn."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.writers: list[SocketWriter] = []
+
+    def add(self, writer: SocketWriter) -> None:
+        if not self.writers:
+            self.loop.call_soon(self.flush)
+        self.writers.append(writer)
+
+    def flush(self) -> None:
+        writers, self.writers = self.writers, []
+        for writer in writers:
+            writer.flush()
+
+
+_flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _flusher() -> _Flusher:
+    loop = asyncio.get_running_loop()
+    flusher = _flushers.get(loop)
+    if flusher is None:
+        flusher = _flushers[loop] = _Flusher(loop)
+    return flusher
+
+
 class SocketWriter:
-    __slots__ = ("closed", "limit", "on_overflow", "on_resync", "queue", "task", "transport")
+    __slots__ = (
+        "closed", "flusher", "gathered", "gathered_bytes", "limit", "on_overflow", "on_resync",
+        "queue", "task", "transport",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -37,6 +75,10 @@ class SocketWriter:
         self.queue: collections.deque[bytes] | None = None  # made when the peer falls behind
         self.task: asyncio.Task[None] | None = None
         self.closed = False
+        self.flusher = _flusher()
+        # Not None once a frame was written this turn: later ones gather for one write.
+        self.gathered: list[bytes] | None = None
+        self.gathered_bytes = 0
 
     def deliver(self, event: Delivery) -> None:
         self.send(event.frame)
@@ -57,7 +99,7 @@ class SocketWriter:
             await asyncio.sleep(DRAIN_POLL_S)
 
     def send(self, frame: bytes) -> None:
-        """Write or queue one complete WebSocket frame; never waits."""
+        """Write, gather or queue one complete frame; never waits."""
         if self.closed:
             return
         queue = self.queue
@@ -67,17 +109,34 @@ class SocketWriter:
                 self.on_overflow()
                 return
             queue.append(frame)
-        elif self.transport.is_closing():
+            return
+        transport = self.transport
+        if transport.is_closing():
             self.stop()
-        elif self.transport.get_write_buffer_size() <= HIGH_WATER:
-            self.transport.write(frame)
-        else:
-            if queue is None:
-                queue = self.queue = collections.deque()
-            queue.append(frame)
-            self.task = asyncio.create_task(self._drain(queue))
+            return
+        buffered = transport.get_write_buffer_size()
+        gathered = self.gathered
+        if gathered is None:
+            if buffered <= HIGH_WATER:
+                transport.write(frame)
+                self.gathered = []
+                self.flusher.add(self)
+                return
+        elif buffered + self.gathered_bytes + len(frame) <= HIGH_WATER:
+            gathered.append(frame)
+            self.gathered_bytes += len(frame)
+            return
+        queue = self.queue = collections.deque((frame,))
+        self.task = asyncio.create_task(self._drain(queue))
+
+    def flush(self) -> None:
+        """Write what was gathered this turn (before any queued frame: they are newer)."""
+        gathered, self.gathered, self.gathered_bytes = self.gathered, None, 0
+        if gathered and not self.closed and not self.transport.is_closing():
+            self.transport.writelines(gathered)
 
     async def _drain(self, queue: collections.deque[bytes]) -> None:
+        self.flush()  # frames gathered before the first queued one go first
         transport = self.transport
         while queue and not self.closed:
             if transport.is_closing():
@@ -93,7 +152,9 @@ class SocketWriter:
         self.task = None
 
     def stop(self) -> None:
-        """Send nothing more (the socket is closing); drops what waits."""
+        """Send nothing more (the socket is closing): what was sent this turn is written,
+        what waits in the queue for a slow peer is dropped."""
+        self.flush()
         self.closed = True
         if self.queue is not None:
             self.queue.clear()

@@ -84,7 +84,7 @@ def transport() -> FakeTransport:
     return FakeTransport()
 
 
-async def test_frames_are_written_at_once_under_the_high_water_mark(
+async def test_a_turns_first_frame_is_written_at_once_and_the_rest_together(
     transport: FakeTransport,
 ) -> None:
     overflow = Overflows()
@@ -92,13 +92,48 @@ async def test_frames_are_written_at_once_under_the_high_water_mark(
     frames = [frame(i) for i in range(10)]
     for f in frames:
         writer.send(f)
-        assert transport.writes[-1] == f  # synchronously, no task in between
-    assert transport.writes == frames
+    assert transport.writes == [frames[0]]  # synchronously, no task in between
+    await asyncio.sleep(0)  # the end of the loop turn: one write for the burst
+    assert transport.writes == [frames[0], b"".join(frames[1:])]
     assert writer.task is None and not writer.queue
-    transport.buffered = HIGH_WATER  # at the mark, not beyond it: still written at once
-    writer.send(frame(10))
+    writer.send(frame(10))  # a lone frame in a later turn is not held back
     assert transport.writes[-1] == frame(10)
+    await asyncio.sleep(0)
+    assert len(transport.writes) == 3
+    transport.buffered = HIGH_WATER  # at the mark, not beyond it: still written at once
+    writer.send(frame(11))
+    assert transport.writes[-1] == frame(11)
     assert overflow.calls == 0
+
+
+async def test_a_burst_past_the_high_water_mark_queues_the_rest_in_order(
+    transport: FakeTransport,
+) -> None:
+    writer = SocketWriter(transport, 100, Overflows())
+    transport.buffered = HIGH_WATER - 250
+    frames = [frame(i) for i in range(6)]
+    for f in frames:
+        writer.send(f)
+    # 100 bytes written, 100 gathered: the third would pass the mark, so it and the
+    # rest wait in the queue, behind the gathered one.
+    assert transport.writes == [frames[0]]
+    assert list(writer.queue or ()) == frames[2:]
+    await asyncio.sleep(0)
+    assert transport.writes == [frames[0], frames[1]]
+    transport.peer_reads()
+    await until(lambda: len(transport.writes) == 6)
+    assert transport.writes == frames
+
+
+async def test_stop_writes_what_was_gathered_this_turn(transport: FakeTransport) -> None:
+    writer = SocketWriter(transport, 10, Overflows())
+    writer.send(frame(0))
+    writer.send(frame(1))  # gathered
+    writer.stop()  # e.g. a close frame follows: what was sent before it goes first
+    assert transport.writes == [frame(0), frame(1)]
+    await asyncio.sleep(0)
+    writer.send(frame(2))
+    assert transport.writes == [frame(0), frame(1)]
 
 
 async def test_deliver_writes_the_events_frame(transport: FakeTransport) -> None:
