@@ -40,16 +40,25 @@ def event_json(channel: str, offset: int, prev: int, ts: int, type_: str, data_j
     )
 
 
+def control_json(op: str, **fields: Any) -> bytes:
+    """A non-event frame's JSON (event streams carry it as it is)."""
+    return orjson.dumps({"op": op, **fields})
+
+
 def control(op: str, **fields: Any) -> bytes:
     """A non-event frame (subscribed, error, pong, ...), ready to write."""
-    return text_frame(orjson.dumps({"op": op, **fields}))
+    return text_frame(control_json(op, **fields))
 
 
-def error(code: str, detail: str, channel: str | None = None, **more: Any) -> bytes:
+def error_json(code: str, detail: str, channel: str | None = None, **more: Any) -> bytes:
     fields: dict[str, Any] = {"code": code, "detail": detail, **more}
     if channel is not None:
         fields["channel"] = channel
-    return control("error", **fields)
+    return control_json("error", **fields)
+
+
+def error(code: str, detail: str, channel: str | None = None, **more: Any) -> bytes:
+    return text_frame(error_json(code, detail, channel, **more))
 
 
 PONG = control("pong")

@@ -1,10 +1,11 @@
-"""The WebSocket gateway: tickets, the socket endpoint, and the sockets of this instance.
+"""The realtime gateway: tickets, the socket and event stream endpoints, and their peers.
 
 ``POST /api/v1/ws/ticket`` turns an access token into a single-use ticket; ``GET
-/api/v1/ws?ticket=`` redeems it and speaks the protocol of ``realtime.protocol``. A socket
-belongs to the session (refresh-token family) its ticket came from: the ``sessions``
-channel, fed through the outbox like every other event, tells every instance when a
-session is revoked, and a timer closes sockets when their session expires.
+/api/v1/ws?ticket=`` redeems it and speaks the protocol of ``realtime.protocol``, and ``GET
+/api/v1/sse?ticket=&channel=`` redeems it for a receive-only stream (``realtime.sse``). A
+peer, socket or stream, belongs to the session (refresh-token family) its ticket came from:
+the ``sessions`` channel, fed through the outbox like every other event, tells every
+instance when a session is revoked, and a timer ends peers when their session expires.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -28,14 +31,18 @@ from realtime.connection import Connection, Limits, OpHandler
 from realtime.event import Delivery
 from realtime.hub import TRANSIENT_ERRORS, Hub
 from realtime.metrics import GatewayMetrics
+from realtime.peer import Peer
 from realtime.presence import Presence
 from realtime.protocol import FRAMES, ClientFrame
-from server.errors import Forbidden, ServiceUnavailable
+from realtime.sse import EventStream
+from realtime.sse_metrics import StreamMetrics
+from realtime.sse_request import parse_stream_request
+from server.errors import Forbidden, ServiceUnavailable, Unauthorized
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SESSION_SWEEP_S = 30.0  # how late, at most, a socket notices that its session expired
+SESSION_SWEEP_S = 30.0  # how late, at most, a peer notices that its session expired
 # While this instance cannot receive from Redis it may miss revocations (the sessions
 # channel then arrives only if a relay leader elsewhere can number it): after DEAF_AFTER_S
 # without Redis, its sessions are checked against PostgreSQL every DEAF_CHECK_S. When
@@ -50,6 +57,7 @@ _ENDED_SESSIONS = """
 SELECT family_id FROM refresh_tokens WHERE family_id = ANY($1::uuid[])
 GROUP BY family_id HAVING bool_or(revoked_at IS NOT NULL) OR max(expires_at) <= now()
 """
+P = TypeVar("P", bound=Peer)
 
 
 class Gateway:
@@ -61,12 +69,15 @@ class Gateway:
         pool: asyncpg.Pool,
         metrics: GatewayMetrics,
         presence: Presence | None = None,
+        *,
+        stream_metrics: StreamMetrics,
     ) -> None:
         self.settings = settings
         self.hub = hub
         self.redis = redis
         self.pool = pool
         self.metrics = metrics
+        self.stream_metrics = stream_metrics
         self.presence = presence
         self.rules = ChannelRules()
         self.ops: dict[str, tuple[type[ClientFrame], OpHandler]] = {
@@ -79,7 +90,8 @@ class Gateway:
             send_queue=settings.ws_send_queue,
         )
         self.connections: set[Connection] = set()
-        self.sessions: dict[uuid.UUID, set[Connection]] = {}
+        self.streams: set[EventStream] = set()
+        self.sessions: dict[uuid.UUID, set[Peer]] = {}
         self.shutting_down = False
         self.background: set[asyncio.Task[None]] = set()
         # Until this instance follows the sessions channel it could miss a logout.
@@ -97,12 +109,7 @@ class Gateway:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Check before the upgrade what can be refused with a status; the rest with a code."""
-        if not self._origin_allowed(request):
-            raise Forbidden("this Origin may not open sockets here")
-        if self.shutting_down:
-            raise ServiceUnavailable("shutting down; connect to another instance", retry_after=1)
-        if not self.following_sessions.is_set():
-            raise ServiceUnavailable("starting; try again", retry_after=1)
+        self._admit(request, "sockets")
         holder = await tickets.redeem_ticket(self.redis, request.query.get("ticket", ""))
         ws = web.WebSocketResponse(
             heartbeat=self.settings.ws_heartbeat,
@@ -114,7 +121,7 @@ class Gateway:
         await ws.prepare(request)
         if holder is None:
             return await self._refuse(ws, disconnect.BAD_TICKET)
-        if len(self.connections) >= self.settings.ws_max_connections:
+        if self._full():
             return await self._refuse(ws, disconnect.FULL)
         assert request.transport is not None
         connection = Connection(
@@ -129,7 +136,7 @@ class Gateway:
             metrics=self.metrics,
             presence=self.presence,
         )
-        self._register(connection)
+        self._register(connection, self.connections)
         try:
             if await self._session_alive(connection):
                 # Only this task reads the socket; frames are handled one at a time.
@@ -146,11 +153,67 @@ class Gateway:
             log.exception("socket handler failed", extra={"user_id": connection.user_id})
             connection.close_soon(disconnect.INTERNAL_ERROR)
         finally:
-            self._unregister(connection)
-            if connection.closing is not None:
-                with contextlib.suppress(Exception):
-                    await connection.closing
+            await self._unregister(connection, self.connections)
         return ws
+
+    async def open_stream(self, request: web.Request) -> web.StreamResponse:
+        """An event stream: every refusal is a status, until the stream has started."""
+        self._admit(request, "event streams")
+        holder = await tickets.redeem_ticket(self.redis, request.query.get("ticket", ""))
+        if holder is None:
+            raise Unauthorized(disconnect.BAD_TICKET.reason)
+        asked = parse_stream_request(
+            request.query.getall("channel", []),
+            request.query.get("since"),
+            request.headers,
+            self.settings.ws_max_subscriptions,
+        )
+        if self._full():
+            raise ServiceUnavailable(disconnect.FULL.reason, retry_after=1)
+        assert request.transport is not None
+        stream = EventStream(
+            request.transport,
+            user_id=holder.user_id,
+            session_id=holder.session_id,
+            channels=asked.channels,
+            since=asked.since,
+            send_queue=self.settings.ws_send_queue,
+            hub=self.hub,
+            rules=self.rules,
+            metrics=self.stream_metrics,
+            presence=self.presence,
+        )
+        self._register(stream, self.streams)
+        try:
+            await self._session_alive(stream)
+            if stream.refusal is None:
+                await stream.start(request)
+            elif stream.refusal == disconnect.SESSION_ENDED:
+                raise Unauthorized(stream.refusal.reason)
+            else:  # shutting down, or the session cannot be checked now
+                raise ServiceUnavailable(stream.refusal.reason, retry_after=1)
+            await stream.ended.wait()
+        except Exception:
+            if not stream.started:
+                raise  # still answered with a status
+            log.exception("event stream failed", extra={"user_id": stream.user_id})
+            stream.close_soon(disconnect.INTERNAL_ERROR)
+        finally:
+            await self._unregister(stream, self.streams)
+        return stream.response
+
+    def _admit(self, request: web.Request, what: str) -> None:
+        """What refuses a socket or a stream before its ticket is looked at."""
+        if not self._origin_allowed(request):
+            raise Forbidden(f"this Origin may not open {what} here")
+        if self.shutting_down:
+            raise ServiceUnavailable("shutting down; connect to another instance", retry_after=1)
+        if not self.following_sessions.is_set():
+            raise ServiceUnavailable("starting; try again", retry_after=1)
+
+    def _full(self) -> bool:
+        """Sockets and streams count alike against the instance's limit."""
+        return len(self.connections) + len(self.streams) >= self.settings.ws_max_connections
 
     async def _refuse(
         self, ws: web.WebSocketResponse, why: disconnect.Disconnect
@@ -169,53 +232,73 @@ class Gateway:
             return "*" in allowed or origin in allowed
         return urlsplit(origin).netloc == request.host  # same origin only
 
-    def _register(self, connection: Connection) -> None:
-        self.connections.add(connection)
-        self.sessions.setdefault(connection.session_id, set()).add(connection)
-        self.metrics.connections.set(len(self.connections))
+    def peers(self) -> Iterator[Peer]:
+        """Every socket and stream of this instance (a copy: they may end meanwhile)."""
+        yield from list(self.connections)
+        yield from list(self.streams)
 
-    def _unregister(self, connection: Connection) -> None:
-        connection.leave_all()
-        self.connections.discard(connection)
-        peers = self.sessions.get(connection.session_id)
-        if peers is not None:
-            peers.discard(connection)
-            if not peers:
-                del self.sessions[connection.session_id]
+    def _register(self, peer: P, kind: set[P]) -> None:
+        kind.add(peer)
+        self.sessions.setdefault(peer.session_id, set()).add(peer)
+        self._count()
+
+    async def _unregister(self, peer: P, kind: set[P]) -> None:
+        """Forget the peer, then wait until its close (if any) is written or given up."""
+        peer.leave_all()
+        kind.discard(peer)
+        same_session = self.sessions.get(peer.session_id)
+        if same_session is not None:
+            same_session.discard(peer)
+            if not same_session:
+                del self.sessions[peer.session_id]
+        self._count()
+        if peer.closing is not None:
+            with contextlib.suppress(Exception):
+                await peer.closing
+
+    def _count(self) -> None:
         self.metrics.connections.set(len(self.connections))
+        self.stream_metrics.streams.set(len(self.streams))
+
+    async def beat_streams(self) -> None:
+        """Heartbeats for every stream: one sweep for all, no timer per stream."""
+        while True:
+            await asyncio.sleep(self.settings.sse_heartbeat)
+            for stream in list(self.streams):
+                stream.beat()
 
     # -- session lifetime ----------------------------------------------------------------
 
-    async def _session_alive(self, connection: Connection) -> bool:
+    async def _session_alive(self, peer: Peer) -> bool:
         """Check the session (after registering, so a revocation racing this is seen)."""
         try:
-            row = await self.pool.fetchrow(_SESSION_STATE, connection.session_id)
+            row = await self.pool.fetchrow(_SESSION_STATE, peer.session_id)
         except TRANSIENT_ERRORS:
-            connection.close_soon(disconnect.UNAVAILABLE)
+            peer.close_soon(disconnect.UNAVAILABLE)
             return False
         assert row is not None
         expires_at: datetime | None = row["expires_at"]
         if row["revoked"] or expires_at is None or expires_at <= datetime.now(UTC):
-            connection.close_soon(disconnect.SESSION_ENDED)
+            peer.close_soon(disconnect.SESSION_ENDED)
             return False
-        connection.expires_at = expires_at.timestamp()
+        peer.expires_at = expires_at.timestamp()
         return True
 
     async def expire_sessions(self) -> None:
-        """Close sockets whose session ran out; one sweep for all, no timer per socket.
+        """End peers whose session ran out; one sweep for all, no timer per peer.
 
         A session that was refreshed meanwhile lives on (rotation extends it), so each
-        apparently expired socket is checked against the database first.
+        apparently expired peer is checked against the database first.
         """
         while True:
             await asyncio.sleep(SESSION_SWEEP_S)
             now = datetime.now(UTC).timestamp()
-            due = [c for c in self.connections if c.expires_at <= now and c.closing is None]
-            for connection in due:
-                await self._session_alive(connection)
+            due = [p for p in self.peers() if p.expires_at <= now and p.closing is None]
+            for peer in due:
+                await self._session_alive(peer)
 
     async def check_sessions_while_deaf(self) -> None:
-        """Close the sockets of ended sessions while revocations may not arrive."""
+        """End the peers of ended sessions while revocations may not arrive."""
         loop = asyncio.get_running_loop()
         deaf_since: float | None = None
         while True:
@@ -226,13 +309,13 @@ class Gateway:
             if deaf_since is None:
                 deaf_since = loop.time()
             if loop.time() - deaf_since >= DEAF_AFTER_S and not await self.check_sessions():
-                # Neither Redis nor PostgreSQL: its sockets would stay open and silent.
+                # Neither Redis nor PostgreSQL: its peers would stay open and silent.
                 # Another instance can serve them; they resume there with `since`.
-                for connection in list(self.connections):
-                    connection.close_soon(disconnect.CUT_OFF)
+                for peer in self.peers():
+                    peer.close_soon(disconnect.CUT_OFF)
 
     async def check_sessions(self) -> bool:
-        """Close with 4401 the sockets of every local session PostgreSQL says ended;
+        """End with 4401 the peers of every local session PostgreSQL says ended;
         False when PostgreSQL did not answer."""
         if not self.sessions:
             return True
@@ -246,8 +329,8 @@ class Gateway:
         return True
 
     def revoke(self, session_id: uuid.UUID) -> None:
-        for connection in list(self.sessions.get(session_id, ())):
-            connection.close_soon(disconnect.SESSION_ENDED)
+        for peer in list(self.sessions.get(session_id, ())):
+            peer.close_soon(disconnect.SESSION_ENDED)
 
     async def follow_sessions(self) -> None:
         """Stay subscribed to the internal sessions channel (retrying while PG is down)."""
@@ -264,11 +347,11 @@ class Gateway:
     # -- shutdown ------------------------------------------------------------------------
 
     async def close_all(self) -> None:
-        """Close every socket with 1001 (clients resume on another instance)."""
+        """End every socket and stream with 1001 (clients resume on another instance)."""
         self.shutting_down = True
-        for connection in list(self.connections):
-            connection.close_soon(disconnect.SHUTDOWN)
-        closing = [c.closing for c in self.connections if c.closing is not None]
+        for peer in self.peers():
+            peer.close_soon(disconnect.SHUTDOWN)
+        closing = [p.closing for p in self.peers() if p.closing is not None]
         if closing:
             await asyncio.wait(closing, timeout=self.settings.shutdown_timeout)
 

@@ -18,6 +18,7 @@ from realtime.log import PostgresEventLog
 from realtime.metrics import GatewayMetrics, HubMetrics, RelayMetrics
 from realtime.presence import Presence
 from realtime.relay import OutboxRelay, RelaySettings
+from realtime.sse_metrics import StreamMetrics
 from server import keys
 
 
@@ -60,6 +61,7 @@ async def realtime_ctx(app: web.Application) -> AsyncIterator[None]:
         app[keys.pg_pool_key],
         GatewayMetrics(registry),
         presence,
+        stream_metrics=StreamMetrics(registry),
     )
     ChatOps(gateway, app[keys.pg_pool_key], app[keys.rate_limiter_key], settings.rate_limit_writes)
     app[broker_key] = broker
@@ -75,13 +77,14 @@ async def realtime_ctx(app: web.Application) -> AsyncIterator[None]:
     sessions_task = asyncio.create_task(gateway.follow_sessions(), name="jangteo-sessions")
     expiry_task = asyncio.create_task(gateway.expire_sessions(), name="jangteo-session-expiry")
     deaf_task = asyncio.create_task(gateway.check_sessions_while_deaf(), name="jangteo-deaf")
+    heartbeat_task = asyncio.create_task(gateway.beat_streams(), name="jangteo-sse-heartbeat")
     with contextlib.suppress(TimeoutError):  # sockets are refused (503) until it is done
         async with asyncio.timeout(settings.pg_connect_timeout):
             await asyncio.shield(sessions_task)
     yield
     await gateway.close_all()  # normally done already by on_shutdown
     await relay.stop(relay_task)  # publishes what committed, then hands leadership over
-    for task in (sessions_task, expiry_task, deaf_task, *gateway.background):
+    for task in (sessions_task, expiry_task, deaf_task, heartbeat_task, *gateway.background):
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -91,7 +94,7 @@ async def realtime_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def close_sockets_on_shutdown(app: web.Application) -> None:
-    """on_shutdown: every socket gets 1001 before in-flight requests are awaited."""
+    """on_shutdown: every socket and stream gets 1001 before in-flight requests are awaited."""
     if gateway_key in app:
         await app[gateway_key].close_all()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import re
 import secrets
@@ -160,6 +161,13 @@ def _relay_partitions(reader: _EnvReader, name: str, default: int) -> int:
     return count
 
 
+def _interval(reader: _EnvReader, name: str, default: float) -> float:
+    seconds = reader.number(name, default)
+    if not 0 < seconds < math.inf:
+        raise SettingsError(f"{reader.prefix}{name} must be a positive number of seconds")
+    return seconds
+
+
 def _upper(reader: _EnvReader, name: str, default: str) -> str:
     return reader.text(name, default).upper()
 
@@ -250,6 +258,8 @@ class Settings:
     ws_resume_window: int = 256
     ws_resume_window_age: float = 300.0
     ws_ticket_ttl: int = 30
+    # Seconds between comment lines on every event stream: proxies end silent responses.
+    sse_heartbeat: float = setting(15.0, parse=_interval)
     redis_watchdog_interval: float = 1.0  # the event subscription pings this often
 
     @classmethod

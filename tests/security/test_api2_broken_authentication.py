@@ -75,8 +75,8 @@ async def test_a_token_in_the_url_is_not_accepted(client: Client) -> None:
 
 
 async def test_the_documented_api_takes_no_secret_in_a_url(client: Client) -> None:
-    """The only query parameter that carries anything secret is the socket's single-use,
-    30-second ticket, which is exactly why the socket uses one."""
+    """The only query parameter that carries anything secret is the single-use, 30-second
+    ticket of a socket or an event stream, which is exactly why they use one."""
     spec = await (await client.get("/openapi.json")).json()
     in_query = {
         (path, parameter["name"])
@@ -90,7 +90,7 @@ async def test_the_documented_api_takes_no_secret_in_a_url(client: Client) -> No
         for path, name in in_query
         if any(word in name for word in ("token", "password", "secret", "key", "ticket"))
     }
-    assert secret_looking == {("/api/v1/ws", "ticket")}
+    assert secret_looking == {("/api/v1/ws", "ticket"), ("/api/v1/sse", "ticket")}
 
 
 @pytest.fixture
