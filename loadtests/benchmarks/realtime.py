@@ -74,9 +74,9 @@ FD_RESERVE = 200  # descriptors a server needs besides its sockets (pools, logs,
 SOCKETIO = importlib.util.find_spec("socketio") is not None  # python-socketio, optional
 SOCKETIO_PATH = "/socket.io/?EIO=4&transport=websocket"
 TARGETS = {
-    "fanout_p99_ms_2000": 50.0,
+    "fanout_p99_ms_2000": 20.0,
     "fanout_p99_ms_20000": 250.0,
-    "fanout_share_of_bare": 0.90,
+    "fanout_share_of_bare": 2.0,
     "fanout_times_socketio": 4.0,
     "relay_p99_ms": 10.0,
     "relay_events_per_second": 5000.0,
@@ -163,7 +163,7 @@ class RealtimeResult(Result):
             top_right.set_ylabel("delivered messages / s per instance")
             share = report.fmt_ratio(fanout["share_of_bare"], "%")
             title = f"burst of {fanout['burst_events']} events: jangteo {share} of bare"
-            title += " (target >= 90%)"
+            title += " (target >= 200%)"
             if fanout.get("times_socketio"):
                 title += f",\n{fanout['times_socketio']:.1f}x python-socketio (target >= 4x)"
             top_right.set_title(title, fontsize=9)
@@ -214,9 +214,11 @@ class Bench:
     addresses: SourceAddresses = field(default_factory=SourceAddresses)
     token: str = ""  # a signed-up account's: every instance shares the JWT secret
 
-    def jangteo(self, names: Sequence[str], **extra: str) -> AbstractContextManager[list[Server]]:
+    def jangteo(
+        self, names: Sequence[str], *, workers: int = 1, **extra: str
+    ) -> AbstractContextManager[list[Server]]:
         record = self.commands.setdefault("jangteo", {})
-        return instances(names, self.settings | extra, self.args.scratch, record)
+        return instances(names, self.settings | extra, self.args.scratch, record, workers=workers)
 
     @contextmanager
     def references(
