@@ -50,15 +50,16 @@ export function closeRule(code) {
 /**
  * What to do after an HTTP refusal by the ticket request (`what` = 'ticket') or the SSE request
  * ('sse'): 408, 429 and 5xx are "not now" (backoff, honouring Retry-After); any other 4xx is
- * "never" (stop). A 401 from the ticket request means the session is gone: sign in again.
+ * "never" (stop). A 401 ends the session's realtime: from the ticket request, the access token
+ * was refused; from the SSE request, the session ended (a ticket taken for the attempt and
+ * used at once is not otherwise refused). Either way: sign in again.
  */
 export function statusRule(status, what) {
   if (status === 408 || status === 429 || status >= 500) {
-    return { action: 'backoff', then: `${what} answered ${status}: retry after a backoff`, sessionEnded: false };
+    return { action: 'backoff', then: `${what} request answered ${status}: retry after a backoff`, sessionEnded: false };
   }
-  const sessionEnded = status === 401 && what === 'ticket';
-  const then = sessionEnded ? 'the access token was refused: sign in again' : `${what} answered ${status}: retrying would repeat it`;
-  return { action: 'stop', then, sessionEnded };
+  if (status === 401) return { action: 'stop', then: `${what} request answered 401: sign in again`, sessionEnded: true };
+  return { action: 'stop', then: `${what} request answered ${status}: retrying would repeat it`, sessionEnded: false };
 }
 
 /** Full jitter: uniform in [0, min(cap, base * 2^attempt)] ms, so dropped clients spread out. */
@@ -474,6 +475,7 @@ export class RealtimeClient extends EventTarget {
       let delay = now ? this.#backoff(0) : this.#backoff(attempt);
       if (outcome.retryAfterMs !== null && outcome.retryAfterMs !== undefined) delay = Math.max(delay, outcome.retryAfterMs);
       this.#setState(this.connections ? 'reconnecting' : 'connecting');
+      this.dispatchEvent(new CustomEvent('backoff', { detail: { delayMs: delay, attempt } }));
       await this.#sleep(delay);
       attempt += 1;
     }
@@ -623,7 +625,9 @@ export class RealtimeClient extends EventTarget {
       if (result.reopen) continue; // the channels changed: a new stream from the cursor, at once
       if (result.status !== undefined) {
         const rule = statusRule(result.status, 'sse');
-        if (rule.action === 'stop') return { stop: new ClosedError('fatal', result.status, rule.then) };
+        if (rule.action === 'stop') {
+          return { stop: new ClosedError(rule.sessionEnded ? 'sessionEnded' : 'fatal', result.status, rule.then) };
+        }
         return { served, retryAfterMs: result.retryAfterMs };
       }
       return this.#closed(result.code, served);
@@ -658,11 +662,12 @@ export class RealtimeClient extends EventTarget {
       }, Math.min(this.#options.pingEveryMs, this.#options.silentForMs));
       const parser = createSseParser(({ data, event }) => {
         if (event !== 'message' || closeFrame) return;
-        served = true;
         const frame = this.#onText(data);
         if (frame?.op === 'close') {
-          closeFrame = frame;
+          closeFrame = frame; // like a WebSocket close frame, it does not count as served
           controller.abort(); // the server ends the response; nothing after this counts
+        } else {
+          served = true;
         }
       });
       const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();

@@ -5,10 +5,13 @@ from __future__ import annotations
 import re
 import struct
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from playwright.async_api import Browser, ConsoleMessage, Expect, Page, ViewportSize
+
+from tests.support import ServerProcess
 
 DEMO_USERS = 3  # demo3@jangteo.dev is in seoul-mapo, the region the tests sell in
 PHONE: ViewportSize = {"width": 390, "height": 844}
@@ -60,6 +63,14 @@ async def phone_page(browser: Browser, base_url: str, errors: PageErrors) -> Pag
     context = await browser.new_context(viewport=PHONE, base_url=base_url, device_scale_factor=2)
     context.set_default_timeout(LIVE_TIMEOUT_MS)
     return errors.watch(await context.new_page())
+
+
+def restart_on(port: int, env: Mapping[str, str]) -> ServerProcess:
+    """A new instance on the port the page's origin names, as after a deploy or a crash."""
+    server = ServerProcess(env)
+    server.port = port
+    server.env["JANGTEO_PORT"] = str(port)
+    return server.start()
 
 
 def gradient_png(width: int = 320, height: int = 240) -> bytes:

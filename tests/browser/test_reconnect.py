@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import aiohttp
 import pytest
 from playwright.async_api import Browser
@@ -14,17 +12,10 @@ from tests.browser.support import (
     Screenshots,
     expect,
     phone_page,
+    restart_on,
 )
 from tests.support import ServerProcess, start_servers, stop_servers
 from tests.system.realtime_support import create_listing, set_price, sign_up
-
-
-def restart_on(port: int, env: Mapping[str, str]) -> ServerProcess:
-    """A new instance on the port the page's origin names, as after a deploy or a crash."""
-    server = ServerProcess(env)
-    server.port = port
-    server.env["JANGTEO_PORT"] = str(port)
-    return server.start()
 
 
 @pytest.mark.timeout(300)

@@ -56,6 +56,16 @@ async def create_listing(http: aiohttp.ClientSession, server: ServerProcess, use
     return listing_id
 
 
+async def open_room(
+    http: aiohttp.ClientSession, server: ServerProcess, buyer: User, listing: int
+) -> int:
+    """The buyer opens the chat room about ``listing``; its id."""
+    response = await http.post(f"{server.url}/api/v1/listings/{listing}/chats", headers=buyer.auth)
+    assert response.status == 201, await response.text()
+    room_id: int = (await response.json())["id"]
+    return room_id
+
+
 async def set_price(
     http: aiohttp.ClientSession, server: ServerProcess, user: User, listing_id: int, price: int
 ) -> None:

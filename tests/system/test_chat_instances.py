@@ -12,20 +12,11 @@ import asyncpg
 from tests.support import ServerProcess
 from tests.system.realtime_support import (
     Socket,
-    User,
     create_listing,
+    open_room,
     open_socket,
     sign_up,
 )
-
-
-async def _room(
-    http: aiohttp.ClientSession, server: ServerProcess, buyer: User, listing: int
-) -> int:
-    response = await http.post(f"{server.url}/api/v1/listings/{listing}/chats", headers=buyer.auth)
-    assert response.status == 201, await response.text()
-    room_id: int = (await response.json())["id"]
-    return room_id
 
 
 async def _next_op(socket: Socket, op: str, **match: Any) -> dict[str, Any]:
@@ -44,7 +35,7 @@ async def test_buyer_and_seller_on_two_instances_chat_both_ways_live(
         seller = await sign_up(http, first)
         buyer = await sign_up(http, second)
         listing = await create_listing(http, first, seller)
-        room = await _room(http, second, buyer, listing)
+        room = await open_room(http, second, buyer, listing)
         buyer_socket = await open_socket(http, second, buyer)
         seller_socket = await open_socket(http, first, seller)
         await buyer_socket.subscribe(f"room:{room}")
@@ -77,7 +68,7 @@ async def test_one_client_id_sent_twenty_times_over_both_instances_is_stored_onc
     async with aiohttp.ClientSession() as http:
         seller = await sign_up(http, first)
         buyer = await sign_up(http, first)
-        room = await _room(http, first, buyer, await create_listing(http, first, seller))
+        room = await open_room(http, first, buyer, await create_listing(http, first, seller))
         client_id = str(uuid.uuid4())
         sockets = [await open_socket(http, server, buyer) for server in (first, second)]
 
@@ -113,7 +104,7 @@ async def test_a_message_sent_while_the_seller_is_offline_arrives_by_resume_and_
     async with aiohttp.ClientSession() as http:
         seller = await sign_up(http, first)
         buyer = await sign_up(http, second)
-        room = await _room(http, second, buyer, await create_listing(http, first, seller))
+        room = await open_room(http, second, buyer, await create_listing(http, first, seller))
         seller_socket = await open_socket(http, first, seller)
         start = await seller_socket.subscribe(f"user:{seller.user_id}")
         await seller_socket.ws.close()
@@ -147,7 +138,7 @@ async def test_presence_shows_join_and_leave_across_instances_and_typing_expires
     async with aiohttp.ClientSession() as http:
         seller = await sign_up(http, first)
         buyer = await sign_up(http, second)
-        room = await _room(http, second, buyer, await create_listing(http, first, seller))
+        room = await open_room(http, second, buyer, await create_listing(http, first, seller))
         channel = f"room:{room}"
         seller_socket = await open_socket(http, first, seller)
         await seller_socket.subscribe(channel)
