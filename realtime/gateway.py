@@ -34,6 +34,7 @@ from realtime.metrics import GatewayMetrics
 from realtime.peer import Peer
 from realtime.presence import Presence
 from realtime.protocol import FRAMES, ClientFrame
+from realtime.session_states import SessionStates
 from realtime.sse import EventStream
 from realtime.sse_metrics import StreamMetrics
 from realtime.sse_request import parse_stream_request
@@ -49,10 +50,6 @@ SESSION_SWEEP_S = 30.0  # how late, at most, a peer notices that its session exp
 # that check fails too, the instance can deliver nothing: its sockets are closed (1013).
 DEAF_AFTER_S = 3.0
 DEAF_CHECK_S = 1.0
-_SESSION_STATE = """
-SELECT bool_or(revoked_at IS NOT NULL) AS revoked, max(expires_at) AS expires_at
-FROM refresh_tokens WHERE family_id = $1
-"""
 _ENDED_SESSIONS = """
 SELECT family_id FROM refresh_tokens WHERE family_id = ANY($1::uuid[])
 GROUP BY family_id HAVING bool_or(revoked_at IS NOT NULL) OR max(expires_at) <= now()
@@ -76,6 +73,7 @@ class Gateway:
         self.hub = hub
         self.redis = redis
         self.pool = pool
+        self.session_states = SessionStates(pool)
         self.metrics = metrics
         self.stream_metrics = stream_metrics
         self.presence = presence
@@ -163,10 +161,7 @@ class Gateway:
         if holder is None:
             raise Unauthorized(disconnect.BAD_TICKET.reason)
         asked = parse_stream_request(
-            request.query.getall("channel", []),
-            request.query.get("since"),
-            request.headers,
-            self.settings.ws_max_subscriptions,
+            request.query, request.headers, self.settings.ws_max_subscriptions
         )
         if self._full():
             raise ServiceUnavailable(disconnect.FULL.reason, retry_after=1)
@@ -272,16 +267,15 @@ class Gateway:
     async def _session_alive(self, peer: Peer) -> bool:
         """Check the session (after registering, so a revocation racing this is seen)."""
         try:
-            row = await self.pool.fetchrow(_SESSION_STATE, peer.session_id)
+            state = await self.session_states.get(peer.session_id)
         except TRANSIENT_ERRORS:
             peer.close_soon(disconnect.UNAVAILABLE)
             return False
-        assert row is not None
-        expires_at: datetime | None = row["expires_at"]
-        if row["revoked"] or expires_at is None or expires_at <= datetime.now(UTC):
+        alive_until = state.alive_until()
+        if alive_until is None:
             peer.close_soon(disconnect.SESSION_ENDED)
             return False
-        peer.expires_at = expires_at.timestamp()
+        peer.expires_at = alive_until
         return True
 
     async def expire_sessions(self) -> None:

@@ -88,6 +88,7 @@ async def realtime_ctx(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    await gateway.session_states.close()
     await presence.close()
     await hub.close()
     await broker.close()
