@@ -1,8 +1,9 @@
 """``python -m loadtests bench NAME [options]`` runs one benchmark; ``python -m loadtests
 report`` rebuilds BENCHMARKS.md's table from the results. ``make bench`` runs them all.
 
-Benchmarks: http, listings, purchase, realtime, crowd, chat, scaling (``bench NAME --help``
-lists each one's options). Each writes ``loadtests/results/<name>.json`` and ``<name>.png``.
+Benchmarks: http, listings, purchase, realtime, crowd, chat, scaling, storm (``bench NAME
+--help`` lists each one's options). Each writes ``loadtests/results/<name>.json`` and
+``<name>.png``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from loadtests.harness import report
 from loadtests.harness.processes import RESULTS, BenchError
 from loadtests.harness.results import save
 
-BENCHMARKS = ("http", "listings", "purchase", "realtime", "crowd", "chat", "scaling")
+BENCHMARKS = ("http", "listings", "purchase", "realtime", "crowd", "chat", "scaling", "storm")
 
 
 def main(argv: list[str] | None = None) -> int:

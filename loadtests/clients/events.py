@@ -114,8 +114,10 @@ async def insert_rows(
     connections: int,
     rows_per_transaction: int = 1,
     pool: asyncpg.Pool | None = None,
+    until: asyncio.Event | None = None,
 ) -> dict[str, Any]:
-    """Commit outbox rows for ``seconds``: ``rate`` rows a second, or flat out when None.
+    """Commit outbox rows for ``seconds``: ``rate`` rows a second, or flat out when None;
+    sooner when ``until`` is set.
 
     Paced, transaction k is due at ``start + k * rows_per_transaction / rate``, and
     ``connections`` connections take the transactions in turn, so one slow commit delays
@@ -155,6 +157,8 @@ async def insert_rows(
             assert pool is not None
             async with pool.acquire() as conn:
                 while next_slot < transactions and (rate is not None or loop.time() < stop):
+                    if until is not None and until.is_set():
+                        break
                     number = next_slot
                     next_slot += 1
                     if rate is not None:

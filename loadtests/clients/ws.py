@@ -27,11 +27,11 @@ import resource
 import socket as pysocket
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import aiohttp
 import orjson
@@ -156,6 +156,18 @@ def client_frame(opcode: int, payload: bytes) -> bytes:
 
 
 OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x8, 0x9, 0xA
+
+
+class FrameSink(Protocol):
+    """Where a socket hands what it reads: the realtime benchmark's ``Fleet``, or one app of
+    the reconnect storm (``clients/storm.py``)."""
+
+    closes: Counter[str]
+    ops: Counter[str]
+
+    def on_text(self, socket: WebSocket, payload: bytes, now: float) -> None: ...
+
+    def on_socketio(self, socket: WebSocket, payload: bytes, now: float) -> None: ...
 
 
 @dataclass(slots=True)
@@ -284,7 +296,7 @@ class WebSocket(asyncio.Protocol):
     """One client WebSocket: the upgrade, then frames parsed in ``data_received``."""
 
     def __init__(
-        self, fleet: Fleet, tally: Tally, request: bytes, accept: bytes, socketio: bool = False
+        self, fleet: FrameSink, tally: Tally, request: bytes, accept: bytes, socketio: bool = False
     ) -> None:
         self.fleet = fleet
         self.tally = tally
@@ -295,6 +307,9 @@ class WebSocket(asyncio.Protocol):
         self.open = False
         self.pending = b""
         self.last_offset = 0
+        self.close_code: int | None = None  # of the server's close frame
+        # A refused upgrade's status and headers (a 503's Retry-After, say).
+        self.refusal: tuple[int, dict[bytes, bytes]] | None = None
         self.check_offsets = True  # jangteo's offset/prev chain; bare frames repeat one
         self.socketio = socketio  # frames are Engine.IO packets
         loop = asyncio.get_running_loop()
@@ -367,6 +382,7 @@ class WebSocket(asyncio.Protocol):
                 payload = data[pos + head : end]
                 code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
                 fleet.closes[str(code)] += 1
+                self.close_code = code
                 self.open = False
                 self.send(OP_CLOSE, payload[:2])
                 if self.transport is not None:
@@ -382,6 +398,8 @@ class WebSocket(asyncio.Protocol):
         headers = {n.strip().lower(): v.strip() for n, _, v in (ln.partition(b":") for ln in lines)}
         accepted = headers.get(b"sec-websocket-accept") == self.accept
         if status.split(b" ")[1:2] != [b"101"] or not accepted:
+            code = status.split(b" ")[1:2]
+            self.refusal = (int(code[0]) if code and code[0].isdigit() else 0, headers)
             if not self.opened.done():
                 answer = status.decode(errors="replace")
                 self.opened.set_exception(ConnectionError(f"upgrade answered {answer}"))
@@ -470,20 +488,27 @@ class ClientProcess:
     async def close(self, wait: float = 15.0) -> dict[str, Any]:
         """Close every socket (close frame, then wait for the server to close TCP)."""
         sockets, self.fleet.sockets = self.fleet.sockets, []
-        for socket in sockets:
-            if socket.open:
-                socket.open = False
-                socket.send(OP_CLOSE, (1000).to_bytes(2, "big"))
-        waiting = [socket.closed for socket in sockets if not socket.closed.done()]
-        if waiting:
-            await asyncio.wait(waiting, timeout=wait)
-        aborted = 0
-        for socket in sockets:
-            if not socket.closed.done() and socket.transport is not None:
-                socket.transport.abort()
-                aborted += 1
-        await asyncio.sleep(0)
+        aborted = await close_sockets(sockets, wait)
         return {"closed": len(sockets), "aborted": aborted}
+
+
+async def close_sockets(sockets: Sequence[WebSocket], wait: float) -> int:
+    """Send each open socket a close frame, wait up to ``wait`` s for the servers to close
+    TCP, then abort the rest; how many were aborted."""
+    for socket in sockets:
+        if socket.open:
+            socket.open = False
+            socket.send(OP_CLOSE, (1000).to_bytes(2, "big"))
+    waiting = [socket.closed for socket in sockets if not socket.closed.done()]
+    if waiting:
+        await asyncio.wait(waiting, timeout=wait)
+    aborted = 0
+    for socket in sockets:
+        if not socket.closed.done() and socket.transport is not None:
+            socket.transport.abort()
+            aborted += 1
+    await asyncio.sleep(0)
+    return aborted
 
 
 async def connect_from(source: str, host: str, port: int, limit: float) -> pysocket.socket:
@@ -506,30 +531,63 @@ async def connect_from(source: str, host: str, port: int, limit: float) -> pysoc
     return sock
 
 
-async def ticket(session: aiohttp.ClientSession, target: Target, attempts: int = 8) -> str:
-    """A WebSocket ticket for ``target``'s token; retries 429 and 5xx with a short back-off."""
+@dataclass(frozen=True, slots=True)
+class TicketAnswer:
+    """One ticket request's outcome: the ticket, or the status (0: no answer) and why."""
+
+    status: int
+    ticket: str | None = None
+    retry_after: float = 0.0  # seconds, from a 429's or a 503's Retry-After
+    error: str = ""  # the network error when there was no answer
+
+
+async def request_ticket(session: aiohttp.ClientSession, target: Target) -> TicketAnswer:
+    """One ``POST /api/v1/ws/ticket`` with ``target``'s token."""
     assert target.ticket_url is not None
     headers = {"Authorization": f"Bearer {target.token}"}
-    status, body = 0, b""
+    try:
+        async with session.post(target.ticket_url, headers=headers) as response:
+            status, body = response.status, await response.read()
+            wait = retry_after(response.headers.get("Retry-After"))
+    except (aiohttp.ClientError, TimeoutError, OSError) as error:
+        return TicketAnswer(0, error=type(error).__name__)
+    if status == 201:
+        return TicketAnswer(status, str(orjson.loads(body)["ticket"]))
+    return TicketAnswer(status, retry_after=wait, error=body[:200].decode(errors="replace"))
+
+
+def retry_after(value: str | bytes | None) -> float:
+    """Seconds of a ``Retry-After`` header given in seconds; 0 when absent or a date."""
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    try:
+        return max(0.0, float(value)) if value else 0.0
+    except ValueError:
+        return 0.0
+
+
+async def ticket(session: aiohttp.ClientSession, target: Target, attempts: int = 8) -> str:
+    """A WebSocket ticket for ``target``'s token; retries 429 and 5xx with a short back-off."""
+    answer = TicketAnswer(0)
     for attempt in range(attempts):
-        try:
-            async with session.post(target.ticket_url, headers=headers) as response:
-                status, body = response.status, await response.read()
-        except (aiohttp.ClientError, TimeoutError):
-            status, body = 0, b""
-        if status == 201:
-            value: str = orjson.loads(body)["ticket"]
-            return value
-        if status not in (0, 429) and status < 500:
+        answer = await request_ticket(session, target)
+        if answer.ticket is not None:
+            return answer.ticket
+        if answer.status not in (0, 429) and answer.status < 500:
             break
         await asyncio.sleep(0.1 * (attempt + 1))
-    raise RuntimeError(f"ticket answered {status}: {body[:200]!r}")
+    raise RuntimeError(f"ticket answered {answer.status}: {answer.error!r}")
 
 
-async def _serve(conn: Connection) -> None:
-    """Run the parent's commands (``ClientProcess`` methods) until ``exit``; send each reply,
+class Commanded(Protocol):
+    """What a client process runs the parent's commands on (its methods are the commands)."""
+
+    async def close(self, wait: float) -> dict[str, Any]: ...
+
+
+async def _serve(conn: Connection, client: Commanded) -> None:
+    """Run the parent's commands (``client``'s methods) until ``exit``; send each reply,
     or the exception it raised."""
-    client = ClientProcess()
     loop = asyncio.get_running_loop()
     commands: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
@@ -558,26 +616,35 @@ async def _serve(conn: Connection) -> None:
         conn.send(reply)
 
 
-def client_main(conn: Connection) -> None:
-    """Entry point of a client process: serve the parent's commands until ``exit``."""
+def serve_commands(conn: Connection, client: Commanded) -> None:
+    """Run a client process: the open files limit raised, ``client`` served on uvloop."""
     raise_open_files()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_serve(conn))
+        runner.run(_serve(conn, client))
+
+
+def client_main(conn: Connection) -> None:
+    """Entry point of a client process: serve the parent's commands until ``exit``."""
+    serve_commands(conn, ClientProcess())
 
 
 # ----------------------------------------------------------------------------- the parent
 
 
 class LoadClients:
-    """``processes`` client processes driven over pipes; use as a context manager."""
+    """``processes`` client processes driven over pipes; use as a context manager.
 
-    def __init__(self, processes: int) -> None:
+    ``main`` is each process's entry point (``client_main``: the realtime benchmark's
+    sockets; it must be importable, as processes are spawned).
+    """
+
+    def __init__(self, processes: int, main: Callable[[Connection], None] = client_main) -> None:
         context = multiprocessing.get_context("spawn")
         self.pipes: list[Connection] = []
         self.processes: list[multiprocessing.process.BaseProcess] = []
         for _ in range(processes):
             parent, child = context.Pipe()
-            process = context.Process(target=client_main, args=(child,), daemon=True)
+            process = context.Process(target=main, args=(child,), daemon=True)
             process.start()
             child.close()
             self.pipes.append(parent)

@@ -1,0 +1,558 @@
+"""Reconnect storm: the instance holding every socket dies, and every app resumes on the other.
+
+Two jangteo instances, A and B, on one PostgreSQL and one Redis. ``--sockets`` apps
+(``loadtests/clients/storm.py``, ``--client-processes`` processes) each hold one socket on
+A with ``--per-socket`` channels, consecutive among ``--channels`` listings created for the
+run (so every channel has sockets x per-socket / channels subscribers). Outbox rows are
+committed over the channels in turn at ``--rate`` per second the whole time. After
+``--warmup`` s of events, A is killed with SIGKILL; every app reconnects as
+docs/protocol.md says (a new ticket per attempt, full-jitter backoff from 0.5 s,
+``Retry-After`` honoured, B once A cannot be reached) and resubscribes each channel with
+``since``. ``--after`` s after the last app is live again the rows stop; once every event
+has arrived, each app's events are audited against the ``outbox`` table.
+
+Reported: seconds from the kill until 99 % and 100 % of the apps were live again (every
+channel ``subscribed`` on the new socket); resume latency (upgrade start to the last
+``subscribed``) and attempts per app; B's ``jangteo_hub_resumes_total`` by source (each
+``log`` resume is one replay query; the goal is at most one per channel); 5xx answers and
+1013 closes the apps met; the audit. The run fails when the audit does, or when an app is
+not live again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from loadtests.audit import LogRow
+from loadtests.clients import events as event_load
+from loadtests.clients.storm import AppFigures, StormPlan, storm_main
+from loadtests.clients.ws import LoadClients, SourceAddresses, Target, raise_open_files
+from loadtests.harness import report
+from loadtests.harness.processes import BenchError, server_problems
+from loadtests.harness.report import COLOURS, bars, finish
+from loadtests.harness.results import Machine, Result, versions
+from loadtests.harness.stack import (
+    connected,
+    create_listing,
+    database_note,
+    fresh_database,
+    instances,
+    serve_settings,
+    services,
+    sign_up,
+)
+from loadtests.harness.stats import summary, summary_ms
+
+DATABASE = "jangteo_bench_storm"
+TARGETS = {"all_live_s": 15.0}
+POLL_S = 0.25  # between looks at the apps' progress
+CURVE_POINTS = 200  # of the fraction-live curve kept in the results
+SOURCES = ("memory", "log", "shared")  # jangteo_hub_resumes_total's labels
+OPTIONS = (  # flag, default (its type is the option's), help
+    ("--sockets", 10_000, "apps, one socket each, all on instance A at first"),
+    ("--channels", 1_000, "distinct listing:<id> channels (listings created for the run)"),
+    ("--per-socket", 3, "channels each socket subscribes"),
+    ("--rate", 300.0, "outbox rows per second over the channels in turn, the whole run"),
+    ("--warmup", 5.0, "seconds of events with every socket live before A is killed"),
+    ("--after", 5.0, "seconds of events after the last app is live again"),
+    ("--timeout", 120.0, "seconds the apps have to be live again after the kill"),
+    ("--settle", 60.0, "seconds for the last events to arrive once the rows stop"),
+    ("--publishers", 4, "connections committing the rows"),
+    ("--client-processes", 2, "load client processes"),
+    ("--seed", 1, "of the apps' backoff jitter"),
+)
+
+
+def options(parser: argparse.ArgumentParser) -> None:
+    for flag, default, meaning in OPTIONS:
+        parser.add_argument(flag, type=type(default), default=default, help=meaning)
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """The storm's load, from the options; refuses what cannot run."""
+
+    sockets: int
+    per_socket: int
+    rate: float
+    warmup: float
+    after: float
+    timeout: float
+    settle: float
+    publishers: int
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        counts = {
+            "--sockets": self.sockets,
+            "--per-socket": self.per_socket,
+            "--publishers": self.publishers,
+            "--rate": self.rate,
+            "--timeout": self.timeout,
+            "--settle": self.settle,
+        }
+        for flag, value in counts.items():
+            if not value > 0:
+                raise ValueError(f"{flag} must be above 0, not {value:g}")
+        for flag, value in {"--warmup": self.warmup, "--after": self.after}.items():
+            if value < 0:
+                raise ValueError(f"{flag} must be 0 or more, not {value:g}")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Scenario:
+        return cls(
+            args.sockets,
+            args.per_socket,
+            args.rate,
+            args.warmup,
+            args.after,
+            args.timeout,
+            args.settle,
+            args.publishers,
+            args.seed,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """A jangteo instance of the storm, one process (the benchmark's or a test's server)."""
+
+    name: str
+    port: int
+    pid: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def target(self, token: str) -> Target:
+        return Target.jangteo(self.name, self.port, token)
+
+    def cpu_seconds(self) -> float:
+        times = psutil.Process(self.pid).cpu_times()
+        return float(times.user + times.system)
+
+
+async def call(clients: LoadClients, command: str, arguments: Sequence[Any] | None = None) -> Any:
+    """A command to every client process, in a thread: the event loop goes on publishing."""
+    return await asyncio.to_thread(clients.call, command, arguments)
+
+
+def resumes(samples: event_load.Samples) -> dict[str, float]:
+    """``jangteo_hub_resumes_total`` by source."""
+    return {
+        source: samples.get(("jangteo_hub_resumes_total", (("source", source),)), 0.0)
+        for source in SOURCES
+    }
+
+
+def partitions_led(samples: event_load.Samples) -> int:
+    """Relay partitions an instance leads (``jangteo_relay_leader`` is 1 for each)."""
+    return int(sum(value for (name, _), value in samples.items() if name == "jangteo_relay_leader"))
+
+
+def added(replies: Sequence[Mapping[str, Any]], key: str) -> dict[str, int]:
+    """The client processes' counters under ``key``, added up."""
+    total: Counter[str] = Counter()
+    for reply in replies:
+        total.update(reply[key])
+    return dict(sorted(total.items()))
+
+
+def status_of(answer: str) -> int:
+    """The HTTP status of an answer key ("ticket 503" -> 503; "ticket OSError" -> 0)."""
+    word = answer.rsplit(" ", 1)[-1]
+    return int(word) if word.isdigit() else 0
+
+
+# ----------------------------------------------------------------------------- the storm
+
+
+async def storm(
+    scenario: Scenario,
+    clients: LoadClients,
+    victim: Instance,
+    survivor: Instance,
+    channels: Sequence[str],
+    token: str,
+    database_url: str,
+) -> dict[str, Any]:
+    """Open every app on ``victim``, publish, SIGKILL it, wait for every app to be live on
+    ``survivor``, publish on, stop, let the last events arrive, audit; the figures."""
+    sources = SourceAddresses().take(scenario.sockets)
+    targets = [victim.target(token), survivor.target(token)]
+    plans = StormPlan.split(
+        targets,
+        scenario.sockets,
+        len(clients.pids),
+        channels,
+        scenario.per_socket,
+        sources,
+        scenario.seed,
+    )
+    print(
+        f"  {scenario.sockets:,} apps x {scenario.per_socket} channels opening on"
+        f" {victim.name} ...",
+        flush=True,
+    )
+    opened = await call(clients, "start", plans)
+    live = sum(reply["live"] for reply in opened)
+    print(f"  {live:,} live in {max(reply['seconds'] for reply in opened):.1f} s", flush=True)
+    if live != scenario.sockets:
+        raise BenchError(
+            f"only {live} of {scenario.sockets} apps live on {victim.name}:"
+            f" {added(opened, 'answers')}, gave up: {added(opened, 'stopped')}"
+        )
+    stop = asyncio.Event()
+    longest = scenario.warmup + scenario.timeout + scenario.after + 60
+    publishing = asyncio.create_task(
+        event_load.insert_rows(
+            database_url,
+            list(channels),
+            seconds=longest,
+            rate=scenario.rate,
+            connections=scenario.publishers,
+            until=stop,
+        )
+    )
+    try:
+        await asyncio.sleep(scenario.warmup)
+        before = await event_load.scrape(survivor.url)
+        leader_before = {
+            instance.name: partitions_led(await event_load.scrape(instance.url))
+            for instance in (victim, survivor)
+        }
+        cpu_before = survivor.cpu_seconds()
+        killed_at = time.time()
+        os.kill(victim.pid, signal.SIGKILL)
+        print(f"  SIGKILL {victim.name} (relay partitions led: {leader_before})", flush=True)
+        recovery = await until_live(clients, scenario, killed_at)
+        survivor_cpu = survivor.cpu_seconds() - cpu_before
+        await asyncio.sleep(scenario.after)
+    finally:
+        stop.set()
+        published = await publishing
+    print(
+        f"  rows stopped: {published['rows']:,} committed at {published['rate']:,.0f}/s", flush=True
+    )
+    logs = await event_logs(database_url, channels, scenario.settle)
+    heads = {channel: rows[-1][0] for channel, rows in logs.items() if rows}
+    caught_up = await until_caught_up(clients, heads, scenario.settle)
+    audits = await call(clients, "audit", [(logs, math.inf)] * len(clients.pids))
+    after = await event_load.scrape(survivor.url)
+    replies = await call(clients, "report")
+    figures = recovery_figures(replies, killed_at, recovery)
+    counted = {
+        source: after_count - resumes(before)[source]
+        for source, after_count in resumes(after).items()
+    }
+    answers = added(replies, "answers")
+    violations = added(audits, "violations")
+    return {
+        "recovery": figures,
+        "survivor_cpu_seconds_until_all_live": round(survivor_cpu, 2),
+        "resumes": {
+            "on": survivor.name,
+            "by_source": counted,
+            "log_reads": counted["log"],
+            "distinct_channels": len(set(channels)),
+            "within_goal": counted["log"] <= len(set(channels)),
+            "total": sum(counted.values()),
+        },
+        "answers": {
+            "counts": answers,
+            "5xx": sum(n for key, n in answers.items() if status_of(key) >= 500),
+            "closes": added(replies, "closes"),
+            "1013_closes": added(replies, "closes").get("1013", 0),
+            "error_frames": added(replies, "errors"),
+            "other_frames": added(replies, "other_frames"),
+            "apps_gave_up": added(replies, "stopped"),
+            "resyncs": sum(reply["resyncs"] for reply in replies),
+        },
+        "audit": {
+            "ok": not violations and caught_up["behind"] == 0,
+            "streams": sum(a["streams"] for a in audits),
+            "events_checked": sum(a["events"] for a in audits),
+            "channels_with_events": len(heads),
+            "committed_events": sum(len(rows) for rows in logs.values()),
+            "violations": violations,
+            "examples": [example for a in audits for example in a["examples"]][:20],
+            "settle": caught_up,
+        },
+        "relay_partitions_led": {
+            "before_kill": leader_before,
+            f"{survivor.name}_after": partitions_led(after),
+        },
+        "events": {
+            key: value for key, value in published.items() if key not in ("started_at", "ended_at")
+        },
+        "open": {
+            "seconds": max(reply["seconds"] for reply in opened),
+            "answers": added(opened, "answers"),
+        },
+        "client_cpu_share": [reply["cpu_share"] for reply in replies],
+    }
+
+
+async def until_live(
+    clients: LoadClients, scenario: Scenario, killed_at: float
+) -> list[tuple[float, int]]:
+    """Poll until every app is live again after the kill (or gave up, or the timeout);
+    (seconds since the kill, apps live again) at each look."""
+    seen: list[tuple[float, int]] = []
+    while True:
+        replies = await call(clients, "progress", [killed_at] * len(clients.pids))
+        again = sum(reply["live_since"] for reply in replies)
+        gave_up = sum(reply["stopped"] for reply in replies)
+        elapsed = time.time() - killed_at
+        seen.append((round(elapsed, 3), again))
+        if again + gave_up >= scenario.sockets or elapsed > scenario.timeout:
+            print(
+                f"  {again:,} of {scenario.sockets:,} apps live again after {elapsed:.1f} s"
+                f"{f', {gave_up} gave up' if gave_up else ''}",
+                flush=True,
+            )
+            return seen
+        await asyncio.sleep(POLL_S)
+
+
+async def event_logs(
+    database_url: str, channels: Sequence[str], limit: float
+) -> dict[str, list[LogRow]]:
+    """Once the relay has numbered every committed row (or after ``limit`` s), each
+    channel's published events: (position, prev, commit ms) in position order."""
+    async with connected(database_url) as conn:
+        deadline = time.monotonic() + limit
+        while await conn.fetchval("SELECT count(*) FROM outbox WHERE position IS NULL"):
+            if time.monotonic() > deadline:
+                raise BenchError(f"the relay left rows unnumbered for {limit:g} s")
+            await asyncio.sleep(POLL_S)
+        rows = await conn.fetch(
+            "SELECT channel, position, prev,"
+            " (extract(epoch FROM committed_at) * 1000)::bigint AS committed_ms"
+            " FROM outbox WHERE channel = ANY($1::text[]) AND position IS NOT NULL"
+            " ORDER BY channel, position",
+            list(channels),
+        )
+    logs: dict[str, list[LogRow]] = {channel: [] for channel in channels}
+    for row in rows:
+        logs[row["channel"]].append((row["position"], row["prev"], row["committed_ms"]))
+    return logs
+
+
+async def until_caught_up(
+    clients: LoadClients, heads: Mapping[str, int], limit: float
+) -> dict[str, Any]:
+    """Wait until every app's channels reached their heads (or ``limit`` s)."""
+    started = time.monotonic()
+    while True:
+        behind = sum(await call(clients, "behind", [heads] * len(clients.pids)))
+        waited = time.monotonic() - started
+        if behind == 0 or waited > limit:
+            return {"behind": behind, "seconds": round(waited, 2)}
+        await asyncio.sleep(POLL_S)
+
+
+def recovery_figures(
+    replies: Sequence[Mapping[str, Any]], killed_at: float, polled: Sequence[tuple[float, int]]
+) -> dict[str, Any]:
+    """Live-again times, resume latencies and attempts from the apps' own figures."""
+    apps = [AppFigures(*figures) for reply in replies for figures in reply["apps"]]
+    resumed = [app for app in apps if app.live_at > killed_at]
+    again = sorted(app.live_at - killed_at for app in resumed)
+    attempts = Counter(app.attempts for app in apps)
+    step = max(1, len(apps) // CURVE_POINTS)
+    curve = [
+        [round(seconds, 3), round((n + 1) / len(apps), 4)]
+        for n, seconds in enumerate(again)
+        if n % step == 0 or n == len(again) - 1
+    ]
+
+    def at(share: float) -> float | None:
+        """Seconds until ``share`` of all the apps were live again (None: never)."""
+        needed = math.ceil(share * len(apps))
+        return round(again[needed - 1], 3) if 0 < needed <= len(again) else None
+
+    return {
+        "apps": len(apps),
+        "live_again": len(again),
+        "not_live": len(apps) - len(again),
+        "seconds_to_50pct": at(0.5),
+        "seconds_to_99pct": at(0.99),
+        "seconds_to_100pct": at(1.0),
+        "live_again_s": summary(Counter(round(seconds, 3) for seconds in again)),
+        "resume_ms": summary_ms(app.resume_s for app in resumed),
+        "upgrade_ms": summary_ms(app.upgrade_s for app in resumed),
+        "subscribe_ms": summary_ms(app.resume_s - app.upgrade_s for app in resumed),
+        "attempts": dict(sorted(attempts.items())),
+        "attempts_summary": summary(attempts),
+        "dropped_before_kill": sum(1 for app in apps if 0 < app.first_drop < killed_at),
+        "dropped_more_than_once": sum(1 for app in apps if app.drops > 1),
+        "curve": curve,
+        "polled": [list(point) for point in polled],
+    }
+
+
+# ----------------------------------------------------------------------------- the result
+
+
+@dataclass(kw_only=True, slots=True)
+class StormResult(Result):
+    storm: dict[str, Any]
+    targets: dict[str, float] = field(default_factory=lambda: dict(TARGETS))
+
+    def failures(self) -> list[str]:
+        found = []
+        audit, answers = self.storm["audit"], self.storm["answers"]
+        if not audit["ok"]:
+            found.append(f"audit: {audit['violations'] or audit['settle']}")
+        if self.storm["recovery"]["not_live"]:
+            found.append(f"{self.storm['recovery']['not_live']} apps not live again")
+        if answers["resyncs"]:
+            found.append(f"{answers['resyncs']} resyncs")
+        if answers["apps_gave_up"]:
+            found.append(f"apps gave up: {answers['apps_gave_up']}")
+        return found
+
+    def table(self) -> str:
+        data = self.as_json()
+        recovery = self.storm["recovery"]
+        lines = [
+            report.table(report.storm_rows(data)),
+            "",
+            f"attempts per app: {recovery['attempts']}",
+            f"answers: {self.storm['answers']['counts']}",
+            f"closes: {self.storm['answers']['closes']}",
+            f"resumes on {self.storm['resumes']['on']}: {self.storm['resumes']['by_source']}",
+        ]
+        return "\n".join(lines)
+
+    def plot(self, plt: Any, path: Path) -> None:
+        """The share of apps live again against seconds since the kill; resumes by source
+        against the channels."""
+        figure, (left, right) = plt.subplots(
+            1, 2, figsize=(11, 4.5), dpi=110, gridspec_kw={"width_ratios": [2, 1]}
+        )
+        recovery, resumed = self.storm["recovery"], self.storm["resumes"]
+        curve = recovery["curve"]
+        left.step(
+            [0.0, *(p[0] for p in curve)],
+            [0.0, *(p[1] for p in curve)],
+            where="post",
+            color=COLOURS["jangteo"],
+        )
+        for name, key, style in (
+            ("p50", "seconds_to_50pct", "--"),
+            ("p99", "seconds_to_99pct", ":"),
+            ("100%", "seconds_to_100pct", "-."),
+        ):
+            if (seconds := recovery[key]) is not None:
+                left.axvline(
+                    seconds,
+                    color="#222222",
+                    linestyle=style,
+                    label=f"{name} live again: {seconds:.2f} s",
+                )
+        goal = self.targets["all_live_s"]
+        left.axvline(goal, color="#7f8c8d", linewidth=0.8, label=f"goal: 100% by {goal:g} s")
+        left.set_xlabel("seconds since SIGKILL of the instance holding every socket")
+        left.set_ylabel("share of apps live again (every channel subscribed)")
+        left.set_ylim(0, 1.02)
+        resume = recovery["resume_ms"]
+        left.set_title(
+            f"{recovery['apps']:,} apps x {self.load['per_socket']} channels resume on the"
+            f" survivor; resume p50 {resume['p50']} ms, p99 {resume['p99']} ms",
+            fontsize=9,
+        )
+        left.legend(fontsize=8, loc="lower right")
+        values = [resumed["by_source"][source] for source in SOURCES]
+        bars(right, list(SOURCES), values, "{:,.0f}", color=COLOURS["jangteo"])
+        right.axhline(
+            resumed["distinct_channels"],
+            color="#222222",
+            linestyle="--",
+            label=f"{resumed['distinct_channels']:,} channels: log reads at most",
+        )
+        right.set_ylabel("resumes on the survivor, by what answered them")
+        right.set_title(f"{resumed['log_reads']:,.0f} PostgreSQL replay queries", fontsize=9)
+        right.legend(fontsize=8)
+        right.set_ylim(0, max([*values, resumed["distinct_channels"]]) * 1.2 or 1)
+        audit = self.storm["audit"]
+        caption = (
+            f"{self.date}, {self.machine.cores} cores shared by both instances, PostgreSQL,"
+            f" Redis and {self.load['client_processes']} client processes; audit"
+            f" {'OK' if audit['ok'] else 'FAILED'} over {audit['events_checked']:,} events"
+        )
+        finish(plt, figure, caption, path)
+
+
+async def run(args: argparse.Namespace) -> StormResult:
+    try:
+        scenario = Scenario.from_args(args)
+    except ValueError as error:
+        raise BenchError(str(error)) from None
+    if args.per_socket > args.channels:
+        raise BenchError(f"--per-socket {args.per_socket} needs at least as many --channels")
+    if args.client_processes < 1:
+        raise BenchError("--client-processes must be at least 1")
+    limits = raise_open_files()
+    machine = Machine(open_files_limit=list(limits))
+    stack = services()
+    commands: dict[str, Any] = {
+        "database": database_note(DATABASE),
+        "load": f"{args.client_processes} client processes of loadtests/clients/storm.py"
+        " (apps on loadtests/clients/ws.py's raw asyncio WebSocket, uvloop); outbox rows by"
+        " loadtests/clients/events.py insert_rows",
+    }
+    async with fresh_database(stack.admin_url, DATABASE, keep=args.keep_database) as url:
+        settings = serve_settings(url, stack.redis_url)
+        record = commands.setdefault("jangteo", {})
+        # A starts (and so takes the relay's lock) first: the kill also moves the relay.
+        with (
+            LoadClients(args.client_processes, main=storm_main) as clients,
+            instances(["storm-a", "storm-b"], settings, args.scratch, record) as (a, b),
+        ):
+            token = sign_up(a.port)
+            print(f"\n== storm: creating {args.channels:,} listings", flush=True)
+            listings = [create_listing(a.port, token, f"storm {n}") for n in range(args.channels)]
+            channels = [f"listing:{listing}" for listing in listings]
+            victim, survivor = (Instance(s.name, s.port, s.pid) for s in (a, b))
+            figures = await storm(scenario, clients, victim, survivor, channels, token, url)
+            figures["server_log_problems"] = {s.name: server_problems(s.log) for s in (a, b)}
+        found = await versions(url, stack.redis_url)
+    return StormResult(
+        benchmark="storm",
+        machine=machine,
+        versions=found,
+        commands=commands,
+        load={
+            "sockets": args.sockets,
+            "channels": args.channels,
+            "per_socket": args.per_socket,
+            "subscribers_per_channel": args.sockets * args.per_socket / args.channels,
+            "rows_per_second": args.rate,
+            "warmup_s": args.warmup,
+            "after_s": args.after,
+            "client_processes": args.client_processes,
+            "jangteo_processes_per_instance": 1,
+            "reconnect": "docs/protocol.md: new ticket per attempt; full jitter in [0, min(30,"
+            " 0.5 x 2^n)] s after the n-th failed attempt in a row (n reset by a served"
+            " socket); Retry-After of 429/503 waited before that jitter; the next instance"
+            " after one could not be reached; every channel resubscribed with since",
+            "live_again": "every channel of the app `subscribed` on a socket opened after"
+            " the kill; resume latency from that socket's upgrade start",
+        },
+        storm=figures,
+    )
