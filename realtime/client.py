@@ -1,6 +1,7 @@
 """Reference Python client of jangteo's realtime protocol (docs/protocol.md).
 
-Tests and load tests drive the WebSocket gateway with it; the browser demo's JS client mirrors it.
+Tests and load tests drive the gateway with it, over the WebSocket or, receive-only, over
+Server-Sent Events; the JS client (clients/js/) mirrors it.
 """
 
 from __future__ import annotations
@@ -18,14 +19,20 @@ import orjson
 from yarl import URL
 
 from realtime.disconnect import CloseCode, rule_for
+from realtime.sse_frames import StreamDecoder, StreamMessage, format_cursor
 
 State: TypeAlias = Literal["idle", "connecting", "live", "reconnecting", "closed"]
+Transport: TypeAlias = Literal["websocket", "sse"]
 # An access token, or an async callable returning a fresh one, asked on every (re)connect; if it
 # raises anything but a network error the client stops with that as the cause.
 TokenProvider: TypeAlias = str | Callable[[], Awaitable[str]]
 
 TICKET_PATH = "/api/v1/ws/ticket"
 WS_PATH = "/api/v1/ws"
+SSE_PATH = "/api/v1/sse"
+# An event stream silent this long is taken for dead (the server's comment lines come every
+# JANGTEO_SSE_HEARTBEAT, 15 s, by default).
+SSE_SILENCE_S = 45.0
 
 # Channel errors worth retrying after a backoff; any other error about a channel drops it.
 _RETRYABLE_CODES = frozenset({"unavailable", "rate_limited"})
@@ -115,6 +122,13 @@ class RealtimeClient:
 
     Use ``async with RealtimeClient(...) as client`` (or ``connect()`` / ``close()``).
     ``uniform`` and ``sleep`` are injectable so tests can check the backoff without a clock.
+
+    With ``transport="sse"`` it receives over an event stream instead, which can only
+    receive: every change of the channels (subscribe, unsubscribe, resync) reopens the
+    stream with a new ticket and the kept offsets as its cursor, with no backoff; a stream
+    that drops or ends is reopened by the same rules as a socket. Without channels no
+    stream is open, and the client counts as live. ``heartbeat`` is then how long the
+    stream may stay silent before it is taken for dead (``SSE_SILENCE_S`` by default).
     """
 
     def __init__(
@@ -131,13 +145,18 @@ class RealtimeClient:
         session: aiohttp.ClientSession | None = None,
         uniform: Callable[[float, float], float] = random.uniform,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        transport: Transport = "websocket",
     ) -> None:
         base = URL(base_url.rstrip("/"))
         schemes = {"http": "ws", "https": "wss"}
         if base.scheme not in schemes:
             raise ValueError(f"base_url must be http:// or https://, not {base_url!r}")
+        if transport not in ("websocket", "sse"):
+            raise ValueError(f"transport must be websocket or sse, not {transport!r}")
+        self.transport = transport
         self.ticket_url = URL(f"{base}{TICKET_PATH}")
         self.ws_url = URL(f"{base.with_scheme(schemes[base.scheme])}{WS_PATH}")
+        self.sse_url = URL(f"{base}{SSE_PATH}")
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self._token = token
@@ -156,7 +175,7 @@ class RealtimeClient:
         self.last_offsets: dict[str, int] = {}
         self.errors: list[ErrorFrame] = []  # every error frame, in order of arrival
         self.frames: list[dict[str, Any]] = []  # every frame received, when record_frames
-        self.connections = 0  # sockets opened (upgrades that succeeded)
+        self.connections = 0  # sockets or streams opened (upgrades or 200s)
         self.duplicates = 0  # events dropped because offset <= last offset of their channel
         self.gaps = 0  # events whose `prev` is after the last offset we had: one was missed
 
@@ -169,6 +188,8 @@ class RealtimeClient:
         self._errors_read = 0
         self._changed = asyncio.Event()
         self._ws: aiohttp.ClientWebSocketResponse[bool] | None = None
+        self._stream: aiohttp.ClientResponse | None = None
+        self._stream_changes = 0  # channel changes asked for: each reopens the stream
         self._runner: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -260,6 +281,8 @@ class RealtimeClient:
                 waiter.set_exception(SubscriptionError(gone))
         if self._ws is not None:
             await self._send(self._ws, {"op": "unsubscribe", "channel": channel})
+        elif self.transport == "sse":
+            self._reopen_stream()
 
     # -- what arrives ------------------------------------------------------------------------
 
@@ -323,8 +346,9 @@ class RealtimeClient:
 
     async def _connect_loop(self) -> RealtimeClosed:
         attempt = 0
+        connect_once = self._stream_until_dropped if self.transport == "sse" else self._connect_once
         while True:
-            fatal, served = await self._connect_once()
+            fatal, served = await connect_once()
             if fatal is not None:
                 return fatal
             if served:
@@ -383,6 +407,96 @@ class RealtimeClient:
             await ws.close()
         return _fatal_close(close_code if close_code is not None else ws.close_code), served
 
+    # -- event stream ------------------------------------------------------------------------
+
+    async def _stream_until_dropped(self) -> tuple[RealtimeClosed | None, bool]:
+        """Event streams, each reopened at once when the channels change, until one drops,
+        ends or is refused: (why to stop, or None to retry; did any serve us)."""
+        served_any = False
+        while True:
+            if not self._wanted:
+                self._set_state("live")  # nothing to receive: no stream is needed
+                await self.wait_until(lambda: bool(self._wanted))
+            changes = self._stream_changes
+            fatal, served = await self._stream_once()
+            served_any = served_any or served
+            if fatal is not None or self._stream_changes == changes:
+                return fatal, served_any
+
+    async def _stream_once(self) -> tuple[RealtimeClosed | None, bool]:
+        """One event stream from ticket to end; "served" as for a socket: a message came."""
+        assert self._session is not None
+        channels = tuple(self._wanted)
+        since = [self.last_offsets.get(channel) for channel in channels]
+        query = [("channel", channel) for channel in channels]
+        if any(field is not None for field in since):
+            query.append(("since", format_cursor(since).decode()))
+        headers = {} if self._origin is None else {"Origin": self._origin}
+        silence = self._heartbeat if self._heartbeat is not None else SSE_SILENCE_S
+        timeout = aiohttp.ClientTimeout(sock_connect=self._request_timeout, sock_read=silence)
+        changes = self._stream_changes
+        try:
+            ticket = await self._fetch_ticket()
+            response = await self._session.get(
+                self.sse_url.with_query([("ticket", ticket), *query]),
+                headers=headers,
+                timeout=timeout,
+            )
+        except RealtimeClosed as exc:
+            return exc, False
+        except (_Transient, aiohttp.ClientError, OSError, TimeoutError):
+            return None, False
+        served = False
+        close_code: int | None = None
+        try:
+            if response.status != 200:
+                return _refusal(response.status, "event stream request"), False
+            if response.content_type != "text/event-stream":
+                raise ProtocolError(f"event stream answered as {response.content_type!r}")
+            self.connections += 1
+            self._stream = response
+            self._since_sent.update(zip(channels, since, strict=True))
+            self._set_state("live")
+            if self._stream_changes != changes:
+                return None, False  # the channels changed while it opened: open it again
+            served, close_code = await self._read_stream(response)
+        finally:
+            self._stream = None
+            response.close()
+        return _fatal_close(close_code), served
+
+    async def _read_stream(self, response: aiohttp.ClientResponse) -> tuple[bool, int | None]:
+        """Handle its messages until it ends: (was a message handled, the close code sent)."""
+        decoder = StreamDecoder()
+        served = False
+        try:
+            async for data in response.content.iter_any():
+                for item in decoder.feed(data):
+                    if not isinstance(item, StreamMessage):
+                        continue  # a comment: the opening line, a heartbeat
+                    frame = self._stream_frame(item)
+                    if frame.get("op") == "close":
+                        return served, _field(frame, "code", int)
+                    served = True
+                    await self._on_frame_object(frame)
+        except UnicodeDecodeError as exc:
+            raise ProtocolError("event stream is not UTF-8") from exc
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            pass  # dropped, or closed here to change the channels
+        return served, None
+
+    def _stream_frame(self, message: StreamMessage) -> dict[str, Any]:
+        if message.fields not in (("data",), ("id", "data")):
+            raise ProtocolError(f"event stream message with fields {message.fields!r}")
+        return self._parse_frame(message.data)
+
+    def _reopen_stream(self) -> None:
+        """Ask for the stream to be reopened with the channels as they are now."""
+        self._stream_changes += 1
+        if self._stream is not None:
+            self._stream.close()
+        self._notify()
+
     async def _fetch_ticket(self) -> str:
         """A new single-use ticket for one upgrade (any instance accepts it for 30 s)."""
         assert self._session is not None
@@ -408,12 +522,19 @@ class RealtimeClient:
     # -- frames ------------------------------------------------------------------------------
 
     async def _on_frame(self, text: str) -> None:
+        await self._on_frame_object(self._parse_frame(text))
+
+    @staticmethod
+    def _parse_frame(text: str) -> dict[str, Any]:
         try:
             frame = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
             raise ProtocolError(f"frame is not JSON: {text[:200]!r}") from exc
         if not isinstance(frame, dict):
             raise ProtocolError(f"frame is not an object: {text[:200]!r}")
+        return frame
+
+    async def _on_frame_object(self, frame: dict[str, Any]) -> None:
         if self._record:
             self.frames.append(frame)
         op = frame.get("op")
@@ -486,7 +607,11 @@ class RealtimeClient:
     # -- sending -----------------------------------------------------------------------------
 
     async def _send_subscribe(self, channel: str) -> None:
-        """Subscribe on the current socket, if any, from the last offset we hold."""
+        """Subscribe on the current socket, if any, from the last offset we hold (an event
+        stream is reopened for it)."""
+        if self.transport == "sse":
+            self._reopen_stream()
+            return
         ws = self._ws
         if ws is None:
             return  # the next connection subscribes every wanted channel

@@ -104,8 +104,12 @@ class EventStream:
         if self.chunked:
             self.response.enable_chunked_encoding()
         await self.response.prepare(request)
-        await self.response.write(OPENING)
         self.started = True
+        try:
+            await self.response.write(OPENING)
+        except ConnectionError:
+            self._gone()
+            return
         if self.refusal is not None:  # ended while the response was being prepared
             self.close_soon(self.refusal)
             return

@@ -5,8 +5,10 @@ Checked before anything is subscribed; every problem is a 400 that says what is 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+from multidict import MultiMapping
 
 from realtime.sse_frames import BadCursor, Cursor, parse_cursor
 from server.errors import BadRequest
@@ -20,10 +22,21 @@ class StreamRequest:
     since: tuple[int | None, ...]  # per channel: resume after this offset, or live only
 
 
+PARAMETERS = ("ticket", "channel", "since")
+
+
 def parse_stream_request(
-    channels: Sequence[str], since: str | None, headers: Mapping[str, str], max_channels: int
+    query: MultiMapping[str], headers: Mapping[str, str], max_channels: int
 ) -> StreamRequest:
     """The request's channels and cursor (``Last-Event-ID`` wins over ``since``)."""
+    unknown = sorted(set(query) - set(PARAMETERS))
+    if unknown:
+        raise BadRequest(f"unknown parameter {unknown[0]}; they are {', '.join(PARAMETERS)}")
+    for name in ("ticket", "since"):
+        if len(query.getall(name, ())) > 1:
+            raise BadRequest(f"give {name} once")
+    channels = query.getall("channel", [])
+    since = query.get("since")
     if not channels:
         raise BadRequest("give at least one channel: ?channel=listing:42&channel=feed:seoul")
     if len(channels) > max_channels:

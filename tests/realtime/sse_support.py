@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import asyncpg
 import orjson
 
 from realtime.sse_frames import StreamComment, StreamDecoder, StreamMessage
@@ -173,3 +174,19 @@ async def started(
     assert isinstance(item, StreamComment), item
     stream.comments += 1
     return stream
+
+
+BIG_EVENT_BYTES = 60_000  # events this large fill a reader's buffers in a few rounds
+
+
+async def insert_big_events(db: asyncpg.Connection, channel: str, first: int) -> int:
+    """Commit four large events on ``channel``, numbered from ``first``; returns the count."""
+    await db.execute(
+        "INSERT INTO outbox (channel, type, data) SELECT $1, 'test.big',"
+        " jsonb_build_object('n', n, 'blob', repeat('x', $3::int))"
+        " FROM generate_series($2::int, $2::int + 3) AS n",
+        channel,
+        first,
+        BIG_EVENT_BYTES,
+    )
+    return 4

@@ -71,6 +71,36 @@ class FakeSocket:
         return [frame for frame in self.received if frame["op"] == "subscribe"]
 
 
+@dataclass
+class FakeStream:
+    """The fake's side of one event stream: what it was asked for, and what it sent."""
+
+    ticket: str
+    channels: tuple[str, ...]
+    since: str | None
+    response: web.StreamResponse
+    request: web.Request
+    cursor: list[str]
+    subscribed: set[str] = field(default_factory=set)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    done: bool = False
+
+    async def send(self, frame: JsonObject, *, raw: bytes | None = None) -> None:
+        """One message; ``subscribed`` and ``event`` carry the cursor as their id."""
+        if frame.get("op") in ("subscribed", "event"):
+            self.cursor[self.channels.index(frame["channel"])] = str(frame["offset"])
+            message = f"id: {','.join(self.cursor)}\n".encode()
+        else:
+            message = b""
+        message += raw if raw is not None else b"data: " + orjson.dumps(frame) + b"\n\n"
+        with suppress(ConnectionError):
+            await self.response.write(message)
+
+    async def end(self, code: int) -> None:
+        await self.send({"op": "close", "code": code, "reason": "scripted"})
+        self.ended.set()
+
+
 class FakeGateway:
     """The gateway's side of the protocol, scripted by each test.
 
@@ -82,6 +112,7 @@ class FakeGateway:
         self.app = web.Application()
         self.app.router.add_post("/api/v1/ws/ticket", self.issue_ticket)
         self.app.router.add_get("/api/v1/ws", self.websocket)
+        self.app.router.add_get("/api/v1/sse", self.stream)
         self.app.on_shutdown.append(self.shutdown)
         self.base_url = ""
         self.offset = 1000
@@ -94,6 +125,8 @@ class FakeGateway:
         self.resync_below = 0  # a `since` below this is answered with resync
         self.rejected_tickets = 0
         self.sockets: list[FakeSocket] = []
+        self.streams: list[FakeStream] = []
+        self.stream_statuses: list[int] = []  # answered, in order, to stream requests
         self._lock = asyncio.Lock()  # replay and live publish never interleave
         self._changed = asyncio.Event()
 
@@ -143,12 +176,53 @@ class FakeGateway:
             self._notify()
         return ws
 
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        ticket = request.query.get("ticket", "")
+        if self.tickets.get(ticket, True):  # unknown or already used
+            self.rejected_tickets += 1
+            return web.json_response({"title": "bad ticket"}, status=401)
+        self.tickets[ticket] = True
+        if self.stream_statuses:
+            return web.json_response({"title": "scripted"}, status=self.stream_statuses.pop(0))
+        channels = tuple(request.query.getall("channel"))
+        since = request.query.get("since")
+        cursor = since.split(",") if since is not None else [""] * len(channels)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b": open\n\n")
+        stream = FakeStream(ticket, channels, since, response, request, cursor)
+        self.streams.append(stream)
+        self._notify()
+        try:
+            for channel, field_ in zip(channels, list(cursor), strict=True):
+                frame: JsonObject = {"op": "subscribe", "channel": channel}
+                if field_:
+                    frame["since"] = int(field_)
+                await self._subscribe(stream, frame)
+            self._notify()
+            # Until the test ends it, or the client goes away (read as a closing transport).
+            while not stream.ended.is_set():
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    break
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(stream.ended.wait(), 0.05)
+        finally:
+            stream.done = True
+            self._notify()
+        return response
+
     async def _handle(self, sock: FakeSocket, frame: JsonObject) -> None:
         channel = frame.get("channel")
         if frame["op"] == "unsubscribe":
             sock.channels.discard(channel or "")
             await sock.send({"op": "unsubscribed", "channel": channel})
-        if frame["op"] != "subscribe" or not isinstance(channel, str):
+        if frame["op"] == "subscribe":
+            await self._subscribe(sock, frame)
+
+    async def _subscribe(self, sock: FakeSocket | FakeStream, frame: JsonObject) -> None:
+        channel = frame.get("channel")
+        if not isinstance(channel, str):
             return
         reactions = self.reactions.get(channel)
         reaction = reactions.pop(0) if reactions else None
@@ -167,7 +241,10 @@ class FakeGateway:
             for event in history:
                 if since is not None and event["offset"] > since:
                     await sock.send(event)
-            sock.channels.add(channel)
+            if isinstance(sock, FakeStream):
+                sock.subscribed.add(channel)
+            else:
+                sock.channels.add(channel)
 
     async def publish(self, channel: str, data: JsonObject | None = None) -> JsonObject:
         """Append an event to the log (offsets rise across channels) and push it live."""
@@ -187,11 +264,16 @@ class FakeGateway:
             for sock in self.sockets:
                 if not sock.done and channel in sock.channels:
                     await sock.send(frame)
+            for stream in self.streams:
+                if not stream.done and channel in stream.subscribed:
+                    await stream.send(frame)
         return frame
 
     async def shutdown(self, app: web.Application) -> None:
         for sock in self.sockets:
             await sock.ws.close(code=1001, message=b"shutting down")
+        for stream in self.streams:
+            stream.ended.set()
 
 
 @dataclass
@@ -599,3 +681,158 @@ async def test_a_malformed_frame_stops_the_client(
     await gateway.sockets[0].send({"op": "event", "channel": "listing:1", "offset": "7"})
     with pytest.raises(ProtocolError, match="offset"):
         await within(client.next_event())
+
+
+# -- over an event stream --------------------------------------------------------------------
+
+
+@pytest.fixture
+async def sse_client(make_client: ClientFactory) -> RealtimeClient:
+    client = make_client(transport="sse")
+    await within(client.connect())
+    return client
+
+
+async def opened(client: RealtimeClient, gateway: FakeGateway, count: int) -> FakeStream:
+    """Wait for the client's `count`-th stream to be live; returns the fake's side of it."""
+    await within(client.wait_until(lambda: client.connections == count))
+    await gateway.wait_until(lambda: len(gateway.streams) == count)
+    return gateway.streams[-1]
+
+
+def test_the_stream_url_follows_the_base_url() -> None:
+    client = RealtimeClient("https://market.example:8443/", "token", transport="sse")
+    assert client.sse_url == URL("https://market.example:8443/api/v1/sse")
+    with pytest.raises(ValueError, match="transport"):
+        RealtimeClient("http://127.0.0.1", "t", transport="carrier-pigeon")  # type: ignore[arg-type]
+
+
+async def test_a_stream_opens_with_the_channels_and_reopens_with_each_change(
+    gateway: FakeGateway, sse_client: RealtimeClient, backoff: Backoff
+) -> None:
+    assert sse_client.state == "live"
+    assert gateway.streams == []  # no channel, no stream
+    before = await gateway.publish("listing:1")
+
+    assert await within(sse_client.subscribe("listing:1")) == before["offset"]
+    first = gateway.streams[0]
+    assert (first.channels, first.since) == (("listing:1",), None)
+    seen = await gateway.publish("listing:1")
+    assert await within(sse_client.next_event()) == as_event(seen)
+
+    assert await within(sse_client.subscribe("feed:seoul-mapo")) == 0
+    second = gateway.streams[1]
+    assert second.ticket != first.ticket
+    assert second.channels == ("listing:1", "feed:seoul-mapo")
+    assert second.since == f"{seen['offset']},"
+    await gateway.wait_until(lambda: first.done)
+    both = [await gateway.publish("feed:seoul-mapo"), await gateway.publish("listing:1")]
+    assert [await within(sse_client.next_event()) for _ in both] == [as_event(e) for e in both]
+
+    await sse_client.unsubscribe("listing:1")
+    third = await opened(sse_client, gateway, 3)
+    assert (third.channels, third.since) == (("feed:seoul-mapo",), str(both[0]["offset"]))
+    await sse_client.unsubscribe("feed:seoul-mapo")
+    await gateway.wait_until(lambda: third.done)
+    assert len(gateway.streams) == 3  # none without channels
+    assert sse_client.state == "live"
+    assert len(gateway.ticket_auth) == 3
+    assert gateway.rejected_tickets == 0
+    assert backoff.slept == []  # a change reopens at once
+    assert (sse_client.duplicates, sse_client.gaps) == (0, 0)
+
+
+@pytest.mark.parametrize("how", [1001, 1013, 1011, "ended", "abort"])
+async def test_a_dropped_stream_is_reopened_with_a_new_ticket_and_the_cursor(
+    gateway: FakeGateway, sse_client: RealtimeClient, backoff: Backoff, how: int | str
+) -> None:
+    await within(sse_client.subscribe("listing:1"))
+    await within(sse_client.subscribe("feed:seoul-mapo"))
+    seen = await gateway.publish("listing:1")
+    assert await within(sse_client.next_event()) == as_event(seen)
+    first = gateway.streams[-1]
+
+    backoff.hold = asyncio.Event()  # keep the client away while an event is published
+    if how == "abort":
+        transport = first.request.transport
+        assert transport is not None
+        transport.abort()
+    elif how == "ended":
+        first.ended.set()  # the response ends without a close message
+    else:
+        assert isinstance(how, int)
+        await first.end(how)
+    await within(sse_client.wait_until(lambda: sse_client.state == "reconnecting"))
+    missed = await gateway.publish("listing:1")
+    backoff.hold.set()
+
+    again = await opened(sse_client, gateway, 3)
+    assert again.ticket != first.ticket
+    assert again.channels == ("listing:1", "feed:seoul-mapo")
+    assert again.since == f"{seen['offset']},0"
+    assert await within(sse_client.next_event()) == as_event(missed)  # replayed, exactly once
+    live = await gateway.publish("listing:1")
+    assert await within(sse_client.next_event()) == as_event(live)
+    assert (sse_client.duplicates, sse_client.gaps) == (0, 0)
+    assert backoff.states == ["reconnecting"]
+    assert backoff.highs == pytest.approx([0.5])  # the stream had served: the backoff restarts
+
+
+@pytest.mark.parametrize(
+    ("end", "stop", "code"),
+    [("close 4401", SessionRevoked, 4401), ("401", SessionRevoked, 401), ("403", Rejected, 403)],
+)
+async def test_a_revoked_session_or_a_refused_stream_stops_for_good(
+    gateway: FakeGateway,
+    sse_client: RealtimeClient,
+    backoff: Backoff,
+    end: str,
+    stop: type[RealtimeClosed],
+    code: int,
+) -> None:
+    await within(sse_client.subscribe("user:7"))
+    event = await gateway.publish("user:7")
+    assert await within(sse_client.next_event()) == as_event(event)
+    if end == "close 4401":
+        await gateway.streams[0].end(4401)
+    else:
+        gateway.stream_statuses = [code]
+        gateway.streams[0].ended.set()  # dropped; the next request is refused
+    await within(sse_client.wait_until(lambda: sse_client.state == "closed"))
+    assert isinstance(sse_client.closed_reason, stop)
+    assert sse_client.closed_reason.code == code
+    with pytest.raises(stop):
+        await within(sse_client.next_event())
+    assert len(gateway.streams) == 1
+
+
+async def test_resync_on_a_stream_is_surfaced_then_the_channel_reopened_live(
+    gateway: FakeGateway, sse_client: RealtimeClient
+) -> None:
+    await within(sse_client.subscribe("feed:busan"))
+    seen = await gateway.publish("listing:42")
+    gateway.reactions["listing:42"] = ["resync"]  # `since` older than the retention window
+
+    await within(sse_client.subscribe("listing:42", since=seen["offset"]))
+    assert gateway.streams[1].since == f"0,{seen['offset']}"
+    assert await within(sse_client.next_event()) == Resync("listing:42")
+    assert await within(sse_client.next_error()) == ErrorFrame("resync", "listing:42", "x")
+    fresh = await opened(sse_client, gateway, 3)
+    assert (fresh.channels, fresh.since) == (("feed:busan", "listing:42"), "0,")
+    await gateway.wait_until(lambda: fresh.subscribed == {"feed:busan", "listing:42"})
+    after = await gateway.publish("listing:42")
+    assert await within(sse_client.next_event()) == as_event(after)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b'event: x\ndata: {"op":"pong"}\n\n', b'data: {"op":\ndata: "pong"}\n\n', b"data: [1]\n\n"],
+    ids=["event field", "two data lines", "not an object"],
+)
+async def test_a_message_the_protocol_does_not_allow_stops_the_client(
+    gateway: FakeGateway, sse_client: RealtimeClient, raw: bytes
+) -> None:
+    await within(sse_client.subscribe("listing:1"))
+    await gateway.streams[0].send({}, raw=raw)
+    with pytest.raises(ProtocolError):
+        await within(sse_client.next_event())

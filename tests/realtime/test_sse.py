@@ -19,13 +19,14 @@ import pytest
 from realtime import gateway as gateway_module
 from realtime import sse as sse_module
 from realtime.channels import Caller
+from realtime.client import Event, RealtimeClient
 from realtime.keys import gateway_key
 from realtime.sse import EventStream
 from realtime.sse_frames import StreamDecoder, StreamMessage
 from server.errors import PROBLEM_CONTENT_TYPE
 from server.settings import Settings
 from tests.conftest import ClientFactory
-from tests.realtime.sse_support import JsonObject, Stream, started
+from tests.realtime.sse_support import JsonObject, Stream, insert_big_events, started
 from tests.realtime.test_chat_socket import new_room
 from tests.realtime.test_gateway import (
     TIMEOUT,
@@ -199,6 +200,24 @@ async def test_a_malformed_request_is_400_and_subscribes_nothing(
     assert (status, body["detail"]) == (400, detail.format(max=2**63 - 1, rule=rule))
     assert body["title"] == "Bad request"
     nothing_subscribed(client, *channels)
+
+
+@pytest.mark.parametrize(
+    ("extra", "detail"),
+    [
+        ("&sinse=5", "unknown parameter sinse; they are ticket, channel, since"),
+        ("&since=1&since=2", "give since once"),
+        ("&ticket=another", "give ticket once"),
+    ],
+)
+async def test_an_unknown_or_repeated_parameter_is_400(
+    client: Client, extra: str, detail: str
+) -> None:
+    account = await sign_up(client)
+    url = stream_url(await new_ticket(client, account), ["listing:1"]) + extra
+    status, body, _ = await refusal(client, url)
+    assert (status, body["detail"]) == (400, detail)
+    nothing_subscribed(client, "listing:1")
 
 
 async def test_a_refused_origin_is_403_and_leaves_the_ticket_unused(
@@ -544,7 +563,6 @@ async def test_shutdown_ends_open_streams_with_1001(
 
 
 SEND_QUEUE = 4
-BLOB = 60_000
 
 
 async def test_a_stream_that_stops_reading_is_ended_with_1013_and_resumes_from_its_cursor(
@@ -564,21 +582,13 @@ async def test_a_stream_that_stops_reading_is_ended_with_1013_and_resumes_from_i
     await reader.next_frame()
     transport = slow.pause_reading()
 
-    rounds = 0
+    sent = 0
     while await metric(client, "jangteo_sse_closes_total", '{reason="slow"}') < 1:
-        await db.execute(
-            "INSERT INTO outbox (channel, type, data) SELECT $1, 'test.big',"
-            " jsonb_build_object('n', n, 'blob', repeat('x', $3::int))"
-            " FROM generate_series($2::int, $2::int + 3) AS n",
-            channel,
-            4 * rounds,
-            BLOB,
-        )
-        rounds += 1
-        await reader.wait_events(channel, 4 * rounds)  # the other reader keeps up
-        assert rounds < 1000, "the slow stream was never ended"
-    expected = await wait_published(db, channel, 4 * rounds)
-    assert await reader.wait_events(channel, 4 * rounds) == expected
+        sent += await insert_big_events(db, channel, sent)
+        await reader.wait_events(channel, sent)  # the other reader keeps up
+        assert sent < 4000, "the slow stream was never ended"
+    expected = await wait_published(db, channel, sent)
+    assert await reader.wait_events(channel, sent) == expected
 
     transport.resume_reading()
     assert await slow.end(timeout=3 * TIMEOUT) == {
@@ -698,3 +708,35 @@ async def test_under_http_1_0_messages_are_unframed_and_the_connection_ends_the_
 async def _subscribed_sent(client: Client) -> bool:
     streams = client.app[gateway_key].streams
     return bool(streams) and only_stream(client).cursor == [0]
+
+
+# -- the reference client over the stream ----------------------------------------------------
+
+
+async def test_the_reference_client_resumes_a_dropped_stream_from_its_cursor(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    account = await sign_up(client)
+    channels = ["feed:sse-client-a", "feed:sse-client-b"]
+    base_url = str(client.make_url("/"))
+    async with RealtimeClient(base_url, account.access_token, transport="sse") as realtime:
+        for channel in channels:
+            assert await asyncio.wait_for(realtime.subscribe(channel), TIMEOUT) == 0
+        await insert_events(db, channels, 4)
+        for _ in range(4):
+            await asyncio.wait_for(realtime.next_event(), TIMEOUT)
+        assert realtime.connections == 2  # the second channel reopened the stream
+
+        only_stream(client).transport.abort()  # the connection drops
+        await insert_events(db, channels, 6)  # meanwhile
+        received = [await asyncio.wait_for(realtime.next_event(), TIMEOUT) for _ in range(6)]
+        await eventually(lambda: _opened(realtime, 3), "the client opened a third stream")
+        for channel in channels:
+            log = await wait_published(db, channel, 5)
+            mine = [e for e in received if isinstance(e, Event) and e.channel == channel]
+            assert [e.offset for e in mine] == [e["offset"] for e in log[2:]]
+        assert (realtime.duplicates, realtime.gaps) == (0, 0)
+
+
+async def _opened(realtime: RealtimeClient, count: int) -> bool:
+    return realtime.connections == count

@@ -1,4 +1,7 @@
-"""Realtime across two real `jangteo serve` processes on one PostgreSQL and one Redis."""
+"""Realtime across two real `jangteo serve` processes on one PostgreSQL and one Redis.
+
+What a client must see holds for both transports: the scenarios marked with ``transport``
+run over a socket and over an event stream."""
 
 from __future__ import annotations
 
@@ -9,7 +12,9 @@ import signal
 
 import aiohttp
 import asyncpg
+import pytest
 
+from tests.realtime.sse_support import insert_big_events
 from tests.support import PASSWORD, ServerProcess, start_servers, stop_servers
 from tests.system.realtime_support import (
     User,
@@ -21,20 +26,26 @@ from tests.system.realtime_support import (
     set_price,
     sign_up,
 )
+from tests.system.transports import TRANSPORTS, Receivers, Transport
+
+each_transport = pytest.mark.parametrize("transport", TRANSPORTS)
 
 
+@each_transport
 async def test_an_edit_through_one_instance_reaches_a_subscriber_on_the_other(
-    two_servers: tuple[ServerProcess, ServerProcess],
+    two_servers: tuple[ServerProcess, ServerProcess], transport: Transport
 ) -> None:
     first, second = two_servers
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession() as http, Receivers(http) as peers:
         seller = await sign_up(http, first)
         buyer = await sign_up(http, second)
         listing_id = await create_listing(http, first, seller)
-        watcher = await open_socket(http, second, buyer)
-        seller_socket = await open_socket(http, second, seller)
-        start = await watcher.subscribe(f"listing:{listing_id}")
-        await seller_socket.subscribe(f"user:{seller.user_id}")
+        channel = f"listing:{listing_id}"
+        watcher = await peers.open(second, buyer, transport, {channel: None})
+        seller_socket = await peers.open(
+            second, seller, transport, {f"user:{seller.user_id}": None}
+        )
+        start = watcher.answers[channel]["offset"]
 
         await set_price(http, first, seller, listing_id, 900)
         await watcher.wait_events(f"listing:{listing_id}", 1)
@@ -52,11 +63,12 @@ async def test_an_edit_through_one_instance_reaches_a_subscriber_on_the_other(
         assert like["data"]["listing_id"] == listing_id
 
 
+@each_transport
 async def test_logout_on_one_instance_closes_that_sessions_sockets_on_the_other(
-    two_servers: tuple[ServerProcess, ServerProcess], database_url: str
+    two_servers: tuple[ServerProcess, ServerProcess], database_url: str, transport: Transport
 ) -> None:
     first, second = two_servers
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession() as http, Receivers(http) as peers:
         user = await sign_up(http, first)
         login = await http.post(
             f"{first.url}/api/v1/auth/login", json={"email": user.email, "password": PASSWORD}
@@ -65,10 +77,9 @@ async def test_logout_on_one_instance_closes_that_sessions_sockets_on_the_other(
         other_session = User(user.user_id, user.email, **{
             key: (await login.json())[key] for key in ("access_token", "refresh_token")
         })  # fmt: skip
-        doomed = await open_socket(http, first, user)
-        kept = await open_socket(http, first, other_session)
-        await doomed.subscribe(f"user:{user.user_id}")
-        await kept.subscribe("feed:logout-test")
+        own = {f"user:{user.user_id}": None}
+        doomed = await peers.open(first, user, transport, own)
+        kept = await peers.open(first, other_session, transport, {"feed:logout-test": None})
 
         logout = await http.post(
             f"{second.url}/api/v1/auth/logout", json={"refresh_token": user.refresh_token}
@@ -79,23 +90,23 @@ async def test_logout_on_one_instance_closes_that_sessions_sockets_on_the_other(
         await kept.wait_events("feed:logout-test", 1)  # the other session's socket lives on
 
 
+@each_transport
 async def test_resume_on_the_other_instance_gets_exactly_the_missed_events(
-    two_servers: tuple[ServerProcess, ServerProcess], database_url: str
+    two_servers: tuple[ServerProcess, ServerProcess], database_url: str, transport: Transport
 ) -> None:
     first, second = two_servers
     channel = "feed:resume-test"
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession() as http, Receivers(http) as peers:
         user = await sign_up(http, first)
-        socket = await open_socket(http, first, user)
-        await socket.subscribe(channel)
+        socket = await peers.open(first, user, transport, {channel: None})
         await insert_events(database_url, channel, 5)
         await socket.wait_events(channel, 5)
         last = socket.offsets(channel)[-1]
-        await socket.ws.close()
+        await socket.close()
 
         await insert_events(database_url, channel, 7, start=5)
-        resumed = await open_socket(http, second, user)
-        await resumed.subscribe(channel, since=last)
+        resumed = await peers.open(second, user, transport, {channel: last})
+        assert resumed.answers[channel]["op"] == "subscribed"
         await resumed.wait_events(channel, 7)
         await insert_events(database_url, channel, 2, start=12)
         await resumed.wait_events(channel, 9)
@@ -259,3 +270,83 @@ async def test_clients_that_drop_and_resume_at_random_miss_nothing_and_see_nothi
         for result in results:
             for channel, (start, offsets) in result.items():
                 assert offsets == await committed_offsets(database_url, channel, start), channel
+
+
+@each_transport
+async def test_a_resume_past_the_retention_window_gets_resync_and_the_rest_carries_on(
+    two_servers: tuple[ServerProcess, ServerProcess], database_url: str, transport: Transport
+) -> None:
+    first, second = two_servers
+    pruned, kept = "feed:resync-pruned", "feed:resync-kept"
+    async with aiohttp.ClientSession() as http, Receivers(http) as peers:
+        user = await sign_up(http, first)
+        await insert_events(database_url, pruned, 3)
+        async with asyncio.timeout(30):  # the relay numbers them; polled in the database
+            while len(offsets := await committed_offsets(database_url, pruned)) < 3:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        # What the relay's pruning does to events older than the retention window.
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute("DELETE FROM outbox WHERE position = $1", offsets[0])
+        finally:
+            await conn.close()
+
+        receiver = await peers.open(second, user, transport, {pruned: 0, kept: None})
+        assert receiver.answers[pruned] == {
+            "op": "error",
+            "code": "resync",
+            "detail": "events after offset 0 are past the retention window",
+            "channel": pruned,
+        }
+        assert receiver.answers[kept] == {"op": "subscribed", "channel": kept, "offset": 0}
+        await insert_events(database_url, pruned, 1, start=3)  # first: it would come first
+        await insert_events(database_url, kept, 2)
+        await receiver.wait_events(kept, 2)
+        assert receiver.offsets(kept) == await committed_offsets(database_url, kept)
+        assert pruned not in receiver.events
+
+
+async def slow_closes(http: aiohttp.ClientSession, server: ServerProcess, name: str) -> float:
+    text = await (await http.get(f"{server.url}/metrics")).text()
+    for line in text.splitlines():
+        if line.startswith(name + '{reason="slow"} '):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+@each_transport
+async def test_a_reader_that_stops_is_ended_with_1013_and_resumes_on_the_other_instance(
+    server_env: dict[str, str], database_url: str, transport: Transport
+) -> None:
+    env = {**server_env, "JANGTEO_WS_SEND_QUEUE": "4"}
+    first, second = start_servers(ServerProcess(env), ServerProcess(env))
+    channel = "feed:slow-reader"
+    closes = "jangteo_ws_closes_total" if transport == "websocket" else "jangteo_sse_closes_total"
+    try:
+        async with aiohttp.ClientSession() as http, Receivers(http) as peers:
+            user = await sign_up(http, first)
+            slow = await peers.open(first, user, transport, {channel: None})
+            reader = await peers.open(first, user, transport, {channel: None})
+            paused = slow.pause_reading()
+            conn = await asyncpg.connect(database_url)
+            try:
+                sent = 0
+                while await slow_closes(http, first, closes) < 1:
+                    sent += await insert_big_events(conn, channel, sent)
+                    await reader.wait_events(channel, sent)  # the other one keeps up
+                    assert sent < 4000, "the reader that stopped was never ended"
+            finally:
+                await conn.close()
+            paused.resume_reading()
+            assert await slow.wait_close(timeout=60) == 1013
+            expected = await committed_offsets(database_url, channel)
+            assert reader.offsets(channel) == expected
+            got = slow.offsets(channel)
+            assert 0 < len(got) < len(expected)
+            assert got == expected[: len(got)]  # a gapless prefix, so it resumes after it
+
+            resumed = await peers.open(second, user, transport, {channel: got[-1]})
+            await resumed.wait_events(channel, len(expected) - len(got))
+            assert got + resumed.offsets(channel) == expected
+    finally:
+        stop_servers(first, second)
