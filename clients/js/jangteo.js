@@ -248,6 +248,8 @@ export class RealtimeClient extends EventTarget {
   #pongs = [];
   #onSse = false; // fell back to SSE (transport 'auto')
   #fellBackAt = 0;
+  #sseAttempts = 0; // since the fall back: the WebSocket is tried again only after one
+  #websocketFailures = 0; // WebSocket attempts in a row that the server never answered
 
   constructor(options = {}) {
     super();
@@ -274,6 +276,8 @@ export class RealtimeClient extends EventTarget {
     this.connections = 0; // sockets and streams that opened
     this.duplicates = 0; // events dropped because their offset was at or below the channel's last
     this.gaps = 0; // events whose `prev` was past the channel's last offset (then resumed with since)
+    /** Some resumed channel has not replayed up to its `subscribed` offset yet. */
+    this.catchingUp = false;
   }
 
   // -- lifecycle -----------------------------------------------------------------------------
@@ -325,7 +329,17 @@ export class RealtimeClient extends EventTarget {
     }
     let entry = this.#channels.get(channel);
     if (!entry) {
-      entry = { channel, last: since ?? null, sentSince: null, listeners: new Set(), settled: false, resyncing: false, retries: 0, retryTimer: null };
+      entry = {
+        channel,
+        last: since ?? null,
+        sentSince: null, // the `since` of the subscription under way (null: live only)
+        replayTo: null, // while a resume replays: the `subscribed` offset it ends at
+        listeners: new Set(),
+        settled: false,
+        resyncing: false,
+        retries: 0,
+        retryTimer: null,
+      };
       entry.ready = handled(new Promise((resolve, reject) => Object.assign(entry, { resolve, reject })));
       this.#channels.set(channel, entry);
       this.#resubscribe(entry);
@@ -343,6 +357,7 @@ export class RealtimeClient extends EventTarget {
 
   #drop(entry, why) {
     this.#channels.delete(entry.channel);
+    this.#caughtUp(entry);
     clearTimeout(entry.retryTimer);
     this.#settle(entry, new SubscriptionError(why, entry.channel, 'unsubscribed before subscribed'));
     if (this.#wsOpen()) this.#sendFrame({ op: 'unsubscribe', channel: entry.channel });
@@ -450,7 +465,6 @@ export class RealtimeClient extends EventTarget {
 
   async #loop(run) {
     let attempt = 0; // failed attempts in a row
-    let websocketFailures = 0;
     while (this.#current(run)) {
       const transport = this.#pickTransport();
       this.#setState(this.connections ? 'reconnecting' : 'connecting', transport);
@@ -463,12 +477,13 @@ export class RealtimeClient extends EventTarget {
       if (outcome.served) attempt = 0;
       let now = outcome.now === true;
       if (transport === 'websocket') {
-        if (outcome.served) websocketFailures = 0;
-        else if (outcome.websocketFailed) websocketFailures += 1;
-        if (this.#options.transport === 'auto' && websocketFailures >= this.#options.websocketFailuresBeforeSse) {
+        if (outcome.served) this.#websocketFailures = 0;
+        else if (outcome.websocketFailed) this.#websocketFailures += 1;
+        if (this.#options.transport === 'auto' && this.#websocketFailures >= this.#options.websocketFailuresBeforeSse) {
           this.#onSse = true; // the server answers (tickets come) but WebSockets do not get through
           this.#fellBackAt = Date.now();
-          websocketFailures = 0;
+          this.#sseAttempts = 0;
+          this.#websocketFailures = 0;
           now = true;
         }
       }
@@ -485,11 +500,14 @@ export class RealtimeClient extends EventTarget {
     const mode = this.#options.transport;
     if (mode !== 'auto') return mode;
     if (typeof globalThis.WebSocket !== 'function') return 'sse';
-    if (this.#onSse && Date.now() - this.#fellBackAt >= this.#options.websocketRetryMs) {
-      this.#onSse = false; // try WebSocket again; failing it falls back at once
+    if (this.#onSse && this.#sseAttempts > 0 && Date.now() - this.#fellBackAt >= this.#options.websocketRetryMs) {
+      this.#onSse = false; // try WebSocket again; one failure falls back at once
+      this.#websocketFailures = this.#options.websocketFailuresBeforeSse - 1;
       return 'websocket';
     }
-    return this.#onSse ? 'sse' : 'websocket';
+    if (!this.#onSse) return 'websocket';
+    this.#sseAttempts += 1;
+    return 'sse';
   }
 
   #current(run) {
@@ -559,6 +577,7 @@ export class RealtimeClient extends EventTarget {
         ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
         clearInterval(heartbeat);
         if (this.#ws === ws) this.#ws = null;
+        this.#replaysEnded();
         this.#failSends(new SendError('disconnected', null, 'the connection closed before an answer; send again', true));
         this.#stopCurrent = null;
         // Never opened, or closed without a frame and without a close code from the server.
@@ -682,6 +701,7 @@ export class RealtimeClient extends EventTarget {
     } finally {
       clearInterval(silent);
       if (this.#sse === current) this.#sse = null;
+      this.#replaysEnded();
       this.#stopCurrent = null;
     }
     if (current.reopen) return { reopen: true, served };
@@ -761,6 +781,7 @@ export class RealtimeClient extends EventTarget {
       }
     }
     entry.last = frame.offset;
+    if (entry.replayTo !== null && entry.last >= entry.replayTo) this.#caughtUp(entry);
     this.#tell(entry, 'event', frame);
   }
 
@@ -770,6 +791,10 @@ export class RealtimeClient extends EventTarget {
       return;
     }
     if (entry.sentSince === null) entry.last = Math.max(frame.offset, entry.last ?? frame.offset);
+    if (entry.last < frame.offset) {
+      entry.replayTo = frame.offset; // the missed events follow, up to this one
+      this.#updateCatchingUp();
+    }
     entry.retries = 0;
     this.#settle(entry, null, frame.offset);
     if (entry.resyncing) {
@@ -792,11 +817,13 @@ export class RealtimeClient extends EventTarget {
       // REST once the new subscription is in place (then nothing after their read is missed).
       entry.last = null;
       entry.resyncing = true;
+      this.#caughtUp(entry);
       this.#resubscribe(entry);
     } else if (RETRYABLE_CODES.has(frame.code)) {
       this.#tell(entry, 'error', { ...error, retrying: true, retryInMs: this.#retryLater(entry) });
     } else {
       this.#channels.delete(entry.channel);
+      this.#caughtUp(entry);
       clearTimeout(entry.retryTimer);
       this.#settle(entry, new SubscriptionError(frame.code, entry.channel, frame.detail));
       this.#tell(entry, 'error', error);
@@ -819,6 +846,25 @@ export class RealtimeClient extends EventTarget {
         report(error);
       }
     }
+  }
+
+  #caughtUp(entry) {
+    if (entry.replayTo === null) return;
+    entry.replayTo = null;
+    this.#updateCatchingUp();
+  }
+
+  /** A connection ended: what it was replaying is replayed again on the next one. */
+  #replaysEnded() {
+    for (const entry of this.#channels.values()) entry.replayTo = null;
+    this.#updateCatchingUp();
+  }
+
+  #updateCatchingUp() {
+    const catchingUp = [...this.#channels.values()].some((entry) => entry.replayTo !== null);
+    if (catchingUp === this.catchingUp) return;
+    this.catchingUp = catchingUp;
+    this.dispatchEvent(new CustomEvent('catching-up', { detail: catchingUp }));
   }
 
   #protocolError(message, data) {

@@ -26,7 +26,7 @@ START = """async ({ token, ticket, refusals, options }) => {
     const lib = await import('/clients/js/jangteo.js');
     const seen = {
         events: {}, ready: {}, errors: {}, resyncs: [], states: [], backoffs: [],
-        closed: null, tickets: 0,
+        catchingUp: [], closed: null, tickets: 0,
     };
     const client = new lib.RealtimeClient({
         ...options,
@@ -43,6 +43,7 @@ START = """async ({ token, ticket, refusals, options }) => {
     });
     client.addEventListener('state', (e) => seen.states.push(e.detail));
     client.addEventListener('backoff', (e) => seen.backoffs.push(e.detail.delayMs));
+    client.addEventListener('catching-up', (e) => seen.catchingUp.push(e.detail));
     client.addEventListener('closed', (e) => {
         seen.closed = { kind: e.detail.kind, code: e.detail.code, message: e.detail.message };
     });

@@ -23,6 +23,7 @@ const ROUTES = [
 const STATE_LABELS = {
   connecting: 'Connecting…',
   live: 'Live',
+  'catching-up': 'Catching up…',
   reconnecting: 'Reconnecting…',
   closed: 'Offline',
   offline: 'Offline',
@@ -30,9 +31,10 @@ const STATE_LABELS = {
 
 const view = document.getElementById('view');
 const bus = new EventTarget(); // 'user-event': events of user:{me}; 'wallet': balance changed
-const ctx = { api, bus, user: null, rt: null, refreshWallet, refreshChatBadge, navigate };
+const ctx = { api, bus, user: null, rt: null, refreshWallet, refreshChatBadge, navigate, reloading };
 let cleanup = null;
 let rendering = 0;
+let reloads = 0; // reloads after `resync` still running: the page is catching up
 
 function match(hash) {
   for (const [pattern, module, tab] of ROUTES) {
@@ -93,12 +95,30 @@ function setBadge(id, count) {
   badge.hidden = count === 0;
 }
 
+/** A view's reload after `resync`: the status says "Catching up…" until it is done. */
+function reloading(promise) {
+  reloads += 1;
+  showStatus();
+  return promise.catch(() => {}).finally(() => {
+    reloads -= 1;
+    showStatus();
+  });
+}
+
+function showStatus() {
+  const rt = ctx.rt;
+  if (!rt) return showState('offline');
+  // Live, but a resumed channel is still replaying what it missed, or a reload runs.
+  const behind = rt.state === 'live' && (rt.catchingUp || reloads > 0);
+  return showState(behind ? 'catching-up' : rt.state, rt.transport);
+}
+
 function showState(state, transport = null) {
   const pill = document.getElementById('status');
   pill.dataset.state = state;
   pill.dataset.transport = transport ?? '';
   // Server-Sent Events when WebSockets cannot get through: receiving works the same.
-  const via = state === 'live' && transport === 'sse' ? ' (SSE)' : '';
+  const via = (state === 'live' || state === 'catching-up') && transport === 'sse' ? ' (SSE)' : '';
   pill.querySelector('.label').textContent = (STATE_LABELS[state] ?? state) + via;
 }
 
@@ -123,14 +143,15 @@ async function signedIn() {
   ctx.user = await api.get('/me');
   document.getElementById('tabs').hidden = false;
   ctx.rt = new RealtimeClient({ ticket: api.realtimeTicket });
-  ctx.rt.addEventListener('state', (e) => showState(e.detail.state, e.detail.transport));
+  ctx.rt.addEventListener('state', showStatus);
+  ctx.rt.addEventListener('catching-up', showStatus);
   ctx.rt.addEventListener('closed', (e) => {
     if (e.detail.kind === 'sessionEnded') api.forget();
     else if (e.detail.kind === 'fatal') toast(`Realtime stopped: ${e.detail.message}. Tap the status to retry.`, 'error');
   });
   ctx.rt.subscribe(`user:${ctx.user.id}`, {
     event: onUserEvent,
-    resync: () => Promise.all([refreshWallet(), refreshChatBadge()]).catch(() => {}),
+    resync: () => reloading(Promise.all([refreshWallet(), refreshChatBadge()])),
   });
   ctx.rt.connect();
   await Promise.all([refreshWallet(), refreshChatBadge()]).catch(() => {});

@@ -82,7 +82,7 @@ export async function render(root, ctx, roomId) {
       }
     },
     presence: showPresence,
-    resync: () => loadMessages().catch(() => {}),
+    resync: () => ctx.reloading(loadMessages()),
   });
 
   const input = h('input', { name: 'body', maxlength: 1000, autocomplete: 'off', placeholder: 'Message', 'aria-label': 'Message' });

@@ -82,7 +82,7 @@ export async function render(root, ctx) {
           }
           if (needsReload(frame)) reload(listing.id).catch(() => {});
         },
-        resync: () => reload(listing.id).catch(() => {}),
+        resync: () => ctx.reloading(reload(listing.id)),
       }, { since });
     } else {
       card.listing = newer(card.listing, listing);
@@ -121,7 +121,7 @@ export async function render(root, ctx) {
       put({ ...frame.data, photos: [] }, { atTop: true, since: frame.offset });
       reload(frame.data.id).catch(() => {});
     },
-    resync: () => reloadAll().catch(() => {}),
+    resync: () => ctx.reloading(reloadAll()),
   });
 
   const regions = [...new Set([ctx.user.region, ...REGIONS])];

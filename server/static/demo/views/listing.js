@@ -115,7 +115,7 @@ export async function render(root, ctx, id) {
       }
       if (needsReload(frame)) reload().catch(() => {});
     },
-    resync: () => reload().catch(() => {}),
+    resync: () => ctx.reloading(reload()),
   });
 
   try {
