@@ -51,8 +51,8 @@ export function closeRule(code) {
  * What to do after an HTTP refusal by the ticket request (`what` = 'ticket') or the SSE request
  * ('sse'): 408, 429 and 5xx are "not now" (backoff, honouring Retry-After); any other 4xx is
  * "never" (stop). A 401 ends the session's realtime: from the ticket request, the access token
- * was refused; from the SSE request, the session ended (a ticket taken for the attempt and
- * used at once is not otherwise refused). Either way: sign in again.
+ * was refused; from the SSE request, the session ended or the ticket did (the client first
+ * tries once more with a fresh ticket, which settles it). Either way: sign in again.
  */
 export function statusRule(status, what) {
   if (status === 408 || status === 429 || status >= 500) {
@@ -250,6 +250,7 @@ export class RealtimeClient extends EventTarget {
   #fellBackAt = 0;
   #sseAttempts = 0; // since the fall back: the WebSocket is tried again only after one
   #websocketFailures = 0; // WebSocket attempts in a row that the server never answered
+  #sseUnauthorized = 0; // SSE requests in a row answered 401
 
   constructor(options = {}) {
     super();
@@ -566,7 +567,12 @@ export class RealtimeClient extends EventTarget {
     if (outcome) return outcome;
     if (!this.#current(run)) return { served: false };
     const url = `${this.#baseUrl.replace(/^http/, 'ws')}${WS_PATH}?ticket=${encodeURIComponent(ticket)}`;
-    const ws = new globalThis.WebSocket(url);
+    let ws;
+    try {
+      ws = new globalThis.WebSocket(url);
+    } catch {
+      return { served: false, websocketFailed: true }; // refused by the page itself (its CSP)
+    }
     const { pingEveryMs, silentForMs } = this.#options;
     return new Promise((resolve) => {
       let served = false;
@@ -644,6 +650,9 @@ export class RealtimeClient extends EventTarget {
       if (result.reopen) continue; // the channels changed: a new stream from the cursor, at once
       if (result.status !== undefined) {
         const rule = statusRule(result.status, 'sse');
+        // A 401 may be a ticket that expired before it was used: one more, fresh, settles it.
+        this.#sseUnauthorized = result.status === 401 ? this.#sseUnauthorized + 1 : 0;
+        if (result.status === 401 && this.#sseUnauthorized < 2) return { served, retryAfterMs: result.retryAfterMs };
         if (rule.action === 'stop') {
           return { stop: new ClosedError(rule.sessionEnded ? 'sessionEnded' : 'fatal', result.status, rule.then) };
         }
@@ -674,6 +683,7 @@ export class RealtimeClient extends EventTarget {
         return { served: false, code: CloseCode.ABNORMAL };
       }
       this.connections += 1;
+      this.#sseUnauthorized = 0;
       this.#setState('live', 'sse');
       let lastSeen = Date.now();
       silent = setInterval(() => {
