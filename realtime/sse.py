@@ -121,6 +121,7 @@ class EventStream:
             try:
                 await self.rules.authorize(Caller(self.user_id), channel)
             except ChannelRefused as refused:
+                self.cursor[self.index[channel]] = None  # it has no position to keep
                 self._write(message(frames.error_json(refused.code, refused.detail, channel)))
                 return
             self.joined.add(channel)

@@ -39,7 +39,9 @@ class Frame:
 
 
 def carries_cursor(frame: JsonObject) -> bool:
-    """Messages that move the cursor carry it as their id; the others have none."""
+    """Messages that move the cursor carry it as their id; the others have none (a refused
+    channel's field empties too, without an id: resuming from its old value only gets the
+    same refusal)."""
     return frame["op"] in ("subscribed", "event") or (
         frame["op"] == "error" and frame["code"] == "resync"
     )
@@ -53,6 +55,11 @@ class Cursor:
     fields: list[int | None]
 
     def after(self, frame: JsonObject) -> str:
+        if frame["op"] in ("subscribed", "event", "error") and "channel" in frame:
+            self._move(frame)
+        return ",".join("" if field is None else str(field) for field in self.fields)
+
+    def _move(self, frame: JsonObject) -> None:
         index = self.channels.index(frame["channel"])
         if frame["op"] == "event":
             self.fields[index] = frame["offset"]
@@ -60,7 +67,6 @@ class Cursor:
             self.fields[index] = None
         elif self.fields[index] is None:  # subscribed fresh; with since the field keeps it
             self.fields[index] = frame["offset"]
-        return ",".join("" if field is None else str(field) for field in self.fields)
 
 
 @dataclass
@@ -104,10 +110,11 @@ class Stream:
         json = orjson.loads(message.data)
         assert isinstance(json, dict), message
         assert "\n" not in message.data, message
+        cursor = self.cursor.after(json)
         if carries_cursor(json):
             assert message.fields == ("id", "data"), message
             assert message.id is not None and CURSOR.match(message.id), message
-            assert message.id == self.cursor.after(json), (message, self.cursor)
+            assert message.id == cursor, (message, self.cursor)
             self.last_id = message.id
         else:
             assert message.fields == ("data",), message
