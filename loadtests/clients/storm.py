@@ -55,7 +55,7 @@ BACKOFF_CAP_S = 30.0
 TIMEOUT_S = 30.0  # a ticket request, a TCP connect, an upgrade's answer
 FIRST_CONNECTS = 64  # apps of one process connecting at once when the run starts (not later)
 FIRST_CONNECT_LIMIT_S = 300.0  # for every app of a process to be live when the run starts
-TICKET_CONNECTIONS = 512  # ticket requests in flight per process, each on its own connection
+TICKET_CONNECTIONS = 64  # kept-alive ticket connections per process, pooled as a balancer would
 RETRYABLE_ERRORS = frozenset({"unavailable", "rate_limited"})  # a subscribe worth retrying
 TRANSIENT_4XX = frozenset({408, 429})
 EXAMPLES = 10  # audit violations sent back per process
@@ -347,7 +347,7 @@ class StormProcess:
     async def start(self, plan: StormPlan) -> dict[str, Any]:
         """Start every app of ``plan``; once each is live (or has given up, or after
         ``FIRST_CONNECT_LIMIT_S``), how many are."""
-        connector = aiohttp.TCPConnector(limit=TICKET_CONNECTIONS, force_close=True)
+        connector = aiohttp.TCPConnector(limit=TICKET_CONNECTIONS)
         session = aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)
         )

@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import resource
 import socket as pysocket
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -591,14 +592,19 @@ async def _serve(conn: Connection, client: Commanded) -> None:
     loop = asyncio.get_running_loop()
     commands: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
-    def readable() -> None:
-        try:
-            commands.put_nowait(conn.recv())
-        except (EOFError, OSError):  # the parent is gone: stop, do not spin on the pipe
-            loop.remove_reader(conn.fileno())
-            commands.put_nowait(("exit", None))
+    def receive() -> None:
+        """Blocking reads in a thread of their own: a loop watching the pipe would make it
+        non-blocking (uvloop does), and a message over the pipe's buffer (64 KiB) would
+        then fail half read, as would a long reply half written."""
+        command: tuple[str, Any] = ("", None)
+        while command[0] != "exit":
+            try:
+                command = conn.recv()
+            except (EOFError, OSError):  # the parent is gone
+                command = ("exit", None)
+            loop.call_soon_threadsafe(commands.put_nowait, command)
 
-    loop.add_reader(conn.fileno(), readable)
+    threading.Thread(target=receive, name="client-commands", daemon=True).start()
     while True:
         command, argument = await commands.get()
         if command == "exit":

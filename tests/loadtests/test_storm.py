@@ -3,7 +3,11 @@ reconnects, what its audit finds, and how the figures and the targets table are 
 
 from __future__ import annotations
 
+import os
+import pickle
 import random
+import struct
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,8 +26,9 @@ from loadtests.clients.storm import (
     StormProcess,
     backoff,
     final_status,
+    storm_main,
 )
-from loadtests.clients.ws import Tally, Target, WebSocket
+from loadtests.clients.ws import LoadClients, Tally, Target, WebSocket
 from loadtests.harness import report
 
 TARGETS = (Target.jangteo("a", 1001, "token"), Target.jangteo("b", 1002, "token"))
@@ -87,6 +92,29 @@ def test_the_scenario_refuses_what_cannot_run() -> None:
 def test_answer_keys_carry_their_status() -> None:
     keys = ("ticket 503", "upgrade 101", "ticket ClientConnectorError")
     assert [status_of(key) for key in keys] == [503, 101, 0]
+
+
+def test_a_command_that_arrives_in_parts_reaches_a_client_process_whole() -> None:
+    """The pipe stays blocking in the client process: a loop watching it (uvloop's makes
+    it non-blocking) would find it empty half way through a long command and drop it."""
+    heads = {f"listing:{n}": n for n in range(20_000)}
+    message = pickle.dumps(("behind", heads))
+    framed = struct.pack("!i", len(message)) + message  # multiprocessing's framing
+    with LoadClients(1, main=storm_main) as clients:
+        pipe = clients.pipes[0]
+        half = len(framed) // 2
+        write_all(pipe.fileno(), framed[:half])
+        time.sleep(0.5)  # the client has read the first half and finds the pipe empty
+        write_all(pipe.fileno(), framed[half:])
+        assert pipe.recv() == 0  # no apps started: none behind
+        assert clients.call("progress", [0.0]) == [
+            {"apps": 0, "live": 0, "live_since": 0, "stopped": 0}
+        ]
+
+
+def write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data) :]
 
 
 # ----------------------------------------------------------------------------- one app
