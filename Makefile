@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(BIN)/python -m loadtests bench purchase --listings 500 --buyers 2000 --clients 40 --name purchase-spread
 	$(BIN)/python -m loadtests bench realtime
 	$(BIN)/python -m loadtests bench realtime --sockets 20000 --phases fanout --name realtime-20k
+	$(BIN)/python -m loadtests bench storm
 	$(BIN)/python -m loadtests bench crowd
 	$(BIN)/python -m loadtests bench chat
 	$(BIN)/python -m loadtests bench scaling

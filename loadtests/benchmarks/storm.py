@@ -191,30 +191,8 @@ async def storm(
 ) -> dict[str, Any]:
     """Open every app on ``victim``, publish, SIGKILL it, wait for every app to be live on
     ``survivor``, publish on, stop, let the last events arrive, audit; the figures."""
-    sources = SourceAddresses().take(scenario.sockets)
     targets = [victim.target(token), survivor.target(token)]
-    plans = StormPlan.split(
-        targets,
-        scenario.sockets,
-        len(clients.pids),
-        channels,
-        scenario.per_socket,
-        sources,
-        scenario.seed,
-    )
-    print(
-        f"  {scenario.sockets:,} apps x {scenario.per_socket} channels opening on"
-        f" {victim.name} ...",
-        flush=True,
-    )
-    opened = await call(clients, "start", plans)
-    live = sum(reply["live"] for reply in opened)
-    print(f"  {live:,} live in {max(reply['seconds'] for reply in opened):.1f} s", flush=True)
-    if live != scenario.sockets:
-        raise BenchError(
-            f"only {live} of {scenario.sockets} apps live on {victim.name}:"
-            f" {added(opened, 'answers')}, gave up: {added(opened, 'stopped')}"
-        )
+    opened = await open_apps(clients, scenario, targets, channels)
     stop = asyncio.Event()
     longest = scenario.warmup + scenario.timeout + scenario.after + 60
     publishing = asyncio.create_task(
@@ -229,17 +207,9 @@ async def storm(
     )
     try:
         await asyncio.sleep(scenario.warmup)
-        before = await event_load.scrape(survivor.url)
-        leader_before = {
-            instance.name: partitions_led(await event_load.scrape(instance.url))
-            for instance in (victim, survivor)
-        }
-        cpu_before = survivor.cpu_seconds()
-        killed_at = time.time()
-        os.kill(victim.pid, signal.SIGKILL)
-        print(f"  SIGKILL {victim.name} (relay partitions led: {leader_before})", flush=True)
-        recovery = await until_live(clients, scenario, killed_at)
-        survivor_cpu = survivor.cpu_seconds() - cpu_before
+        killed = await kill(victim, survivor)
+        recovery = await until_live(clients, scenario, killed.at)
+        killed.survivor_cpu = survivor.cpu_seconds() - killed.survivor_cpu
         await asyncio.sleep(scenario.after)
     finally:
         stop.set()
@@ -248,21 +218,15 @@ async def storm(
         f"  rows stopped: {published['rows']:,} committed at {published['rate']:,.0f}/s", flush=True
     )
     logs = await event_logs(database_url, channels, scenario.settle)
-    heads = {channel: rows[-1][0] for channel, rows in logs.items() if rows}
-    caught_up = await until_caught_up(clients, heads, scenario.settle)
-    audits = await call(clients, "audit", [(logs, math.inf)] * len(clients.pids))
+    audit = await audited(clients, logs, scenario.settle)
     after = await event_load.scrape(survivor.url)
     replies = await call(clients, "report")
-    figures = recovery_figures(replies, killed_at, recovery)
     counted = {
-        source: after_count - resumes(before)[source]
-        for source, after_count in resumes(after).items()
+        source: count - killed.resumes_before[source] for source, count in resumes(after).items()
     }
-    answers = added(replies, "answers")
-    violations = added(audits, "violations")
     return {
-        "recovery": figures,
-        "survivor_cpu_seconds_until_all_live": round(survivor_cpu, 2),
+        "recovery": recovery_figures(replies, killed.at, recovery),
+        "survivor_cpu_seconds_until_all_live": round(killed.survivor_cpu, 2),
         "resumes": {
             "on": survivor.name,
             "by_source": counted,
@@ -271,28 +235,10 @@ async def storm(
             "within_goal": counted["log"] <= len(set(channels)),
             "total": sum(counted.values()),
         },
-        "answers": {
-            "counts": answers,
-            "5xx": sum(n for key, n in answers.items() if status_of(key) >= 500),
-            "closes": added(replies, "closes"),
-            "1013_closes": added(replies, "closes").get("1013", 0),
-            "error_frames": added(replies, "errors"),
-            "other_frames": added(replies, "other_frames"),
-            "apps_gave_up": added(replies, "stopped"),
-            "resyncs": sum(reply["resyncs"] for reply in replies),
-        },
-        "audit": {
-            "ok": not violations and caught_up["behind"] == 0,
-            "streams": sum(a["streams"] for a in audits),
-            "events_checked": sum(a["events"] for a in audits),
-            "channels_with_events": len(heads),
-            "committed_events": sum(len(rows) for rows in logs.values()),
-            "violations": violations,
-            "examples": [example for a in audits for example in a["examples"]][:20],
-            "settle": caught_up,
-        },
+        "answers": answers(replies),
+        "audit": audit,
         "relay_partitions_led": {
-            "before_kill": leader_before,
+            "before_kill": killed.partitions_led,
             f"{survivor.name}_after": partitions_led(after),
         },
         "events": {
@@ -303,6 +249,94 @@ async def storm(
             "answers": added(opened, "answers"),
         },
         "client_cpu_share": [reply["cpu_share"] for reply in replies],
+    }
+
+
+async def open_apps(
+    clients: LoadClients, scenario: Scenario, targets: Sequence[Target], channels: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Every app live on the first target, or BenchError; the client processes' replies."""
+    sources = SourceAddresses().take(scenario.sockets)
+    plans = StormPlan.split(
+        targets,
+        scenario.sockets,
+        len(clients.pids),
+        channels,
+        scenario.per_socket,
+        sources,
+        scenario.seed,
+    )
+    print(
+        f"  {scenario.sockets:,} apps x {scenario.per_socket} channels opening on"
+        f" {targets[0].instance} ...",
+        flush=True,
+    )
+    opened: list[dict[str, Any]] = await call(clients, "start", plans)
+    live = sum(reply["live"] for reply in opened)
+    print(f"  {live:,} live in {max(reply['seconds'] for reply in opened):.1f} s", flush=True)
+    if live != scenario.sockets:
+        raise BenchError(
+            f"only {live} of {scenario.sockets} apps live on {targets[0].instance}:"
+            f" {added(opened, 'answers')}, gave up: {added(opened, 'stopped')}"
+        )
+    return opened
+
+
+@dataclass(slots=True)
+class Kill:
+    """When the victim died, and what the survivor and the relay looked like just before."""
+
+    at: float  # time.time()
+    resumes_before: dict[str, float]  # the survivor's, by source
+    partitions_led: dict[str, int]  # relay partitions each instance led
+    survivor_cpu: float  # its CPU seconds then (later: used since)
+
+
+async def kill(victim: Instance, survivor: Instance) -> Kill:
+    """SIGKILL the victim (one process: its sockets close at once, as when a host dies)."""
+    before = await event_load.scrape(survivor.url)
+    led = {victim.name: partitions_led(await event_load.scrape(victim.url))}
+    led[survivor.name] = partitions_led(before)
+    cpu = survivor.cpu_seconds()
+    at = time.time()
+    os.kill(victim.pid, signal.SIGKILL)
+    print(f"  SIGKILL {victim.name} (relay partitions led: {led})", flush=True)
+    return Kill(at, resumes(before), led, cpu)
+
+
+def answers(replies: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """What the apps were answered: ticket and upgrade statuses, closes, error frames."""
+    counts, closes = added(replies, "answers"), added(replies, "closes")
+    return {
+        "counts": counts,
+        "5xx": sum(n for key, n in counts.items() if status_of(key) >= 500),
+        "closes": closes,
+        "1013_closes": closes.get("1013", 0),
+        "error_frames": added(replies, "errors"),
+        "other_frames": added(replies, "other_frames"),
+        "apps_gave_up": added(replies, "stopped"),
+        "resyncs": sum(reply["resyncs"] for reply in replies),
+    }
+
+
+async def audited(
+    clients: LoadClients, logs: Mapping[str, Sequence[LogRow]], limit: float
+) -> dict[str, Any]:
+    """Once every app has its channels' last events (or after ``limit`` s), every stream
+    against the log: owed every event committed after its first ``subscribed``."""
+    heads = {channel: rows[-1][0] for channel, rows in logs.items() if rows}
+    caught_up = await until_caught_up(clients, heads, limit)
+    audits = await call(clients, "audit", [(logs, math.inf)] * len(clients.pids))
+    violations = added(audits, "violations")
+    return {
+        "ok": not violations and caught_up["behind"] == 0,
+        "streams": sum(a["streams"] for a in audits),
+        "events_checked": sum(a["events"] for a in audits),
+        "channels_with_events": len(heads),
+        "committed_events": sum(len(rows) for rows in logs.values()),
+        "violations": violations,
+        "examples": [example for a in audits for example in a["examples"]][:20],
+        "settle": caught_up,
     }
 
 
@@ -433,6 +467,8 @@ class StormResult(Result):
             report.table(report.storm_rows(data)),
             "",
             f"attempts per app: {recovery['attempts']}",
+            f"upgrade answered (ms): {recovery['upgrade_ms']}",
+            f"then every subscribed (ms): {recovery['subscribe_ms']}",
             f"answers: {self.storm['answers']['counts']}",
             f"closes: {self.storm['answers']['closes']}",
             f"resumes on {self.storm['resumes']['on']}: {self.storm['resumes']['by_source']}",
@@ -470,10 +506,12 @@ class StormResult(Result):
         left.set_xlabel("seconds since SIGKILL of the instance holding every socket")
         left.set_ylabel("share of apps live again (every channel subscribed)")
         left.set_ylim(0, 1.02)
-        resume = recovery["resume_ms"]
+        resume, upgrade = recovery["resume_ms"], recovery["upgrade_ms"]
         left.set_title(
             f"{recovery['apps']:,} apps x {self.load['per_socket']} channels resume on the"
-            f" survivor; resume p50 {resume['p50']} ms, p99 {resume['p99']} ms",
+            f" survivor: p50 {resume['p50']:,.0f} ms, p99 {resume['p99']:,.0f} ms from the"
+            f" upgrade's start\n(upgrade answered: p50 {upgrade['p50']:,.0f} ms, p99"
+            f" {upgrade['p99']:,.0f} ms)",
             fontsize=9,
         )
         left.legend(fontsize=8, loc="lower right")

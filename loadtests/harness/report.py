@@ -478,8 +478,8 @@ def storm_rows(data: dict[str, Any]) -> list[Row]:
             " nothing lost, nothing doubled", "storm", measured, figure=all_live,
             ok=None if audit_ok is None else audit_ok is True and all_live is not None
             and all_live <= goal_s,
-            text=shown("100% live again in {:.1f} s (99% in {:.1f} s), resume p50 {:g} / p99"
-                       " {:g} ms, audit {}", all_live, most, resume.get("p50"),
+            text=shown("100% live again in {:.1f} s (99% in {:.1f} s), resume p50 {:,.0f} / p99"
+                       " {:,.0f} ms, audit {}", all_live, most, resume.get("p50"),
                        resume.get("p99"), "OK" if audit_ok else "FAILED"),
             docs=(BENCHMARKS_MD,)),
         row("reconnect storm: PostgreSQL replay queries of the survivor's resumes",
