@@ -60,6 +60,9 @@ TARGETS = {"all_live_s": 15.0}
 POLL_S = 0.25  # between looks at the apps' progress
 CURVE_POINTS = 200  # of the fraction-live curve kept in the results
 SOURCES = ("memory", "log", "shared")  # jangteo_hub_resumes_total's labels
+# The machine's TCP counters (/proc/net/netstat) that show connections the kernel dropped:
+# a full accept queue drops SYNs, and a client resends its SYN 1, 3, 7, ... s later.
+TCP_COUNTERS = ("ListenOverflows", "ListenDrops", "TCPSynRetrans")
 OPTIONS = (  # flag, default (its type is the option's), help
     ("--sockets", 10_000, "apps, one socket each, all on instance A at first"),
     ("--channels", 1_000, "distinct listing:<id> channels (listings created for the run)"),
@@ -158,6 +161,20 @@ def resumes(samples: event_load.Samples) -> dict[str, float]:
     }
 
 
+def tcp_counters(path: Path = Path("/proc/net/netstat")) -> dict[str, int]:
+    """``TCP_COUNTERS`` of the whole machine (empty where the file is missing)."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {}
+    found: dict[str, int] = {}
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            pairs = zip(names.split()[1:], values.split()[1:], strict=False)
+            found |= {name: int(value) for name, value in pairs if name in TCP_COUNTERS}
+    return found
+
+
 def partitions_led(samples: event_load.Samples) -> int:
     """Relay partitions an instance leads (``jangteo_relay_leader`` is 1 for each)."""
     return int(sum(value for (name, _), value in samples.items() if name == "jangteo_relay_leader"))
@@ -210,6 +227,7 @@ async def storm(
         killed = await kill(victim, survivor)
         recovery = await until_live(clients, scenario, killed.at)
         killed.survivor_cpu = survivor.cpu_seconds() - killed.survivor_cpu
+        killed.tcp = {name: n - killed.tcp.get(name, 0) for name, n in tcp_counters().items()}
         await asyncio.sleep(scenario.after)
     finally:
         stop.set()
@@ -227,6 +245,7 @@ async def storm(
     return {
         "recovery": recovery_figures(replies, killed.at, recovery),
         "survivor_cpu_seconds_until_all_live": round(killed.survivor_cpu, 2),
+        "machine_tcp_until_all_live": killed.tcp,
         "resumes": {
             "on": survivor.name,
             "by_source": counted,
@@ -290,6 +309,7 @@ class Kill:
     resumes_before: dict[str, float]  # the survivor's, by source
     partitions_led: dict[str, int]  # relay partitions each instance led
     survivor_cpu: float  # its CPU seconds then (later: used since)
+    tcp: dict[str, int]  # the machine's TCP_COUNTERS then (later: their growth)
 
 
 async def kill(victim: Instance, survivor: Instance) -> Kill:
@@ -297,11 +317,11 @@ async def kill(victim: Instance, survivor: Instance) -> Kill:
     before = await event_load.scrape(survivor.url)
     led = {victim.name: partitions_led(await event_load.scrape(victim.url))}
     led[survivor.name] = partitions_led(before)
-    cpu = survivor.cpu_seconds()
+    cpu, tcp = survivor.cpu_seconds(), tcp_counters()
     at = time.time()
     os.kill(victim.pid, signal.SIGKILL)
     print(f"  SIGKILL {victim.name} (relay partitions led: {led})", flush=True)
-    return Kill(at, resumes(before), led, cpu)
+    return Kill(at, resumes(before), led, cpu, tcp)
 
 
 def answers(replies: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -472,6 +492,7 @@ class StormResult(Result):
             f"answers: {self.storm['answers']['counts']}",
             f"closes: {self.storm['answers']['closes']}",
             f"resumes on {self.storm['resumes']['on']}: {self.storm['resumes']['by_source']}",
+            f"machine TCP counters, kill to all live: {self.storm['machine_tcp_until_all_live']}",
         ]
         return "\n".join(lines)
 
