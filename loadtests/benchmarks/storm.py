@@ -422,9 +422,10 @@ async def until_caught_up(
 def recovery_figures(
     replies: Sequence[Mapping[str, Any]], killed_at: float, polled: Sequence[tuple[float, int]]
 ) -> dict[str, Any]:
-    """Live-again times, resume latencies and attempts from the apps' own figures."""
+    """Live-again times, resume latencies and attempts from the apps' own figures; an app
+    counts as live again when it became live after the kill and still was at the end."""
     apps = [AppFigures(*figures) for reply in replies for figures in reply["apps"]]
-    resumed = [app for app in apps if app.live_at > killed_at]
+    resumed = [app for app in apps if app.live_at > killed_at and app.live]
     again = sorted(app.live_at - killed_at for app in resumed)
     attempts = Counter(app.attempts for app in apps)
     step = max(1, len(apps) // CURVE_POINTS)

@@ -82,6 +82,7 @@ class AppFigures(NamedTuple):
     lives: int  # times it became live
     drops: int  # live sockets that ended
     first_drop: float  # when the first of them ended (0: none)
+    live: bool  # live when it reported
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,9 +109,10 @@ class StormPlan:
         sources: Sequence[str],
         seed: int = 0,
     ) -> list[StormPlan]:
-        """One plan per client process; every channel gets apps x per_app / channels apps."""
+        """One plan per client process; the channels get apps x per_app / channels apps
+        each (give or take one)."""
         if not 1 <= per_app <= len(channels):
-            raise ValueError(f"{per_app} channels per app need at least as many channels")
+            raise ValueError(f"an app takes 1 to {len(channels)} channels here, not {per_app}")
         return [
             cls(
                 tuple(targets),
@@ -330,7 +332,7 @@ class App:
     def figures(self) -> AppFigures:
         return AppFigures(
             self.live_at, self.upgrade_s, self.resume_s, self.attempts, self.lives,
-            len(self.drops), self.drops[0] if self.drops else 0.0,
+            len(self.drops), self.drops[0] if self.drops else 0.0, self.live,
         )  # fmt: skip
 
 

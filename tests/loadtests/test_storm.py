@@ -28,7 +28,7 @@ from loadtests.clients.storm import (
     final_status,
     storm_main,
 )
-from loadtests.clients.ws import LoadClients, Tally, Target, WebSocket
+from loadtests.clients.ws import LoadClients, Tally, Target, WebSocket, retry_after
 from loadtests.harness import report
 
 TARGETS = (Target.jangteo("a", 1001, "token"), Target.jangteo("b", 1002, "token"))
@@ -58,9 +58,9 @@ def test_apps_are_split_over_processes_and_every_channel_gets_as_many() -> None:
 
 
 def test_more_channels_per_app_than_channels_is_refused() -> None:
-    with pytest.raises(ValueError, match="6 channels per app"):
+    with pytest.raises(ValueError, match="an app takes 1 to 5 channels here, not 6"):
         plans(per_app=6)
-    with pytest.raises(ValueError, match="0 channels per app"):
+    with pytest.raises(ValueError, match="not 0"):
         plans(per_app=0)
 
 
@@ -74,6 +74,11 @@ def test_the_backoff_is_full_jitter_doubling_from_half_a_second_to_thirty() -> N
 def test_a_4xx_other_than_408_and_429_is_final() -> None:
     assert [final_status(s) for s in (401, 403, 404, 400)] == [True] * 4
     assert [final_status(s) for s in (0, 408, 429, 500, 503, 201)] == [False] * 6
+
+
+def test_retry_after_is_read_in_seconds_and_anything_else_waits_nothing() -> None:
+    assert [retry_after(v) for v in ("2", b"3", " 1.5 ", None, "", "-4")] == [2, 3, 1.5, 0, 0, 0]
+    assert retry_after("Wed, 21 Oct 2026 07:28:00 GMT") == 0.0
 
 
 def test_the_scenario_refuses_what_cannot_run() -> None:
@@ -237,16 +242,21 @@ def reply(*apps: AppFigures) -> dict[str, Any]:
 
 def test_live_again_times_count_from_the_kill_and_an_app_never_back_leaves_100_pct_open() -> None:
     killed = 1000.0
-    back = [AppFigures(killed + s, 0.01, 0.05, 2, 2, 1, killed + 0.001) for s in (1.0, 2.0, 4.0)]
+    back = [
+        AppFigures(killed + s, 0.01, 0.05, 2, 2, 1, killed + 0.001, True) for s in (1.0, 2.0, 4.0)
+    ]
     figures = recovery_figures([reply(*back[:2]), reply(back[2])], killed, [(0.5, 0)])
     assert (figures["seconds_to_50pct"], figures["seconds_to_100pct"]) == (2.0, 4.0)
     assert figures["resume_ms"]["p50"] == 50.0 and figures["subscribe_ms"]["p50"] == 40.0
     assert figures["attempts"] == {2: 3} and figures["not_live"] == 0
-    stuck = AppFigures(NOT_LIVE, 0.0, 0.0, 9, 1, 1, killed + 0.001)
+    stuck = AppFigures(NOT_LIVE, 0.0, 0.0, 9, 1, 1, killed + 0.001, False)
     figures = recovery_figures([reply(*back, stuck)], killed, [])
     assert figures["not_live"] == 1 and figures["seconds_to_100pct"] is None
     assert figures["seconds_to_50pct"] == 2.0
-    early = AppFigures(killed + 1.0, 0.01, 0.05, 2, 2, 2, killed - 3.0)
+    lost_again = AppFigures(killed + 0.5, 0.01, 0.05, 3, 2, 2, killed + 0.001, False)
+    figures = recovery_figures([reply(*back, lost_again)], killed, [])
+    assert figures["not_live"] == 1 and figures["seconds_to_99pct"] is None
+    early = AppFigures(killed + 1.0, 0.01, 0.05, 2, 2, 2, killed - 3.0, True)
     figures = recovery_figures([reply(early)], killed, [])
     assert figures["dropped_before_kill"] == 1 and figures["dropped_more_than_once"] == 1
 
