@@ -398,8 +398,8 @@ class WebSocket(asyncio.Protocol):
         status, *lines = head.split(b"\r\n")
         headers = {n.strip().lower(): v.strip() for n, _, v in (ln.partition(b":") for ln in lines)}
         accepted = headers.get(b"sec-websocket-accept") == self.accept
-        if status.split(b" ")[1:2] != [b"101"] or not accepted:
-            code = status.split(b" ")[1:2]
+        code = status.split(b" ")[1:2]
+        if code != [b"101"] or not accepted:
             self.refusal = (int(code[0]) if code and code[0].isdigit() else 0, headers)
             if not self.opened.done():
                 answer = status.decode(errors="replace")
@@ -539,7 +539,7 @@ class TicketAnswer:
     status: int
     ticket: str | None = None
     retry_after: float = 0.0  # seconds, from a 429's or a 503's Retry-After
-    error: str = ""  # the network error when there was no answer
+    error: str = ""  # the network error (no answer), or the start of a refusal's body
 
 
 async def request_ticket(session: aiohttp.ClientSession, target: Target) -> TicketAnswer:

@@ -15,6 +15,8 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from loadtests.benchmarks.storm import Scenario, recovery_figures, status_of
 from loadtests.clients.storm import (
@@ -208,6 +210,57 @@ async def test_a_served_socket_resets_the_backoff_and_one_closed_at_once_does_no
     frame(socket, op="subscribed", channel=CHANNELS[0], offset=1)
     app.ended(socket)
     assert app.failures == 0
+
+
+async def refusing_server(ticket: int, upgrade: int) -> TestServer:
+    """A server whose ticket desk answers ``ticket`` and whose socket answers ``upgrade``,
+    each with ``Retry-After: 2`` (the ticket desk's 201 carries a ticket)."""
+
+    async def desk(request: web.Request) -> web.Response:
+        if ticket == 201:
+            return web.json_response({"ticket": "t", "expires_in": 30}, status=201)
+        return web.Response(status=ticket, headers={"Retry-After": "2"})
+
+    async def socket(request: web.Request) -> web.Response:
+        return web.Response(status=upgrade, headers={"Retry-After": "2"})
+
+    app = web.Application()
+    app.router.add_post("/api/v1/ws/ticket", desk)
+    app.router.add_get("/api/v1/ws", socket)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    return server
+
+
+@pytest.mark.parametrize(
+    ("ticket", "upgrade", "answer"),
+    [(429, 101, "ticket 429"), (503, 101, "ticket 503"), (201, 503, "upgrade 503")],
+)
+async def test_a_429_or_503_is_waited_out_on_the_same_instance(
+    shared: Shared, ticket: int, upgrade: int, answer: str
+) -> None:
+    server = await refusing_server(ticket, upgrade)
+    try:
+        target = Target.jangteo("refusing", server.port or 0, "token")
+        plan = StormPlan((target, TARGETS[1]), range(1), CHANNELS, 3, ("127.0.0.2",))
+        app = App(0, plan, shared)
+        assert await app.open() == (None, 2.0)
+        assert shared.answers[answer] == 1 and app.target == 0 and not app.stopped
+    finally:
+        await server.close()
+
+
+async def test_an_instance_that_cannot_be_reached_sends_the_app_to_the_next(
+    shared: Shared,
+) -> None:
+    server = await refusing_server(201, 503)
+    port = server.port or 0
+    await server.close()  # nothing listens there any more
+    plan = StormPlan((Target.jangteo("gone", port, "t"), TARGETS[1]), range(1), CHANNELS, 3,
+                     ("127.0.0.2",))  # fmt: skip
+    app = App(0, plan, shared)
+    assert await app.open() == (None, 0.0)
+    assert app.target == 1 and shared.answers["ticket ClientConnectorError"] == 1
 
 
 async def test_the_audit_finds_a_missed_and_a_doubled_event(shared: Shared) -> None:
