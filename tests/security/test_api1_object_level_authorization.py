@@ -69,6 +69,7 @@ OPEN_BY_DESIGN: dict[Route, str] = {
     ("GET", PUBLIC_PATH + "listings/{listing_id}/{name}"): "photos of public listings",
     ("GET", "/demo/{name}"): "static files of the demo page",
     ("GET", "/demo/views/{name}"): "static files of the demo page",
+    ("GET", "/clients/js/{name}"): "the JavaScript client library's files",
 }
 
 
