@@ -101,8 +101,9 @@ class ServerProcess:
         assert self.process is not None
         while not port_accepts(self.port):
             if self.process.poll() is not None or time.monotonic() > self.deadline:
+                said = self.output()[-2000:]  # before stop closes the log
                 self.stop()
-                raise RuntimeError(f"server did not start: {self.output()[-2000:]}")
+                raise RuntimeError(f"server did not start: {said}")
             time.sleep(0.05)
         return self
 
