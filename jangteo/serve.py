@@ -18,6 +18,11 @@ from server.settings import Settings
 
 log = logging.getLogger("jangteo.serve")
 
+# The accept queue: as deep as the kernel allows (it caps this at net.core.somaxconn), so a
+# reconnect storm waits in the queue instead of having its SYNs dropped and resent 1, 3,
+# 7 s later.
+LISTEN_BACKLOG = 65535
+
 
 def run_worker(settings: Settings, reuse_port: bool) -> None:
     """Serve until SIGTERM/SIGINT, then shut down gracefully within the shutdown timeout."""
@@ -30,7 +35,7 @@ def run_worker(settings: Settings, reuse_port: bool) -> None:
         host=settings.host,
         port=settings.port,
         reuse_port=reuse_port,
-        backlog=2048,
+        backlog=LISTEN_BACKLOG,
         shutdown_timeout=settings.shutdown_timeout,
         access_log_class=JsonAccessLogger,
         access_log=logging.getLogger("jangteo.access") if settings.access_log else None,

@@ -21,6 +21,10 @@ import uvloop
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+# As deep as jangteo serve asks for (the kernel caps it at net.core.somaxconn); not
+# imported from there, which would load the whole server into a bare reference.
+LISTEN_BACKLOG = 65535
+
 
 def _answer(body: bytes) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -49,7 +53,7 @@ def serve_app(
         host=host,
         port=port,
         reuse_port=reuse_port,
-        backlog=2048,
+        backlog=LISTEN_BACKLOG,
         access_log=None,
         print=None,
         loop=loop,
