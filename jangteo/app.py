@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import web
+from opentelemetry.sdk.trace import TracerProvider
 
 from jangteo import health
 from realtime import handlers as realtime_handlers
@@ -24,17 +25,30 @@ from server.photos.handlers import setup_photos
 from server.resources import pg_pool_ctx, purchase_queue_ctx, redis_ctx
 from server.security_headers import setup_security_headers
 from server.settings import Settings
+from server.tracing import setup_tracing, traced_application, tracer_provider_from
 from server.wallet import handlers as wallet_handlers
 
 API_VERSION = "1.0.0"
 
 
-def create_app(settings: Settings) -> web.Application:
-    """Build the app; ``settings`` must already carry the database and Redis URLs."""
-    app = web.Application(
-        middlewares=[request_middleware],
-        client_max_size=settings.max_body_bytes,
-    )
+def create_app(
+    settings: Settings, *, tracer_provider: TracerProvider | None = None
+) -> web.Application:
+    """Build the app; ``settings`` must already carry the database and Redis URLs.
+
+    Tracing is on when the settings name an OTLP endpoint, or with ``tracer_provider``
+    (several apps of one process may share one, as tests do; its owner shuts it down).
+    """
+    provider = tracer_provider or tracer_provider_from(settings)
+    if provider is None:
+        app = web.Application(
+            middlewares=[request_middleware], client_max_size=settings.max_body_bytes
+        )
+    else:
+        app = traced_application(
+            provider, middlewares=[request_middleware], client_max_size=settings.max_body_bytes
+        )
+        setup_tracing(app, provider, owned=tracer_provider is None)
     app[keys.settings_key] = settings
     app[keys.trusted_proxies_key] = parse_networks(settings.trusted_proxies)
     app[keys.metrics_key] = Metrics()

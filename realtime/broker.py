@@ -4,7 +4,9 @@ Three implementations sit beside this interface: ``broker_redis`` (Redis pub/sub
 subscription per channel per process), ``broker_redis_cluster`` (sharded pub/sub on a
 Redis Cluster, one connection per master) and ``broker_memory`` (an in-process twin for
 unit tests). Messages are ``b"<offset> <prev> "`` followed by the event frame's JSON, or ``b"!"``
-followed by an ephemeral frame (presence), which has no offset.
+followed by an ephemeral frame (presence), which has no offset. With tracing on, an event
+whose change was traced starts with ``b"@<traceparent> "``, for the delivery to link to;
+the hub takes it off, and no frame ever carries it.
 """
 
 from __future__ import annotations
@@ -60,6 +62,22 @@ EPHEMERAL_MARK = b"!"  # presence and typing: no offset, never stored, never rep
 
 def encode_ephemeral(frame_json: bytes) -> bytes:
     return EPHEMERAL_MARK + frame_json
+
+
+TRACE_MARK = b"@"  # an event message that names the trace of its change first
+
+
+def encode_traced(traceparent: str, message: bytes) -> bytes:
+    return b"%b%b %b" % (TRACE_MARK, traceparent.encode(), message)
+
+
+def split_trace(payload: bytes) -> tuple[str | None, bytes]:
+    """``(traceparent or None, the event message)``; raises ValueError on a mark with
+    nothing after it."""
+    if payload[:1] != TRACE_MARK:
+        return None, payload
+    traceparent, message = payload[1:].split(b" ", 1)
+    return traceparent.decode(), message
 
 
 def decode_message(payload: bytes) -> tuple[int, int, bytes]:

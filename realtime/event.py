@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from realtime.broker import decode_message
+from realtime.broker import TRACE_MARK, decode_message, split_trace
 from realtime.frames import event_json, text_frame
 
 
@@ -15,11 +15,15 @@ class Delivery:
     prev: int
     json: bytes  # the event frame's JSON
     frame: bytes  # the same JSON as a complete WebSocket frame, the bytes every socket gets
+    trace: str | None = None  # the traceparent of the change, when it was traced
 
     @classmethod
     def from_message(cls, channel: str, payload: bytes) -> Delivery:
+        trace = None
+        if payload[:1] == TRACE_MARK:
+            trace, payload = split_trace(payload)
         offset, prev, json = decode_message(payload)
-        return cls(channel, offset, prev, json, text_frame(json))
+        return cls(channel, offset, prev, json, text_frame(json), trace)
 
     @classmethod
     def from_row(

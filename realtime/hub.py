@@ -41,6 +41,7 @@ from realtime.frames import text_frame
 from realtime.log import EventLog, ResyncNeeded
 from realtime.metrics import HubMetrics
 from realtime.resume import LogRead, RecentEvents
+from realtime.tracing import SOCKETS, EventTracing
 from server.rounds import Rounds
 
 log = logging.getLogger(__name__)
@@ -144,8 +145,10 @@ class Hub:
         recent_age: float = 0.0,
         head_check: float = HEAD_CHECK_S,
         poll_interval: float = POLL_S,
+        tracing: EventTracing | None = None,
     ) -> None:
         self.broker = broker
+        self.tracing = tracing  # None: tracing is off
         self.log = log
         self.metrics = metrics
         self.replay_limit = replay_limit
@@ -421,6 +424,10 @@ class Hub:
     def _deliver(self, feed: Feed, event: Delivery) -> None:
         feed.last = event.offset
         feed.recent.add(event, time.monotonic())
+        # Only an event whose change was traced carries a trace (never with tracing off).
+        span = None
+        if event.trace is not None and self.tracing is not None:
+            span = self.tracing.delivery_span(event)
         offset = event.offset
         delivered = 0
         for subscriber, state in feed.subscribers.items():
@@ -431,6 +438,9 @@ class Hub:
             else:
                 state.hold(event)  # type: ignore[union-attr]
         self.metrics.deliveries.inc(delivered)
+        if span is not None:
+            span.set_attribute(SOCKETS, delivered)
+            span.end()
 
     def _deliver_ephemeral(self, feed: Feed, frame: bytes) -> None:
         """Presence and typing go to live subscribers as they come; they have no offset."""

@@ -54,9 +54,12 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import asyncpg
+from opentelemetry import trace
 from redis.exceptions import RedisError
 
 from db.lock_session import lock_session_settings, set_socket_keepalive
@@ -64,9 +67,10 @@ from db.pool import connect
 from db.queries import relay as queries
 from db.queries.outbox import notify_channel
 from db.queries.relay import RelayConfig, partition_slots, read_config
-from realtime.broker import Broker, encode_message
+from realtime.broker import Broker, encode_message, encode_traced
 from realtime.frames import event_json
 from realtime.metrics import RelayMetrics
+from realtime.tracing import EventTracing
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +116,13 @@ class OutboxRelay:
         broker: Broker,
         metrics: RelayMetrics,
         instance: str | None = None,
+        tracing: EventTracing | None = None,
     ) -> None:
         self.settings = settings
         self.broker = broker
         self.metrics = metrics
         self.instance = instance or uuid.uuid4().hex[:12]
+        self.tracing = tracing  # None: tracing is off, and messages carry no trace context
         self.config: RelayConfig | None = None
         self.leaders: dict[int, PartitionLeader] = {}
         self.tasks: dict[int, asyncio.Task[None]] = {}
@@ -227,6 +233,7 @@ class PartitionLeader:
         self.settings = relay.settings
         self.broker = relay.broker
         self.metrics = relay.metrics
+        self.tracing = relay.tracing
         self.partition = partition
         self.config = config
         self.slots = partition_slots(config.partitions, partition)
@@ -414,8 +421,9 @@ class PartitionLeader:
         rows = await self._assign(conn, assign_sql)
         if not rows:
             return 0
-        messages = [_message(row) for row in rows]
-        await self._publish(messages, [row["committed_at"].timestamp() for row in rows])
+        messages = self._messages(rows)
+        with self._publish_span(rows):
+            await self._publish(messages, [row["committed_at"].timestamp() for row in rows])
         self.published_through = self.last_position
         return len(rows)
 
@@ -444,11 +452,22 @@ class PartitionLeader:
             )
             if not rows:
                 return
-            messages = [_message(row) for row in rows]
-            await self._send(messages)
+            messages = self._messages(rows)
+            with self._publish_span(rows):
+                await self._send(messages)
             self.metrics.republished.inc(len(messages))
             self.published_through = rows[-1]["position"]
             self.last_position = max(self.last_position, self.published_through)
+
+    def _messages(self, rows: Sequence[asyncpg.Record]) -> list[tuple[str, bytes]]:
+        traced = self.tracing is not None
+        return [_message(row, traced) for row in rows]
+
+    def _publish_span(self, rows: Sequence[asyncpg.Record]) -> AbstractContextManager[object]:
+        """The publish's span, current while it runs (the Redis call is its child); nothing
+        when tracing is off or no row's change was traced."""
+        span = None if self.tracing is None else self.tracing.publish_span(self.partition, rows)
+        return _NOT_TRACED if span is None else trace.use_span(span, end_on_exit=True)
 
     async def _send(self, messages: list[tuple[str, bytes]]) -> None:
         try:
@@ -498,9 +517,16 @@ async def _finish(task: asyncio.Task[None], within: float) -> None:
             await task
 
 
-def _message(row: asyncpg.Record) -> tuple[str, bytes]:
-    """A published event as it travels through the broker."""
+_NOT_TRACED = contextlib.nullcontext()
+
+
+def _message(row: asyncpg.Record, traced: bool) -> tuple[str, bytes]:
+    """A published event as it travels through the broker; ``traced``: with its change's
+    trace context, when it has one."""
     ts = int(row["committed_at"].timestamp() * 1000)
     position, prev = row["position"], row["prev"]
     frame = event_json(row["channel"], position, prev, ts, row["type"], row["data"])
-    return row["channel"], encode_message(position, prev, frame)
+    message = encode_message(position, prev, frame)
+    if traced and row["trace_context"] is not None:
+        return row["channel"], encode_traced(row["trace_context"], message)
+    return row["channel"], message

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -19,13 +20,18 @@ from realtime.metrics import GatewayMetrics, HubMetrics, RelayMetrics
 from realtime.presence import Presence
 from realtime.relay import OutboxRelay, RelaySettings
 from realtime.sse_metrics import StreamMetrics
+from realtime.tracing import EventTracing
 from server import keys
+from server.tracing import tracer_provider_key
 
 
 async def realtime_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.settings_key]
     assert settings.redis_url is not None and settings.database_url is not None
     registry = app[keys.metrics_key].registry
+    instance = uuid.uuid4().hex[:12]  # names this instance's relay and its spans
+    provider = app.get(tracer_provider_key)
+    tracing = None if provider is None else EventTracing(provider.get_tracer(__name__), instance)
     broker_class = ClusterBroker if settings.redis_mode == "cluster" else RedisBroker
     broker = broker_class(
         settings.redis_url,
@@ -40,6 +46,7 @@ async def realtime_ctx(app: web.Application) -> AsyncIterator[None]:
         replay_limit=settings.ws_replay_limit,
         recent_size=settings.ws_resume_window,
         recent_age=settings.ws_resume_window_age,
+        tracing=tracing,
     )
     relay = OutboxRelay(
         RelaySettings(
@@ -52,6 +59,8 @@ async def realtime_ctx(app: web.Application) -> AsyncIterator[None]:
         ),
         broker,
         RelayMetrics(registry),
+        instance,
+        tracing,
     )
     presence = Presence(app[keys.redis_key], broker)
     gateway = Gateway(

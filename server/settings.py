@@ -172,6 +172,22 @@ def _upper(reader: _EnvReader, name: str, default: str) -> str:
     return reader.text(name, default).upper()
 
 
+def _ratio(reader: _EnvReader, name: str, default: float) -> float:
+    ratio = reader.number(name, default)
+    if not 0 <= ratio <= 1:
+        raise SettingsError(f"{reader.prefix}{name} must be between 0 and 1, got {ratio}")
+    return ratio
+
+
+def _http_url(reader: _EnvReader, name: str, default: str | None) -> str | None:
+    url = reader.optional(name, default)
+    if url is not None and not re.match(r"^https?://[^/\s]+(/\S*)?$", url):
+        raise SettingsError(
+            f"{reader.prefix}{name} must be an http:// or https:// URL, got {url!r}"
+        )
+    return url
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything configurable; docs/operations.md has the meanings and defaults.
@@ -261,6 +277,11 @@ class Settings:
     # Seconds between comment lines on every event stream: proxies end silent responses.
     sse_heartbeat: float = setting(15.0, parse=_interval)
     redis_watchdog_interval: float = 1.0  # the event subscription pings this often
+    # Tracing (docs/tracing.md), off while no OTLP/HTTP traces endpoint is named
+    # (http://collector:4318/v1/traces): requests are sampled at the ratio.
+    otel_endpoint: str | None = setting(None, parse=_http_url)
+    otel_service_name: str = "jangteo"
+    otel_sample_ratio: float = setting(1.0, parse=_ratio)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

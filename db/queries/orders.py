@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import asyncpg
 
+from db.trace_context import current_traceparent
 from db.types import Connection, Queryable
 
 ORDER_COLUMNS = (
@@ -18,6 +19,10 @@ ORDER_COLUMNS = (
 # The whole purchase in one call (db/migrations/0008_purchase_function.sql); made outside
 # any explicit transaction, it commits as it returns.
 PURCHASE = "SELECT * FROM purchase_listing($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+# The same, its events carrying the trace context $11 (0013_outbox_trace_context.sql).
+PURCHASE_TRACED = (
+    "SELECT * FROM purchase_listing_traced($11, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+)
 
 
 async def purchase(
@@ -36,8 +41,9 @@ async def purchase(
 ) -> asyncpg.Record:
     """(replayed, status_code, body, region, seller_id, retries); refusals raise
     ``asyncpg.RaiseError`` with the problem's slug as its message."""
+    trace = current_traceparent()
     row = await conn.fetchrow(
-        PURCHASE,
+        PURCHASE if trace is None else PURCHASE_TRACED,
         buyer_id,
         listing_id,
         quantity,
@@ -48,6 +54,7 @@ async def purchase(
         fingerprint,
         answer_status,
         key_ttl,
+        *(() if trace is None else (trace,)),
     )
     assert row is not None
     return row

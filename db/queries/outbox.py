@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from db.trace_context import current_traceparent
 from db.types import Connection
 
 log = logging.getLogger(__name__)
@@ -51,9 +52,17 @@ def events_written(conn: Connection, channels: Iterable[str]) -> None:
 async def insert_events(conn: Connection, events: Sequence[Event]) -> None:
     """Append events; call inside the transaction that makes the change."""
     events_written(conn, (event.channel for event in events))
+    trace = current_traceparent()
+    if trace is None:
+        await conn.executemany(
+            "INSERT INTO outbox (channel, type, data) VALUES ($1, $2, $3)",
+            [(event.channel, event.type, event.data) for event in events],
+        )
+        return
+    # Traced: each row names the request's span, for the relay and deliveries to link to.
     await conn.executemany(
-        "INSERT INTO outbox (channel, type, data) VALUES ($1, $2, $3)",
-        [(event.channel, event.type, event.data) for event in events],
+        "INSERT INTO outbox (channel, type, data, trace_context) VALUES ($1, $2, $3, $4)",
+        [(event.channel, event.type, event.data, trace) for event in events],
     )
 
 

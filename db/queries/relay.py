@@ -28,7 +28,7 @@ MAX_PARTITIONS = SLOTS  # a partition is a set of whole slots: the count divides
 # something to number: an idle leader's statement locks nothing and writes nothing.
 ASSIGN = """
 WITH pending AS (
-    SELECT id, channel, type, data::text AS data, {commit_time} AS committed_at
+    SELECT id, channel, type, data::text AS data, {commit_time} AS committed_at, trace_context
     FROM outbox
     WHERE position IS NULL AND slot = ANY($4::smallint[])
     ORDER BY id LIMIT $1
@@ -60,7 +60,8 @@ WITH pending AS (
     UPDATE relay_partitions SET published_through = $2
     WHERE generation = $3 AND partition = $5 AND EXISTS (SELECT FROM numbered)
 )
-SELECT channel, type, data, committed_at, position, prev FROM chained ORDER BY position
+SELECT channel, type, data, committed_at, position, prev, trace_context
+FROM chained ORDER BY position
 """
 # The leader's own session. ASSIGN is planned at every run: a generic plan made while the
 # outbox was empty (a new or emptied database) joins every outbox row to every row of the
@@ -74,7 +75,7 @@ INSERT_TIME = "created_at"
 # The partition's events after ``published_through``: what its last leader may not have
 # published.
 TAIL = """
-SELECT channel, position, prev, type, data::text AS data, committed_at
+SELECT channel, position, prev, type, data::text AS data, committed_at, trace_context
 FROM outbox
 WHERE position > $1 AND slot = ANY($2::smallint[])
 ORDER BY position LIMIT $3
