@@ -53,6 +53,11 @@ class FifoGate:
                     self._waiters.remove(waiter)
             raise
 
+    @property
+    def waiting(self) -> int:
+        """Acquires queued for a permit now (a gauge: how far the pool is behind)."""
+        return sum(1 for waiter in self._waiters if not waiter.done())
+
     def release(self) -> None:
         while self._waiters:
             waiter = self._waiters.popleft()
@@ -89,6 +94,10 @@ class TimedPool(asyncpg.Pool):
     def terminate(self) -> None:
         super().terminate()
         self.waker.terminate()
+
+    def get_waiting(self) -> int:
+        """Acquires waiting for a connection now: above 0 for long, the pool is exhausted."""
+        return self._gate.waiting
 
     def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext:
         return super().acquire(timeout=self.acquire_timeout if timeout is None else timeout)
@@ -186,7 +195,7 @@ async def create_pool(
     connect_timeout: float,
     acquire_timeout: float,
     statement_timeout: float,
-) -> asyncpg.Pool:
+) -> TimedPool:
     """A pool for ``database_url``; statements time out on the server and on the client."""
     statement_ms = int(statement_timeout * 1000)
     session = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge
 
 from realtime.keys import broker_key, relay_key
 from server import keys
@@ -16,20 +16,48 @@ from server.openapi import ApiSpec
 CHECK_TIMEOUT = 1.0
 
 
+class ReadinessGauges:
+    """``jangteo_ready`` and ``jangteo_ready_check``: the readiness checks, run at each
+    scrape, so that Prometheus sees every instance's readiness as a load balancer does."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.ready = Gauge(
+            "jangteo_ready", "1 when /readyz answers 200 (every check ok), else 0",
+            registry=registry,
+        )  # fmt: skip
+        self.checks = Gauge(
+            "jangteo_ready_check", "1 while a readiness check passes, by check", ["check"],
+            registry=registry,
+        )  # fmt: skip
+
+    def record(self, report: dict[str, str]) -> None:
+        for check, result in report.items():
+            self.checks.labels(check).set(1 if result == "ok" else 0)
+        self.ready.set(1 if all(result == "ok" for result in report.values()) else 0)
+
+
+readiness_gauges_key = web.AppKey("readiness_gauges", ReadinessGauges)
+
+
 async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
     """200 when PostgreSQL and Redis answer within a second and events arrive, else 503."""
-    checks = await asyncio.gather(_check_postgres(request.app), _check_redis(request.app))
-    report = {"postgres": checks[0], "redis": checks[1], "events": _check_events(request.app)}
+    report = await _readiness(request.app)
     if all(result == "ok" for result in report.values()):
         return json_response({"status": "ok", **report, "relay": _relay(request.app)})
     failing = ", ".join(name for name, result in report.items() if result != "ok")
     raise ServiceUnavailable(
         f"not ready: {failing}", retry_after=1, checks=report, relay=_relay(request.app)
     )
+
+
+async def _readiness(app: web.Application) -> dict[str, str]:
+    """Each check's result: "ok" or the reason it failed."""
+    checks = await asyncio.gather(_check_postgres(app), _check_redis(app))
+    return {"postgres": checks[0], "redis": checks[1], "events": _check_events(app)}
 
 
 async def _check_postgres(app: web.Application) -> str:
@@ -67,11 +95,13 @@ def _relay(app: web.Application) -> dict[str, object]:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    request.app[readiness_gauges_key].record(await _readiness(request.app))
     body = request.app[keys.metrics_key].render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def setup_routes(app: web.Application, spec: ApiSpec) -> None:
+    app[readiness_gauges_key] = ReadinessGauges(app[keys.metrics_key].registry)
     spec.route(app, "GET", "/healthz", healthz, summary="The process is up", tag="ops")
     spec.route(
         app, "GET", "/readyz", readyz, summary="PostgreSQL and Redis are reachable",

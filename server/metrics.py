@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from server.request_stats import LoopCounter, RequestStats
+from server.settings import PURCHASE_STRATEGIES
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -60,6 +61,10 @@ class Metrics:
             ["strategy"],
             registry=self.registry,
         )
+        # Every strategy's series from the start (at 0): a dashboard compares them, and a
+        # rate() over a series that first appears at 1 misses that first retry.
+        for strategy in PURCHASE_STRATEGIES:
+            self.purchase_retries.labels(strategy)
         self.transaction_retries = Counter(
             "jangteo_transaction_retries",
             "Transactions run again after a deadlock or serialization failure",

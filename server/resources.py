@@ -44,6 +44,12 @@ async def pg_pool_ctx(app: web.Application) -> AsyncIterator[None]:
     )  # fmt: skip
     gauge.labels("open").set_function(pool.get_size)
     gauge.labels("idle").set_function(pool.get_idle_size)
+    gauge.labels("max").set_function(pool.get_max_size)
+    waiting = Gauge(
+        "jangteo_pg_pool_waiters", "Requests waiting for a pooled PostgreSQL connection",
+        registry=metrics.registry,
+    )  # fmt: skip
+    waiting.set_function(pool.get_waiting)
     yield
     await pool.close()
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 
-import asyncpg
 import pytest
 
-from db.pool import FifoGate, create_pool
+from db.pool import FifoGate, TimedPool, create_pool
 from server.settings import Settings
 
 POOL_SIZE = 2
@@ -16,7 +15,7 @@ CLIENTS = 4 * POOL_SIZE
 ROUNDS = 25
 
 
-async def sized_pool(settings: Settings, size: int) -> asyncpg.Pool:
+async def sized_pool(settings: Settings, size: int) -> TimedPool:
     assert settings.database_url is not None
     return await create_pool(
         settings.database_url,
@@ -106,3 +105,20 @@ async def test_gate_hands_permits_over_in_order() -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
     assert order == [0, 1, 3, 4]
     await gate.acquire()  # the permit came back
+
+
+async def test_waiting_counts_the_acquires_queued_for_a_connection(settings: Settings) -> None:
+    pool = await sized_pool(settings, 1)
+    try:
+        assert pool.get_waiting() == 0
+        async with pool.acquire():
+            queued = [asyncio.ensure_future(pool.fetchval("SELECT 1")) for _ in range(3)]
+            await asyncio.sleep(0)  # each is now in line
+            assert pool.get_waiting() == 3
+            queued[0].cancel()
+            await asyncio.gather(queued[0], return_exceptions=True)
+            assert pool.get_waiting() == 2
+        assert await asyncio.gather(*queued[1:]) == [1, 1]
+        assert pool.get_waiting() == 0
+    finally:
+        await pool.close()

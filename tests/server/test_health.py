@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from prometheus_client.parser import text_string_to_metric_families
+
+from server.settings import PURCHASE_STRATEGIES, Settings
 from tests.support import Client
 
 
@@ -40,3 +43,27 @@ async def test_metrics_has_latency_histogram_per_route(client: Client) -> None:
         in text
     )
     assert 'jangteo_http_requests_total{method="GET",route="unmatched",status="404"} 1.0' in text
+
+
+async def samples(client: Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The /metrics samples by name and sorted labels."""
+    response = await client.get("/metrics")
+    assert response.status == 200
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(await response.text())
+        for sample in family.samples
+    }
+
+
+async def test_metrics_show_readiness_pool_limits_and_every_strategy(
+    client: Client, settings: Settings
+) -> None:
+    found = await samples(client)
+    assert found[("jangteo_ready", ())] == 1
+    for check in ("postgres", "redis", "events"):
+        assert found[("jangteo_ready_check", (("check", check),))] == 1, check
+    assert found[("jangteo_pg_pool_connections", (("state", "max"),))] == settings.pg_pool_max
+    assert found[("jangteo_pg_pool_waiters", ())] == 0
+    for strategy in PURCHASE_STRATEGIES:
+        assert found[("jangteo_purchase_retries_total", (("strategy", strategy),))] == 0

@@ -22,6 +22,10 @@ async def test_readyz_follows_redis(
     body = await response.json()
     assert body["checks"]["postgres"] == "ok"
     assert body["checks"]["redis"].startswith("error")
+    metrics = await (await client.get("/metrics")).text()
+    assert "\njangteo_ready 0.0\n" in metrics  # Prometheus sees it too
+    assert 'jangteo_ready_check{check="redis"} 0.0' in metrics
+    assert 'jangteo_ready_check{check="postgres"} 1.0' in metrics
 
     own_redis.ensure_running()
     statuses = []
