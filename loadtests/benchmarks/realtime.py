@@ -1,6 +1,7 @@
 """Realtime: fan-out, relay lag and idle sockets, jangteo against bare aiohttp.
 
-Every server is loaded by the same client (``loadtests/clients/ws.py``, 2 processes):
+Every WebSocket server is loaded by the same client (``loadtests/clients/ws.py``, 2
+processes), and jangteo's event streams by its SSE twin (``loadtests/clients/sse.py``):
 
 1. fan-out: ``--sockets`` sockets over 2 jangteo instances, all subscribed to one listing's
    channel. The listing's price is PATCHed over REST at ``--rate`` per second for
@@ -9,11 +10,14 @@ Every server is loaded by the same client (``loadtests/clients/ws.py``, 2 proces
    transaction, delivered messages/s per instance, alternating with the references (a
    bare aiohttp server per instance sending the same frame bytes to as many sockets in a
    plain loop, and python-socketio when installed); best of ``--rounds`` each.
-2. relay: one instance, one subscriber; outbox rows committed at ``--relay-rate`` per
+2. sse: the same steady run and bursts with ``--sockets`` Server-Sent Events streams for
+   sockets, over 2 instances of their own: delivered messages/s per instance and p99, and
+   their ratios to the WebSocket fan-out of the same run.
+3. relay: one instance, one subscriber; outbox rows committed at ``--relay-rate`` per
    second (one row per transaction), then at ``--sustain-rate``, then flat out for
    ``--relay-max-seconds``: commit-to-receive from the frames, commit-to-publish from the
    server's ``jangteo_relay_lag_seconds``, published events/s and whether the lag grows.
-3. idle memory: ``--idle-sockets`` idle sockets (heartbeats on) on one jangteo instance and
+4. idle memory: ``--idle-sockets`` idle sockets (heartbeats on) on one jangteo instance and
    on one bare aiohttp process, held through more than one heartbeat: server RSS per
    connection, and how many were still open when measured.
 
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import functools
 import importlib.metadata
 import importlib.util
@@ -41,6 +46,7 @@ from typing import Any
 import aiohttp
 
 from loadtests.clients import events as event_load
+from loadtests.clients.sse import sse_main, sse_target
 from loadtests.clients.ws import (
     ConnectPlan,
     LoadClients,
@@ -112,7 +118,7 @@ def options(parser: argparse.ArgumentParser) -> None:
         help="seconds between opening and measuring (default: 1.25 heartbeats, so every"
         " socket answers a server ping before it is counted)",
     )  # fmt: skip
-    phases = ["fanout", "relay", "idle"]
+    phases = ["fanout", "sse", "relay", "idle"]
     parser.add_argument("--phases", nargs="+", choices=phases, default=phases)
     parser.add_argument("--name", default="realtime", help="results file stem")
 
@@ -120,6 +126,7 @@ def options(parser: argparse.ArgumentParser) -> None:
 @dataclass(kw_only=True, slots=True)
 class RealtimeResult(Result):
     fanout: dict[str, Any] | None = None
+    sse: dict[str, Any] | None = None
     relay: dict[str, Any] | None = None
     idle: dict[str, Any] | None = None
     targets: dict[str, float] = field(default_factory=lambda: dict(TARGETS))
@@ -414,13 +421,89 @@ def start_references(
     return systems
 
 
+WS_METRICS = ("jangteo_ws_", "jangteo_hub_", "jangteo_relay_events")
+SSE_METRICS = ("jangteo_sse_", "jangteo_ws_deliveries", "jangteo_hub_", "jangteo_relay_events")
+
+
+def burst_size(args: argparse.Namespace) -> int:
+    """``--burst``, else 200,000 frames' worth over ``--sockets`` (10 to 200 events)."""
+    return int(args.burst or max(10, min(200, 200_000 // args.sockets)))
+
+
+async def steady_run(
+    bench: Bench, servers: Sequence[Server], listing_id: int, receivers: int,
+    words: Sequence[str],
+) -> dict[str, Any]:  # fmt: skip
+    """Lone events: the listing's price PATCHed ``--rate`` times a second for ``--duration``
+    s; commit-to-receive of every delivered event, and the servers' metrics named by
+    ``words``."""
+    args = bench.args
+    await asyncio.sleep(1.0)
+    bench.clients.call("reset")
+    before = [await event_load.scrape(s.url) for s in servers]
+    print(f"  PATCH price {args.rate:g}/s for {args.duration:g} s ...", flush=True)
+    patches = await event_load.patch_prices(
+        [s.url for s in servers], bench.token, listing_id, rate=args.rate, seconds=args.duration
+    )
+    expected = patches["committed"] * receivers
+    stats = await bench.wait_for(expected, limit=60)
+    after = [await event_load.scrape(s.url) for s in servers]
+    latency = summary(stats["histogram_ms"], stats["overflow"])
+    print(
+        f"  {stats['events']:,} of {expected:,} frames; commit-to-receive p50"
+        f" {latency['p50']} ms, p99 {latency['p99']} ms, max {latency['max']} ms",
+        flush=True,
+    )
+    return {
+        "patch": patches,
+        "latency_ms": latency,
+        "histogram_ms": stats["histogram_ms"],
+        "delivery": delivery_summary(stats, expected),
+        "server_metrics": {
+            s.name: {word: event_load.matching(a, word) for word in words}
+            for s, a in zip(servers, after, strict=True)
+        },
+        "deliveries_counted_by_servers": sum(
+            event_load.counter_delta(b, a, "jangteo_ws_deliveries_total") or 0.0
+            for b, a in zip(before, after, strict=True)
+        ),
+    }
+
+
+async def burst_rounds(
+    bench: Bench, systems: Systems, receivers: int, burst: int
+) -> dict[str, Any]:
+    """``--rounds`` bursts per system, the order reversed every other round; every round, and
+    each system's best (by messages/s per instance)."""
+    rounds: dict[str, list[dict[str, Any]]] = {system: [] for system in systems}
+    order = list(systems)
+    for number in range(bench.args.rounds):
+        for system in order if number % 2 == 0 else order[::-1]:
+            group, trigger = systems[system]
+            outcome = await burst_round(bench, group, receivers, burst, trigger)
+            rounds[system].append(outcome)
+            missing = outcome["delivery"]["missing"]
+            print(
+                f"  round {number + 1} {system:<8}"
+                f" {outcome['messages_per_second_per_instance']:>10,.0f} msgs/s per"
+                f" instance ({burst} events x {receivers:,} receivers"
+                f"{f', {missing:,} MISSING' if missing else ''})",
+                flush=True,
+            )
+    best = {
+        system: max(runs, key=lambda r: float(r["messages_per_second_per_instance"]))
+        for system, runs in rounds.items()
+    }
+    return {"best": best, "rounds": rounds}
+
+
 async def fanout_phase(
     bench: Bench, *, with_references: bool = True, inspect: Inspect | None = None
 ) -> dict[str, Any]:
     """The steady run and the bursts (against the references unless ``with_references`` is
     False); ``inspect`` looks at the two instances before they stop."""
     args, sockets = bench.args, bench.args.sockets
-    burst = args.burst or max(10, min(200, 200_000 // sockets))
+    burst = burst_size(args)
     names = [f"jangteo-{n + 1}" for n in range(INSTANCES)]
     result: dict[str, Any] = {"sockets": sockets, "instances": INSTANCES, "burst_events": burst}
     with bench.jangteo(names) as servers:
@@ -430,37 +513,7 @@ async def fanout_phase(
         print(f"\n== fan-out: {sockets:,} sockets on {channel} over {INSTANCES} instances")
         targets = [Target.jangteo(s.name, s.port, token) for s in servers]
         result["connect"] = bench.open(targets, sockets, channel)
-        await asyncio.sleep(1.0)
-        bench.clients.call("reset")
-        before = [await event_load.scrape(s.url) for s in servers]
-        print(f"  PATCH price {args.rate:g}/s for {args.duration:g} s ...", flush=True)
-        patches = await event_load.patch_prices(
-            [s.url for s in servers], token, listing_id, rate=args.rate, seconds=args.duration
-        )
-        expected = patches["committed"] * sockets
-        stats = await bench.wait_for(expected, limit=60)
-        after = [await event_load.scrape(s.url) for s in servers]
-        latency = summary(stats["histogram_ms"], stats["overflow"])
-        words = ("jangteo_ws_", "jangteo_hub_", "jangteo_relay_events")
-        result["steady"] = {
-            "patch": patches,
-            "latency_ms": latency,
-            "histogram_ms": stats["histogram_ms"],
-            "delivery": delivery_summary(stats, expected),
-            "server_metrics": {
-                s.name: {word: event_load.matching(a, word) for word in words}
-                for s, a in zip(servers, after, strict=True)
-            },
-            "deliveries_counted_by_servers": sum(
-                event_load.counter_delta(b, a, "jangteo_ws_deliveries_total") or 0.0
-                for b, a in zip(before, after, strict=True)
-            ),
-        }
-        print(
-            f"  {stats['events']:,} of {expected:,} frames; commit-to-receive p50"
-            f" {latency['p50']} ms, p99 {latency['p99']} ms, max {latency['max']} ms",
-            flush=True,
-        )
+        result["steady"] = await steady_run(bench, servers, listing_id, sockets, WS_METRICS)
         frame = await last_frame(bench.database_url, channel)
         frame_file = args.scratch / "frame.json"
         frame_file.write_bytes(frame)
@@ -471,27 +524,9 @@ async def fanout_phase(
             systems: Systems = {"jangteo": (servers, burst_jangteo)}
             if with_references:
                 systems |= start_references(bench, references, frame_file, channel, burst, result)
-            rounds: dict[str, list[dict[str, Any]]] = {system: [] for system in systems}
-            order = list(systems)
-            for number in range(args.rounds):
-                for system in order if number % 2 == 0 else order[::-1]:
-                    group, trigger = systems[system]
-                    outcome = await burst_round(bench, group, sockets, burst, trigger)
-                    rounds[system].append(outcome)
-                    missing = outcome["delivery"]["missing"]
-                    print(
-                        f"  round {number + 1} {system:<8}"
-                        f" {outcome['messages_per_second_per_instance']:>10,.0f} msgs/s per"
-                        f" instance ({burst} events x {sockets:,} sockets"
-                        f"{f', {missing:,} MISSING' if missing else ''})",
-                        flush=True,
-                    )
+            result["burst"] = await burst_rounds(bench, systems, sockets, burst)
             bench.clients.call("close")
-        best = {
-            system: max(runs, key=lambda r: float(r["messages_per_second_per_instance"]))
-            for system, runs in rounds.items()
-        }
-        result["burst"] = {"best": best, "rounds": rounds}
+        best = result["burst"]["best"]
         rate = {system: run["messages_per_second_per_instance"] for system, run in best.items()}
         if "bare" in rate:
             bare = rate["bare"]
@@ -508,6 +543,59 @@ async def fanout_phase(
             result["inspected"] = await inspect(servers)
         result["server_log_problems"] = {s.name: server_problems(s.log) for s in servers}
     return result
+
+
+# ----------------------------------------------------------------------------- SSE fan-out
+
+
+async def sse_phase(bench: Bench, fanout: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The fan-out's steady run and bursts with ``--sockets`` event streams for sockets, on
+    two instances of their own, read by SSE client processes (``clients/sse.py``); set
+    beside the WebSocket fan-out of the same run (``fanout``) when it ran."""
+    args, streams = bench.args, bench.args.sockets
+    burst = burst_size(args)
+    names = [f"jangteo-sse-{n + 1}" for n in range(INSTANCES)]
+    result: dict[str, Any] = {"streams": streams, "instances": INSTANCES, "burst_events": burst}
+    with (
+        bench.jangteo(names) as servers,
+        LoadClients(len(bench.clients.pids), main=sse_main) as clients,
+    ):
+        readers = dataclasses.replace(bench, clients=clients)
+        if not bench.token:
+            bench.token = readers.token = sign_up(servers[0].port)
+        listing_id = create_listing(servers[0].port, bench.token, "realtime benchmark: SSE")
+        result["channel"] = channel = f"listing:{listing_id}"
+        print(f"\n== SSE fan-out: {streams:,} event streams on {channel} over {INSTANCES}"
+              " instances")  # fmt: skip
+        targets = [sse_target(Target.jangteo(s.name, s.port, bench.token)) for s in servers]
+        result["connect"] = readers.open(targets, streams, channel)
+        result["steady"] = await steady_run(readers, servers, listing_id, streams, SSE_METRICS)
+        trigger = functools.partial(insert_burst, bench.database_url, channel, burst)
+        result["burst"] = await burst_rounds(readers, {"sse": (servers, trigger)}, streams, burst)
+        clients.call("close")
+        result["server_log_problems"] = {s.name: server_problems(s.log) for s in servers}
+    result["vs_websocket"] = against_websocket(result, fanout)
+    return result
+
+
+def against_websocket(
+    sse: Mapping[str, Any], fanout: Mapping[str, Any] | None
+) -> dict[str, Any] | None:
+    """SSE's burst rate and steady p99 over the WebSocket fan-out's of the same run; None
+    when that did not run, a ratio None when its WebSocket figure is 0."""
+    if not fanout:
+        return None
+    rates = [
+        float(phase["burst"]["best"][system]["messages_per_second_per_instance"])
+        for phase, system in ((sse, "sse"), (fanout, "jangteo"))
+    ]
+    p99s = [phase["steady"]["latency_ms"]["p99"] for phase in (sse, fanout)]
+    return {
+        "websocket_messages_per_second_per_instance": rates[1],
+        "websocket_p99_ms": p99s[1],
+        "messages_per_second_ratio": round(rates[0] / rates[1], 3) if rates[1] else None,
+        "p99_ratio": round(p99s[0] / p99s[1], 3) if p99s[0] is not None and p99s[1] else None,
+    }
 
 
 # ----------------------------------------------------------------------------- relay
@@ -717,13 +805,16 @@ async def run(args: argparse.Namespace) -> RealtimeResult:
         commands = {
             "database": database_note(DATABASE),
             "load": f"{args.client_processes} client processes of loadtests/clients/ws.py"
-            " (raw asyncio WebSocket protocol on uvloop)",
+            " (raw asyncio WebSocket protocol on uvloop); as many of loadtests/clients/sse.py"
+            " for the SSE fan-out",
         }
         phases: dict[str, Any] = {}
         with LoadClients(args.client_processes) as clients:
             bench = Bench(args, settings, url, clients, commands, heartbeat)
             if "fanout" in args.phases:
                 phases["fanout"] = await fanout_phase(bench)
+            if "sse" in args.phases:
+                phases["sse"] = await sse_phase(bench, phases.get("fanout"))
             if not bench.token:
                 with bench.jangteo(["sign-up"]) as (server,):
                     bench.token = sign_up(server.port)
@@ -742,6 +833,9 @@ async def run(args: argparse.Namespace) -> RealtimeResult:
             "client_processes": args.client_processes,
             "client": "loadtests/clients/ws.py: raw asyncio.Protocol WebSockets on uvloop, no"
             " compression, answering pings; latency = receive wall clock ms - frame ts",
+            "sse_client": "loadtests/clients/sse.py: raw asyncio.Protocol event streams on"
+            " uvloop, the chunked body parsed by hand, each message's data (the WebSocket"
+            " frame) counted by the same code as a socket's frame",
             "jangteo_processes_per_instance": 1,
             "fanout_instances": INSTANCES,
             "bare_processes": INSTANCES,

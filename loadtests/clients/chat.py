@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from loadtests.clients.ws import OP_TEXT, Fleet, WebSocket
+from loadtests.clients.ws import OP_TEXT, Fleet, Subscriber, WebSocket
 from loadtests.harness.stack import connected
 from loadtests.harness.stats import summary_ms
 
@@ -119,7 +119,7 @@ class ChatFleet(Fleet):
 
     # -- frames --------------------------------------------------------------------------
 
-    def on_text(self, socket: WebSocket, payload: bytes, now: float) -> None:
+    def on_text(self, socket: Subscriber, payload: bytes, now: float) -> None:
         try:
             frame = orjson.loads(payload)
             op = frame["op"]
@@ -135,7 +135,7 @@ class ChatFleet(Fleet):
         else:
             super().on_text(socket, payload, now)
 
-    def on_event(self, socket: WebSocket, frame: dict[str, Any], now: float) -> None:
+    def on_event(self, socket: Subscriber, frame: dict[str, Any], now: float) -> None:
         super().on_event(socket, frame, now)  # tally, commit-to-receive, offset/prev chain
         if frame.get("type") != "chat.message":
             self.ops[f"event {frame.get('type')}"] += 1

@@ -180,6 +180,16 @@ class Tally:
     last: float = 0.0
 
 
+class Subscriber(Protocol):
+    """What ``Fleet`` reads and moves on whatever a frame came by: a ``WebSocket``, or an
+    event stream of ``clients/sse.py`` (whose messages carry the same frames)."""
+
+    tally: Tally
+    last_offset: int
+    check_offsets: bool
+    subscribed: asyncio.Future[None] | None
+
+
 @dataclass(slots=True)
 class Fleet:
     """Every socket of one client process and what they received."""
@@ -225,7 +235,7 @@ class Fleet:
             "wall_seconds": time.monotonic() - self.wall_mark,
         }
 
-    def on_text(self, socket: WebSocket, payload: bytes, now: float) -> None:
+    def on_text(self, socket: Subscriber, payload: bytes, now: float) -> None:
         try:
             frame = orjson.loads(payload)
             op = frame["op"]
@@ -263,7 +273,7 @@ class Fleet:
         else:
             self.ops[f"<socket.io {payload[:2]!r}>"] += 1
 
-    def on_event(self, socket: WebSocket, frame: dict[str, Any], now: float) -> None:
+    def on_event(self, socket: Subscriber, frame: dict[str, Any], now: float) -> None:
         tally = socket.tally
         if not tally.events:
             tally.first = now
@@ -293,32 +303,32 @@ class Fleet:
                 socket.last_offset = max(socket.last_offset, offset)
 
 
-class WebSocket(asyncio.Protocol):
-    """One client WebSocket: the upgrade, then frames parsed in ``data_received``."""
+class ClientConnection(asyncio.Protocol):
+    """What every load client connection shares, whatever it speaks (a ``WebSocket``, or an
+    ``EventStream`` of ``clients/sse.py``): its request written once connected, ``open``
+    once answered, the ``opened``, ``subscribed`` and ``closed`` futures, how it ended."""
+
+    BEFORE = "the upgrade"  # what a connection lost early was waiting for
 
     def __init__(
-        self, fleet: FrameSink, tally: Tally, request: bytes, accept: bytes, socketio: bool = False
+        self, fleet: FrameSink, tally: Tally, request: bytes, *, subscribed_at_once: bool
     ) -> None:
         self.fleet = fleet
         self.tally = tally
         self.request = request
-        self.accept = accept
         self.transport: asyncio.Transport | None = None
-        self.upgraded = False
         self.open = False
         self.pending = b""
         self.last_offset = 0
-        self.close_code: int | None = None  # of the server's close frame
-        # A refused upgrade's status and headers (a 503's Retry-After, say).
-        self.refusal: tuple[int, dict[bytes, bytes]] | None = None
         self.check_offsets = True  # jangteo's offset/prev chain; bare frames repeat one
-        self.socketio = socketio  # frames are Engine.IO packets
         loop = asyncio.get_running_loop()
         self.opened: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
-        # Socket.IO puts the socket in the room on connecting: that "40" may come in the
-        # same read as the upgrade, so the future must exist from the start.
-        self.subscribed: asyncio.Future[None] | None = loop.create_future() if socketio else None
+        # When the server subscribes the connection by itself, the news may come in the
+        # same read as the answer, so the future must exist from the start.
+        self.subscribed: asyncio.Future[None] | None = (
+            loop.create_future() if subscribed_at_once else None
+        )
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -328,12 +338,37 @@ class WebSocket(asyncio.Protocol):
         if self.open:
             self.fleet.closes["connection lost" if exc else "closed"] += 1
         self.open = False
-        error = ConnectionError("connection closed before the upgrade")
+        error = ConnectionError(f"connection closed before {self.BEFORE}")
         for future in (self.opened, self.subscribed):
             if future is not None and not future.done():
                 future.set_exception(error)
         if not self.closed.done():
             self.closed.set_result(None)
+
+    def hang_up(self) -> None:
+        """End the connection from this side."""
+        if self.transport is not None:
+            self.transport.close()
+
+
+class WebSocket(ClientConnection):
+    """One client WebSocket: the upgrade, then frames parsed in ``data_received``."""
+
+    def __init__(
+        self, fleet: FrameSink, tally: Tally, request: bytes, accept: bytes, socketio: bool = False
+    ) -> None:
+        # Socket.IO puts the socket in the room on connecting (its "40").
+        super().__init__(fleet, tally, request, subscribed_at_once=socketio)
+        self.accept = accept
+        self.upgraded = False
+        self.close_code: int | None = None  # of the server's close frame
+        # A refused upgrade's status and headers (a 503's Retry-After, say).
+        self.refusal: tuple[int, dict[bytes, bytes]] | None = None
+        self.socketio = socketio  # frames are Engine.IO packets
+
+    def hang_up(self) -> None:
+        """A close frame; the server closes TCP after its own."""
+        self.send(OP_CLOSE, (1000).to_bytes(2, "big"))
 
     def send(self, opcode: int, payload: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -493,13 +528,13 @@ class ClientProcess:
         return {"closed": len(sockets), "aborted": aborted}
 
 
-async def close_sockets(sockets: Sequence[WebSocket], wait: float) -> int:
-    """Send each open socket a close frame, wait up to ``wait`` s for the servers to close
-    TCP, then abort the rest; how many were aborted."""
+async def close_sockets(sockets: Sequence[ClientConnection], wait: float) -> int:
+    """Hang up each open connection (a socket sends a close frame), wait up to ``wait`` s
+    for them to close, then abort the rest; how many were aborted."""
     for socket in sockets:
         if socket.open:
             socket.open = False
-            socket.send(OP_CLOSE, (1000).to_bytes(2, "big"))
+            socket.hang_up()
     waiting = [socket.closed for socket in sockets if not socket.closed.done()]
     if waiting:
         await asyncio.wait(waiting, timeout=wait)
