@@ -10,6 +10,7 @@ what is traced and what it costs.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -98,7 +99,10 @@ def traced_application(provider: TracerProvider, **options: Any) -> web.Applicat
     only while this one app is made, so other apps of the process are left as they are.
     """
     instrumentor = AioHttpServerInstrumentor()
-    instrumentor.instrument(tracer_provider=provider)
+    with warnings.catch_warnings():
+        # Its way in is a subclass of web.Application, which aiohttp warns about.
+        warnings.filterwarnings("ignore", "Inheritance class", DeprecationWarning)
+        instrumentor.instrument(tracer_provider=provider)
     try:
         return web.Application(**options)
     finally:
