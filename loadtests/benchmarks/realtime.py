@@ -88,7 +88,10 @@ TARGETS = {
     "relay_events_per_second": 5000.0,
     "idle_memory_ratio": 1.25,
 }
-SHOWN = {"jangteo": "jangteo", "bare": "bare aiohttp", "socketio": "python-socketio"}
+SHOWN = {
+    "jangteo": "jangteo", "bare": "bare aiohttp", "socketio": "python-socketio",
+    "sse": "jangteo SSE",
+}  # fmt: skip
 OPTIONS = (  # flag, default (its type is the option's), help
     ("--sockets", 2000, "fan-out sockets (20000: the large run)"),
     ("--duration", 10.0, "seconds of PATCHes"),
@@ -145,36 +148,13 @@ class RealtimeResult(Result):
         phases only (the 20,000-socket fan-out) leaves no empty panels."""
         figure, axes = plt.subplots(2, 2, figsize=(11, 7.5), dpi=110)
         (top_left, top_right), (bottom_left, bottom_right) = axes
-        for panel, phase in ((top_left, self.fanout), (top_right, self.fanout),
+        fanned = self.fanout or self.sse
+        for panel, phase in ((top_left, fanned), (top_right, fanned),
                              (bottom_left, self.relay), (bottom_right, self.idle)):  # fmt: skip
             panel.set_visible(bool(phase))
-        if self.fanout:
-            fanout, steady = self.fanout, self.fanout["steady"]
-            histogram = {int(k): v for k, v in steady["histogram_ms"].items()}
-            top_left.bar(list(histogram), histogram.values(), width=1.0, color=COLOURS["jangteo"])
-            for name, style in (("p50", "--"), ("p99", ":")):
-                if (ms := steady["latency_ms"][name]) is not None:
-                    top_left.axvline(
-                        ms, color="#222222", linestyle=style, label=f"{name} {ms:g} ms"
-                    )
-            top_left.set_xlabel("commit-to-receive latency, ms (1-ms bins)")
-            top_left.set_ylabel("frames")
-            top_left.set_title(f"fan-out: {fanout['sockets']:,} sockets on 2 instances,"
-                               f" {steady['patch']['committed']} PATCHes", fontsize=9)  # fmt: skip
-            top_left.legend(fontsize=8)
-            best = fanout["burst"]["best"]
-            systems = [s for s in ("jangteo", "bare", "socketio") if s in best]
-            values = [best[s]["messages_per_second_per_instance"] for s in systems]
-            labels = [SHOWN[s] for s in systems]
-            bars(top_right, labels, values, "{:,.0f}", color=[COLOURS[s] for s in systems])
-            top_right.set_ylabel("delivered messages / s per instance")
-            share = report.fmt_ratio(fanout["share_of_bare"], "%")
-            title = f"burst of {fanout['burst_events']} events: jangteo {share} of bare"
-            title += " (target >= 200%)"
-            if fanout.get("times_socketio"):
-                title += f",\n{fanout['times_socketio']:.1f}x python-socketio (target >= 4x)"
-            top_right.set_title(title, fontsize=9)
-            top_right.set_ylim(0, max(values) * 1.2 or 1)
+        if fanned:
+            self._lone_events(top_left)
+            self._bursts(top_right)
         if self.relay:
             paced, flat = self.relay["paced"], self.relay["flat_out"]
             metric, frames = paced["commit_to_publish_metric"] or {}, paced["commit_to_receive_ms"]
@@ -206,6 +186,59 @@ class RealtimeResult(Result):
             " processes, servers, clients, PostgreSQL and Redis on the same cores"
         )
         finish(plt, figure, caption, path)
+
+    def _fanned(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """The fan-out phases that ran: how they are shown, their colour, their figures."""
+        phases = (("WebSocket", "jangteo", self.fanout), ("SSE", "sse", self.sse))
+        return [(name, colour, phase) for name, colour, phase in phases if phase]
+
+    def _lone_events(self, axes: Any) -> None:
+        """Commit-to-receive of the steady runs: the sockets' as bars, the streams' as a line."""
+        shapes = []
+        for name, colour, phase in self._fanned():
+            steady = phase["steady"]
+            histogram = {int(k): v for k, v in steady["histogram_ms"].items()}
+            if name == "WebSocket":
+                axes.bar(list(histogram), histogram.values(), width=1.0, color=COLOURS[colour],
+                         label=name)  # fmt: skip
+            elif histogram:
+                bins = range(max(histogram) + 2)
+                axes.step(bins, [histogram.get(ms, 0) for ms in bins], where="mid",
+                          color=COLOURS[colour], label=name)  # fmt: skip
+            for label, style in (("p50", "--"), ("p99", ":")):
+                if (ms := steady["latency_ms"][label]) is not None:
+                    axes.axvline(ms, color=COLOURS[colour], linestyle=style,
+                                 label=f"{name} {label} {ms:g} ms")  # fmt: skip
+            count = phase.get("sockets") or phase.get("streams")
+            unit = "sockets" if name == "WebSocket" else "streams"
+            shapes.append(f"{count:,} {unit}, {steady['patch']['committed']} PATCHes")
+        axes.set_xlabel("commit-to-receive latency, ms (1-ms bins)")
+        axes.set_ylabel("frames")
+        axes.set_title(f"fan-out on 2 instances: {'; '.join(shapes)}", fontsize=9)
+        axes.legend(fontsize=8)
+
+    def _bursts(self, axes: Any) -> None:
+        """Delivered messages/s per instance of every fan-out system's best burst."""
+        labels, values, colours = [], [], []
+        for *_, phase in self._fanned():
+            best = phase["burst"]["best"]
+            for system in (s for s in ("jangteo", "bare", "socketio", "sse") if s in best):
+                labels.append(SHOWN[system])
+                values.append(best[system]["messages_per_second_per_instance"])
+                colours.append(COLOURS[system])
+        bars(axes, labels, values, "{:,.0f}", color=colours)
+        axes.set_ylabel("delivered messages / s per instance")
+        lines = []
+        if self.fanout:
+            share = report.fmt_ratio(self.fanout.get("share_of_bare"), "%")
+            lines.append(f"jangteo {share} of bare (target >= 200%)")
+            if self.fanout.get("times_socketio"):
+                lines.append(f"{self.fanout['times_socketio']:.1f}x python-socketio (target >= 4x)")
+        if ratio := (self.sse or {}).get("vs_websocket", {}).get("messages_per_second_ratio"):
+            lines.append(f"SSE {ratio:.0%} of WebSocket")
+        burst = (self.fanout or self.sse or {})["burst_events"]
+        axes.set_title(f"burst of {burst} events: " + ",\n".join(lines), fontsize=9)
+        axes.set_ylim(0, max(values) * 1.2 or 1)
 
 
 @dataclass(slots=True)

@@ -35,7 +35,10 @@ DETAILS = {
 }
 Row = dict[str, Any]
 CPU_KINDS = ("postgresql", "redis", "jangteo", "load", "others")
-COLOURS = {"jangteo": "#d9534f", "baseline": "#7f8c8d", "bare": "#7f8c8d", "socketio": "#2a7ab9"}
+COLOURS = {
+    "jangteo": "#d9534f", "baseline": "#7f8c8d", "bare": "#7f8c8d", "socketio": "#2a7ab9",
+    "sse": "#e39b2d",
+}  # fmt: skip
 # The uncached listing read's references (bench listings), and what jangteo is compared on.
 BARE_PG, FASTAPI = "aiohttp + asyncpg", "FastAPI + uvicorn + asyncpg"
 UNCACHED_COMPARISONS = {
@@ -440,6 +443,7 @@ def realtime_rows(data: dict[str, Any], big: dict[str, Any]) -> list[Row]:
                 text=shown("{:,.0f} msgs/s", jangteo),
                 ref_text=shown("{}: {:,.0f} msgs/s", name, ref or None))
         )  # fmt: skip
+    rows += sse_rows(data)
     sockets = num(dig(idle, "sockets"))
     kib, bare_kib = (num(dig(idle, side, "kib_per_connection")) for side in ("jangteo", "bare"))
     still_open = num(dig(idle, "jangteo", "sockets_open_at_measurement")) or 0.0
@@ -457,6 +461,31 @@ def realtime_rows(data: dict[str, Any], big: dict[str, Any]) -> list[Row]:
             text=shown("{} KiB", kib), ref_text=shown("bare aiohttp: {} KiB", bare_kib)),
     ]  # fmt: skip
     return rows
+
+
+def sse_rows(data: dict[str, Any]) -> list[Row]:
+    """The SSE fan-out beside the WebSocket fan-out of the same run: shown, no target."""
+    sse = dig(data, "sse") or {}
+    # The WebSocket figures only as the same run's reference of a measured SSE phase.
+    fanout = dig(data, "fanout") if sse else None
+    streams = num(dig(sse, "streams"))
+    name = f"SSE fan-out, {streams or 2000:,.0f} event streams on 2 instances"
+    rate, ws_rate = (
+        num(dig(phase, "burst", "best", system, "messages_per_second_per_instance"))
+        for phase, system in ((sse, "sse"), (fanout, "jangteo"))
+    )
+    p99, ws_p99 = (num(dig(phase, "steady", "latency_ms", "p99")) for phase in (sse, fanout))
+    goal = "shown beside the WebSocket fan-out of the same run"
+    return [
+        row(f"{name}: delivered msgs/s per instance", goal, "realtime",
+            data if rate is not None else {}, figure=rate, reference=ws_rate,
+            status="shown" if rate is not None else None, text=shown("{:,.0f} msgs/s", rate),
+            ref_text=shown("WebSocket: {:,.0f} msgs/s", ws_rate), docs=(BENCHMARKS_MD,)),
+        row(f"{name}: p99 commit-to-receive", goal, "realtime",
+            data if p99 is not None else {}, figure=p99, reference=ws_p99,
+            status="shown" if p99 is not None else None, text=shown("{} ms", p99),
+            ref_text=shown("WebSocket: {} ms", ws_p99), docs=(BENCHMARKS_MD,)),
+    ]  # fmt: skip
 
 
 def storm_rows(data: dict[str, Any]) -> list[Row]:
