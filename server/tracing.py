@@ -10,6 +10,7 @@ what is traced and what it costs.
 
 from __future__ import annotations
 
+import asyncio
 import warnings
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -148,8 +149,8 @@ def instrumentation_ctx(owned: bool) -> Callable[[web.Application], AsyncIterato
             yield
         finally:
             _clients.release()
-            if owned:
-                provider.shutdown()
+            if owned:  # its last spans are sent now, off the loop (a blocking HTTP post)
+                await asyncio.to_thread(provider.shutdown)
 
     return instrumented
 
