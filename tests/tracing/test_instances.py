@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
 import asyncpg
-from aiohttp import web
+from aiohttp import ClientWebSocketResponse, web
 from aiohttp.test_utils import TestServer
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -66,13 +67,20 @@ def instance_of(client: Client) -> str:
     return app[relay_key].instance
 
 
-async def test_one_patch_is_followed_to_the_sockets_of_both_instances(
-    provider: TracerProvider,
-    exporter: InMemorySpanExporter,
-    aiohttp_client: AppClient,
-    settings: Settings,
-    db: asyncpg.Connection,
-) -> None:
+@dataclass(frozen=True, slots=True)
+class Instances:
+    """Two instances, a seller's listing, and a socket on each subscribed to its channel."""
+
+    clients: tuple[Client, Client]
+    seller: Account
+    listing_id: int
+    channel: str
+    sockets: list[ClientWebSocketResponse]
+
+
+async def two_instances(
+    aiohttp_client: AppClient, settings: Settings, provider: TracerProvider | None
+) -> Instances:
     a = await aiohttp_client(create_app(settings, tracer_provider=provider))
     b = await aiohttp_client(create_app(settings, tracer_provider=provider))
     seller = await sign_up(a)
@@ -81,9 +89,20 @@ async def test_one_patch_is_followed_to_the_sockets_of_both_instances(
     sockets = [await open_socket(client, seller) for client in (a, b)]
     for ws in sockets:
         await subscribed(ws, channel)
+    return Instances((a, b), seller, listing["id"], channel, sockets)
 
+
+async def test_one_patch_is_followed_to_the_sockets_of_both_instances(
+    provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+    aiohttp_client: AppClient,
+    settings: Settings,
+    db: asyncpg.Connection,
+) -> None:
+    market = await two_instances(aiohttp_client, settings, provider)
+    (a, b), channel, sockets = market.clients, market.channel, market.sockets
     trace_id = secrets.randbits(128) | 1
-    await patch_price(a, seller, listing["id"], trace_id)
+    await patch_price(a, market.seller, market.listing_id, trace_id)
 
     frames = [await receive(ws) for ws in sockets]
     for frame in frames:
@@ -169,20 +188,14 @@ async def test_with_tracing_off_nothing_is_recorded_and_rows_carry_no_context(
     await traced.close()
     exporter.clear()
 
-    a = await aiohttp_client(create_app(settings))
-    b = await aiohttp_client(create_app(settings))
-    for client in (a, b):
+    market = await two_instances(aiohttp_client, settings, None)
+    for client in market.clients:
         app = client.app
         assert isinstance(app, web.Application)
         assert app[relay_key].tracing is None
-    seller = await sign_up(a)
-    listing = await create_listing(a, seller)
-    channel = f"listing:{listing['id']}"
-    sockets = [await open_socket(client, seller) for client in (a, b)]
-    for ws in sockets:
-        await subscribed(ws, channel)
-    await patch_price(a, seller, listing["id"], secrets.randbits(128) | 1)
-    for ws in sockets:
+    a = market.clients[0]
+    await patch_price(a, market.seller, market.listing_id, secrets.randbits(128) | 1)
+    for ws in market.sockets:
         frame = await receive(ws)
         assert set(frame) == EVENT_KEYS
         assert frame["type"] == "listing.price_changed"
