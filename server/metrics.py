@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Info, generate_latest
 
 from server.request_stats import LoopCounter, RequestStats
 from server.settings import PURCHASE_STRATEGIES
@@ -15,6 +17,11 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # Workers of `jangteo serve --workers N` share a port, so a scrape reaches one of
+        # them: the pid says which one answered.
+        Info(
+            "jangteo_process", "The process that answered this scrape", registry=self.registry
+        ).info({"pid": str(os.getpid())})
         self.request_stats = RequestStats(LATENCY_BUCKETS)
         self.registry.register(self.request_stats)
         self.rate_limited = Counter(

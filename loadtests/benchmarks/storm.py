@@ -74,6 +74,7 @@ OPTIONS = (  # flag, default (its type is the option's), help
     ("--settle", 60.0, "seconds for the last events to arrive once the rows stop"),
     ("--publishers", 4, "connections committing the rows"),
     ("--client-processes", 2, "load client processes"),
+    ("--workers", 1, "jangteo serve worker processes per instance (one port, SO_REUSEPORT)"),
     ("--seed", 1, "of the apps' backoff jitter"),
 )
 
@@ -130,7 +131,7 @@ class Scenario:
 
 @dataclass(frozen=True, slots=True)
 class Instance:
-    """A jangteo instance of the storm, one process (the benchmark's or a test's server)."""
+    """A jangteo instance of the storm: one process, or a supervisor and its workers."""
 
     name: str
     port: int
@@ -143,14 +144,48 @@ class Instance:
     def target(self, token: str) -> Target:
         return Target.jangteo(self.name, self.port, token)
 
+    def processes(self) -> list[psutil.Process]:
+        """The instance's process and every worker it started."""
+        top = psutil.Process(self.pid)
+        return [top, *top.children(recursive=True)]
+
+    def listeners(self) -> list[psutil.Process]:
+        """The processes that accept on the instance's port (not a supervisor)."""
+        return [
+            process
+            for process in self.processes()
+            if any(
+                c.status == psutil.CONN_LISTEN and c.laddr.port == self.port
+                for c in process.net_connections("tcp")
+            )
+        ]
+
     def cpu_seconds(self) -> float:
-        times = psutil.Process(self.pid).cpu_times()
-        return float(times.user + times.system)
+        return sum(float(t.user + t.system) for t in (p.cpu_times() for p in self.processes()))
 
 
 async def call(clients: LoadClients, command: str, arguments: Sequence[Any] | None = None) -> Any:
     """A command to every client process, in a thread: the event loop goes on publishing."""
     return await asyncio.to_thread(clients.call, command, arguments)
+
+
+async def scrape(instance: Instance) -> event_load.Samples:
+    """The instance's samples added up over its workers: each scrape reaches one worker
+    (they share the port), so scrape until every worker's ``jangteo_process_info`` pid was
+    seen."""
+    workers: dict[str, event_load.Samples] = {}
+    expected = len(instance.listeners()) or 1
+    for _ in range(50 * expected):
+        samples = await event_load.scrape(instance.url)
+        workers[answered_by(samples)] = samples
+        if len(workers) == expected:
+            return event_load.added(workers.values())
+    raise BenchError(f"{instance.name}: {len(workers)} of {expected} workers answered scrapes")
+
+
+def answered_by(samples: event_load.Samples) -> str:
+    """The pid of the process that answered a scrape."""
+    return next(dict(labels)["pid"] for name, labels in samples if name == "jangteo_process_info")
 
 
 def resumes(samples: event_load.Samples) -> dict[str, float]:
@@ -237,7 +272,7 @@ async def storm(
     )
     logs = await event_logs(database_url, channels, scenario.settle)
     audit = await audited(clients, logs, scenario.settle)
-    after = await event_load.scrape(survivor.url)
+    after = await scrape(survivor)
     replies = await call(clients, "report")
     counted = {
         source: count - killed.resumes_before[source] for source, count in resumes(after).items()
@@ -313,13 +348,15 @@ class Kill:
 
 
 async def kill(victim: Instance, survivor: Instance) -> Kill:
-    """SIGKILL the victim (one process: its sockets close at once, as when a host dies)."""
-    before = await event_load.scrape(survivor.url)
-    led = {victim.name: partitions_led(await event_load.scrape(victim.url))}
+    """SIGKILL the victim's every process at once: its sockets close, as when a host dies."""
+    before = await scrape(survivor)
+    led = {victim.name: partitions_led(await scrape(victim))}
     led[survivor.name] = partitions_led(before)
     cpu, tcp = survivor.cpu_seconds(), tcp_counters()
+    doomed = victim.processes()
     at = time.time()
-    os.kill(victim.pid, signal.SIGKILL)
+    for process in doomed:
+        os.kill(process.pid, signal.SIGKILL)
     print(f"  SIGKILL {victim.name} (relay partitions led: {led})", flush=True)
     return Kill(at, resumes(before), led, cpu, tcp)
 
@@ -582,7 +619,9 @@ async def run(args: argparse.Namespace) -> StormResult:
         # A starts (and so takes the relay's lock) first: the kill also moves the relay.
         with (
             LoadClients(args.client_processes, main=storm_main) as clients,
-            instances(["storm-a", "storm-b"], settings, args.scratch, record) as (a, b),
+            instances(
+                ["storm-a", "storm-b"], settings, args.scratch, record, workers=args.workers
+            ) as (a, b),
         ):
             token = sign_up(a.port)
             print(f"\n== storm: creating {args.channels:,} listings", flush=True)
@@ -606,7 +645,7 @@ async def run(args: argparse.Namespace) -> StormResult:
             "warmup_s": args.warmup,
             "after_s": args.after,
             "client_processes": args.client_processes,
-            "jangteo_processes_per_instance": 1,
+            "jangteo_processes_per_instance": args.workers,
             "reconnect": "docs/protocol.md: new ticket per attempt; full jitter in [0, min(30,"
             " 0.5 x 2^n)] s after the n-th failed attempt in a row (n reset by a served"
             " socket); Retry-After of 429/503 waited before that jitter; the next instance"

@@ -122,8 +122,13 @@ def database_note(name: str) -> str:
 def serve_settings(database_url: str, redis_url: str, **more: str) -> dict[str, str]:
     """``JANGTEO_*`` of a benchmark's jangteo: its database and Redis, a JWT secret of the
     benchmarks' own and access tokens living an hour (a benchmark signs up once), no rate
-    limits, no access log, warnings only; ``more`` adds settings (``PG_POOL_MAX="8"``)."""
+    limits, no access log, warnings only; ``more`` adds settings (``PG_POOL_MAX="8"``).
+
+    The deployment is named after the database: benchmarks that share the Redis never
+    hear each other's events or contend for each other's relay leadership."""
+    deployment = urlsplit(database_url).path.strip("/").replace("_", "-")
     chosen = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "JWT_SECRET": JWT_SECRET}
+    chosen |= {"DEPLOYMENT": deployment}
     chosen |= {"ACCESS_TOKEN_TTL": "3600", "RATE_LIMITS": "off", "ACCESS_LOG": "off"}
     chosen |= {"LOG_LEVEL": "WARNING", **more}
     return {f"JANGTEO_{name}": value for name, value in chosen.items()}
