@@ -4,6 +4,15 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from realtime import disconnect
+
+# The labels of jangteo_ws_closes_total: each Disconnect's metric.
+CLOSE_REASONS = tuple(
+    sorted({
+        found.metric for found in vars(disconnect).values()
+        if isinstance(found, disconnect.Disconnect)
+    })
+)  # fmt: skip
 LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -90,6 +99,10 @@ class GatewayMetrics:
             "jangteo_ws_closes", "WebSocket connections closed by the server, by reason",
             ["reason"], registry=registry,
         )  # fmt: skip
+        # Every reason's series from the start (at 0): an alert on increase() of one that
+        # first appears at 1 would miss that first close.
+        for reason in CLOSE_REASONS:
+            self.closes.labels(reason)
         self.bad_frames = Counter(
             "jangteo_ws_bad_frames", "Client frames answered with an error", ["code"],
             registry=registry,

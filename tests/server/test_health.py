@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from realtime.metrics import CLOSE_REASONS
 from server.settings import PURCHASE_STRATEGIES, Settings
 from tests.support import Client
 
@@ -56,7 +57,7 @@ async def samples(client: Client) -> dict[tuple[str, tuple[tuple[str, str], ...]
     }
 
 
-async def test_metrics_show_readiness_pool_limits_and_every_strategy(
+async def test_metrics_show_readiness_pool_limits_strategies_and_close_reasons(
     client: Client, settings: Settings
 ) -> None:
     found = await samples(client)
@@ -67,3 +68,6 @@ async def test_metrics_show_readiness_pool_limits_and_every_strategy(
     assert found[("jangteo_pg_pool_waiters", ())] == 0
     for strategy in PURCHASE_STRATEGIES:
         assert found[("jangteo_purchase_retries_total", (("strategy", strategy),))] == 0
+    assert "slow" in CLOSE_REASONS
+    for reason in CLOSE_REASONS:
+        assert found[("jangteo_ws_closes_total", (("reason", reason),))] == 0
