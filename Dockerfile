@@ -20,6 +20,7 @@ COPY server ./server
 COPY realtime ./realtime
 COPY db ./db
 COPY rediswire ./rediswire
+COPY clients ./clients
 # Left out of what is copied on: the embedded PostgreSQL and Redis binaries (~50 MB; they
 # serve `make run` and the tests, and jangteo imports them only to start them), Swagger UI's
 # source maps, and pip and setuptools. The import line fails the build if the event loop or

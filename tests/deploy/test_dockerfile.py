@@ -148,3 +148,17 @@ def _matches(path: str, pattern: str) -> bool:
         or fnmatch.fnmatch(path.rsplit("/", 1)[-1], pattern)
         or path.startswith(pattern.rstrip("/") + "/")
     )
+
+
+def test_the_javascript_client_ships_in_the_package_and_the_image() -> None:
+    """The demo serves ``clients/js/`` from beside the ``server`` package (server/demo.py):
+    so the package (hence the wheel and the image) carries every file of it."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert any(
+        fnmatch.fnmatch("clients", pattern) for pattern in setuptools["packages"]["find"]["include"]
+    )
+    shipped = setuptools["package-data"]["clients.js"]
+    for path in (ROOT / "clients" / "js").iterdir():
+        assert any(fnmatch.fnmatch(path.name, pattern) for pattern in shipped), path.name
+    copied = [args.split()[0] for stage in STAGES[:-1] for args in stage.all("COPY")]
+    assert "clients" in copied
