@@ -25,6 +25,7 @@ from tests.deploy.nginx_conf import Directive, parse
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
 TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 WS_PATH = "/api/v1/ws"
+SSE_PATH = "/api/v1/sse"
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +162,17 @@ def test_metrics_are_not_served_at_the_edge(conf: Directive) -> None:
     assert len(exact) == 1, "nginx forwards /metrics to the apps"
     assert exact[0].values("return") == [["404"]]
     assert not exact[0].values("proxy_pass")
+
+
+def test_event_streams_pass_unbuffered_and_outlast_their_heartbeat(
+    conf: Directive, services: dict[str, dict[str, Any]]
+) -> None:
+    heartbeat = max(
+        settings_from(environment(service)).sse_heartbeat
+        for service in app_services(services).values()
+    )
+    stream = _location(conf, SSE_PATH)
+    assert SSE_PATH in app_paths()
+    assert stream.values("proxy_buffering") == [["off"]], "each message passes at once"
+    assert seconds(stream.values("proxy_read_timeout")[0][0]) >= 10 * heartbeat
+    assert stream.values("proxy_next_upstream") == [["off"]], "a started stream is not replayed"
