@@ -6,9 +6,13 @@ compares it with the settings the code reads (server/settings.py, loadtests/conf
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
+
+import yaml
 
 from tests.deploy.compose_env import app_services, environment, interpolate, is_locust
 from tests.deploy.names import (
@@ -194,3 +198,74 @@ def test_cluster_profile_makes_three_masters_with_a_replica_each(
         assert set(switch) <= set(environment(app)), f"{name} takes both from the environment"
         settings = settings_from({**environment(app), **switch})
         assert settings.redis_mode == "cluster", name
+
+
+def bind_mounts(service: dict[str, Any]) -> dict[PurePosixPath, tuple[Path, list[str]]]:
+    """A service's mounts of repository files: container path -> (file here, options)."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        source, target, *options = str(volume).split(":")
+        if source.startswith("./"):
+            mounts[PurePosixPath(target)] = (ROOT / source, options)
+    return mounts
+
+
+def mounted(mounts: dict[PurePosixPath, tuple[Path, list[str]]], path: str) -> Path:
+    """The file here that a container sees at ``path`` (in a mounted folder, or itself)."""
+    wanted = PurePosixPath(path)
+    for target, (source, _) in mounts.items():
+        if wanted == target or target in wanted.parents:
+            return source / wanted.relative_to(target)
+    raise AssertionError(f"{path} is not mounted")
+
+
+def test_observability_profile_scrapes_every_replica_and_provisions_the_dashboard(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """Optional: Prometheus (the alert rules loaded) and Grafana (its datasource and the
+    dashboard provisioned), pinned images, the repository's files mounted read-only."""
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    for service in (prometheus, grafana):
+        assert service["profiles"] == ["observability"]
+        image, _, tag = service["image"].partition(":")
+        assert image and tag and tag != "latest", "a pinned version"
+        for source, options in bind_mounts(service).values():
+            assert options == ["ro"] and source.exists(), source
+    prom_mounts = bind_mounts(prometheus)
+    config_path = next(arg for arg in prometheus["command"] if arg.startswith("--config.file="))
+    config_file = mounted(prom_mounts, config_path.partition("=")[2])
+    config = yaml.safe_load(config_file.read_text())
+    for rules in config["rule_files"]:  # relative to the configuration's folder
+        container_path = PurePosixPath(config_path.partition("=")[2]).parent / rules
+        assert mounted(prom_mounts, str(container_path)).exists(), rules
+    (job,) = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics" and "/metrics" in app_paths()
+    replicas = {
+        f"{name}:{settings_from(environment(app)).port}"
+        for name, app in app_services(services).items()
+    }
+    assert {t for group in job["static_configs"] for t in group["targets"]} == replicas
+
+    grafana_mounts = bind_mounts(grafana)
+    provisioning = mounted(grafana_mounts, "/etc/grafana/provisioning")
+    (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    published = {str(port).rpartition(":")[2] for port in prometheus["ports"]}
+    assert urlsplit(source["url"]).hostname == "prometheus"
+    assert str(urlsplit(source["url"]).port) in published
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "jangteo.yml").read_text())[
+        "providers"
+    ]
+    dashboards = mounted(grafana_mounts, provider["options"]["path"])
+    for file in dashboards.glob("*.json"):
+        uids = {target["datasource"]["uid"] for target in _targets(json.loads(file.read_text()))}
+        assert uids == {source["uid"]}, file.name
+    home = environment(grafana)["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert mounted(grafana_mounts, home).exists()
+    assert grafana["depends_on"]["prometheus"]["condition"] == "service_healthy"
+
+
+def _targets(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    panels = [p for row in dashboard["panels"] for p in [row, *row.get("panels", [])]]
+    return [target for panel in panels for target in panel.get("targets", [])]
