@@ -591,7 +591,7 @@ async def sse_phase(bench: Bench, fanout: Mapping[str, Any] | None = None) -> di
     result: dict[str, Any] = {"streams": streams, "instances": INSTANCES, "burst_events": burst}
     with (
         bench.jangteo(names) as servers,
-        LoadClients(len(bench.clients.pids), main=sse_main) as clients,
+        LoadClients(args.client_processes, main=sse_main) as clients,
     ):
         readers = dataclasses.replace(bench, clients=clients)
         if not bench.token:
