@@ -39,6 +39,7 @@ from realtime.sse import EventStream
 from realtime.sse_metrics import StreamMetrics
 from realtime.sse_request import parse_stream_request
 from server.errors import Forbidden, ServiceUnavailable, Unauthorized
+from server.middlewares import echo_request_id
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ class Gateway:
             compress=False,
             autoping=True,
         )
+        echo_request_id(ws)
         await ws.prepare(request)
         if holder is None:
             return await self._refuse(ws, disconnect.BAD_TICKET)

@@ -35,6 +35,7 @@ from realtime.sse_frames import (
 )
 from realtime.sse_metrics import StreamMetrics
 from realtime.writer import SocketWriter
+from server.middlewares import echo_request_id
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ class EventStream:
         self.chunked = request.version >= HttpVersion11
         if self.chunked:
             self.response.enable_chunked_encoding()
+        echo_request_id(self.response)
         await self.response.prepare(request)
         self.started = True
         try:

@@ -151,6 +151,14 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     return response
 
 
+def echo_request_id(response: web.StreamResponse) -> None:
+    """Give a response the request's id before it is prepared: a WebSocket's 101 and an
+    event stream's 200 are sent by their handler, before the middleware could add it."""
+    request_id = request_id_var.get()
+    if request_id is not None:
+        response.headers[REQUEST_ID_HEADER] = request_id
+
+
 def _observe(
     request: web.Request, status: int, started: float, token: contextvars.Token[str | None]
 ) -> None:

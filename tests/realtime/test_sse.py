@@ -740,3 +740,27 @@ async def test_the_reference_client_resumes_a_dropped_stream_from_its_cursor(
 
 async def _opened(realtime: RealtimeClient, count: int) -> bool:
     return realtime.connections == count
+
+
+async def test_a_stream_and_a_socket_answer_with_the_request_id(client: Client) -> None:
+    """Both opening answers are sent by their handlers, and still carry the id."""
+    account = await sign_up(client)
+    asked = {"X-Request-ID": "open-stream-7"}
+    ticket = await new_ticket(client, account)
+    response = await client.get(stream_url(ticket, ["feed:sse-id"]), headers=asked)
+    assert response.status == 200
+    assert response.headers["X-Request-ID"] == "open-stream-7"
+    response.close()
+    # A handshake by hand: the client's socket object does not show the 101's headers.
+    handshake = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version": "13",
+        "X-Request-ID": "socket-8",
+    }
+    ticket = await new_ticket(client, account)
+    upgraded = await client.get(f"/api/v1/ws?ticket={ticket}", headers=handshake)
+    assert upgraded.status == 101
+    assert upgraded.headers["X-Request-ID"] == "socket-8"
+    upgraded.close()
