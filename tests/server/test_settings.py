@@ -110,7 +110,10 @@ def test_every_setting_is_read_from_its_own_variable() -> None:
     or the one it names; a value given there is what the field holds."""
     defaults = Settings()
     renamed = {"rate_limits_enabled": "RATE_LIMITS", "cache_enabled": "CACHE"}
-    special = {"purchase_strategy", "redis_mode", "trusted_proxies", "log_level", "event_retention"}
+    special = {
+        "purchase_strategy", "redis_mode", "trusted_proxies", "log_level", "event_retention",
+        "otel_endpoint",
+    }  # fmt: skip
     for field in dataclasses.fields(Settings):
         name = "JANGTEO_" + renamed.get(field.name, field.name.upper())
         if field.name in special:
