@@ -10,17 +10,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import argon2
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
 from db.migrate import migrate
+from jangteo import app as app_module
 from jangteo.app import create_app
+from server.auth.passwords import PasswordHasher
 from server.embedded.process import free_port
 from server.embedded.redis import EmbeddedRedis
 from server.embedded.stack import EmbeddedStack
 from server.settings import Settings
 from tests import support
+from tests.cleanup import Schema, empty_tables
 from tests.support import (
     Client,
     ServerProcess,
@@ -36,6 +40,24 @@ TEST_REDIS_DB = 1 + os.getpid() % 15
 def _with_path(url: str, path: str) -> str:
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
+
+
+def quick_password_hasher() -> PasswordHasher:
+    """argon2id at a low cost, for the apps the tests build in this process.
+
+    At the library's defaults (64 MiB, three passes, four lanes) one hash takes a good part
+    of a second on two busy cores, and every app hashes once as it is built and again for
+    each account a test signs up. The hashes stay argon2id and verifying reads the cost
+    from the hash, so every path and every answer is the same.
+    """
+    return PasswordHasher(argon2.PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def quick_password_hashing() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(app_module, "PasswordHasher", quick_password_hasher)
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -103,13 +125,7 @@ async def clean_state(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     yield
     conn = await asyncpg.connect(database)
     try:
-        tables = await conn.fetch(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
-            "AND tablename <> 'schema_migrations'"
-        )
-        if tables:
-            names = ", ".join(f'"{row["tablename"]}"' for row in tables)
-            await conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+        await empty_tables(conn, await Schema.read(conn))
     finally:
         await conn.close()
     client = aioredis.Redis.from_url(redis_db_url)
