@@ -136,8 +136,8 @@ class EventStream(ClientConnection):
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _text(self, text: bytes, now: float) -> None:
-        """Every message ``text`` completes, to the fleet: one ``data`` line each (jangteo
-        writes one), ``id`` and comments skipped."""
+        """Every message ``text`` completes, to the fleet as a socket's frame: its ``data``
+        lines joined by LF (jangteo writes one), ``id`` and comments skipped."""
         if self.body:
             text = self.body + text
         if b"\r" in text:
@@ -145,9 +145,13 @@ class EventStream(ClientConnection):
         fleet = self.fleet
         pos = 0
         while (end := text.find(b"\n\n", pos)) >= 0:
+            data = None
             for line in text[pos:end].split(b"\n"):
                 if line.startswith(b"data:"):
-                    fleet.on_text(self, line[6:] if line[5:6] == b" " else line[5:], now)
+                    value = line[6:] if line[5:6] == b" " else line[5:]
+                    data = value if data is None else data + b"\n" + value
+            if data is not None:
+                fleet.on_text(self, data, now)
             pos = end + 2
         self.body = text[pos:]
 

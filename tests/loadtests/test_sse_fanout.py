@@ -94,6 +94,14 @@ async def test_the_client_counts_a_missed_event_and_a_repeated_one() -> None:
     assert (fleet.tallies["a"].events, fleet.gaps, fleet.repeats) == (3, 1, 1)
 
 
+async def test_a_message_of_several_data_lines_is_their_lines_joined() -> None:
+    split = b'data: {"op":"subscribed",\ndata: "channel":"listing:7","offset":10}\n\n'
+    body = [split, message(event(11, 10, 0), b"11")]
+    stream, fleet, _ = await read([HEAD + b"".join(chunk(part) for part in body)])
+    assert dict(fleet.ops) == {"subscribed": 1}
+    assert (fleet.tallies["a"].events, fleet.gaps, stream.last_offset) == (1, 0, 11)
+
+
 async def test_a_refused_stream_fails_its_opening_and_counts_nothing() -> None:
     answer = b"HTTP/1.1 401 Unauthorized\r\nContent-Type: application/problem+json\r\n\r\n{}"
     stream, fleet, wire = await read([answer])
