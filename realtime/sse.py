@@ -161,7 +161,10 @@ class EventStream:
 
     def deliver(self, event: Delivery) -> None:
         self.cursor[self.index[event.channel]] = event.offset
-        self._write(message(event.json, format_cursor(self.cursor)))
+        if len(self.cursor) == 1 and self.chunked:
+            self._send(_ONE_CHANNEL.message(event))  # the same bytes for every such stream
+        else:
+            self._write(message(event.json, format_cursor(self.cursor)))
 
     def send(self, frame: bytes) -> None:
         """An ephemeral frame (presence): it has no offset, so it moves no cursor."""
@@ -192,7 +195,10 @@ class EventStream:
     # -- writing -------------------------------------------------------------------------
 
     def _write(self, body: bytes) -> None:
-        self.writer.send(chunk(body) if self.chunked else body)
+        self._send(chunk(body) if self.chunked else body)
+
+    def _send(self, data: bytes) -> None:
+        self.writer.send(data)
         if self.writer.closed and self.closing is None:
             self._gone()  # the transport was closing: the peer went away
 
@@ -249,3 +255,23 @@ class EventStream:
                 self.presence.left(channel, self.user_id)
         self.joined.clear()
         self.writer.stop()
+
+
+class _LastEvent:
+    """The chunk of the event being delivered as every stream of one channel sends it (its
+    id is the event's offset): the hub hands an event to its streams one after another, so
+    it is framed once per event instead of once per stream."""
+
+    __slots__ = ("chunk", "event")
+
+    def __init__(self) -> None:
+        self.event: Delivery | None = None
+        self.chunk = b""
+
+    def message(self, event: Delivery) -> bytes:
+        if self.event is not event:
+            self.event, self.chunk = event, chunk(message(event.json, b"%d" % event.offset))
+        return self.chunk
+
+
+_ONE_CHANNEL = _LastEvent()
