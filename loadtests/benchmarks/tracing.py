@@ -6,8 +6,10 @@ one exports over OTLP/HTTP to a collector stand-in in this process that answers 
 every batch. wrk loads a cached ``GET /api/v1/listings/{id}`` (answered from the near
 cache, before the app's middlewares) and the first page of a region's feed (the general
 way: routing, middlewares, a server span and Redis spans when traced), each server in
-turn, ``--rounds`` times in alternating order. The machine may be shared: compare servers
-within a round, and read the spread over rounds as the noise.
+turn, ``--rounds`` times, each round starting with the next server. Each run gives
+requests/s and the server process's CPU time per request: on a machine shared with other
+work the second is the steadier, since it counts only what the server itself spent.
+Servers are compared within a round; the spread over rounds is the noise.
 
     python -m loadtests.benchmarks.tracing --before /tmp/before --rounds 6
 """
@@ -22,10 +24,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from loadtests.harness.processes import Server
 from loadtests.harness.stack import (
     create_listing,
     fetch,
@@ -35,7 +39,7 @@ from loadtests.harness.stack import (
     services,
     sign_up,
 )
-from loadtests.harness.tools import WRK_REPORT_LUA, Measurement, Target, alternate
+from loadtests.harness.tools import WRK_REPORT_LUA, Target, wrk
 
 DATABASE = "jangteo_bench_tracing"
 REGION = "seoul-mapo"
@@ -75,39 +79,82 @@ def warm(port: int, paths: list[str]) -> None:
         time.sleep(0.1)
 
 
-def table(rounds: list[list[Measurement]]) -> str:
-    """Requests/s of every run, by endpoint and server, with the median of the rounds."""
-    lines = ["| endpoint | server | requests/s by round | median | p99 ms (median) |"]
-    lines.append("| --- | --- | --- | --- | --- |")
+@dataclass(frozen=True, slots=True)
+class Run:
+    endpoint: str
+    server: str
+    requests_per_second: float
+    cpu_us_per_request: float
+    p99_ms: float
+
+
+def rounds_of(
+    targets: list[tuple[Target, Server]], lua: Path, args: argparse.Namespace
+) -> list[list[Run]]:
+    """Each target once per round, every round starting one target later than the last."""
+    runs: list[list[Run]] = [[] for _ in targets]
+    for number in range(args.rounds):
+        for step in range(len(targets)):
+            index = (number + step) % len(targets)
+            target, server = targets[index]
+            print(f"round {number + 1}: wrk {target.server} GET {target.endpoint}", flush=True)
+            load = {"threads": args.threads, "connections": args.connections}
+            wrk(target, lua, seconds=args.warmup, **load)
+            cpu = server.cpu_seconds()
+            measured = wrk(target, lua, seconds=args.duration, **load)
+            spent = server.cpu_seconds() - cpu
+            runs[index].append(
+                Run(
+                    target.endpoint,
+                    target.server,
+                    measured.requests_per_second,
+                    spent / max(1, measured.requests) * 1e6,
+                    measured.latency_ms["p99"],
+                )
+            )
+    return runs
+
+
+def table(rounds: list[list[Run]]) -> str:
+    """Per endpoint and server: requests/s and CPU per request, median and range."""
+    lines = [
+        "| endpoint | server | requests/s, median (range) | CPU µs/request, median (range) "
+        "| p99 ms, median |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for runs in rounds:
-        rps = [m.requests_per_second for m in runs]
-        p99 = statistics.median(m.latency_ms["p99"] for m in runs)
-        shown = ", ".join(f"{value:,.0f}" for value in rps)
+        rps = [run.requests_per_second for run in runs]
+        cpu = [run.cpu_us_per_request for run in runs]
+        p99 = statistics.median(run.p99_ms for run in runs)
         lines.append(
-            f"| {runs[0].endpoint} | {runs[0].server} | {shown} "
-            f"| {statistics.median(rps):,.0f} | {p99:.2f} |"
+            f"| {runs[0].endpoint} | {runs[0].server} "
+            f"| {statistics.median(rps):,.0f} ({min(rps):,.0f}-{max(rps):,.0f}) "
+            f"| {statistics.median(cpu):.0f} ({min(cpu):.0f}-{max(cpu):.0f}) | {p99:.2f} |"
         )
     return "\n".join(lines)
 
 
-def ratios(rounds: list[list[Measurement]], over: str, under: str) -> str:
-    """Per endpoint, ``over``/``under`` requests/s within each round: median (range)."""
-    by: dict[tuple[str, str], list[float]] = {
-        (runs[0].endpoint, runs[0].server): [m.requests_per_second for m in runs] for runs in rounds
-    }
+RATIOS = (("requests/s", "requests_per_second"), ("CPU/request", "cpu_us_per_request"))
+
+
+def ratios(rounds: list[list[Run]], over: str, under: str) -> str:
+    """Per endpoint, ``over``/``under`` within each round: median (range) of the rounds."""
+    by = {(runs[0].endpoint, runs[0].server): runs for runs in rounds}
     lines = []
     for endpoint in dict.fromkeys(endpoint for endpoint, _ in by):
         if (endpoint, over) not in by or (endpoint, under) not in by:
             continue
-        each = [a / b for a, b in zip(by[(endpoint, over)], by[(endpoint, under)], strict=True)]
-        lines.append(
-            f"{endpoint}: {over}/{under} {statistics.median(each):.3f}"
-            f" ({min(each):.3f}-{max(each):.3f} over {len(each)} rounds)"
-        )
+        pairs = list(zip(by[(endpoint, over)], by[(endpoint, under)], strict=True))
+        for what, field in RATIOS:
+            each = [getattr(a, field) / getattr(b, field) for a, b in pairs]
+            lines.append(
+                f"{endpoint}: {what} {over}/{under} {statistics.median(each):.3f}"
+                f" ({min(each):.3f}-{max(each):.3f} over {len(each)} rounds)"
+            )
     return "\n".join(lines)
 
 
-async def measure(args: argparse.Namespace, scratch: Path) -> list[list[Measurement]]:
+async def measure(args: argparse.Namespace, scratch: Path) -> list[list[Run]]:
     stack = services()
     commands: dict[str, Any] = {}
     lua = scratch / "report.lua"
@@ -115,7 +162,8 @@ async def measure(args: argparse.Namespace, scratch: Path) -> list[list[Measurem
     async with fresh_database(stack.admin_url, DATABASE) as url:
         base = serve_settings(url, stack.redis_url)
         with collector() as endpoint, ExitStack() as servers:
-            variants = {"off": base, "on": {**base, "JANGTEO_OTEL_ENDPOINT": endpoint}}
+            traced = {"JANGTEO_OTEL_ENDPOINT": endpoint, "JANGTEO_OTEL_SAMPLE_RATIO": args.ratio}
+            variants = {"off": base, "on": {**base, **traced}}
             if args.before is not None:
                 variants["before"] = {**base, "PYTHONPATH": str(args.before.resolve())}
             running = {
@@ -128,23 +176,26 @@ async def measure(args: argparse.Namespace, scratch: Path) -> list[list[Measurem
                 "cached /listings/{id}": f"/api/v1/listings/{listing_id}",
                 "feed first page": f"/api/v1/listings?region={REGION}",
             }
+            paths = {name: path for name, path in paths.items() if name.split()[0] in args.only}
             for server in running.values():
                 warm(server.port, list(paths.values()))
             targets = [
-                Target(endpoint_name, name, f"{server.url}{path}")
+                (Target(endpoint_name, name, f"{server.url}{path}"), server)
                 for endpoint_name, path in paths.items()
                 for name, server in running.items()
             ]
-            return alternate(
-                targets, lua, rounds=args.rounds, warmup=args.warmup, seconds=args.duration,
-                threads=args.threads, connections=args.connections,
-            )  # fmt: skip
+            return rounds_of(targets, lua, args)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m loadtests.benchmarks.tracing")
     parser.add_argument("--before", type=Path, default=None, help="a checkout without tracing")
     parser.add_argument("--rounds", type=int, default=6, help="alternating rounds")
+    parser.add_argument("--ratio", default="1", help="JANGTEO_OTEL_SAMPLE_RATIO when on")
+    parser.add_argument(
+        "--only", nargs="+", choices=("cached", "feed"), default=["cached", "feed"],
+        help="the reads to load",
+    )  # fmt: skip
     parser.add_argument("--duration", type=int, default=8, help="seconds per measured run")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load first")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
