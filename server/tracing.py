@@ -11,6 +11,7 @@ what is traced and what it costs.
 from __future__ import annotations
 
 import asyncio
+import re
 import warnings
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -22,7 +23,7 @@ from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrument
 from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
@@ -80,17 +81,42 @@ def sampler(ratio: float) -> Sampler:
     return ParentBased(root=RootSampler(ratio))
 
 
+class TicketRedactor(SpanProcessor):
+    """Socket and stream tickets travel in the query string (a browser's WebSocket cannot
+    send headers); a span records the URL, so the ticket is blanked as the span starts,
+    before anything can export it. Logs leave it out for the same reason."""
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        for key in URL_ATTRIBUTES:
+            value = span.attributes.get(key) if span.attributes else None
+            if isinstance(value, str) and "ticket=" in value:
+                span.set_attribute(key, _TICKET.sub(r"\1REDACTED", value))
+
+
+URL_ATTRIBUTES = ("http.url", "http.target", "url.full", "url.query")
+_TICKET = re.compile(r"((?:^|[?&])ticket=)[^&#]*")
+
+
+def tracer_provider(
+    ratio: float, exporting: SpanProcessor, service_name: str = "jangteo"
+) -> TracerProvider:
+    """A provider sampling as ``sampler(ratio)`` says, tickets blanked, then ``exporting``."""
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": service_name}), sampler=sampler(ratio)
+    )
+    provider.add_span_processor(TicketRedactor())
+    provider.add_span_processor(exporting)
+    return provider
+
+
 def tracer_provider_from(settings: Settings) -> TracerProvider | None:
     """The provider exporting over OTLP/HTTP to ``otel_endpoint``; None while it is unset."""
     if settings.otel_endpoint is None:
         return None
-    provider = TracerProvider(
-        resource=Resource.create({"service.name": settings.otel_service_name}),
-        sampler=sampler(settings.otel_sample_ratio),
-    )
     exporter = OTLPSpanExporter(endpoint=settings.otel_endpoint, timeout=EXPORT_TIMEOUT_S)
-    provider.add_span_processor(BatchSpanProcessor(exporter))
-    return provider
+    return tracer_provider(
+        settings.otel_sample_ratio, BatchSpanProcessor(exporter), settings.otel_service_name
+    )
 
 
 def traced_application(provider: TracerProvider, **options: Any) -> web.Application:

@@ -9,7 +9,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from server.tracing import sampler
+from server.tracing import tracer_provider
 
 
 @pytest.fixture
@@ -21,7 +21,6 @@ def exporter() -> InMemorySpanExporter:
 def provider(exporter: InMemorySpanExporter) -> Iterator[TracerProvider]:
     """A provider sampling as the server's does (every request), exporting each span as it
     ends; shared by every app a test starts, as the apps of one process would share it."""
-    provider = TracerProvider(sampler=sampler(1.0))
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider = tracer_provider(1.0, SimpleSpanProcessor(exporter))
     yield provider
     provider.shutdown()

@@ -61,6 +61,16 @@ def link_to(span: ReadableSpan, trace_id: int) -> dict[str, object]:
     return dict(link.attributes or {})
 
 
+def socket_spans(spans: Sequence[ReadableSpan]) -> list[ReadableSpan]:
+    return [
+        span
+        for span in spans
+        if span.kind is SpanKind.SERVER
+        and span.attributes is not None
+        and span.attributes.get("http.route") == "/api/v1/ws"
+    ]
+
+
 def instance_of(client: Client) -> str:
     app = client.app
     assert app is not None
@@ -173,6 +183,15 @@ async def test_one_patch_is_followed_to_the_sockets_of_both_instances(
         assert link_to(delivery, trace_id) == {CHANNEL: channel, OFFSET: offset}
     for ws in sockets:
         await ws.close()
+
+    # Each socket's request is a server span too, with its ticket blanked.
+    async def sockets_traced() -> bool:
+        return len(socket_spans(exporter.get_finished_spans())) == 2
+
+    await eventually(sockets_traced, "both sockets' server spans ended")
+    for span in socket_spans(exporter.get_finished_spans()):
+        assert span.attributes is not None
+        assert str(span.attributes["http.target"]) == "/api/v1/ws?ticket=REDACTED"
 
 
 async def test_with_tracing_off_nothing_is_recorded_and_rows_carry_no_context(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.trace import Link, SpanKind
 
@@ -122,3 +123,24 @@ def test_tracing_is_off_unless_an_endpoint_is_named() -> None:
 def test_bad_tracing_settings_are_refused(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
         Settings.from_env({name: value})
+
+
+@pytest.mark.parametrize(
+    ("url", "redacted"),
+    [
+        ("/api/v1/ws?ticket=abc-123_XYZ", "/api/v1/ws?ticket=REDACTED"),
+        ("http://h:1/api/v1/sse?channel=x&ticket=abc&since=3", None),
+        ("/api/v1/listings?region=seoul-mapo", "/api/v1/listings?region=seoul-mapo"),
+        ("/api/v1/listings?noticket=1", "/api/v1/listings?noticket=1"),
+    ],
+)
+def test_a_ticket_in_a_url_never_leaves_the_process(
+    provider: TracerProvider, exporter: InMemorySpanExporter, url: str, redacted: str | None
+) -> None:
+    tracer = provider.get_tracer(__name__)
+    with tracer.start_as_current_span("GET", kind=SpanKind.SERVER, attributes={"http.url": url}):
+        pass
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes is not None
+    expected = redacted or "http://h:1/api/v1/sse?channel=x&ticket=REDACTED&since=3"
+    assert span.attributes["http.url"] == expected
