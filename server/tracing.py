@@ -1,8 +1,9 @@
 """OpenTelemetry tracing, off unless ``JANGTEO_OTEL_ENDPOINT`` names an OTLP collector.
 
 On, each app gets the official aiohttp server middleware (a server span per request,
-continuing an incoming ``traceparent``) and the process gets the official asyncpg and Redis
-instrumentations (a client span per statement and command inside a traced span). The
+continuing an incoming ``traceparent``) behind a sampling gate of jangteo's own, which lets
+only requests that will be sampled reach it, and the process gets the official asyncpg and
+Redis instrumentations (a client span per statement and command inside a traced span). The
 realtime path adds spans of its own (realtime/tracing.py). Off, none of it is installed:
 no middleware, no patched client, nothing to check on any request. docs/tracing.md says
 what is traced and what it costs.
@@ -14,26 +15,35 @@ import asyncio
 import re
 import warnings
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
+from opentelemetry.instrumentation.aiohttp_server import (
+    AioHttpServerInstrumentor,
+    create_aiohttp_middleware,
+    getter,
+)
 from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 from opentelemetry.instrumentation.redis import RedisInstrumentor
+from opentelemetry.propagate import extract, get_global_textmap
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
+    Decision,
     ParentBased,
     Sampler,
     SamplingResult,
     TraceIdRatioBased,
 )
-from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace import Link, SpanKind, get_current_span
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import Attributes
 
@@ -102,7 +112,9 @@ def tracer_provider(
 ) -> TracerProvider:
     """A provider sampling as ``sampler(ratio)`` says, tickets blanked, then ``exporting``."""
     provider = TracerProvider(
-        resource=Resource.create({"service.name": service_name}), sampler=sampler(ratio)
+        resource=Resource.create({"service.name": service_name}),
+        sampler=sampler(ratio),
+        id_generator=GateTraceIds(),
     )
     provider.add_span_processor(TicketRedactor())
     provider.add_span_processor(exporting)
@@ -120,10 +132,19 @@ def tracer_provider_from(settings: Settings) -> TracerProvider | None:
 
 
 def traced_application(provider: TracerProvider, **options: Any) -> web.Application:
-    """A ``web.Application`` with the official server middleware as its outermost one.
+    """A ``web.Application`` whose outermost middleware is the sampling gate in front of
+    the official server middleware; ``provider`` must come from ``tracer_provider``."""
+    official = official_middleware(provider)
+    middlewares = [sampling_gate(provider, official), *options.pop("middlewares", ())]
+    return web.Application(middlewares=middlewares, **options)
 
-    The instrumentor replaces ``web.Application`` process-wide while it is on; it is on
-    only while this one app is made, so other apps of the process are left as they are.
+
+def official_middleware(provider: TracerProvider) -> Middleware:
+    """The official server middleware, tracing into ``provider``.
+
+    Instrumenting sets the instrumentation's own settings (excluded URLs, semantic
+    conventions, its request metrics) and replaces ``web.Application`` process-wide; the
+    middleware is taken and the class put back at once, so other apps are left as they are.
     """
     instrumentor = AioHttpServerInstrumentor()
     with warnings.catch_warnings():
@@ -131,9 +152,68 @@ def traced_application(provider: TracerProvider, **options: Any) -> web.Applicat
         warnings.filterwarnings("ignore", "Inheritance class", DeprecationWarning)
         instrumentor.instrument(tracer_provider=provider)
     try:
-        return web.Application(**options)
+        middleware: Middleware = create_aiohttp_middleware(provider)
     finally:
         instrumentor.uninstrument()
+    return middleware
+
+
+# The trace id the gate drew for a request it sends on as a new trace, until its span takes it.
+_drawn_trace_id: ContextVar[int | None] = ContextVar("jangteo_drawn_trace_id", default=None)
+
+
+class GateTraceIds(RandomIdGenerator):
+    """Trace ids as the SDK's default makes them, except that a request's server span gets
+    the id the sampling gate drew and decided on: the SDK's sampler, deciding again on the
+    same id, comes to the same answer, so the ratio is applied once, not twice."""
+
+    def draw(self) -> int:
+        """A fresh random trace id, never the one waiting for a span."""
+        return super().generate_trace_id()
+
+    def generate_trace_id(self) -> int:
+        drawn = _drawn_trace_id.get()
+        if drawn is None:
+            return self.draw()
+        _drawn_trace_id.set(None)  # one span, the request's, takes it
+        return drawn
+
+
+def sampling_gate(provider: TracerProvider, official: Middleware) -> Middleware:
+    """Sends a request through ``official`` only when its span would be recorded.
+
+    The official middleware builds its span's attributes (URL redacted and parsed, method
+    sanitized, route resolved) and updates its request metrics before the sampler decides:
+    about 120 µs of CPU per request, sampled or not. The gate asks the provider's own
+    sampler first, as the SDK would ask it: with the parent the official middleware would
+    extract (the propagators' headers, looked for first: none is the common case) and a
+    trace id drawn here, which a new trace then keeps (``GateTraceIds``). A request not
+    sampled goes straight to the app: no span object at all, so nothing is current in it,
+    as outside any request. The span's name and attributes are not known yet and not
+    passed; jangteo's sampler does not look at them.
+    """
+    ids = provider.id_generator
+    if not isinstance(ids, GateTraceIds):
+        raise TypeError("the sampling gate needs a provider made by tracer_provider()")
+    decide, fields = provider.sampler.should_sample, tuple(get_global_textmap().fields)
+
+    @web.middleware
+    async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        headers = request.headers
+        parent = extract(request, getter=getter) if any(f in headers for f in fields) else None
+        trace_id = ids.draw()
+        decision = decide(parent or Context(), trace_id, request.method, SpanKind.SERVER).decision
+        if decision is Decision.DROP:
+            return await handler(request)
+        if parent is not None and get_current_span(parent).get_span_context().is_valid:
+            return await official(request, handler)  # the parent's trace id is the span's
+        token = _drawn_trace_id.set(trace_id)
+        try:
+            return await official(request, handler)
+        finally:
+            _drawn_trace_id.reset(token)
+
+    return gate
 
 
 class ClientInstrumentation:
