@@ -55,6 +55,7 @@ bench: $(STAMP)
 	$(BIN)/python -m loadtests bench crowd
 	$(BIN)/python -m loadtests bench chat
 	$(BIN)/python -m loadtests bench scaling
+	$(BIN)/python -m loadtests bench tracing
 	$(BIN)/python -m loadtests report
 
 # Locust against two fresh instances of its own, then the invariant audit; exits non-zero

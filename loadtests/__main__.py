@@ -1,7 +1,7 @@
 """``python -m loadtests bench NAME [options]`` runs one benchmark; ``python -m loadtests
 report`` rebuilds BENCHMARKS.md's table from the results. ``make bench`` runs them all.
 
-Benchmarks: http, listings, purchase, realtime, crowd, chat, scaling, storm (``bench NAME
+Benchmarks: http, listings, purchase, realtime, crowd, chat, scaling, storm, tracing (``bench NAME
 --help`` lists each one's options). Each writes ``loadtests/results/<name>.json`` and
 ``<name>.png``.
 """
@@ -23,7 +23,9 @@ from loadtests.harness import report
 from loadtests.harness.processes import RESULTS, BenchError
 from loadtests.harness.results import save
 
-BENCHMARKS = ("http", "listings", "purchase", "realtime", "crowd", "chat", "scaling", "storm")
+BENCHMARKS = (
+    "http", "listings", "purchase", "realtime", "crowd", "chat", "scaling", "storm", "tracing",
+)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ DOCS = (ROOT / "BENCHMARKS.md", ROOT / "README.md")  # each holds the table betw
 START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
 SOURCES = (
     "http", "listings", "purchase", "purchase-spread", "realtime", "realtime-20k", "crowd",
-    "chat", "scaling", "storm",
+    "chat", "scaling", "storm", "tracing",
     "loadtest-latest",
 )  # fmt: skip
 BENCHMARKS_MD, README_MD = "BENCHMARKS.md", "README.md"
@@ -48,6 +48,14 @@ UNCACHED_COMPARISONS = {
 }
 # Their targets on the median of the per-round ratios: requests/s at least, p99 at most.
 UNCACHED_TARGETS = {"rps_vs_bare": 1.0, "rps_vs_fastapi": 1.3, "p99_vs_bare": 1.5}
+# bench tracing's reads and the sampling ratios of its traced variants.
+TRACING_CACHED, TRACING_FEED = "cached /listings/{id}", "feed first page"
+TRACING_RATIOS = (0.01, 1.0)
+
+
+def traced_variant(ratio: float) -> str:
+    """bench tracing's name of the variant traced at ``ratio``: on-1%, on-100%."""
+    return f"on-{ratio * 100:g}%"
 
 
 def dig(obj: Any, *keys: str | int) -> Any:
@@ -774,12 +782,64 @@ def crowd_rows(data: dict[str, Any]) -> list[Row]:
     ]  # fmt: skip
 
 
+def tracing_rows(data: dict[str, Any]) -> list[Row]:
+    """bench tracing: tracing off against the code before it on the cached read (no
+    measurable difference: the per-round ratios of CPU per request straddle 1), and the
+    feed read's CPU per request traced at each ratio beside off, both round by round."""
+    runs = {
+        (dig(each, 0, "endpoint"), dig(each, 0, "server")): each
+        for each in dig(data, "rounds") or []
+        if isinstance(each, list) and each
+    }
+
+    def cpu(endpoint: str, server: str) -> list[float | None]:
+        return [num(dig(run, "cpu_us_per_request")) for run in runs.get((endpoint, server)) or []]
+
+    def compared(r: Row, spread: RoundRatios | None) -> Row:
+        r["ratio"] = None if spread is None else spread.median
+        r["round_ratios"] = None if spread is None else list(spread.ratios)
+        r["ratio_text"] = "-" if spread is None else spread.text()
+        return r
+
+    def us(value: float | None, name: str = "") -> str | None:
+        return shown(f"{name}{{:.0f}} µs/request", value)
+
+    off, before = (
+        measured(data, TRACING_CACHED, s, "cpu_us_per_request") for s in ("off", "before")
+    )
+    spread = round_ratios(cpu(TRACING_CACHED, "off"), cpu(TRACING_CACHED, "before"))
+    rows = [compared(
+        row("cached GET /listings/{id} CPU per request, tracing off vs the code before it",
+            "no measurable difference: 1.00x inside the rounds' range", "tracing",
+            data if spread else {}, figure=off, reference=before,
+            ok=None if spread is None else spread.low <= 1.0 <= spread.high,
+            text=us(off), ref_text=us(before, "before tracing: "),
+            note="a difference smaller than the range of the per-round ratios is noise",
+            docs=(BENCHMARKS_MD,)),
+        spread)]  # fmt: skip
+    off = measured(data, TRACING_FEED, "off", "cpu_us_per_request")
+    ratios = [num(ratio) for ratio in dig(data, "load", "ratios") or TRACING_RATIOS]
+    for ratio in [ratio for ratio in ratios if ratio is not None]:
+        variant = traced_variant(ratio)
+        on = measured(data, TRACING_FEED, variant, "cpu_us_per_request")
+        spread = round_ratios(cpu(TRACING_FEED, variant), cpu(TRACING_FEED, "off"))
+        rows.append(compared(
+            row(f"feed first page CPU per request, tracing on ({ratio * 100:g}% sampled) vs off",
+                "shown beside tracing off, median of the rounds", "tracing",
+                data if spread else {}, figure=on, reference=off,
+                status="shown" if spread else None, text=us(on), ref_text=us(off, "off: "),
+                docs=(BENCHMARKS_MD,)),
+            spread))  # fmt: skip
+    return rows
+
+
 def main() -> None:
     data = {name: load(name) for name in SOURCES}
     rows = listing_rows(data["listings"]) + purchase_rows(data["purchase"], data["purchase-spread"])
     rows += realtime_rows(data["realtime"], data["realtime-20k"]) + crowd_rows(data["crowd"])
     rows += scaling_rows(data["scaling"])
     rows += storm_rows(data["storm"])
+    rows += tracing_rows(data["tracing"])
     counted = [r for r in rows if BENCHMARKS_MD in r["docs"]]
     report = {
         "targets": rows,
