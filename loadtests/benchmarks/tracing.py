@@ -292,6 +292,8 @@ def ratio_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
     if not ratios or any(not 0 < ratio <= 1 for ratio in ratios):
         raise argparse.ArgumentTypeError(f"each ratio must be in (0, 1]: {text!r}")
+    if len(set(ratios)) < len(ratios):
+        raise argparse.ArgumentTypeError(f"a ratio is named twice: {text!r}")
     return ratios
 
 

@@ -113,7 +113,7 @@ def test_the_result_names_its_ratios_and_its_failures() -> None:
     assert result.failures() == ["on-1% answered status errors on feed first page in round 2"]
 
 
-@pytest.mark.parametrize("text", ["0", "1.5", "-0.1", "half", "0.01,", ""])
+@pytest.mark.parametrize("text", ["0", "1.5", "-0.1", "half", "0.01,", "", "0.01,0.01"])
 def test_bad_sampling_ratios_are_refused(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         bench.ratio_list(text)
