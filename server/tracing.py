@@ -189,8 +189,8 @@ def sampling_gate(provider: TracerProvider, official: Middleware) -> Middleware:
     extract (the propagators' headers, looked for first: none is the common case) and a
     trace id drawn here, which a new trace then keeps (``GateTraceIds``). A request not
     sampled goes straight to the app: no span object at all, so nothing is current in it,
-    as outside any request. The span's name and attributes are not known yet and not
-    passed; jangteo's sampler does not look at them.
+    as outside any request. The span's attributes are not built for the gate's question
+    (the method stands in for the span's name): jangteo's sampler looks at neither.
     """
     ids = provider.id_generator
     if not isinstance(ids, GateTraceIds):
