@@ -747,3 +747,15 @@ async def test_rate_limit_counter_lives_in_redis(
     finally:
         await redis.aclose()
     assert (await login(client, email, "wrong password")).status == 401
+
+
+async def test_served_passwords_are_hashed_at_argon2ids_full_cost() -> None:
+    """The apps built in this process hash cheaply (tests/conftest.py); a served jangteo
+    builds its hasher with argon2's own defaults (RFC 9106, low memory)."""
+    stored = await PasswordHasher().hash("correct horse battery")
+    used = argon2.extract_parameters(stored)
+    full = argon2.profiles.RFC_9106_LOW_MEMORY
+    assert used.type is argon2.Type.ID
+    assert (used.time_cost, used.memory_cost, used.parallelism) == (
+        full.time_cost, full.memory_cost, full.parallelism,
+    )  # fmt: skip
