@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -216,16 +218,28 @@ class ApiSpec:
         return described
 
     def _schema(self, model: type[pydantic.BaseModel]) -> dict[str, str]:
-        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schema = _json_schema(model, "#/components/schemas/{model}")
         for name, definition in schema.pop("$defs", {}).items():
             self.schemas[name] = definition
         self.schemas[model.__name__] = schema
         return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
+def _json_schema(model: type[pydantic.BaseModel], ref_template: str) -> dict[str, Any]:
+    """A copy of the model's JSON schema, which callers may take apart."""
+    return copy.deepcopy(_generated_json_schema(model, ref_template))
+
+
+@functools.cache
+def _generated_json_schema(model: type[pydantic.BaseModel], ref_template: str) -> dict[str, Any]:
+    """Generated once per model in a process: pydantic builds it afresh at each call, and
+    every app a process builds (the test suite builds hundreds) describes the same models."""
+    return model.model_json_schema(ref_template=ref_template)
+
+
 def _query_parameters(model: type[pydantic.BaseModel]) -> list[dict[str, Any]]:
     """One parameter per field; an optional field is simply left out, never sent as null."""
-    schema = model.model_json_schema()
+    schema = _json_schema(model, pydantic.json_schema.DEFAULT_REF_TEMPLATE)
     required = set(schema.get("required", ()))
     parameters = []
     for name, field_schema in schema.get("properties", {}).items():
