@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from aiohttp import WSMsgType, web
 
 from db.queries.outbox import SESSIONS_CHANNEL
-from realtime import disconnect, tickets
+from realtime import disconnect
 from realtime.channels import ChannelRules
 from realtime.connection import Connection, Limits, OpHandler
 from realtime.event import Delivery
@@ -38,8 +38,10 @@ from realtime.session_states import SessionStates
 from realtime.sse import EventStream
 from realtime.sse_metrics import StreamMetrics
 from realtime.sse_request import parse_stream_request
+from realtime.tickets import TicketHolder, Tickets, derive_ticket_secret
 from server.errors import Forbidden, ServiceUnavailable, Unauthorized
 from server.middlewares import echo_request_id
+from server.redis_breaker import BreakerPool, RedisUnavailable
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,9 @@ class Gateway:
         self.settings = settings
         self.hub = hub
         self.redis = redis
+        self.tickets = Tickets(
+            redis, derive_ticket_secret(settings.jwt_secret), settings.ws_ticket_ttl
+        )
         self.pool = pool
         self.session_states = SessionStates(pool)
         self.metrics = metrics
@@ -102,14 +107,18 @@ class Gateway:
 
     # -- HTTP --------------------------------------------------------------------------
 
-    async def issue_ticket(self, user_id: int, session_id: uuid.UUID) -> str:
-        holder = tickets.TicketHolder(user_id, session_id)
-        return await tickets.issue_ticket(self.redis, holder, self.settings.ws_ticket_ttl)
+    def issue_ticket(self, user_id: int, session_id: uuid.UUID) -> str:
+        """A signed ticket (no Redis round trip); refused while Redis is known to be down,
+        since spending it at the upgrade needs Redis."""
+        pool = getattr(self.redis, "connection_pool", None)  # a cluster client has none
+        if isinstance(pool, BreakerPool) and pool.breaker is not None and pool.breaker.refusing:
+            raise RedisUnavailable("Redis cannot be reached: the ticket could not be spent")
+        return self.tickets.issue(TicketHolder(user_id, session_id))
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Check before the upgrade what can be refused with a status; the rest with a code."""
         self._admit(request, "sockets")
-        holder = await tickets.redeem_ticket(self.redis, request.query.get("ticket", ""))
+        holder = await self.tickets.redeem(request.query.get("ticket", ""))
         ws = web.WebSocketResponse(
             heartbeat=self.settings.ws_heartbeat,
             # aiohttp refuses a message of exactly max_msg_size; the limit is what is allowed.
@@ -159,7 +168,7 @@ class Gateway:
     async def open_stream(self, request: web.Request) -> web.StreamResponse:
         """An event stream: every refusal is a status, until the stream has started."""
         self._admit(request, "event streams")
-        holder = await tickets.redeem_ticket(self.redis, request.query.get("ticket", ""))
+        holder = await self.tickets.redeem(request.query.get("ticket", ""))
         if holder is None:
             raise Unauthorized(disconnect.BAD_TICKET.reason)
         asked = parse_stream_request(

@@ -68,7 +68,7 @@ async def ws_ticket(request: web.Request) -> web.Response:
     claims = await authenticate(request)
     settings = request.app[keys.settings_key]
     await limit_writes(request, claims.user_id)
-    ticket = await request.app[gateway_key].issue_ticket(claims.user_id, claims.session_id)
+    ticket = request.app[gateway_key].issue_ticket(claims.user_id, claims.session_id)
     out = TicketOut(ticket=ticket, expires_in=settings.ws_ticket_ttl)
     return json_response(out, status=201, headers={"Cache-Control": "no-store"})
 

@@ -39,7 +39,7 @@ from tests.realtime.test_gateway import (
     new_ticket,
     open_socket,
     published,
-    ticket_key,
+    until_expired,
     wait_published,
 )
 from tests.support import Account, Client, sign_up
@@ -148,12 +148,7 @@ async def test_an_expired_ticket_is_401(
     client = await make_client(settings.replace(ws_ticket_ttl=1))
     account = await sign_up(client)
     ticket = await new_ticket(client, account)
-    redis = client.app[gateway_key].redis
-
-    async def expired() -> bool:
-        return await redis.exists(ticket_key(ticket)) == 0
-
-    await eventually(expired, "the ticket expired in Redis")
+    await until_expired(client, ticket)
     status, body, _ = await refusal(client, stream_url(ticket, ["listing:1"]))
     assert (status, body["detail"]) == (401, BAD_TICKET)
     nothing_subscribed(client, "listing:1")
