@@ -91,17 +91,29 @@ class QueueConsumers:
             stream = self.settings.stream(partition)
             await self._ensure_group(stream)
             await self._claim_left_over(conn, partition, stream)
-            while True:
-                read: Any = await self.redis.xreadgroup(
-                    GROUP, self.instance, {stream: ">"}, count=self.settings.batch, block=BLOCK_MS
-                )
-                entries = read[0][1] if read else []  # [[stream, entries]] (RESP2)
-                if entries:
-                    await self._apply(conn, partition, stream, entries)
-                else:
-                    await conn.execute("SELECT 1")  # within the lock session's idle timeout
+            # The next batch is read while this one is applied: the log's order holds, as
+            # entries read but not applied stay pending for a successor, in order.
+            reading = asyncio.create_task(self._read(stream))
+            try:
+                while True:
+                    entries = await reading
+                    reading = asyncio.create_task(self._read(stream))
+                    if entries:
+                        await self._apply(conn, partition, stream, entries)
+                    else:
+                        await conn.execute("SELECT 1")  # within the lock session's idle timeout
+            finally:
+                reading.cancel()
+                with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+                    await reading
         finally:
             conn.terminate()
+
+    async def _read(self, stream: str) -> list[Entry]:
+        read: Any = await self.redis.xreadgroup(
+            GROUP, self.instance, {stream: ">"}, count=self.settings.batch, block=BLOCK_MS
+        )
+        return read[0][1] if read else []  # [[stream, entries]] (RESP2)
 
     async def _ensure_group(self, stream: str) -> None:
         try:
@@ -146,8 +158,10 @@ class QueueConsumers:
                 KEY_TTL,
             )
         ids = [entry_id for entry_id, _ in entries]
-        await self.redis.xack(stream, GROUP, *ids)
-        await self.redis.xdel(stream, *ids)
+        async with self.redis.pipeline(transaction=False) as pipe:  # one round trip
+            pipe.xack(stream, GROUP, *ids)
+            pipe.xdel(stream, *ids)
+            await pipe.execute()
 
 
 def _text(value: Any) -> str:

@@ -1,4 +1,5 @@
-"""The queue strategy's batch applied at once (db/migrations/0010_purchase_queue_batch.sql):
+"""The queue strategy's batch applied at once (db/migrations/0010_purchase_queue_batch.sql,
+0014_purchase_queue_lean.sql):
 each listing's row and each wallet written once per batch, locks in the global order,
 and every entry answered exactly as the per-entry function of 0009 answered it.
 
@@ -10,6 +11,7 @@ hold for both (the outcomes did not change) and the ones that differ show what d
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -19,6 +21,7 @@ import orjson
 import pytest
 
 from db.migrate import MIGRATIONS_DIR
+from db.queries.outbox import SLOTS, notify_channel
 from server.idempotency import KEY_TTL
 from server.settings import Settings
 from tests.orders_support import (
@@ -615,3 +618,45 @@ async def test_a_batch_looks_keys_up_by_index_after_the_tables_were_analyzed_emp
         before = await seq_scans(db, "idempotency_keys")
         await apply(db, BATCH, [log.entry(buyer.user_id, listing_id) for _ in range(20)])
         assert await seq_scans(db, "idempotency_keys") == before
+
+
+async def test_a_batch_wakes_the_relay_of_each_slot_it_wrote_to_once_after_its_commit(
+    db: asyncpg.Connection, database_url: str, settings: Settings
+) -> None:
+    """The outbox rows' trigger stays quiet inside a batch; the batch itself wakes the
+    relay's leader of every slot its events went to, once, when it commits."""
+    seller, *buyers = await quick_accounts(db, settings, 4, balance=10_000)
+    listings = [await new_listing(db, seller.user_id, price=10, stock=5) for _ in range(3)]
+    woken: list[int] = []
+    arrived = asyncio.Event()
+
+    def wake(slot: int, *_: object) -> None:
+        woken.append(slot)
+        arrived.set()
+
+    relay = await asyncpg.connect(database_url)
+    try:
+        for slot in range(SLOTS):
+            await relay.add_listener(notify_channel(slot), functools.partial(wake, slot))
+        log = Log()
+        entries = [log.entry(b.user_id, listing) for b in buyers for listing in listings]
+        async with db.transaction():
+            assert await apply(db, BATCH, entries) == len(entries)
+            await asyncio.sleep(0.2)
+            assert woken == []  # nothing before the commit
+        slots = {
+            slot
+            for (slot,) in await db.fetch(
+                "SELECT DISTINCT slot FROM outbox WHERE channel = ANY($1::text[])",
+                [f"listing:{listing}" for listing in listings]
+                + [f"user:{u}" for u in (seller.user_id, *(b.user_id for b in buyers))],
+            )
+        }
+        async with asyncio.timeout(WAIT_TIMEOUT):
+            while len(woken) < len(slots):
+                arrived.clear()
+                await arrived.wait()
+        await asyncio.sleep(0.2)  # nothing more comes
+        assert sorted(woken) == sorted(slots)
+    finally:
+        await relay.close()
