@@ -98,6 +98,7 @@ async def realtime_ctx(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     await gateway.session_states.close()
+    await gateway.tickets.close()
     await presence.close()
     await hub.close()
     await broker.close()

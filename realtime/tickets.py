@@ -4,7 +4,9 @@ Issuing a ticket costs no Redis round trip: the ticket itself carries the user, 
 session, its expiry and a random nonce, signed with HMAC-SHA256 under a key derived from
 the JWT secret (which every instance of a deployment shares), so any instance checks it.
 Redemption spends it with one ``SET NX`` of the nonce, kept a little longer than the
-ticket lives: on every instance, only the first redemption wins.
+ticket lives: on every instance, only the first redemption wins. Redemptions asked for
+while one round trip is out share the next (``Rounds``, one pipeline of ``SET NX``): a
+reconnect storm spends thousands of tickets in a few dozen round trips.
 
 The layout, before base64url (no padding): version (1 byte), user id (8), session id
 (16), expiry in epoch seconds (4), nonce (16), then the first 16 bytes of the HMAC-SHA256
@@ -16,16 +18,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import itertools
 import math
 import re
 import secrets
 import struct
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+
+from server.rounds import Rounds
 
 VERSION = 1
 _BODY = struct.Struct(">BQ16sI16s")  # version, user id, session id, expiry, nonce
@@ -60,6 +65,16 @@ def spent_key(nonce: bytes) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class _Spend:
+    """One redemption's ``SET NX``: ``attempt`` keeps two redemptions of the same ticket
+    apart when they fall into one round (the second then finds the nonce spent)."""
+
+    nonce: bytes
+    ttl: int
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
 class Ticket:
     """A ticket whose signature checked out (it may still be expired or spent)."""
 
@@ -82,6 +97,8 @@ class Tickets:
         self.secret = secret
         self.ttl = ttl
         self.clock = clock
+        self._attempts = itertools.count()
+        self._spends: Rounds[_Spend, bool] = Rounds(self._spend)
 
     def issue(self, holder: TicketHolder, *, issued_at: float | None = None) -> str:
         """A new ticket for ``holder``, good for ``ttl`` seconds from ``issued_at`` (now)."""
@@ -117,10 +134,21 @@ class Tickets:
         left = found.expires_at - self.clock()
         if left <= 0:
             return None
-        ttl = math.ceil(left) + CLOCK_SKEW_S
-        if not await self.redis.set(spent_key(found.nonce), b"1", ex=ttl, nx=True):
-            return None
-        return found.holder
+        spend = _Spend(found.nonce, math.ceil(left) + CLOCK_SKEW_S, next(self._attempts))
+        won = (await self._spends.ask((spend,)))[spend]
+        return found.holder if won else None
+
+    async def _spend(self, spends: frozenset[_Spend]) -> Mapping[_Spend, bool]:
+        ordered = sorted(spends, key=lambda spend: spend.attempt)  # the first asked wins
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for spend in ordered:
+                pipe.set(spent_key(spend.nonce), b"1", ex=spend.ttl, nx=True)
+            won = await pipe.execute()
+        return {spend: bool(first) for spend, first in zip(ordered, won, strict=True)}
+
+    async def close(self) -> None:
+        """Stop a round of redemptions in flight (at shutdown)."""
+        await self._spends.close()
 
     def _tag(self, body: bytes) -> bytes:
         return hmac.new(self.secret, body, hashlib.sha256).digest()[:_TAG_BYTES]
