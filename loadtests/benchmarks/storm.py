@@ -15,8 +15,9 @@ Reported: seconds from the kill until 99 % and 100 % of the apps were live again
 channel ``subscribed`` on the new socket); resume latency (upgrade start to the last
 ``subscribed``) and attempts per app; B's ``jangteo_hub_resumes_total`` by source (each
 ``log`` resume is one replay query; the goal is at most one per channel); 5xx answers and
-1013 closes the apps met; the audit. The run fails when the audit does, or when an app is
-not live again.
+1013 closes the apps met; the survivor's CPU per app until all were live, with and
+without (estimated) the live events it sent meanwhile; the audit. The run fails when the
+audit does, or when an app is not live again.
 """
 
 from __future__ import annotations
@@ -263,7 +264,9 @@ async def storm(
         recovery = await until_live(clients, scenario, killed.at)
         killed.survivor_cpu = survivor.cpu_seconds() - killed.survivor_cpu
         killed.tcp = {name: n - killed.tcp.get(name, 0) for name, n in tcp_counters().items()}
+        live_cpu = survivor.cpu_seconds()
         await asyncio.sleep(scenario.after)
+        after_cpu = survivor.cpu_seconds() - live_cpu
     finally:
         stop.set()
         published = await publishing
@@ -280,6 +283,9 @@ async def storm(
     return {
         "recovery": recovery_figures(replies, killed.at, recovery),
         "survivor_cpu_seconds_until_all_live": round(killed.survivor_cpu, 2),
+        "survivor_cpu": survivor_cpu(
+            replies, killed.at, recovery, killed.survivor_cpu, after_cpu, scenario.after
+        ),
         "machine_tcp_until_all_live": killed.tcp,
         "resumes": {
             "on": survivor.name,
@@ -456,6 +462,40 @@ async def until_caught_up(
         await asyncio.sleep(POLL_S)
 
 
+def survivor_cpu(
+    replies: Sequence[Mapping[str, Any]],
+    killed_at: float,
+    polled: Sequence[tuple[float, int]],
+    until_live: float,
+    after: float,
+    after_s: float,
+) -> dict[str, Any]:
+    """The survivor's CPU per app: all of it until every app was live, and without the live
+    events it sent meanwhile to the apps already back. Those are estimated at the rate of
+    the ``--after`` window (every app live) times the app-seconds live before the last
+    one was: what is left is the resumes' own cost (ticket, upgrade, subscribes, replays)."""
+    apps = [AppFigures(*figures) for reply in replies for figures in reply["apps"]]
+    if not apps or not polled:
+        return {}
+    end = polled[-1][0]
+    app_seconds = sum(
+        max(0.0, end - (app.live_at - killed_at))
+        for app in apps
+        if app.live and app.live_at > killed_at
+    )
+    per_app_second = after / after_s / len(apps) if after_s > 0 else None
+    fan_out = per_app_second * app_seconds if per_app_second is not None else None
+    return {
+        "seconds_until_all_live": round(until_live, 2),
+        "ms_per_app": round(1000 * until_live / len(apps), 3),
+        "seconds_per_s_all_live": round(after / after_s, 3) if after_s > 0 else None,
+        "live_app_seconds": round(app_seconds, 1),
+        "resume_ms_per_app": None
+        if fan_out is None
+        else round(1000 * (until_live - fan_out) / len(apps), 3),
+    }
+
+
 def recovery_figures(
     replies: Sequence[Mapping[str, Any]], killed_at: float, polled: Sequence[tuple[float, int]]
 ) -> dict[str, Any]:
@@ -531,6 +571,7 @@ class StormResult(Result):
             f"closes: {self.storm['answers']['closes']}",
             f"resumes on {self.storm['resumes']['on']}: {self.storm['resumes']['by_source']}",
             f"machine TCP counters, kill to all live: {self.storm['machine_tcp_until_all_live']}",
+            f"survivor CPU: {self.storm.get('survivor_cpu')}",
         ]
         return "\n".join(lines)
 

@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from loadtests.benchmarks.storm import Scenario, recovery_figures, status_of
+from loadtests.benchmarks.storm import Scenario, recovery_figures, status_of, survivor_cpu
 from loadtests.clients.storm import (
     NOT_LIVE,
     App,
@@ -312,6 +312,21 @@ def test_live_again_times_count_from_the_kill_and_an_app_never_back_leaves_100_p
     early = AppFigures(killed + 1.0, 0.01, 0.05, 2, 2, 2, killed - 3.0, True)
     figures = recovery_figures([reply(early)], killed, [])
     assert figures["dropped_before_kill"] == 1 and figures["dropped_more_than_once"] == 1
+
+
+def test_the_survivors_cpu_per_app_leaves_out_the_events_sent_to_apps_already_back() -> None:
+    killed = 1000.0
+    # Back 1 s and 3 s after the kill, the last look at 4 s: 3 + 1 = 4 app-seconds live.
+    back = [AppFigures(killed + s, 0.01, 0.05, 2, 2, 1, killed, True) for s in (1.0, 3.0)]
+    never = AppFigures(NOT_LIVE, 0.0, 0.0, 9, 1, 1, killed, False)
+    # 2 CPU s in the 5 s after, for 3 apps: 2 / 5 / 3 CPU s per app-second live.
+    figures = survivor_cpu([reply(*back, never)], killed, [(4.0, 2)], 3.0, 2.0, 5.0)
+    assert figures["ms_per_app"] == 1000.0 and figures["live_app_seconds"] == 4.0
+    assert figures["seconds_per_s_all_live"] == 0.4
+    assert figures["resume_ms_per_app"] == round(1000 * (3.0 - 2 / 5 / 3 * 4) / 3, 3)
+    no_after = survivor_cpu([reply(*back)], killed, [(4.0, 2)], 3.0, 0.0, 0.0)
+    assert no_after["resume_ms_per_app"] is None and no_after["ms_per_app"] == 1500.0
+    assert survivor_cpu([], killed, [], 3.0, 2.0, 5.0) == {}
 
 
 def storm_data(all_live: float | None, audit_ok: bool, log_reads: float) -> dict[str, Any]:
