@@ -52,7 +52,9 @@ def create_app(
     app[keys.settings_key] = settings
     app[keys.trusted_proxies_key] = parse_networks(settings.trusted_proxies)
     app[keys.metrics_key] = Metrics()
-    app[keys.password_hasher_key] = PasswordHasher()
+    app[keys.password_hasher_key] = (
+        PasswordHasher.cheap() if settings.cheap_password_hashes else PasswordHasher()
+    )
     app[keys.token_issuer_key] = TokenIssuer(settings)
     spec = ApiSpec(title="jangteo", version=API_VERSION)
     app[keys.api_spec_key] = spec

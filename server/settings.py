@@ -232,6 +232,7 @@ class Settings:
     redis_breaker_cooldown: float = 2.0  # seconds it fails fast before one call probes Redis
     shutdown_timeout: float = 10.0
     rate_limits_enabled: bool = setting(True, name="RATE_LIMITS")
+    cheap_password_hashes: bool = False  # argon2id at one pass over 1 MiB: test suites only
     rate_limit_auth_ip: RateLimit = RateLimit(30, 60)
     rate_limit_auth_email: RateLimit = RateLimit(10, 60)
     rate_limit_writes: RateLimit = RateLimit(120, 60)

@@ -10,15 +10,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-import argon2
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
 from db.migrate import migrate
-from jangteo import app as app_module
 from jangteo.app import create_app
-from server.auth.passwords import PasswordHasher
 from server.embedded.process import free_port
 from server.embedded.redis import EmbeddedRedis
 from server.embedded.stack import EmbeddedStack
@@ -40,24 +37,6 @@ TEST_REDIS_DB = 1 + os.getpid() % 15
 def _with_path(url: str, path: str) -> str:
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
-
-
-def quick_password_hasher() -> PasswordHasher:
-    """argon2id at a low cost, for the apps the tests build in this process.
-
-    At the library's defaults (64 MiB, three passes, four lanes) one hash takes a good part
-    of a second on two busy cores, and every app hashes once as it is built and again for
-    each account a test signs up. The hashes stay argon2id and verifying reads the cost
-    from the hash, so every path and every answer is the same.
-    """
-    return PasswordHasher(argon2.PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
-
-
-@pytest.fixture(scope="session", autouse=True)
-def quick_password_hashing() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(app_module, "PasswordHasher", quick_password_hasher)
-        yield
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,13 @@ Client: TypeAlias = "TestClient[web.Request, web.Application]"
 
 
 def make_settings(database_url: str, redis_url: str, **changes: Any) -> Settings:
-    """Settings for tests: fixed secret, generous rate limits unless a test narrows them."""
+    """Settings for tests: fixed secret, generous rate limits unless a test narrows them.
+
+    Passwords are hashed cheaply: at RFC 9106's cost one hash takes a good part of a second
+    on two busy cores, and every app hashes once as it is built and again for each account
+    a test signs up. Hashes stay argon2id and verifying reads the cost from the hash, so
+    every path and every answer is the same.
+    """
     base = Settings(
         data_dir=REPO_ROOT / ".data",
         database_url=database_url,
@@ -39,6 +45,7 @@ def make_settings(database_url: str, redis_url: str, **changes: Any) -> Settings
         rate_limit_writes=RateLimit(10_000, 60),
         access_log=False,
         pg_acquire_timeout=2.0,
+        cheap_password_hashes=True,
     )
     return base.replace(**changes)
 
@@ -175,7 +182,10 @@ def two_server_processes(
 
 
 def server_env(database_url: str, redis_url: str, **settings: str) -> dict[str, str]:
-    """A `jangteo serve` environment; ``settings`` are JANGTEO_ names without the prefix."""
+    """A `jangteo serve` environment; ``settings`` are JANGTEO_ names without the prefix.
+
+    Passwords are hashed cheaply, as in ``make_settings``.
+    """
     env = {
         "JANGTEO_DATABASE_URL": database_url,
         "JANGTEO_REDIS_URL": redis_url,
@@ -183,6 +193,7 @@ def server_env(database_url: str, redis_url: str, **settings: str) -> dict[str, 
         "JANGTEO_ACCESS_LOG": "off",
         "JANGTEO_RATE_LIMITS": "off",
         "JANGTEO_SHUTDOWN_TIMEOUT": "5",
+        "JANGTEO_CHEAP_PASSWORD_HASHES": "on",
     }
     env.update({f"JANGTEO_{name}": value for name, value in settings.items()})
     return env

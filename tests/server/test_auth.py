@@ -749,13 +749,23 @@ async def test_rate_limit_counter_lives_in_redis(
     assert (await login(client, email, "wrong password")).status == 401
 
 
-async def test_served_passwords_are_hashed_at_argon2ids_full_cost() -> None:
-    """The apps built in this process hash cheaply (tests/conftest.py); a served jangteo
-    builds its hasher with argon2's own defaults (RFC 9106, low memory)."""
-    stored = await PasswordHasher().hash("correct horse battery")
-    used = argon2.extract_parameters(stored)
-    full = argon2.profiles.RFC_9106_LOW_MEMORY
+def _cost_of_new_hashes(settings: Settings) -> argon2.Parameters:
+    hasher = create_app(settings)[keys.password_hasher_key]
+    used = argon2.extract_parameters(asyncio.run(hasher.hash(PASSWORD)))
     assert used.type is argon2.Type.ID
+    return used
+
+
+def test_passwords_are_hashed_at_argon2ids_full_cost_unless_cheap_hashes_are_asked_for() -> None:
+    """The tests ask for cheap hashes (tests/support.py); by default jangteo hashes with
+    argon2's own defaults (RFC 9106, low memory)."""
+    full = argon2.profiles.RFC_9106_LOW_MEMORY
+    used = _cost_of_new_hashes(Settings.from_env({"JANGTEO_JWT_SECRET": TEST_JWT_SECRET}))
     assert (used.time_cost, used.memory_cost, used.parallelism) == (
         full.time_cost, full.memory_cost, full.parallelism,
     )  # fmt: skip
+    cheap = Settings.from_env(
+        {"JANGTEO_JWT_SECRET": TEST_JWT_SECRET, "JANGTEO_CHEAP_PASSWORD_HASHES": "on"}
+    )
+    used = _cost_of_new_hashes(cheap)
+    assert (used.time_cost, used.memory_cost, used.parallelism) == (1, 1024, 1)
