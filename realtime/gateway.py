@@ -41,7 +41,7 @@ from realtime.sse_request import parse_stream_request
 from realtime.tickets import TicketHolder, Tickets, derive_ticket_secret
 from server.errors import Forbidden, ServiceUnavailable, Unauthorized
 from server.middlewares import echo_request_id
-from server.redis_breaker import BreakerPool, RedisUnavailable
+from server.redis_breaker import CLOSED, BreakerPool, RedisUnavailable
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -110,8 +110,7 @@ class Gateway:
     def issue_ticket(self, user_id: int, session_id: uuid.UUID) -> str:
         """A signed ticket (no Redis round trip); refused while Redis is known to be down,
         since spending it at the upgrade needs Redis."""
-        pool = getattr(self.redis, "connection_pool", None)  # a cluster client has none
-        if isinstance(pool, BreakerPool) and pool.breaker is not None and pool.breaker.refusing:
+        if _failing_fast(self.redis):
             raise RedisUnavailable("Redis cannot be reached: the ticket could not be spent")
         return self.tickets.issue(TicketHolder(user_id, session_id))
 
@@ -392,6 +391,16 @@ class _SessionListener:
 
     def send(self, frame: bytes) -> None:
         """Presence frames never come on this channel."""
+
+
+def _failing_fast(redis: aioredis.Redis) -> bool:
+    """Whether the client's breaker would refuse a call now (open, or its probe is out);
+    a cluster client's breakers are per node, and a ticket's node is not known here."""
+    pool = getattr(redis, "connection_pool", None)
+    breaker = pool.breaker if isinstance(pool, BreakerPool) else None
+    if breaker is None or not breaker.enabled or breaker.state == CLOSED:
+        return False
+    return breaker.clock() < breaker.until
 
 
 async def _builtin(connection: Connection, frame: ClientFrame) -> None:

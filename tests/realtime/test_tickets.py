@@ -202,6 +202,20 @@ async def test_a_ticket_is_refused_for_a_redis_it_cannot_reach(client: Client) -
     await ping(await connect(client, ticket))
 
 
+async def test_no_ticket_is_issued_while_the_redis_breaker_fails_fast(client: Client) -> None:
+    """A ticket could not be spent then: 503 with Retry-After, as any Redis failure."""
+    account = await sign_up(client)
+    breaker = client.app[gateway_key].redis.connection_pool.breaker
+    breaker.failed(timed_out=True)  # as after a call that waited out the Redis timeout
+    try:
+        response = await client.post(TICKET, headers=account.auth)
+        assert response.status == 503, await response.text()
+        assert response.headers["Retry-After"]
+    finally:
+        breaker.succeeded()
+    await ping(await connect(client, await new_ticket(client, account)))
+
+
 # -- across instances ------------------------------------------------------------------------
 
 
