@@ -240,3 +240,11 @@ async def check_invariants(db: asyncpg.Connection, listing_id: int, initial: int
     await check_money(db)
     await check_order_events(db)
     await check_listing_events(db, listing_id)
+
+
+async def seq_scans(db: asyncpg.Connection, table: str) -> int:
+    """Sequential scans of ``table`` by this backend's current transaction."""
+    scans: int = await db.fetchval(
+        "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = $1", table
+    )
+    return scans

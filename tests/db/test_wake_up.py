@@ -97,6 +97,7 @@ async def test_the_pool_wakes_the_relay_after_commit_and_survives_a_lost_connect
             conn["pid"]
             for conn in await admin.fetch(
                 "SELECT pid FROM pg_stat_activity WHERE application_name = 'jangteo'"
+                " AND datname = current_database()"
             )
         }
         assert len(pooled) == 2  # the pool's one connection and the waker's own
@@ -118,6 +119,7 @@ async def test_the_pool_wakes_the_relay_after_commit_and_survives_a_lost_connect
         await listening.close()
     left = await admin.fetchval(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'jangteo'"
+        " AND datname = current_database()"
     )
     await admin.close()
     assert left == 0  # closing the pool closed the waker's connection too

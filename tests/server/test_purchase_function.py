@@ -16,7 +16,7 @@ from server.listings.service import event_snapshot
 from server.orders.purchase import order_out
 from server.settings import Settings
 from tests.conftest import ClientFactory
-from tests.orders_support import check_money, listing_stock, quick_accounts
+from tests.orders_support import check_money, listing_stock, quick_accounts, seq_scans
 from tests.server.test_orders import bought, buy, new_listing
 
 WAIT_TIMEOUT = 20.0
@@ -132,3 +132,44 @@ async def until_waiting_for(db: asyncpg.Connection, pid: int) -> None:
             ):
                 return
             await asyncio.sleep(0.005)
+
+
+async def test_purchases_read_by_key_after_the_tables_were_analyzed_small(
+    db: asyncpg.Connection, settings: Settings
+) -> None:
+    """Statistics that say the stored responses are empty and the listings one page, and
+    a connection whose calls were all made then (as a pooled one keeps its plans): each
+    purchase still reads the stored response, the listing and the wallet by their index,
+    not by reading their tables whole."""
+    await db.execute("VACUUM ANALYZE idempotency_keys, listings, wallets")
+    seller, buyer = await quick_accounts(db, settings, 2, balance=100_000)
+    listing_id: int = await db.fetchval(
+        "INSERT INTO listings (seller_id, title, price, quantity, category, region)"
+        " VALUES ($1, 'Camping chair', 10, 1000, 'sports', 'seoul-mapo') RETURNING id",
+        seller.user_id,
+    )
+
+    async def buy_once(key: str) -> None:
+        await db.fetchrow(
+            "SELECT * FROM purchase_listing($1, $2, 1, 'atomic', NULL, 1, $3, '\\x00', 201, $4)",
+            buyer.user_id,
+            listing_id,
+            key,
+            timedelta(hours=1),
+        )
+
+    for n in range(10):  # more than the five calls after which a generic plan may be kept
+        await buy_once(f"early-{n}")
+    await db.execute(  # then the stored responses grow (many pages) before the next ANALYZE
+        "INSERT INTO idempotency_keys (user_id, key, fingerprint, status_code, response_body,"
+        " expires_at) SELECT $1, 'stored-' || g, '\\x00', 201, '\\x7b7d', now() + interval '1 day'"
+        " FROM generate_series(1, 5000) AS g",
+        buyer.user_id,
+    )
+    tables = ("idempotency_keys", "listings", "wallets")
+    async with db.transaction():
+        before = [await seq_scans(db, table) for table in tables]
+        for n in range(20):
+            await buy_once(f"late-{n}")
+        assert [await seq_scans(db, table) for table in tables] == before
+    assert await listing_stock(db, listing_id) == (970, "on_sale")

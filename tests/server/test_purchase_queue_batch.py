@@ -34,6 +34,7 @@ from tests.orders_support import (
     listing_stock,
     outbox_rows,
     quick_accounts,
+    seq_scans,
     snapshot,
 )
 from tests.server.test_purchase_function import until_waiting_for
@@ -586,14 +587,6 @@ async def state_written(db: asyncpg.Connection) -> dict[str, list[Any]]:
         "listings": [{**dict(row), "updated_at": None} for row in listings],
         "wallets": [tuple(row) for row in wallets],
     }  # fmt: skip
-
-
-async def seq_scans(db: asyncpg.Connection, table: str) -> int:
-    """Sequential scans of ``table`` by this backend's current transaction."""
-    scans: int = await db.fetchval(
-        "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = $1", table
-    )
-    return scans
 
 
 async def test_a_batch_looks_keys_up_by_index_after_the_tables_were_analyzed_empty(
