@@ -7,6 +7,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from db.read_batches import ReadBatches
 from server.auth.passwords import PasswordHasher
 from server.auth.revocations import SessionRevocations
 from server.auth.tokens import AccessClaims, TokenIssuer
@@ -23,6 +24,8 @@ from server.settings import Settings
 settings_key = web.AppKey("settings", Settings)
 trusted_proxies_key: web.AppKey[tuple[Network, ...]] = web.AppKey("trusted_proxies")
 pg_pool_key = web.AppKey("pg_pool", asyncpg.Pool)
+# Detail reads of listings by id, those of one loop turn in one statement.
+listing_reads_key: web.AppKey[ReadBatches[int, asyncpg.Record]] = web.AppKey("listing_reads")
 redis_key = web.AppKey("redis", aioredis.Redis)
 metrics_key = web.AppKey("metrics", Metrics)
 rate_limiter_key = web.AppKey("rate_limiter", RateLimiter)

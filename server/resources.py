@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections.abc import AsyncIterator
 
@@ -10,6 +11,8 @@ from aiohttp import web
 from prometheus_client import Gauge
 
 from db.pool import create_pool
+from db.queries.listings import listings_by_id
+from db.read_batches import ReadBatches
 from rediswire.codec import redis_database
 from server import keys
 from server.auth.revocations import SessionRevocations
@@ -37,6 +40,8 @@ async def pg_pool_ctx(app: web.Application) -> AsyncIterator[None]:
         statement_timeout=settings.pg_statement_timeout,
     )
     app[keys.pg_pool_key] = pool
+    listing_reads = ReadBatches(functools.partial(listings_by_id, pool))
+    app[keys.listing_reads_key] = listing_reads
     metrics = app[keys.metrics_key]
     gauge = Gauge(
         "jangteo_pg_pool_connections", "PostgreSQL pool connections", ["state"],
@@ -51,6 +56,7 @@ async def pg_pool_ctx(app: web.Application) -> AsyncIterator[None]:
     )  # fmt: skip
     waiting.set_function(pool.get_waiting)
     yield
+    await listing_reads.close()
     await pool.close()
 
 

@@ -58,6 +58,12 @@ async def listing_by_id(conn: Queryable, listing_id: int) -> asyncpg.Record | No
     return await conn.fetchrow(LISTING_SELECT + " WHERE l.id = $1", listing_id)
 
 
+async def listings_by_id(conn: Queryable, listing_ids: Sequence[int]) -> dict[int, asyncpg.Record]:
+    """The listings of ``listing_ids`` that exist, by id (one statement for all of them)."""
+    rows = await conn.fetch(LISTING_SELECT + " WHERE l.id = ANY($1::bigint[])", listing_ids)
+    return {row["id"]: row for row in rows}
+
+
 async def lock_listing(conn: Connection, listing_id: int) -> asyncpg.Record | None:
     """The listing's editable columns, row-locked until the transaction ends."""
     return await conn.fetchrow(

@@ -93,7 +93,7 @@ async def get_listing(request: web.Request) -> web.Response:
 
     async def build() -> bytes:
         try:
-            row = await service.get_listing(request.app[keys.pg_pool_key], listing_id)
+            row = await service.get_listing(request.app[keys.listing_reads_key], listing_id)
         except service.ListingNotFound:
             return b""  # cached too, so unknown ids do not reach PostgreSQL every time
         listing = listing_out(request.app[keys.photo_storage_key], row)

@@ -11,6 +11,7 @@ import asyncpg
 
 from db.queries import listings as queries
 from db.queries.outbox import Event, insert_events
+from db.read_batches import ReadBatches
 from server.cursors import decode_cursor, encode_cursor
 from server.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from server.listings.preconditions import IfMatch
@@ -58,9 +59,10 @@ async def create_listing(pool: asyncpg.Pool, seller_id: int, data: ListingCreate
     return row
 
 
-async def get_listing(pool: asyncpg.Pool, listing_id: int) -> asyncpg.Record:
-    """A visible listing; hidden ones are gone for everybody."""
-    row = await queries.listing_by_id(pool, listing_id)
+async def get_listing(reads: ReadBatches[int, asyncpg.Record], listing_id: int) -> asyncpg.Record:
+    """A visible listing; hidden ones are gone for everybody. Read with the other requests
+    of the same moment (``db/read_batches.py``)."""
+    row = await reads.get(listing_id)
     if row is None or row["status"] == "hidden":
         raise ListingNotFound()
     return row
