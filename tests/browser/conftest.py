@@ -7,7 +7,9 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 from playwright.async_api import Browser, async_playwright
+from pytest_asyncio import is_async_test
 
 from server.seed import seed
 from tests.browser.chromium import find_chromium, install_chromium
@@ -24,11 +26,17 @@ _INSTALL_LOG: list[str] = []
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Install Chromium before any test runs when browser tests are selected and it is
-    missing: apt-get can take longer than one test's timeout."""
+    missing: apt-get can take longer than one test's timeout. The browser tests run on the
+    session's event loop, the one the shared browser lives on."""
     here = Path(__file__).parent
-    if find_chromium() is None and any(here in item.path.parents for item in items):
+    browser_tests = [item for item in items if here in item.path.parents]
+    if find_chromium() is None and browser_tests:
         _, said = install_chromium()
         _INSTALL_LOG.append(said)
+    on_the_session_loop = pytest.mark.asyncio(loop_scope="session")
+    for item in browser_tests:
+        if is_async_test(item):
+            item.add_marker(on_the_session_loop, append=False)
 
 
 @pytest.fixture(scope="session")
@@ -45,8 +53,10 @@ def chromium_executable() -> str:
     return found
 
 
-@pytest.fixture
-async def browser(chromium_executable: str) -> AsyncIterator[Browser]:
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def shared_browser(chromium_executable: str) -> AsyncIterator[Browser]:
+    """One Chromium for the run: starting Playwright's driver and a browser costs about a
+    second each time. Tests are kept apart by browser contexts (see ``browser``)."""
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(
             executable_path=chromium_executable,
@@ -57,6 +67,15 @@ async def browser(chromium_executable: str) -> AsyncIterator[Browser]:
             yield launched
         finally:
             await launched.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def browser(shared_browser: Browser) -> AsyncIterator[Browser]:
+    """The shared browser; every context a test opens (its cookies, storage and pages) is
+    closed after it, so the next test starts from none."""
+    yield shared_browser
+    for context in shared_browser.contexts:
+        await context.close()
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import pytest_asyncio
 from playwright.async_api import Browser
 
 from realtime.disconnect import CloseCode, rule_for
@@ -44,7 +45,7 @@ def servers(browser_env: dict[str, str]) -> Iterator[list[ServerProcess]]:
         yield pair
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="session")
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
