@@ -26,6 +26,7 @@ from realtime.tickets import (
     derive_ticket_secret,
     spent_key,
 )
+from server.redis_breaker import BreakerPool
 from tests.realtime.test_gateway import (
     BAD_TICKET,
     TICKET,
@@ -205,7 +206,9 @@ async def test_a_ticket_is_refused_for_a_redis_it_cannot_reach(client: Client) -
 async def test_no_ticket_is_issued_while_the_redis_breaker_fails_fast(client: Client) -> None:
     """A ticket could not be spent then: 503 with Retry-After, as any Redis failure."""
     account = await sign_up(client)
-    breaker = client.app[gateway_key].redis.connection_pool.breaker
+    pool = client.app[gateway_key].redis.connection_pool
+    assert isinstance(pool, BreakerPool) and pool.breaker is not None
+    breaker = pool.breaker
     breaker.failed(timed_out=True)  # as after a call that waited out the Redis timeout
     try:
         response = await client.post(TICKET, headers=account.auth)
