@@ -52,7 +52,7 @@ async def test_a_lone_read_goes_out_at_once_and_unknown_keys_answer_none() -> No
 async def test_one_key_asked_twice_in_a_turn_is_read_once() -> None:
     reader = CountingReader()
     reads: ReadBatches[int, int] = ReadBatches(reader)
-    assert await asyncio.gather(reads.get(3), reads.get(3), reads.get(4)) == [6, 6, 8]
+    assert list(await asyncio.gather(reads.get(3), reads.get(3), reads.get(4))) == [6, 6, 8]
     assert reader.batches == [[3, 4]]
 
 
@@ -66,7 +66,7 @@ async def test_batches_do_not_wait_for_each_other() -> None:
     second = asyncio.ensure_future(reads.get(2))
     await asyncio.sleep(0.1)
     assert reader.batches == [[1], [2]]  # both out before the first answered
-    assert await asyncio.gather(first, second) == [2, 4]
+    assert list(await asyncio.gather(first, second)) == [2, 4]
 
 
 async def test_a_failed_batch_fails_each_of_its_callers_and_the_next_batch_reads() -> None:
