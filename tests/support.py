@@ -14,11 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
 
+import asyncpg
+import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from server.embedded.process import free_port, port_accepts
 from server.settings import RateLimit, Settings
+from tests.cleanup import Schema, empty_tables
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_JWT_SECRET = "test-secret-0123456789abcdef0123456789"
@@ -197,3 +200,18 @@ def server_env(database_url: str, redis_url: str, **settings: str) -> dict[str, 
     }
     env.update({f"JANGTEO_{name}": value for name, value in settings.items()})
     return env
+
+
+async def empty_state(database_url: str, redis_url: str) -> None:
+    """Every table of the database emptied (sequences restarted) and the Redis database
+    flushed: what the suite leaves after each test, for fixtures that keep state longer."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await empty_tables(conn, await Schema.read(conn))
+    finally:
+        await conn.close()
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.flushdb()
+    finally:
+        await client.aclose()

@@ -55,6 +55,9 @@ def run_loadtest(
             **SMALL_MARKET,
             "JANGTEO_LOAD_DATABASE": f"jangteo_loadtest_{os.getpid()}",
             "JANGTEO_LOAD_RECORDS_DIR": str(tmp_path / "run"),
+            # The instances it starts inherit this: every sign-up hashes a password, as
+            # does every start (tests.support.server_env does the same).
+            "JANGTEO_CHEAP_PASSWORD_HASHES": "on",
             **env,
         },
         capture_output=True,

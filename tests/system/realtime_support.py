@@ -147,6 +147,11 @@ async def open_socket(http: aiohttp.ClientSession, server: ServerProcess, user: 
     return Socket(ws)
 
 
+def own_channel(name: str) -> str:
+    """A feed channel no other test uses (instances shared by tests keep what they saw)."""
+    return f"feed:{name}-{uuid.uuid4().hex[:8]}"
+
+
 async def insert_events(database_url: str, channel: str, count: int, start: int = 0) -> None:
     """Commit ``count`` events on ``channel`` straight into the outbox, one per transaction."""
     conn = await asyncpg.connect(database_url)

@@ -1,4 +1,7 @@
-"""Chat between a buyer on one instance and the seller on another, over real processes."""
+"""Chat between a buyer on one instance and the seller on another, over real processes.
+
+The tests share the module's two instances (``shared_servers``); each chats in rooms of its
+own, between accounts of its own."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import pytest
 
 from tests.support import ServerProcess
 from tests.system.realtime_support import (
@@ -19,6 +23,11 @@ from tests.system.realtime_support import (
 )
 
 
+@pytest.fixture(autouse=True)
+def clean_state(emptied_after_module: None) -> None:
+    """The shared instances outlive each test: the state is emptied after the module."""
+
+
 async def _next_op(socket: Socket, op: str, **match: Any) -> dict[str, Any]:
     async with asyncio.timeout(15):
         while True:
@@ -28,9 +37,9 @@ async def _next_op(socket: Socket, op: str, **match: Any) -> dict[str, Any]:
 
 
 async def test_buyer_and_seller_on_two_instances_chat_both_ways_live(
-    two_servers: tuple[ServerProcess, ServerProcess],
+    shared_servers: tuple[ServerProcess, ServerProcess],
 ) -> None:
-    first, second = two_servers
+    first, second = shared_servers
     async with aiohttp.ClientSession() as http:
         seller = await sign_up(http, first)
         buyer = await sign_up(http, second)
@@ -62,9 +71,9 @@ async def test_buyer_and_seller_on_two_instances_chat_both_ways_live(
 
 
 async def test_one_client_id_sent_twenty_times_over_both_instances_is_stored_once(
-    two_servers: tuple[ServerProcess, ServerProcess], database_url: str
+    shared_servers: tuple[ServerProcess, ServerProcess], database_url: str
 ) -> None:
-    first, second = two_servers
+    first, second = shared_servers
     async with aiohttp.ClientSession() as http:
         seller = await sign_up(http, first)
         buyer = await sign_up(http, first)
@@ -85,7 +94,7 @@ async def test_one_client_id_sent_twenty_times_over_both_instances_is_stored_onc
         async def over_socket(socket: Socket) -> None:
             await socket.send(op="send", room=room, body="once", client_id=client_id)
 
-        rest = [over_rest(two_servers[n % 2]) for n in range(10)]
+        rest = [over_rest(shared_servers[n % 2]) for n in range(10)]
         ws = [over_socket(sockets[n % 2]) for n in range(10)]
         results = await asyncio.gather(*rest, *ws)
         acks = [await _next_op(socket, "ack") for socket in sockets for _ in range(5)]
@@ -98,9 +107,9 @@ async def test_one_client_id_sent_twenty_times_over_both_instances_is_stored_onc
 
 
 async def test_a_message_sent_while_the_seller_is_offline_arrives_by_resume_and_as_unread(
-    two_servers: tuple[ServerProcess, ServerProcess],
+    shared_servers: tuple[ServerProcess, ServerProcess],
 ) -> None:
-    first, second = two_servers
+    first, second = shared_servers
     async with aiohttp.ClientSession() as http:
         seller = await sign_up(http, first)
         buyer = await sign_up(http, second)
@@ -132,9 +141,9 @@ async def test_a_message_sent_while_the_seller_is_offline_arrives_by_resume_and_
 
 
 async def test_presence_shows_join_and_leave_across_instances_and_typing_expires(
-    two_servers: tuple[ServerProcess, ServerProcess],
+    shared_servers: tuple[ServerProcess, ServerProcess],
 ) -> None:
-    first, second = two_servers
+    first, second = shared_servers
     async with aiohttp.ClientSession() as http:
         seller = await sign_up(http, first)
         buyer = await sign_up(http, second)

@@ -1,41 +1,43 @@
 """Realtime across two real `jangteo serve` processes on one PostgreSQL and one Redis.
 
 What a client must see holds for both transports: the scenarios marked with ``transport``
-run over a socket and over an event stream."""
+run over a socket and over an event stream. The tests share the module's two instances
+(``shared_servers``): each uses accounts, listings and channels of its own. Tests that kill
+an instance or change its settings are in ``test_realtime_own_instances.py``."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import signal
 
 import aiohttp
 import asyncpg
 import pytest
 
-from tests.realtime.sse_support import insert_big_events
-from tests.support import PASSWORD, ServerProcess, start_servers, stop_servers
+from tests.support import PASSWORD, ServerProcess
 from tests.system.realtime_support import (
     User,
     committed_offsets,
     create_listing,
     insert_events,
-    metric,
     open_socket,
+    own_channel,
     set_price,
     sign_up,
 )
-from tests.system.transports import TRANSPORTS, Receivers, Transport
+from tests.system.transports import Receivers, Transport, each_transport
 
-each_transport = pytest.mark.parametrize("transport", TRANSPORTS)
+
+@pytest.fixture(autouse=True)
+def clean_state(emptied_after_module: None) -> None:
+    """The shared instances outlive each test: the state is emptied after the module."""
 
 
 @each_transport
 async def test_an_edit_through_one_instance_reaches_a_subscriber_on_the_other(
-    two_servers: tuple[ServerProcess, ServerProcess], transport: Transport
+    shared_servers: tuple[ServerProcess, ServerProcess], transport: Transport
 ) -> None:
-    first, second = two_servers
+    first, second = shared_servers
     async with aiohttp.ClientSession() as http, Receivers(http) as peers:
         seller = await sign_up(http, first)
         buyer = await sign_up(http, second)
@@ -65,9 +67,9 @@ async def test_an_edit_through_one_instance_reaches_a_subscriber_on_the_other(
 
 @each_transport
 async def test_logout_on_one_instance_closes_that_sessions_sockets_on_the_other(
-    two_servers: tuple[ServerProcess, ServerProcess], database_url: str, transport: Transport
+    shared_servers: tuple[ServerProcess, ServerProcess], database_url: str, transport: Transport
 ) -> None:
-    first, second = two_servers
+    first, second = shared_servers
     async with aiohttp.ClientSession() as http, Receivers(http) as peers:
         user = await sign_up(http, first)
         login = await http.post(
@@ -79,23 +81,24 @@ async def test_logout_on_one_instance_closes_that_sessions_sockets_on_the_other(
         })  # fmt: skip
         own = {f"user:{user.user_id}": None}
         doomed = await peers.open(first, user, transport, own)
-        kept = await peers.open(first, other_session, transport, {"feed:logout-test": None})
+        channel = own_channel("logout")
+        kept = await peers.open(first, other_session, transport, {channel: None})
 
         logout = await http.post(
             f"{second.url}/api/v1/auth/logout", json={"refresh_token": user.refresh_token}
         )
         assert logout.status == 204
         assert await doomed.wait_close() == 4401
-        await insert_events(database_url, "feed:logout-test", 1)
-        await kept.wait_events("feed:logout-test", 1)  # the other session's socket lives on
+        await insert_events(database_url, channel, 1)
+        await kept.wait_events(channel, 1)  # the other session's socket lives on
 
 
 @each_transport
 async def test_resume_on_the_other_instance_gets_exactly_the_missed_events(
-    two_servers: tuple[ServerProcess, ServerProcess], database_url: str, transport: Transport
+    shared_servers: tuple[ServerProcess, ServerProcess], database_url: str, transport: Transport
 ) -> None:
-    first, second = two_servers
-    channel = "feed:resume-test"
+    first, second = shared_servers
+    channel = own_channel("resume")
     async with aiohttp.ClientSession() as http, Receivers(http) as peers:
         user = await sign_up(http, first)
         socket = await peers.open(first, user, transport, {channel: None})
@@ -115,10 +118,10 @@ async def test_resume_on_the_other_instance_gets_exactly_the_missed_events(
 
 
 async def test_a_row_that_commits_late_is_delivered_and_a_resume_past_it_keeps_it(
-    two_servers: tuple[ServerProcess, ServerProcess], database_url: str
+    shared_servers: tuple[ServerProcess, ServerProcess], database_url: str
 ) -> None:
-    first, _ = two_servers
-    channel = "feed:late-commit"
+    first, _ = shared_servers
+    channel = own_channel("late-commit")
     async with aiohttp.ClientSession() as http:
         user = await sign_up(http, first)
         socket = await open_socket(http, first, user)
@@ -152,10 +155,10 @@ async def test_a_row_that_commits_late_is_delivered_and_a_resume_past_it_keeps_i
 
 
 async def test_an_idle_transaction_holding_an_xid_does_not_hold_events_back(
-    two_servers: tuple[ServerProcess, ServerProcess], database_url: str
+    shared_servers: tuple[ServerProcess, ServerProcess], database_url: str
 ) -> None:
-    first, _ = two_servers
-    channel = "feed:idle-xid"
+    first, _ = shared_servers
+    channel = own_channel("idle-xid")
     async with aiohttp.ClientSession() as http:
         user = await sign_up(http, first)
         socket = await open_socket(http, first, user)
@@ -172,43 +175,11 @@ async def test_an_idle_transaction_holding_an_xid_does_not_hold_events_back(
             await idle.close()
 
 
-async def test_the_relay_leader_killed_mid_stream_loses_and_doubles_nothing(
-    server_env: dict[str, str], database_url: str
-) -> None:
-    first, second = start_servers(ServerProcess(server_env), ServerProcess(server_env))
-    channel = "feed:failover"
-    try:
-        async with aiohttp.ClientSession() as http:
-            leader, follower = first, second
-            for _ in range(200):
-                if await metric(http, first, "jangteo_relay_leader") == 1.0:
-                    break
-                if await metric(http, second, "jangteo_relay_leader") == 1.0:
-                    leader, follower = second, first
-                    break
-                await asyncio.sleep(0.05)
-            user = await sign_up(http, follower)
-            socket = await open_socket(http, follower, user)
-            await socket.subscribe(channel)
-
-            writer = asyncio.create_task(insert_events(database_url, channel, 300))
-            await socket.wait_events(channel, 50)
-            assert leader.process is not None
-            os.kill(leader.process.pid, signal.SIGKILL)
-            await writer
-            await socket.wait_events(channel, 300, timeout=60)
-            assert await metric(http, follower, "jangteo_relay_leader") == 1.0
-            assert socket.offsets(channel) == await committed_offsets(database_url, channel)
-            assert [e["data"]["n"] for e in socket.events[channel]] == list(range(300))
-    finally:
-        stop_servers(first, second)
-
-
 async def test_clients_that_drop_and_resume_at_random_miss_nothing_and_see_nothing_twice(
-    two_servers: tuple[ServerProcess, ServerProcess], database_url: str
+    shared_servers: tuple[ServerProcess, ServerProcess], database_url: str
 ) -> None:
-    servers = two_servers
-    channels = [f"feed:random-{n}" for n in range(3)]
+    servers = shared_servers
+    channels = [own_channel(f"random-{n}") for n in range(3)]
     rng = random.Random(7)
     async with aiohttp.ClientSession() as http:
         user = await sign_up(http, servers[0])
@@ -274,10 +245,10 @@ async def test_clients_that_drop_and_resume_at_random_miss_nothing_and_see_nothi
 
 @each_transport
 async def test_a_resume_past_the_retention_window_gets_resync_and_the_rest_carries_on(
-    two_servers: tuple[ServerProcess, ServerProcess], database_url: str, transport: Transport
+    shared_servers: tuple[ServerProcess, ServerProcess], database_url: str, transport: Transport
 ) -> None:
-    first, second = two_servers
-    pruned, kept = "feed:resync-pruned", "feed:resync-kept"
+    first, second = shared_servers
+    pruned, kept = own_channel("resync-pruned"), own_channel("resync-kept")
     async with aiohttp.ClientSession() as http, Receivers(http) as peers:
         user = await sign_up(http, first)
         await insert_events(database_url, pruned, 3)
@@ -304,49 +275,3 @@ async def test_a_resume_past_the_retention_window_gets_resync_and_the_rest_carri
         await receiver.wait_events(kept, 2)
         assert receiver.offsets(kept) == await committed_offsets(database_url, kept)
         assert pruned not in receiver.events
-
-
-async def slow_closes(http: aiohttp.ClientSession, server: ServerProcess, name: str) -> float:
-    text = await (await http.get(f"{server.url}/metrics")).text()
-    for line in text.splitlines():
-        if line.startswith(name + '{reason="slow"} '):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
-@each_transport
-async def test_a_reader_that_stops_is_ended_with_1013_and_resumes_on_the_other_instance(
-    server_env: dict[str, str], database_url: str, transport: Transport
-) -> None:
-    env = {**server_env, "JANGTEO_WS_SEND_QUEUE": "4"}
-    first, second = start_servers(ServerProcess(env), ServerProcess(env))
-    channel = "feed:slow-reader"
-    closes = "jangteo_ws_closes_total" if transport == "websocket" else "jangteo_sse_closes_total"
-    try:
-        async with aiohttp.ClientSession() as http, Receivers(http) as peers:
-            user = await sign_up(http, first)
-            slow = await peers.open(first, user, transport, {channel: None})
-            reader = await peers.open(first, user, transport, {channel: None})
-            paused = slow.pause_reading()
-            conn = await asyncpg.connect(database_url)
-            try:
-                sent = 0
-                while await slow_closes(http, first, closes) < 1:
-                    sent += await insert_big_events(conn, channel, sent)
-                    await reader.wait_events(channel, sent)  # the other one keeps up
-                    assert sent < 4000, "the reader that stopped was never ended"
-            finally:
-                await conn.close()
-            paused.resume_reading()
-            assert await slow.wait_close(timeout=60) == 1013
-            expected = await committed_offsets(database_url, channel)
-            assert reader.offsets(channel) == expected
-            got = slow.offsets(channel)
-            assert 0 < len(got) < len(expected)
-            assert got == expected[: len(got)]  # a gapless prefix, so it resumes after it
-
-            resumed = await peers.open(second, user, transport, {channel: got[-1]})
-            await resumed.wait_events(channel, len(expected) - len(got))
-            assert got + resumed.offsets(channel) == expected
-    finally:
-        stop_servers(first, second)

@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 
 import aiohttp
 import orjson
+import pytest
 
 from tests.realtime.sse_support import READ_TIMEOUT_S, Stream, started
 from tests.support import ServerProcess
@@ -18,6 +19,7 @@ from tests.system.realtime_support import FRAME_TIMEOUT_S, Socket, User, open_so
 
 Transport = Literal["websocket", "sse"]
 TRANSPORTS: list[Transport] = ["websocket", "sse"]
+each_transport = pytest.mark.parametrize("transport", TRANSPORTS)
 JsonObject = dict[str, Any]
 
 
