@@ -2,8 +2,9 @@
 
 What a client must see holds for both transports: the scenarios marked with ``transport``
 run over a socket and over an event stream. The tests share the module's two instances
-(``shared_servers``): each uses accounts, listings and channels of its own. Tests that kill
-an instance or change its settings are in ``test_realtime_own_instances.py``."""
+(``shared_servers``): each uses accounts, listings and channels of its own. The relay's
+leader killed is in ``test_relay_failover.py``, a reader ended for falling behind (a
+smaller send queue) in ``test_realtime_slow_readers.py``."""
 
 from __future__ import annotations
 
