@@ -12,7 +12,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
-import redis.asyncio as aioredis
 
 from db.migrate import migrate
 from jangteo.app import create_app
@@ -21,10 +20,10 @@ from server.embedded.redis import EmbeddedRedis
 from server.embedded.stack import EmbeddedStack
 from server.settings import Settings
 from tests import support
-from tests.cleanup import Schema, empty_tables
 from tests.support import (
     Client,
     ServerProcess,
+    empty_state,
     make_settings,
     two_server_processes,
 )
@@ -102,16 +101,7 @@ async def clean_state(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     database = request.getfixturevalue("database_url")
     redis_db_url = request.getfixturevalue("redis_url")
     yield
-    conn = await asyncpg.connect(database)
-    try:
-        await empty_tables(conn, await Schema.read(conn))
-    finally:
-        await conn.close()
-    client = aioredis.Redis.from_url(redis_db_url)
-    try:
-        await client.flushdb()
-    finally:
-        await client.aclose()
+    await empty_state(database, redis_db_url)
 
 
 @pytest.fixture
