@@ -6,6 +6,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -22,6 +23,7 @@ from realtime.writer import SocketWriter
 
 log = logging.getLogger(__name__)
 
+_NO_CHANNELS: frozenset[str] = frozenset()
 CLOSE_TIMEOUT_S = 5.0  # a peer that does not take our close frame in time is cut off
 
 
@@ -39,9 +41,9 @@ OpHandler = Callable[["Connection", ClientFrame], Awaitable[None]]
 class Connection:
     # Slots: a process holds tens of thousands of these, mostly idle.
     __slots__ = (
-        "allowance", "bad_frames", "channels", "closing", "expires_at", "hub", "last_typing",
-        "limits", "loop", "metrics", "ops", "presence", "rules", "session_id", "stamp",
-        "transport", "user_id", "writer", "ws",
+        "allowance", "bad_frames", "closing", "expires_at", "hub", "last_typing", "limits", "loop",
+        "metrics", "ops", "presence", "rules", "session_id", "stamp", "subscribed", "transport",
+        "user_id", "writer", "ws",
     )  # fmt: skip
 
     def __init__(
@@ -68,8 +70,10 @@ class Connection:
         self.ops = ops
         self.metrics = metrics
         self.presence = presence
-        self.writer = SocketWriter(transport, limits.send_queue, self._too_slow, self._resynced)
-        self.channels: set[str] = set()
+        self.writer = SocketWriter(transport, limits.send_queue, self)
+        # Made on the first subscribe: an empty set is 216 bytes, and most sockets of a
+        # process may be idle.
+        self.subscribed: set[str] | None = None
         self.bad_frames = 0
         self.loop = asyncio.get_running_loop()
         self.allowance = 2 * limits.frames_per_second  # token bucket: bursts of 2 s worth
@@ -77,6 +81,11 @@ class Connection:
         self.closing: asyncio.Task[None] | None = None
         self.expires_at = float("inf")  # the session's end (epoch seconds), checked by a sweep
         self.last_typing: dict[str, float] | None = None  # made on the first typing frame
+
+    @property
+    def channels(self) -> AbstractSet[str]:
+        """The channels this socket is subscribed to."""
+        return _NO_CHANNELS if self.subscribed is None else self.subscribed
 
     # -- reading -----------------------------------------------------------------------
 
@@ -141,14 +150,16 @@ class Connection:
             log.warning("authorize failed", extra={"channel": channel, "error": repr(error)})
             self.send(frames.error("unavailable", "try again shortly", channel))
             return
-        self.channels.add(channel)
+        if self.subscribed is None:
+            self.subscribed = set()
+        self.subscribed.add(channel)
         try:
             await self.hub.join(channel, self.writer, frame.since, self._subscribed(channel))
         except ResyncNeeded as error:
-            self.channels.discard(channel)
+            self._drop(channel)
             self.send(frames.error("resync", str(error), channel))
         except TRANSIENT_ERRORS as error:
-            self.channels.discard(channel)
+            self._drop(channel)
             log.warning("subscribe failed", extra={"channel": channel, "error": repr(error)})
             self.send(frames.error("unavailable", "try again shortly", channel))
             return
@@ -160,17 +171,21 @@ class Connection:
             frames.control("subscribed", channel=channel, offset=offset)
         )
 
-    def _resynced(self, channel: str) -> None:
+    def resynced(self, channel: str) -> None:
         """The hub dropped this socket from ``channel`` (events it cannot chain)."""
         if channel in self.channels:
-            self.channels.discard(channel)
+            self._drop(channel)
             if self.presence is not None:
                 self.presence.left(channel, self.user_id)
         self.send(frames.error("resync", "events were lost; reload and subscribe again", channel))
 
+    def _drop(self, channel: str) -> None:
+        if self.subscribed is not None:
+            self.subscribed.discard(channel)
+
     def _unsubscribe(self, channel: str) -> None:
         if channel in self.channels:
-            self.channels.discard(channel)
+            self._drop(channel)
             self.hub.leave(channel, self.writer)
             if self.presence is not None:
                 self.presence.left(channel, self.user_id)
@@ -180,7 +195,7 @@ class Connection:
     def send(self, frame: bytes) -> None:
         self.writer.send(frame)
 
-    def _too_slow(self) -> None:
+    def too_slow(self) -> None:
         self.close_soon(disconnect.TOO_SLOW)
 
     def close_soon(self, why: Disconnect) -> None:

@@ -84,7 +84,7 @@ class EventStream:
         self.rules = rules
         self.metrics = metrics
         self.presence = presence
-        self.writer = SocketWriter(transport, send_queue, self._too_slow)
+        self.writer = SocketWriter(transport, send_queue, self)
         self.joined: set[str] = set()
         self.joins: list[asyncio.Task[None]] = []
         self.response = web.StreamResponse(status=200, headers=HEADERS)
@@ -210,7 +210,10 @@ class EventStream:
 
     # -- ending --------------------------------------------------------------------------
 
-    def _too_slow(self) -> None:
+    def resynced(self, channel: str) -> None:
+        self.resync(channel)
+
+    def too_slow(self) -> None:
         self.close_soon(disconnect.TOO_SLOW)
 
     def _gone(self) -> None:

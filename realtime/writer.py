@@ -6,7 +6,7 @@ from Redis in one go) are written together at the end of that turn, one write fo
 them instead of one per frame. A lone event is never held back. When
 the transport's buffer is past its high-water mark, frames wait in a bounded queue that a
 writer task of this socket drains as the peer reads; when the queue is full the peer is
-too slow, and ``on_overflow`` closes it (1013): it resumes later with ``since``. So one
+too slow, and its owner closes it (1013): it resumes later with ``since``. So one
 slow client never delays the others, and its memory is bounded by the queue.
 """
 
@@ -15,13 +15,25 @@ from __future__ import annotations
 import asyncio
 import collections
 import weakref
-from collections.abc import Callable
+from typing import Protocol
 
 from realtime.event import Delivery
 
 HIGH_WATER = 64 * 1024  # bytes buffered in the transport before frames queue up
 LOW_WATER = 16 * 1024  # the queue is drained again once the buffer is below this
 DRAIN_POLL_S = 0.005
+
+
+class WriterOwner(Protocol):
+    """What a writer tells the socket or stream it writes for. (The owner itself, not
+    callbacks bound to it: two bound methods per socket are 128 bytes, and a process holds
+    tens of thousands of sockets.)"""
+
+    def too_slow(self) -> None:
+        """The queue is full: the peer does not keep up."""
+
+    def resynced(self, channel: str) -> None:
+        """The hub dropped this writer from ``channel`` (events it cannot chain)."""
 
 
 class _Flusher:
@@ -57,21 +69,19 @@ def _flusher() -> _Flusher:
 
 class SocketWriter:
     __slots__ = (
-        "closed", "flusher", "gathered", "gathered_bytes", "limit", "on_overflow", "on_resync",
-        "queue", "task", "transport",
+        "closed", "flusher", "gathered", "gathered_bytes", "limit", "owner", "queue", "task",
+        "transport",
     )  # fmt: skip
 
     def __init__(
         self,
         transport: asyncio.BaseTransport,
         limit: int,
-        on_overflow: Callable[[], None],
-        on_resync: Callable[[str], None] | None = None,
+        owner: WriterOwner,
     ) -> None:
         self.transport: asyncio.WriteTransport = transport  # type: ignore[assignment]
         self.limit = limit
-        self.on_overflow = on_overflow
-        self.on_resync = on_resync
+        self.owner = owner
         self.queue: collections.deque[bytes] | None = None  # made when the peer falls behind
         self.task: asyncio.Task[None] | None = None
         self.closed = False
@@ -84,8 +94,7 @@ class SocketWriter:
         self.send(event.frame)
 
     def resync(self, channel: str) -> None:
-        if self.on_resync is not None:
-            self.on_resync(channel)
+        self.owner.resynced(channel)
 
     @property
     def backlogged(self) -> bool:
@@ -106,7 +115,7 @@ class SocketWriter:
         if queue:  # older frames wait: keep the order
             if len(queue) >= self.limit:
                 self.stop()
-                self.on_overflow()
+                self.owner.too_slow()
                 return
             queue.append(frame)
             return

@@ -62,11 +62,18 @@ class FakeTransport(asyncio.WriteTransport):
 
 
 class Overflows:
+    """A writer's owner that counts the times it was told its peer is too slow, and
+    remembers the channels it was told to resync."""
+
     def __init__(self) -> None:
         self.calls = 0
+        self.resyncs: list[str] = []
 
-    def __call__(self) -> None:
+    def too_slow(self) -> None:
         self.calls += 1
+
+    def resynced(self, channel: str) -> None:
+        self.resyncs.append(channel)
 
 
 def frame(n: int, size: int = 100) -> bytes:
@@ -200,7 +207,7 @@ async def test_the_queue_waits_for_the_low_water_mark_and_refills_only_to_high_w
     assert not writer.queue
 
 
-async def test_overflow_at_the_limit_calls_on_overflow_once_and_stops(
+async def test_overflow_at_the_limit_tells_the_owner_once_and_stops(
     transport: FakeTransport,
 ) -> None:
     overflow = Overflows()
@@ -279,3 +286,10 @@ async def test_a_transport_closing_while_frames_wait_stops_the_drain(
     assert transport.writes == []
     assert transport.writes_while_closing == []
     assert overflow.calls == 0
+
+
+async def test_a_resync_from_the_hub_reaches_the_owner() -> None:
+    owner = Overflows()
+    writer = SocketWriter(FakeTransport(), 10, owner)
+    writer.resync("listing:1")
+    assert owner.resyncs == ["listing:1"] and owner.calls == 0
