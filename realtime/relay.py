@@ -6,9 +6,10 @@ column) and so to one of ``relay_config.partitions`` partitions (slot modulo the
 relay holding that partition's PostgreSQL advisory lock on a connection of its own. Every
 instance runs an ``OutboxRelay``; it keeps one ``PartitionLeader`` per partition, each
 leading or waiting in line for its lock, so when a leader dies (its connection closes)
-another instance takes that partition over at once. Leadership spreads: an instance that
-leads more than its share (partitions / instances with a relay, rounded up) hands its
-highest partition to an instance waiting for it, one at a time.
+another instance takes that partition over within a tenth of a second (one in line asks
+for the lock; it never waits inside PostgreSQL: see ``take_when_free``). Leadership
+spreads: an instance that leads more than its share (partitions / instances with a relay,
+rounded up) hands its highest partition to an instance waiting for it, one at a time.
 
 A partition's leader wakes on NOTIFY for one of its slots (sent after commit) or after a
 slow poll, takes the partition's committed rows that have no position yet, gives them
@@ -62,7 +63,12 @@ import asyncpg
 from opentelemetry import trace
 from redis.exceptions import RedisError
 
-from db.lock_session import lock_session_settings, set_socket_keepalive
+from db.lock_session import (
+    lock_session_settings,
+    set_socket_keepalive,
+    take_when_free,
+    waiting_in_line,
+)
 from db.pool import connect
 from db.queries import relay as queries
 from db.queries.outbox import notify_channel
@@ -78,7 +84,6 @@ PRUNE_EVERY_S = 60.0
 PRUNE_CHUNK = 5000
 RETRY_DELAY_S = 0.5
 FLUSH_TIMEOUT_S = 5.0  # at shutdown, a leader's last publish may take this long
-IN_LINE_CHECK_S = 0.1  # a relay in line for a lock checks this often that it can publish
 HAND_OVER_EVERY_S = 2.0  # an instance over its share gives away one partition this often
 CAUGHT_UP_EVERY_S = 1.0  # a leader records that it is caught up at most this often
 _CONNECTION_ERRORS = (
@@ -264,34 +269,22 @@ class PartitionLeader:
 
     async def _someone_waits(self, conn: asyncpg.Connection) -> bool:
         """Whether a relay that can publish waits for this lock (only those wait in line)."""
-        waiting = await conn.fetchval(
-            queries.WAITERS,
-            queries.RELAY_LOCK_CLASS,
-            self.partition,
-            timeout=self.settings.lock_timeout,
-        )
-        return bool(waiting)
+        in_line = (queries.RELAY_LINE_CLASS, self.partition)
+        return bool(await waiting_in_line(conn, in_line, self.settings.lock_timeout))
 
     async def _take_lock(self, conn: asyncpg.Connection) -> bool:
         key = (queries.RELAY_LOCK_CLASS, self.partition)
         if self.broker.healthy:
-            # Blocks until the current leader's connection goes away. The session is
-            # active meanwhile, so idle_session_timeout does not end it; keepalives apply.
-            waiting = asyncio.ensure_future(
-                conn.execute("SELECT pg_advisory_lock($1, $2)", *key, timeout=None)
+            # In line until the current leader's connection goes away; only a relay that
+            # can publish waits in line, so it leaves the line when it cannot.
+            taken = await take_when_free(
+                conn,
+                key,
+                keep_waiting=lambda: not self.stopping and self.broker.healthy,
+                in_line=(queries.RELAY_LINE_CLASS, self.partition),
+                statement_timeout=self.settings.lock_timeout,
             )
-            # Whoever ends the wait (a cancel, a closed connection), its outcome is read.
-            waiting.add_done_callback(lambda done: done.cancelled() or done.exception())
-            while not waiting.done():
-                await asyncio.wait([waiting], timeout=IN_LINE_CHECK_S)
-                if not waiting.done() and (self.stopping or not self.broker.healthy):
-                    # Only a relay that can publish waits in line: leave it.
-                    waiting.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, *_CONNECTION_ERRORS):
-                        await waiting
-                    return False
-            await waiting
-            if self.stopping:
+            if not taken or self.stopping:
                 return False
             # Lost Redis just as it got the lock: the next in line can publish.
             return self.broker.healthy or not await self._someone_waits(conn)

@@ -17,6 +17,8 @@ from db.queries.outbox import SLOTS
 # Advisory lock keys (two int4 form): (RELAY_LOCK_CLASS, partition) is a partition's
 # leadership. Advisory locks are per database.
 RELAY_LOCK_CLASS = 0x6A746F72  # "jtor"
+# (RELAY_LINE_CLASS, partition), held shared: a relay that can publish waits for the lock.
+RELAY_LINE_CLASS = 0x6A746F6C  # "jtol"
 CONFIG_NOTIFY_CHANNEL = "jangteo_relay_config"
 MAX_PARTITIONS = SLOTS  # a partition is a set of whole slots: the count divides SLOTS
 
@@ -96,12 +98,6 @@ CAUGHT_UP = """
 UPDATE relay_partitions SET published_through = relay_last_position()
 WHERE generation = $1 AND partition = $2 AND published_through < relay_last_position()
 RETURNING published_through
-"""
-# Relays waiting in line for a partition's lock (only those that can publish wait).
-WAITERS = """
-SELECT count(*) FROM pg_locks
-WHERE locktype = 'advisory' AND classid = $1 AND objid = $2 AND objsubid = 2 AND NOT granted
-  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
 """
 # Instances with a relay connected to this database (each names its lock sessions).
 RELAY_INSTANCES = """

@@ -2,13 +2,14 @@
 
 Every instance runs a candidate for every partition; the one holding the partition's
 advisory lock (on a lock session of its own, which ends when its holder stays silent for
-``LOCK_TIMEOUT_S``) is its consumer, and when it dies the next candidate takes over at
-once. A new consumer first claims what its predecessor read but did not acknowledge
-(``XAUTOCLAIM``), then reads new entries (``XREADGROUP``), and applies each batch in one
-transaction on its lock session: a consumer that lost its lock cannot apply anything.
-Entries are acknowledged and deleted after the commit; the partition's last applied
-entry, recorded in the same commit, makes a successor skip what was applied but not yet
-acknowledged, so nothing is applied twice and nothing is lost.
+``LOCK_TIMEOUT_S``) is its consumer, and when it dies a candidate asking for the free
+lock takes over (``take_when_free``: within a tenth of a second). A new consumer first
+claims what its predecessor read but did not acknowledge (``XAUTOCLAIM``), then reads new
+entries (``XREADGROUP``), and applies each batch in one transaction on its lock session:
+a consumer that lost its lock cannot apply anything. Entries are acknowledged and
+deleted after the commit; the partition's last applied entry, recorded in the same
+commit, makes a successor skip what was applied but not yet acknowledged, so nothing is
+applied twice and nothing is lost.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
-from db.lock_session import lock_session_settings, set_socket_keepalive
+from db.lock_session import lock_session_settings, set_socket_keepalive, take_when_free
 from db.pool import connect
 from server.idempotency import KEY_TTL
 from server.orders.queue import QueueSettings
@@ -85,7 +86,9 @@ class QueueConsumers:
         )
         try:
             set_socket_keepalive(conn, LOCK_TIMEOUT_S)
-            await conn.execute("SELECT pg_advisory_lock($1, $2)", QUEUE_LOCK_CLASS, partition)
+            lock = (QUEUE_LOCK_CLASS, partition)
+            if not await take_when_free(conn, lock, keep_waiting=lambda: True):
+                return
             await conn.execute("SET statement_timeout = '30s'")
             self.consuming.add(partition)
             stream = self.settings.stream(partition)

@@ -14,6 +14,7 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
+from db.queries.relay import RELAY_LINE_CLASS
 from realtime.broker import decode_message
 from realtime.broker_memory import MemoryBroker, MemoryBus
 from realtime.metrics import RelayMetrics
@@ -171,3 +172,15 @@ def check_chain(messages: list[Sent]) -> None:
     for message in messages:
         assert message.prev == last.get(message.channel, 0), message
         last[message.channel] = message.offset
+
+
+async def relays_in_line(db: asyncpg.Connection) -> int:
+    """Relays of this database waiting in line for a partition lock (their shared marker)."""
+    count = await db.fetchval(
+        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+        " WHERE l.locktype = 'advisory' AND l.granted AND l.mode = 'ShareLock'"
+        " AND d.datname = current_database() AND l.classid = $1 AND l.objsubid = 2",
+        RELAY_LINE_CLASS,
+    )
+    assert isinstance(count, int)
+    return count

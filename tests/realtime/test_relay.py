@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import pytest
 
-from db.queries.relay import RELAY_LOCK_CLASS
 from realtime import relay as relay_module
 from realtime.broker import decode_message
 from realtime.log import PostgresEventLog
@@ -23,6 +22,7 @@ from tests.realtime.relay_support import (
     insert,
     insert_many,
     outbox,
+    relays_in_line,
     until,
     until_async,
 )
@@ -169,23 +169,12 @@ async def test_an_idle_transaction_holding_an_xid_does_not_hold_back_others(
 
 
 def lock_waiters(db: asyncpg.Connection, count: int) -> Callable[[], Awaitable[bool]]:
-    """A check: exactly ``count`` relays wait for the leader lock of this database."""
+    """A check: exactly ``count`` relays wait in line for the leader lock of this database."""
 
     async def check() -> bool:
-        return await _advisory_waiters(db) == count
+        return await relays_in_line(db) == count
 
     return check
-
-
-async def _advisory_waiters(db: asyncpg.Connection) -> int:
-    count = await db.fetchval(
-        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
-        "WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = current_database() "
-        "AND l.classid = $1 AND l.objid = 0 AND l.objsubid = 2",
-        RELAY_LOCK_CLASS,
-    )
-    assert isinstance(count, int)
-    return count
 
 
 async def test_two_relays_one_leads_and_hands_over_without_double_positions(

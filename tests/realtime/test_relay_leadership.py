@@ -170,3 +170,35 @@ async def test_pruning_removes_a_prefix_of_positions(
         return [row["position"] for row in await outbox(db)] == [4, 5, 6]
 
     await until_async(pruned)
+
+
+async def test_a_relay_in_line_holds_back_no_cleanup(
+    relays: Relays, db: asyncpg.Connection
+) -> None:
+    """While a relay waits for the lock, dead row versions anywhere in the database can be
+    removed: it holds no snapshot (a statement waiting in pg_advisory_lock would keep one
+    for as long as the leader lives, and with it every dead version of a hot row)."""
+    leader = relays.start()
+    await until(lambda: leader.relay.is_leader)
+    follower = relays.start()
+    await until(lambda: 0 in follower.relay.leaders)
+    await until(lambda: follower.relay.leaders[0].connection is not None)
+    await asyncio.sleep(0.5)  # in line, asking for the lock
+    assert not follower.relay.is_leader
+    # Not a temporary table: only its own session's snapshots hold those back.
+    await db.execute("DROP TABLE IF EXISTS hot; CREATE TABLE hot (id int PRIMARY KEY, n int)")
+    await db.execute("INSERT INTO hot VALUES (1, 0)")
+    for _ in range(100):
+        await db.execute("UPDATE hot SET n = n + 1")
+    kept: list[str] = []
+    db.add_log_listener(lambda _, message: kept.append(str(message)))
+    deadline = asyncio.get_running_loop().time() + 5.0
+    while True:  # other sessions of this database may hold a snapshot for a moment
+        kept.clear()
+        await db.execute("VACUUM (VERBOSE) hot")
+        if any(" 0 are dead but not yet removable" in line for line in kept):
+            break
+        assert asyncio.get_running_loop().time() < deadline, kept
+        await asyncio.sleep(0.2)
+    assert not follower.relay.is_leader
+    await db.execute("DROP TABLE hot")

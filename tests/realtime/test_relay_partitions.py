@@ -38,6 +38,7 @@ from tests.realtime.relay_support import (
     check_chain,
     insert_many,
     outbox,
+    relays_in_line,
     sent,
     until,
     until_async,
@@ -349,15 +350,9 @@ async def test_a_relay_that_lost_redis_while_in_line_is_not_handed_a_partition(
 
 
 def waiting_in_line(db: asyncpg.Connection, count: int) -> Callable[[], Awaitable[bool]]:
-    """A check: ``count`` sessions wait for a relay partition lock of this database."""
+    """A check: ``count`` sessions wait in line for a relay partition lock of this database."""
 
     async def check() -> bool:
-        waiting = await db.fetchval(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-            " AND classid = $1 AND objsubid = 2"
-            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            RELAY_LOCK_CLASS,
-        )
-        return bool(waiting == count)
+        return await relays_in_line(db) == count
 
     return check
