@@ -6,7 +6,6 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -23,7 +22,6 @@ from realtime.writer import SocketWriter
 
 log = logging.getLogger(__name__)
 
-_NO_CHANNELS: frozenset[str] = frozenset()
 CLOSE_TIMEOUT_S = 5.0  # a peer that does not take our close frame in time is cut off
 
 
@@ -41,9 +39,9 @@ OpHandler = Callable[["Connection", ClientFrame], Awaitable[None]]
 class Connection:
     # Slots: a process holds tens of thousands of these, mostly idle.
     __slots__ = (
-        "allowance", "bad_frames", "closing", "expires_at", "hub", "last_typing", "limits", "loop",
-        "metrics", "ops", "presence", "rules", "session_id", "stamp", "subscribed", "transport",
-        "user_id", "writer", "ws",
+        "allowance", "bad_frames", "channels", "closing", "expires_at", "hub", "last_typing",
+        "limits", "loop", "metrics", "ops", "presence", "rules", "session_id", "stamp",
+        "transport", "user_id", "writer", "ws",
     )  # fmt: skip
 
     def __init__(
@@ -73,7 +71,9 @@ class Connection:
         self.writer = SocketWriter(transport, limits.send_queue, self)
         # Made on the first subscribe: an empty set is 216 bytes, and most sockets of a
         # process may be idle.
-        self.subscribed: set[str] | None = None
+        # The channels it is subscribed to: a tuple, as a socket has a few (at most
+        # max_subscriptions); an empty tuple is shared, a one-channel set would be 216 bytes.
+        self.channels: tuple[str, ...] = ()
         self.bad_frames = 0
         self.loop = asyncio.get_running_loop()
         self.allowance = 2 * limits.frames_per_second  # token bucket: bursts of 2 s worth
@@ -81,11 +81,6 @@ class Connection:
         self.closing: asyncio.Task[None] | None = None
         self.expires_at = float("inf")  # the session's end (epoch seconds), checked by a sweep
         self.last_typing: dict[str, float] | None = None  # made on the first typing frame
-
-    @property
-    def channels(self) -> AbstractSet[str]:
-        """The channels this socket is subscribed to."""
-        return _NO_CHANNELS if self.subscribed is None else self.subscribed
 
     # -- reading -----------------------------------------------------------------------
 
@@ -150,9 +145,7 @@ class Connection:
             log.warning("authorize failed", extra={"channel": channel, "error": repr(error)})
             self.send(frames.error("unavailable", "try again shortly", channel))
             return
-        if self.subscribed is None:
-            self.subscribed = set()
-        self.subscribed.add(channel)
+        self.channels = (*self.channels, channel)
         try:
             await self.hub.join(channel, self.writer, frame.since, self._subscribed(channel))
         except ResyncNeeded as error:
@@ -180,8 +173,7 @@ class Connection:
         self.send(frames.error("resync", "events were lost; reload and subscribe again", channel))
 
     def _drop(self, channel: str) -> None:
-        if self.subscribed is not None:
-            self.subscribed.discard(channel)
+        self.channels = tuple(other for other in self.channels if other != channel)
 
     def _unsubscribe(self, channel: str) -> None:
         if channel in self.channels:
@@ -216,6 +208,6 @@ class Connection:
             self.transport.abort()  # type: ignore[attr-defined]
 
     def leave_all(self) -> None:
-        for channel in list(self.channels):
+        for channel in self.channels:
             self._unsubscribe(channel)
         self.writer.stop()

@@ -54,9 +54,16 @@ def p50_p99_ms(seconds: Iterable[float]) -> dict[str, float | None]:
 
 
 async def patch_prices(
-    base_urls: Sequence[str], token: str, listing_id: int, *, rate: float, seconds: float
+    base_urls: Sequence[str],
+    token: str,
+    listing_id: int,
+    *,
+    rate: float,
+    seconds: float,
+    first: int = 0,
 ) -> dict[str, Any]:
-    """PATCH the price ``rate`` times a second for ``seconds`` (round-robin over base URLs).
+    """PATCH the price ``rate`` times a second for ``seconds`` (round-robin over base URLs),
+    each a new price (``first`` numbers them on from an earlier call).
 
     Each request starts at its slot of the schedule, whether or not the previous one has
     answered. Statuses and response times are returned; a 200 is one committed event.
@@ -75,7 +82,7 @@ async def patch_prices(
             url = f"{base_urls[number % len(base_urls)]}/api/v1/listings/{listing_id}"
             started = loop.time()
             try:
-                body = {"price": 20_000 + number}  # always a change: one event each
+                body = {"price": 20_000 + first + number}  # always a change: one event each
                 async with session.patch(url, json=body, headers=headers) as response:
                     await response.read()
                     statuses[str(response.status)] += 1
