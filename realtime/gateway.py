@@ -148,13 +148,8 @@ class Gateway:
         try:
             if await self._session_alive(connection):
                 # Only this task reads the socket; frames are handled one at a time.
-                async for message in ws:
-                    if message.type is WSMsgType.TEXT:
-                        await connection.handle_text(message.data)
-                    elif message.type is WSMsgType.BINARY:
-                        connection.handle_binary()
-                    if connection.closing is not None:
-                        break
+                while await _handle_next(ws, connection):
+                    pass
         except Exception:
             # The socket is upgraded: an error may not travel as an HTTP response (the
             # client would read its bytes as a corrupt frame), only as a close code.
@@ -391,6 +386,23 @@ class _SessionListener:
 
     def send(self, frame: bytes) -> None:
         """Presence frames never come on this channel."""
+
+
+_ENDED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
+
+
+async def _handle_next(ws: web.WebSocketResponse, connection: Connection) -> bool:
+    """Read and handle the socket's next frame; False once it is closed or closing. (A
+    call of its own, so the last frame is not kept while an idle socket waits for the
+    next: tens of thousands of them would each hold their subscribe.)"""
+    message = await ws.receive()
+    if message.type is WSMsgType.TEXT:
+        await connection.handle_text(message.data)
+    elif message.type is WSMsgType.BINARY:
+        connection.handle_binary()
+    elif message.type in _ENDED:
+        return False
+    return connection.closing is None
 
 
 def _failing_fast(redis: aioredis.Redis) -> bool:

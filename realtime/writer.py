@@ -37,18 +37,25 @@ class WriterOwner(Protocol):
 
 
 class _Flusher:
-    """Writes, at the end of a loop turn, the frames each writer gathered in that turn."""
+    """Ends each loop turn in which frames were written: the turn's number moves on, and the
+    frames each writer gathered after its first of the turn are written. A lone frame costs
+    its writer no more than noting the turn it was written in."""
+
+    __slots__ = ("loop", "scheduled", "turn", "writers")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        self.turn = 0
+        self.scheduled = False
         self.writers: list[SocketWriter] = []
 
-    def add(self, writer: SocketWriter) -> None:
-        if not self.writers:
-            self.loop.call_soon(self.flush)
-        self.writers.append(writer)
+    def schedule(self) -> None:
+        self.scheduled = True
+        self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
+        self.turn += 1
+        self.scheduled = False
         writers, self.writers = self.writers, []
         for writer in writers:
             writer.flush()
@@ -70,7 +77,7 @@ def _flusher() -> _Flusher:
 class SocketWriter:
     __slots__ = (
         "closed", "flusher", "gathered", "gathered_bytes", "limit", "owner", "queue", "task",
-        "transport",
+        "transport", "turn",
     )  # fmt: skip
 
     def __init__(
@@ -86,8 +93,8 @@ class SocketWriter:
         self.task: asyncio.Task[None] | None = None
         self.closed = False
         self.flusher = _flusher()
-        # Not None once a frame was written this turn: later ones gather for one write.
-        self.gathered: list[bytes] | None = None
+        self.turn = -1  # the flusher's turn of its last write: later frames of it gather
+        self.gathered: list[bytes] | None = None  # made by the turn's second frame
         self.gathered_bytes = 0
 
     def deliver(self, event: Delivery) -> None:
@@ -124,15 +131,20 @@ class SocketWriter:
             self.stop()
             return
         buffered = transport.get_write_buffer_size()
-        gathered = self.gathered
-        if gathered is None:
+        flusher = self.flusher
+        if self.turn != flusher.turn:  # its first frame this turn
             if buffered <= HIGH_WATER:
                 transport.write(frame)
-                self.gathered = []
-                self.flusher.add(self)
+                self.turn = flusher.turn
+                if not flusher.scheduled:
+                    flusher.schedule()
                 return
         elif buffered + self.gathered_bytes + len(frame) <= HIGH_WATER:
-            gathered.append(frame)
+            if self.gathered is None:
+                self.gathered = [frame]
+                flusher.writers.append(self)
+            else:
+                self.gathered.append(frame)
             self.gathered_bytes += len(frame)
             return
         queue = self.queue = collections.deque((frame,))
