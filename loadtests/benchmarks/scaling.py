@@ -17,10 +17,8 @@
       commit, and the lag of the last third of the step is not above 1.5 times that of
       the first plus 10 ms. A step that misses is run once more; the sweep stops at the
       second miss of a rate, or when the commits did not reach 95 % of the offered rate
-      (the load, not the relay, is the limit then). Then up to ``--refine`` steps halve
-      (geometrically) the gap between the fastest rate that kept up and the one that fell
-      behind twice. The count's sustained rate is the committed rate of its fastest step
-      that kept up.
+      (the load, not the relay, is the limit then). The count's sustained rate is the
+      committed rate of its fastest step that kept up.
 
    Every run: commit-to-publish p50/p99 from both instances' ``jangteo_relay_lag_seconds``
    (added, quantiles interpolated in its buckets), commit-to-receive from the frames, and
@@ -46,7 +44,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import shlex
 import sys
@@ -106,7 +103,6 @@ OPTIONS = (  # flag, default (its type is the option's), help
     ("--step-seconds", 8.0, "seconds of each sweep step"),
     ("--step-rows", 50, "rows per commit in the sweep"),
     ("--step-connections", 16, "inserting connections in the sweep"),
-    ("--refine", 2, "steps between the fastest rate that kept up and the one that did not"),
     ("--pause", 1.0, "seconds between runs"),
     ("--cluster-rounds", 2, "sessions of each kind per Redis (order alternating)"),
     ("--client-processes", 2, "socket client processes"),
@@ -175,36 +171,6 @@ def next_rate(steps: Sequence[Mapping[str, Any]], series: Sequence[float]) -> fl
         return last["offered"] if tries < 2 else None
     higher = [rate for rate in series if rate > last["offered"]]
     return higher[0] if higher else None
-
-
-def refine_rate(
-    steps: Sequence[Mapping[str, Any]], series: Sequence[float], limit: int
-) -> float | None:
-    """After the series: the offered rate of the next refining step (None: done).
-
-    The series' factor decides the sustained rate only to within that factor (1.41 apart,
-    a count that sustains twice another's can show 1.99x). So up to ``limit`` steps
-    between the fastest rate that kept up and the slowest above it that missed twice, each
-    at their geometric middle, a miss run once more as in the series; none when the two
-    are within 10 %, or when the load itself fell short.
-    """
-    if not steps or not steps[-1]["reached"]:
-        return None
-
-    def tries(rate: float) -> int:
-        return sum(1 for step in steps if step["offered"] == rate)
-
-    last = steps[-1]
-    if not last["kept_up"] and last["offered"] not in series and tries(last["offered"]) < 2:
-        return float(last["offered"])
-    kept = [float(step["offered"]) for step in steps if step["kept_up"]]
-    failed = [float(step["offered"]) for step in steps if not step["kept_up"]]
-    low = max(kept, default=None)
-    above = [rate for rate in failed if low is not None and rate > low and tries(rate) >= 2]
-    refined = {step["offered"] for step in steps} - set(series)
-    if low is None or not above or len(refined) >= limit or min(above) < 1.1 * low:
-        return None
-    return float(round(math.sqrt(low * min(above)), -1))
 
 
 def stop_reason(steps: Sequence[Mapping[str, Any]]) -> str:
@@ -634,16 +600,8 @@ async def one_count(
         )  # fmt: skip
         shown(step, f"step {len(steps) + 1}")
         steps.append(step)
-    result["stopped"] = stop_reason(steps)
-    while (rate := refine_rate(steps, series, args.refine)) is not None:
-        await asyncio.sleep(args.pause)
-        step = await measure(
-            bench, servers, load, meter, rate=rate, seconds=args.step_seconds,
-            rows=args.step_rows, connections=args.step_connections,
-        )  # fmt: skip
-        shown(step, f"refining step {len(steps) + 1}")
-        steps.append(step)
     result["steps"] = steps
+    result["stopped"] = stop_reason(steps)
     best = sustained(steps)
     result["sustained"] = None if best is None else {
         key: best[key] for key in ("offered", "committed", "publish_p50_ms", "publish_p99_ms",

@@ -15,7 +15,6 @@ from loadtests.benchmarks.scaling import (
     led_evenly,
     misses,
     next_rate,
-    refine_rate,
     stop_reason,
     sustained,
 )
@@ -246,22 +245,3 @@ def test_nothing_measured_is_not_measured() -> None:
     rows = report.scaling_rows({})
     assert {r["status"] for r in rows} == {"not measured"}
     assert report.scaling_details({}).startswith("Not measured yet")
-
-
-def test_refining_halves_the_gap_between_the_last_rate_kept_and_the_one_missed_twice() -> None:
-    swept = [step(2000), step(4000), step(8000, kept_up=False), step(8000, kept_up=False)]
-    middle = refine_rate(swept, SERIES, 2)
-    assert middle == 5660  # sqrt(4000 * 8000), to 10 rows/s
-    kept = [*swept, step(5660)]
-    assert refine_rate(kept, SERIES, 2) == 6730  # between 5,660 and 8,000
-    missed_once = [*swept, step(5660, kept_up=False)]
-    assert refine_rate(missed_once, SERIES, 2) == 5660  # a miss is run once more
-    missed_twice = [*missed_once, step(5660, kept_up=False)]
-    assert refine_rate(missed_twice, SERIES, 2) == 4760  # between 4,000 and 5,660
-    assert refine_rate([*kept, step(6730)], SERIES, 2) is None  # the limit of steps
-
-
-def test_nothing_is_refined_when_the_load_fell_short_or_nothing_missed() -> None:
-    assert refine_rate([step(2000), step(4000, reached=False)], SERIES, 2) is None
-    assert refine_rate([step(2000), step(4000)], SERIES, 2) is None
-    assert refine_rate([step(2000, kept_up=False), step(2000, kept_up=False)], SERIES, 2) is None
