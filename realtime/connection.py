@@ -69,8 +69,6 @@ class Connection:
         self.metrics = metrics
         self.presence = presence
         self.writer = SocketWriter(transport, limits.send_queue, self)
-        # Made on the first subscribe: an empty set is 216 bytes, and most sockets of a
-        # process may be idle.
         # The channels it is subscribed to: a tuple, as a socket has a few (at most
         # max_subscriptions); an empty tuple is shared, a one-channel set would be 216 bytes.
         self.channels: tuple[str, ...] = ()
