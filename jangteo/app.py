@@ -21,6 +21,7 @@ from server.metrics import Metrics
 from server.middlewares import request_middleware
 from server.openapi import ApiSpec
 from server.orders import handlers as order_handlers
+from server.orders.gate import ListingGate
 from server.photos.handlers import setup_photos
 from server.resources import pg_pool_ctx, purchase_queue_ctx, redis_ctx
 from server.security_headers import setup_security_headers
@@ -56,6 +57,7 @@ def create_app(
         PasswordHasher.cheap() if settings.cheap_password_hashes else PasswordHasher()
     )
     app[keys.token_issuer_key] = TokenIssuer(settings)
+    app[keys.purchase_gate_key] = ListingGate(settings.purchase_permits)
     spec = ApiSpec(title="jangteo", version=API_VERSION)
     app[keys.api_spec_key] = spec
     setup_security_headers(app)

@@ -15,6 +15,7 @@ from server.client_address import Network
 from server.listings.cache import ListingCache
 from server.metrics import Metrics
 from server.openapi import ApiSpec
+from server.orders.gate import ListingGate
 from server.orders.locks import PurchaseLocks
 from server.orders.queue import PurchaseQueue
 from server.photos.storage import PhotoStorage
@@ -35,6 +36,7 @@ api_spec_key = web.AppKey("api_spec", ApiSpec)
 photo_storage_key = web.AppKey("photo_storage", PhotoStorage)
 listing_cache_key = web.AppKey("listing_cache", ListingCache)
 purchase_locks_key = web.AppKey("purchase_locks", PurchaseLocks)
+purchase_gate_key = web.AppKey("purchase_gate", ListingGate)
 purchase_queue_key = web.AppKey("purchase_queue", PurchaseQueue)
 session_revocations_key = web.AppKey("session_revocations", SessionRevocations)
 

@@ -168,6 +168,13 @@ def _interval(reader: _EnvReader, name: str, default: float) -> float:
     return seconds
 
 
+def _non_negative(reader: _EnvReader, name: str, default: int) -> int:
+    count = reader.integer(name, default)
+    if count < 0:
+        raise SettingsError(f"{reader.prefix}{name} must be 0 or more, got {count}")
+    return count
+
+
 def _upper(reader: _EnvReader, name: str, default: str) -> str:
     return reader.text(name, default).upper()
 
@@ -237,6 +244,9 @@ class Settings:
     rate_limit_auth_email: RateLimit = RateLimit(10, 60)
     rate_limit_writes: RateLimit = RateLimit(120, 60)
     purchase_strategy: str = setting("atomic", parse=_choice(PURCHASE_STRATEGIES))
+    # Purchases of one listing a process lets into the database at once; the others wait
+    # in the process (server/orders/gate.py). 0: no limit.
+    purchase_permits: int = setting(4, parse=_non_negative)
     # The queue strategy: partitions of the purchase log (listing id modulo this), the
     # most purchases a consumer applies in one transaction, and how long a request waits
     # for its outcome before 503 purchase-pending.

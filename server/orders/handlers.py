@@ -31,6 +31,7 @@ async def purchase_listing(request: web.Request) -> web.Response:
         strategy=app[keys.settings_key].purchase_strategy,
         metrics=app[keys.metrics_key],
         locks=app[keys.purchase_locks_key],
+        gate=app[keys.purchase_gate_key],
         cache=app[keys.listing_cache_key],
         queue=app.get(keys.purchase_queue_key),
     )

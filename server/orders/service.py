@@ -22,6 +22,7 @@ from server.listings.cache import ListingCache
 from server.listings.service import event_snapshot
 from server.metrics import Metrics
 from server.orders.errors import IllegalTransition, NotTheBuyer, OrderNotFound
+from server.orders.gate import ListingGate
 from server.orders.locks import PurchaseLocks
 from server.orders.purchase import Purchase, PurchaseRequest, order_out, purchase
 from server.orders.queue import PurchaseQueue
@@ -36,21 +37,25 @@ async def purchase_listing(
     strategy: str,
     metrics: Metrics,
     locks: PurchaseLocks,
+    gate: ListingGate,
     cache: ListingCache,
     queue: PurchaseQueue | None = None,
 ) -> StoredResponse:
-    """Buy once per idempotency key; the redis_lock strategy holds the listing's lock
-    around the call and hands its fencing token in; the queue strategy appends the
-    purchase to the log and waits for its outcome."""
+    """Buy once per idempotency key, one of the listing's turns in this process (``gate``)
+    at a time; the redis_lock strategy holds the listing's lock around the call and hands
+    its fencing token in; the queue strategy appends the purchase to the log and waits for
+    its outcome."""
 
     async def buy() -> Purchase:
-        async with pool.acquire() as conn:  # no transaction: the call commits by itself
+        # The turn first, then the connection: a buyer waiting for its turn holds none.
+        async with gate.turn(request.listing_id), pool.acquire() as conn:
+            # No transaction: the call commits by itself.
             return await purchase(conn, idempotent, request, strategy, metrics)
 
     async def buy_locked() -> Purchase:
-        # The connection first: the lock is held while the purchase is in the database,
-        # never while it waits for the pool.
-        async with pool.acquire() as conn:
+        # The connection before the lock: the lock is held while the purchase is in the
+        # database, never while it waits for the pool.
+        async with gate.turn(request.listing_id), pool.acquire() as conn:
 
             async def call(fence: int) -> Purchase:
                 fenced = dataclasses.replace(request, fence=fence)
