@@ -57,7 +57,9 @@ def create_app(
         PasswordHasher.cheap() if settings.cheap_password_hashes else PasswordHasher()
     )
     app[keys.token_issuer_key] = TokenIssuer(settings)
-    app[keys.purchase_gate_key] = ListingGate(settings.purchase_permits)
+    app[keys.purchase_gate_key] = ListingGate.for_strategy(
+        settings.purchase_strategy, settings.purchase_permits
+    )
     spec = ApiSpec(title="jangteo", version=API_VERSION)
     app[keys.api_spec_key] = spec
     setup_security_headers(app)

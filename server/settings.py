@@ -244,8 +244,8 @@ class Settings:
     rate_limit_auth_email: RateLimit = RateLimit(10, 60)
     rate_limit_writes: RateLimit = RateLimit(120, 60)
     purchase_strategy: str = setting("atomic", parse=_choice(PURCHASE_STRATEGIES))
-    # Purchases of one listing a process lets into the database at once; the others wait
-    # in the process (server/orders/gate.py). 0: no limit.
+    # Purchases of one listing a process lets into the database at once (twice as many
+    # under redis_lock); the others wait in the process (server/orders/gate.py). 0: no limit.
     purchase_permits: int = setting(4, parse=_non_negative)
     # The queue strategy: partitions of the purchase log (listing id modulo this), the
     # most purchases a consumer applies in one transaction, and how long a request waits

@@ -9,6 +9,12 @@ purchases of one listing into the database at once, and the others wait here, in
 arrival order, holding no pool connection meanwhile. Purchases of different listings
 never wait for one another, and the database still decides every purchase: the gate
 changes how long the row lock's queue is, never who may buy.
+
+Under ``redis_lock`` only the process holding the listing's Redis lock has purchases of
+it in the database, so that process lets in twice the permits: the row's queue is as
+long as under the other strategies with two processes, and the one process keeps the row
+busy while it answers the purchases that finished (measured: 641 paid/s against 552 with
+the plain permits, 500 buyers on one listing, two workers).
 """
 
 from __future__ import annotations
@@ -50,6 +56,11 @@ class ListingGate:
             turns.users -= 1
             if not turns.users:  # nobody holds or waits: forget the listing
                 del self._turns[listing_id]
+
+    @classmethod
+    def for_strategy(cls, strategy: str, permits: int) -> ListingGate:
+        """The gate of a process buying with ``strategy`` (see above for redis_lock)."""
+        return cls(2 * permits if strategy == "redis_lock" else permits)
 
     def listings(self) -> int:
         """Listings with a purchase in the database or waiting for a permit."""
