@@ -11,7 +11,10 @@ delivers. Reported: commit-to-receive
 latency of every delivered frame (receive wall clock - the frame's ``ts``), the
 delivery audit, and the RSS of the instance's processes per socket against the bare
 aiohttp reference (``loadtests/references/ws.py``, as many processes as workers, the
-same sockets split among them, heartbeats on too).
+same sockets split among them, heartbeats on too). The bare processes also send
+``--events`` events of the same shape, one at a time, each stamped as its send loop
+starts: their trigger-to-receive latency is what writing one frame to that many sockets
+costs this machine with nothing before it (no commit, relay or Redis).
 """
 
 from __future__ import annotations
@@ -20,13 +23,14 @@ import argparse
 import asyncio
 import math
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from loadtests.benchmarks.realtime import FD_RESERVE, Bench, delivery_summary
+from loadtests.benchmarks.realtime import FD_RESERVE, Bench, delivery_summary, trigger_bare
 from loadtests.clients import events as event_load
 from loadtests.clients.ws import LoadClients, Target, raise_open_files
 from loadtests.harness import report
@@ -42,9 +46,17 @@ from loadtests.harness.stack import (
     sign_up,
 )
 from loadtests.harness.stats import summary
+from realtime.frames import event_json
 from server.settings import Settings
 
 DATABASE = "jangteo_bench_crowd"
+# What the bare processes send: an event of the size and shape of jangteo's price change.
+BARE_EVENT = event_json(
+    "listing:1", 1, 0, 0, "listing.price_changed",
+    '{"id": 1, "price": 20099, "title": "realtime benchmark: a crowd", "region":'
+    ' "seoul-mapo", "status": "on_sale", "version": 2, "category": "etc", "quantity": 1,'
+    ' "old_price": 20098, "seller_id": 1, "like_count": 0}',
+)  # fmt: skip
 TARGETS = {"p99_ms": 500.0, "memory_ratio": 1.25}
 OPTIONS = (  # flag, default (its type is the option's), help
     ("--sockets", 50_000, "sockets on the one instance"),
@@ -82,12 +94,19 @@ class CrowdResult(Result):
         """The latency histogram, and KiB per socket beside bare aiohttp's."""
         crowd = self.crowd
         figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
-        histogram = {int(k): v for k, v in crowd["histogram_ms"].items()}
-        left.bar(list(histogram), histogram.values(), width=1.0, color=COLOURS["jangteo"])
+        for side, colour, label in (
+            (crowd, "jangteo", "jangteo, commit-to-receive"),
+            (crowd["bare"], "bare", "bare aiohttp, trigger-to-receive"),
+        ):
+            histogram = {int(k): v for k, v in side.get("histogram_ms", {}).items()}
+            left.bar(list(histogram), histogram.values(), width=1.0, color=COLOURS[colour],
+                     alpha=0.6, label=label)  # fmt: skip
         for name, style in (("p50", "--"), ("p99", ":")):
             if (ms := crowd["latency_ms"][name]) is not None:
-                left.axvline(ms, color="#222222", linestyle=style, label=f"{name} {ms:g} ms")
-        left.set_xlabel("commit-to-receive latency, ms (1-ms bins)")
+                left.axvline(
+                    ms, color="#222222", linestyle=style, label=f"jangteo {name} {ms:g} ms"
+                )
+        left.set_xlabel("latency, ms (1-ms bins)")
         left.set_ylabel("frames")
         left.set_title(
             f"{crowd['events']} events to {crowd['sockets']:,} sockets on one instance"
@@ -136,19 +155,48 @@ async def hold(bench: Bench, servers: list[Server], targets: list[Target], chann
     }
 
 
+async def one_at_a_time(
+    bench: Bench, send: Callable[[int], Awaitable[int]], names: list[str]
+) -> tuple[int, dict[str, Any]]:
+    """``--events`` events, each sent (``send(number)``: how many it sent) once the one
+    before reached every socket (or stopped arriving), so each latency is one event's
+    own; how many were sent, and the clients' stats counting the named servers'."""
+    bench.clients.call("reset")
+    sent = 0
+    stats: dict[str, Any] = {}
+    for number in range(bench.args.events):
+        sent += await send(number)
+        stats = await bench.wait_for(sent * bench.args.sockets, limit=120, quiet=10, names=names)
+    return sent, stats
+
+
+def latency_of(stats: dict[str, Any], what: str) -> dict[str, Any]:
+    """The latency summary and histogram of ``stats``, printed as ``what``."""
+    latency = summary(stats["histogram_ms"], stats["overflow"])
+    print(f"  {what} p50 {latency['p50']} ms, p99 {latency['p99']} ms, max {latency['max']} ms")
+    return {"latency_ms": latency, "histogram_ms": stats["histogram_ms"]}
+
+
 async def crowd_phase(bench: Bench, per_process: int) -> dict[str, Any]:
     args = bench.args
     settle = args.settle or bench.heartbeat * 1.25
     result: dict[str, Any] = {"sockets": args.sockets, "workers": args.workers}
     frame = args.scratch / "crowd-frame.json"
-    frame.write_bytes(b'{"op":"pong"}')
+    frame.write_bytes(BARE_EVENT)
     names = [f"bare-{n + 1}" for n in range(args.workers)]
     print(f"\n== bare aiohttp: {args.sockets:,} sockets on {args.workers} processes")
     with bench.references("ws", names, frame) as bare:
         targets = [Target(s.name, "127.0.0.1", s.port, "/ws") for s in bare]
         result["bare"] = await hold(bench, bare, targets, None, settle)
+        print(f"  bare aiohttp: {result['bare']['kib_per_socket']} KiB per socket")
+
+        async def stamped(number: int) -> int:
+            await trigger_bare(bare, 1, stamp=True)
+            return 1
+
+        _, stats = await one_at_a_time(bench, stamped, names)
         bench.clients.call("close")
-    print(f"  bare aiohttp: {result['bare']['kib_per_socket']} KiB per socket")
+    result["bare"] |= latency_of(stats, "trigger-to-receive")
     with bench.jangteo(["ticket-desk"]) as (desk,):
         bench.token = token = sign_up(desk.port)
         listing_id = create_listing(desk.port, token, "realtime benchmark: a crowd")
@@ -162,33 +210,23 @@ async def crowd_phase(bench: Bench, per_process: int) -> dict[str, Any]:
             target = Target.jangteo(server.name, server.port, token, desk.port)
             result["jangteo"] = await hold(bench, [server], [target], channel, settle)
             print(f"  jangteo: {result['jangteo']['kib_per_socket']} KiB per socket")
-            bench.clients.call("reset")
-            # One event at a time: each is PATCHed once the one before reached every
-            # socket (or stopped arriving), so each latency is one event's own.
             patches: list[dict[str, Any]] = []
-            committed = 0
-            for number in range(args.events):
+
+            async def patched(number: int) -> int:
                 patch = await event_load.patch_prices(
                     [desk.url], token, listing_id, rate=1.0, seconds=1.0, first=number
                 )
                 patches.append(patch)
-                committed += patch["committed"]
-                stats = await bench.wait_for(
-                    committed * args.sockets, limit=120, quiet=10, names=[server.name]
-                )
-            expected = committed * args.sockets
+                return int(patch["committed"])
+
+            committed, stats = await one_at_a_time(bench, patched, [server.name])
             bench.clients.call("close")
-            latency = summary(stats["histogram_ms"], stats["overflow"])
-            result |= {
+            result |= latency_of(stats, "commit-to-receive") | {
                 "events": committed,
                 "patches": patches,
-                "latency_ms": latency,
-                "histogram_ms": stats["histogram_ms"],
-                "delivery": delivery_summary(stats, expected, [server.name]),
+                "delivery": delivery_summary(stats, committed * args.sockets, [server.name]),
                 "server_log_problems": server_problems(server.log),
             }
-            print(f"  {expected:,} frames expected; commit-to-receive p50 {latency['p50']} ms,"
-                  f" p99 {latency['p99']} ms, max {latency['max']} ms")  # fmt: skip
     bare_kib = result["bare"]["kib_per_socket"]
     result["memory_ratio"] = (
         round(result["jangteo"]["kib_per_socket"] / bare_kib, 3) if bare_kib else None

@@ -209,10 +209,15 @@ class RealtimeResult(Result):
                 if (ms := steady["latency_ms"][label]) is not None:
                     axes.axvline(ms, color=COLOURS[colour], linestyle=style,
                                  label=f"{name} {label} {ms:g} ms")  # fmt: skip
+            if bare := phase.get("steady_bare"):
+                histogram = {int(k): v for k, v in bare["histogram_ms"].items()}
+                bins = range(max(histogram, default=0) + 2)
+                axes.step(bins, [histogram.get(ms, 0) for ms in bins], where="mid",
+                          color=COLOURS["bare"], label="bare aiohttp")  # fmt: skip
             count = phase.get("sockets") or phase.get("streams")
             unit = "sockets" if name == "WebSocket" else "streams"
             shapes.append(f"{count:,} {unit}, {steady['patch']['committed']} PATCHes")
-        axes.set_xlabel("commit-to-receive latency, ms (1-ms bins)")
+        axes.set_xlabel("latency, ms (1-ms bins)")
         axes.set_ylabel("frames")
         axes.set_title(f"fan-out on 2 instances: {'; '.join(shapes)}", fontsize=9)
         axes.legend(fontsize=8)
@@ -369,12 +374,16 @@ async def insert_burst(database_url: str, channel: str, events: int) -> float:
         return time.time()
 
 
-async def trigger_bare(servers: Sequence[Server], events: int) -> list[dict[str, Any]]:
-    """``POST /fanout?count=events`` on every reference server at once."""
+async def trigger_bare(
+    servers: Sequence[Server], events: int, *, stamp: bool = False
+) -> list[dict[str, Any]]:
+    """``POST /fanout?count=events`` on every reference server at once (``stamp``: each
+    event's ``ts`` is when its send loop starts)."""
+    query = f"count={events}" + ("&stamp=1" if stamp else "")
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
 
         async def one(server: Server) -> dict[str, Any]:
-            async with session.post(f"{server.url}/fanout?count={events}") as response:
+            async with session.post(f"{server.url}/fanout?{query}") as response:
                 answer: dict[str, Any] = await response.json()
                 return answer
 
@@ -503,6 +512,30 @@ async def steady_run(
     }
 
 
+async def steady_bare(bench: Bench, bares: Sequence[Server], receivers: int) -> dict[str, Any]:
+    """Lone events from the bare servers, ``--rate`` a second for ``--duration`` s, each
+    stamped as its send loop starts: trigger-to-receive, what one frame to that many
+    sockets costs this machine with no commit, relay or Redis before it."""
+    args = bench.args
+    events = round(args.rate * args.duration)
+    names = [server.name for server in bares]
+    bench.clients.call("reset")
+    print(f"  bare aiohttp: {events} lone events at {args.rate:g}/s ...", flush=True)
+    started = time.monotonic()
+    for number in range(events):
+        await asyncio.sleep(max(0.0, started + number / args.rate - time.monotonic()))
+        await trigger_bare(bares, 1, stamp=True)
+    stats = await bench.wait_for(events * receivers, limit=60, names=names)
+    latency = summary(stats["histogram_ms"], stats["overflow"])
+    print(f"  trigger-to-receive p50 {latency['p50']} ms, p99 {latency['p99']} ms", flush=True)
+    return {
+        "events": events,
+        "latency_ms": latency,
+        "histogram_ms": stats["histogram_ms"],
+        "delivery": delivery_summary(stats, events * receivers, names),
+    }
+
+
 async def burst_rounds(
     bench: Bench, systems: Systems, receivers: int, burst: int
 ) -> dict[str, Any]:
@@ -557,6 +590,7 @@ async def fanout_phase(
             systems: Systems = {"jangteo": (servers, burst_jangteo)}
             if with_references:
                 systems |= start_references(bench, references, frame_file, channel, burst, result)
+                result["steady_bare"] = await steady_bare(bench, systems["bare"][0], sockets)
             result["burst"] = await burst_rounds(bench, systems, sockets, burst)
             bench.clients.call("close")
         best = result["burst"]["best"]

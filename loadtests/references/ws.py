@@ -6,6 +6,9 @@ compression off and aiohttp's own heartbeat, and answers ``subscribe`` and ``pin
 way jangteo's protocol does, with nothing behind them: no tickets, no channels, no queues.
 ``POST /fanout?count=K`` sends the file's pre-encoded frame K times to every open socket in a
 plain loop (``send_frame``, yielding to the loop between frames) and answers when done;
+with ``&stamp=1`` each round's frame is the file's JSON with ``ts`` set to the wall clock
+(ms) as the round starts, so a client measures trigger-to-receive as it measures
+jangteo's commit-to-receive;
 ``GET /healthz`` answers 200. This is what delivering an event costs aiohttp itself.
 """
 
@@ -54,12 +57,15 @@ def make_app(frame: bytes, heartbeat: float | None) -> web.Application:
 
     async def fanout(request: web.Request) -> web.Response:
         count = int(request.query.get("count", "1"))
+        stamp = request.query.get("stamp") == "1"
         targets = list(sockets)
         started = time.perf_counter()
         for _ in range(count):
+            now = int(time.time() * 1000)  # whole ms, as jangteo's commit stamps
+            sent = orjson.dumps({**orjson.loads(frame), "ts": now}) if stamp else frame
             for ws in targets:
                 if not ws.closed:
-                    await ws.send_frame(frame, WSMsgType.TEXT)
+                    await ws.send_frame(sent, WSMsgType.TEXT)
             await asyncio.sleep(0)
         seconds = time.perf_counter() - started
         return web.json_response({"sockets": len(targets), "frames": count, "seconds": seconds})
