@@ -163,10 +163,16 @@ async def connect(
     database_url: str,
     settings: Mapping[str, str],
     timeout: float,  # noqa: ASYNC109 - asyncpg's connect timeout
+    *,
+    statement_lifetime: int = 300,
 ) -> asyncpg.Connection:
-    """A connection of its own (outside any pool) with ``settings`` for its whole session."""
+    """A connection of its own (outside any pool) with ``settings`` for its whole session;
+    its prepared statements are prepared again after ``statement_lifetime`` seconds."""
     connection = await asyncpg.connect(
-        database_url, timeout=timeout, server_settings=startup_settings(settings)
+        database_url,
+        timeout=timeout,
+        server_settings=startup_settings(settings),
+        max_cached_statement_lifetime=statement_lifetime,
     )
     try:
         await apply_settings(connection, settings, timeout)

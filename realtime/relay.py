@@ -299,6 +299,7 @@ class PartitionLeader:
             self.settings.database_url,
             self.settings.lock_session_settings(self.relay.instance),
             10,
+            statement_lifetime=queries.PLAN_LIFETIME_S,
         )
         self.connection = conn
         set_socket_keepalive(conn, self.settings.lock_timeout)

@@ -65,10 +65,13 @@ WITH pending AS (
 SELECT channel, type, data, committed_at, position, prev, trace_context
 FROM chained ORDER BY position
 """
-# The leader's own session. ASSIGN is planned at every run: a generic plan made while the
-# outbox was empty (a new or emptied database) joins every outbox row to every row of the
-# batch, and would be kept until the next ANALYZE.
-LEADER_SESSION = "SET statement_timeout = '30s'; SET plan_cache_mode = force_custom_plan"
+# The leader's own session. Planning ASSIGN takes longer than running it, so its statements
+# are planned once (a generic plan) and kept PLAN_LIFETIME_S: then they are prepared and
+# planned again, for the tables as they are now. A plan kept for good would be the one made
+# when the leader started, perhaps on an outbox that was empty (a new or emptied database):
+# such a plan joins every outbox row to every row of the batch, until the next ANALYZE.
+LEADER_SESSION = "SET statement_timeout = '30s'; SET plan_cache_mode = force_generic_plan"
+PLAN_LIFETIME_S = 1  # seconds (asyncpg counts them in whole seconds)
 # The writing transaction's commit time needs track_commit_timestamp; without it the
 # insert time is the best there is. (Read before the UPDATE above replaces xmin.)
 COMMIT_TIME = "coalesce(pg_xact_commit_timestamp(xmin), created_at)"
