@@ -2,11 +2,12 @@
 
 A transaction that wrote outbox rows names their slots (``events_written``); when its
 connection returns to the pool, the slots are handed here and the request goes on at
-once. One NOTIFY transaction at a time carries every slot handed in since the last one
-began, so under load many commits share one wake-up (and PostgreSQL runs one small
-transaction instead of one per commit), and a pooled connection never spends a round
-trip on it. A wake-up is a hint: if one is lost (the connection broke), the relay's
-poll finds the rows.
+once. The slots whose leader runs in this process are woken here and then (no round trip
+through PostgreSQL). For the others, one NOTIFY transaction at a time carries every slot
+handed in since the last one began, so under load many commits share one wake-up (and
+PostgreSQL runs one small transaction instead of one per commit), and a pooled connection
+never spends a round trip on it. A wake-up is a hint: if one is lost (the connection
+broke, or the leader here had just lost its lock), the relay's poll finds the rows.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from db.queries.outbox import wake_up_sql
 log = logging.getLogger(__name__)
 
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
+# Wakes the leaders this process runs of the slots given; returns the slots it has none of.
+WakeHere = Callable[[set[int]], set[int]]
 
 
 class RelayWaker:
@@ -32,11 +35,16 @@ class RelayWaker:
         self._connection: asyncpg.Connection | None = None
         self._sender: asyncio.Task[None] | None = None
         self._closed = False
+        self.wake_here: WakeHere | None = None  # set by this process's relay
 
     def wake(self, slots: Iterable[int]) -> None:
         """Wake the leaders of ``slots`` soon (their rows are committed)."""
         if self._closed:
             return
+        if self.wake_here is not None:
+            slots = self.wake_here(set(slots))
+            if not slots:
+                return
         self._pending.update(slots)
         if self._sender is None:
             self._sender = asyncio.get_running_loop().create_task(

@@ -72,7 +72,7 @@ from db.lock_session import (
 from db.pool import connect
 from db.queries import relay as queries
 from db.queries.outbox import notify_channel
-from db.queries.relay import RelayConfig, partition_slots, read_config
+from db.queries.relay import RelayConfig, partition_slots, read_config, slot_partition
 from realtime.broker import Broker, encode_message, encode_traced
 from realtime.frames import event_json
 from realtime.metrics import RelayMetrics
@@ -204,6 +204,21 @@ class OutboxRelay:
         self.leaders, self.tasks = {}, {}
         await asyncio.gather(*(leaders[k].stop(tasks[k]) for k in leaders))
         self.metrics.leader.clear()
+
+    def wake_here(self, slots: set[int]) -> set[int]:
+        """Wake the leaders this instance runs of ``slots``; the slots led elsewhere (or by
+        nobody now), for a NOTIFY to wake."""
+        config = self.config
+        if config is None:
+            return slots
+        elsewhere = set()
+        for slot in slots:
+            leader = self.leaders.get(slot_partition(slot, config.partitions))
+            if leader is not None and leader.is_leader:
+                leader.wake.set()
+            else:
+                elsewhere.add(slot)
+        return elsewhere
 
     def may_hand_over(self, partition: int) -> bool:
         """Whether this leader should give its partition to an instance waiting for it:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from db.pool import TimedPool
 from realtime.broker_redis import RedisBroker
 from realtime.broker_redis_cluster import ClusterBroker
 from realtime.chat import ChatOps
@@ -80,6 +81,10 @@ async def realtime_ctx(app: web.Application) -> AsyncIterator[None]:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(settings.redis_timeout):
             await broker.wait_live()
+    pool = app[keys.pg_pool_key]
+    waker = pool.waker if isinstance(pool, TimedPool) else None
+    if waker is not None:  # a commit wakes a leader of this process directly
+        waker.wake_here = relay.wake_here
     relay_task = asyncio.create_task(relay.run(), name="jangteo-relay")
     hub.start()
     presence.start()
@@ -93,6 +98,8 @@ async def realtime_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await gateway.close_all()  # normally done already by on_shutdown
     await relay.stop(relay_task)  # publishes what committed, then hands leadership over
+    if waker is not None:
+        waker.wake_here = None
     for task in (sessions_task, expiry_task, deaf_task, heartbeat_task, *gateway.background):
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

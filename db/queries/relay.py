@@ -141,6 +141,11 @@ def partition_slots(partitions: int, partition: int) -> list[int]:
     return list(range(partition, SLOTS, partitions))
 
 
+def slot_partition(slot: int, partitions: int) -> int:
+    """The partition a slot belongs to (the inverse of ``partition_slots``)."""
+    return slot % partitions
+
+
 def valid_count(partitions: int) -> bool:
     return 1 <= partitions <= MAX_PARTITIONS and SLOTS % partitions == 0
 
