@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from db.pool import TimedPool, create_pool
 from server.embedded.process import free_port, port_accepts
 from server.settings import RateLimit, Settings
 from tests.cleanup import Schema, empty_tables
@@ -215,3 +216,15 @@ async def empty_state(database_url: str, redis_url: str) -> None:
         await client.flushdb()
     finally:
         await client.aclose()
+
+
+async def small_pool(database_url: str) -> TimedPool:
+    """A pool of two connections, as the app makes it (its relay waker included)."""
+    return await create_pool(
+        database_url,
+        min_size=1,
+        max_size=2,
+        connect_timeout=10,
+        acquire_timeout=10,
+        statement_timeout=10,
+    )

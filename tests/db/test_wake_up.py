@@ -8,10 +8,10 @@ from typing import Any
 
 import asyncpg
 
-from db.pool import create_pool
 from db.queries.outbox import Event, channel_slot, insert_events, notify_channel
 from db.wake_up import RelayWaker
 from tests.realtime.relay_support import until
+from tests.support import small_pool
 
 CHANNEL = "listing:7"
 
@@ -81,14 +81,7 @@ async def test_the_pool_wakes_the_relay_after_commit_and_survives_a_lost_connect
 ) -> None:
     received: list[str] = []
     listening = await listener(database_url, received)
-    pool = await create_pool(
-        database_url,
-        min_size=1,
-        max_size=2,
-        connect_timeout=10,
-        acquire_timeout=10,
-        statement_timeout=10,
-    )
+    pool = await small_pool(database_url)
     admin = await asyncpg.connect(database_url)
     try:
         await write_event(pool)

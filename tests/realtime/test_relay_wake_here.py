@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import asyncpg
 import pytest
 
-from db.pool import TimedPool, create_pool
+from db.pool import TimedPool
 from db.queries.outbox import Event, channel_slot, insert_events, notify_channel
 from tests.realtime.relay_support import Relays, Running, until
+from tests.support import small_pool
 
 CHANNEL = "listing:70"
 QUIET_S = 0.3  # how long a NOTIFY already sent would take at most to arrive
@@ -20,14 +21,7 @@ QUIET_S = 0.3  # how long a NOTIFY already sent would take at most to arrive
 
 @pytest.fixture
 async def pool(database_url: str) -> AsyncIterator[TimedPool]:
-    pool = await create_pool(
-        database_url,
-        min_size=1,
-        max_size=2,
-        connect_timeout=10,
-        acquire_timeout=10,
-        statement_timeout=10,
-    )
+    pool = await small_pool(database_url)
     yield pool
     await pool.close()
 
