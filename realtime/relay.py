@@ -379,8 +379,7 @@ class PartitionLeader:
                     log.warning("relay steps down: it cannot publish")
                     self.metrics.step_downs.inc()
                     return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), RETRY_DELAY_S)
+                await self._woken(RETRY_DELAY_S)
                 continue
             if self.relay.may_hand_over(self.partition) and await self._someone_waits(conn):
                 log.info("relay hands a partition over", extra={"partition": self.partition})
@@ -389,11 +388,18 @@ class PartitionLeader:
             if self.partition == 0 and time.monotonic() - last_prune > PRUNE_EVERY_S:
                 await self._prune(conn)
                 last_prune = time.monotonic()
-            if time.monotonic() - last_caught_up >= CAUGHT_UP_EVERY_S:
+            # Only while idle: a wake-up waiting means rows to number, first.
+            idle = not self.wake.is_set()
+            if idle and time.monotonic() - last_caught_up >= CAUGHT_UP_EVERY_S:
                 await self._caught_up(conn)
                 last_caught_up = time.monotonic()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), self.settings.poll_interval)
+            await self._woken(self.settings.poll_interval)
+
+    async def _woken(self, timeout: float) -> None:  # noqa: ASYNC109 - a poll, not a deadline
+        """Until a wake-up, or ``timeout`` seconds."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self.wake.wait()
 
     async def _caught_up(self, conn: asyncpg.Connection) -> None:
         """Everything it numbered is published: record that in the database, so that the
