@@ -593,8 +593,10 @@ async def test_a_batch_looks_keys_up_by_index_after_the_tables_were_analyzed_emp
     db: asyncpg.Connection, settings: Settings
 ) -> None:
     """Statistics that say the keys and orders are empty (a new database), and a session
-    whose calls were all made then: a batch still finds each entry's stored key by its
-    index, not by reading the whole table once per entry."""
+    whose calls were all made then: a batch reads the stored keys with one statement, not
+    the whole table once per entry. (By index, unless autovacuum has just analyzed the
+    grown table: then one scan of its 5,000 rows of one buyer may cost the planner less
+    than 20 index probes, and that is fine.)"""
     await db.execute("VACUUM ANALYZE idempotency_keys, orders")
     seller, buyer = await quick_accounts(db, settings, 2, balance=100_000)
     listing_id = await new_listing(db, seller.user_id, price=10, stock=1_000)
@@ -610,7 +612,7 @@ async def test_a_batch_looks_keys_up_by_index_after_the_tables_were_analyzed_emp
     async with db.transaction():
         before = await seq_scans(db, "idempotency_keys")
         await apply(db, BATCH, [log.entry(buyer.user_id, listing_id) for _ in range(20)])
-        assert await seq_scans(db, "idempotency_keys") == before
+        assert await seq_scans(db, "idempotency_keys") - before <= 1  # a plan per entry: 20
 
 
 async def test_a_batch_wakes_the_relay_of_each_slot_it_wrote_to_once_after_its_commit(
