@@ -23,7 +23,7 @@ from server.openapi import ApiSpec
 from server.orders import handlers as order_handlers
 from server.orders.gate import ListingGate
 from server.photos.handlers import setup_photos
-from server.resources import pg_pool_ctx, purchase_queue_ctx, redis_ctx
+from server.resources import gc_pauses_ctx, pg_pool_ctx, purchase_queue_ctx, redis_ctx
 from server.security_headers import setup_security_headers
 from server.settings import Settings
 from server.tracing import setup_tracing, traced_application, tracer_provider_from
@@ -63,7 +63,7 @@ def create_app(
     spec = ApiSpec(title="jangteo", version=API_VERSION)
     app[keys.api_spec_key] = spec
     setup_security_headers(app)
-    app.cleanup_ctx.extend([pg_pool_ctx, redis_ctx, purchase_queue_ctx, janitor_ctx])
+    app.cleanup_ctx.extend([gc_pauses_ctx, pg_pool_ctx, redis_ctx, purchase_queue_ctx, janitor_ctx])
     setup_realtime(app)
 
     health.setup_routes(app, spec)

@@ -6,6 +6,7 @@ import os
 
 from prometheus_client import CollectorRegistry, Counter, Info, generate_latest
 
+from server.gc_pauses import GcPauses
 from server.request_stats import LoopCounter, RequestStats
 from server.settings import PURCHASE_STRATEGIES
 
@@ -24,6 +25,8 @@ class Metrics:
         ).info({"pid": str(os.getpid())})
         self.request_stats = RequestStats(LATENCY_BUCKETS)
         self.registry.register(self.request_stats)
+        self.gc_pauses = GcPauses()  # fed while the app runs (``watch_gc``)
+        self.registry.register(self.gc_pauses)
         self.rate_limited = Counter(
             "jangteo_rate_limited",
             "Requests refused by a rate limit",

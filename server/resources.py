@@ -27,6 +27,16 @@ from server.ratelimit import RateLimiter
 from server.redis_client import open_redis
 
 
+async def gc_pauses_ctx(app: web.Application) -> AsyncIterator[None]:
+    """This process's collection pauses, counted while the app runs."""
+    pauses = app[keys.metrics_key].gc_pauses
+    pauses.install()
+    try:
+        yield
+    finally:
+        pauses.uninstall()
+
+
 async def pg_pool_ctx(app: web.Application) -> AsyncIterator[None]:
     """The PostgreSQL pool; created lazily-connecting so the app starts while PG is down."""
     settings = app[keys.settings_key]
