@@ -37,6 +37,7 @@ import math
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -496,9 +497,17 @@ async def steady_run(
         f" {latency['p50']} ms, p99 {latency['p99']} ms, max {latency['max']} ms",
         flush=True,
     )
+    spreads = event_spreads(stats)
+    print(
+        f"  per event: first frame p50 {spreads['first_ms']['p50']} / p99"
+        f" {spreads['first_ms']['p99']} ms, last frame p50 {spreads['last_ms']['p50']} / p99"
+        f" {spreads['last_ms']['p99']} ms after the commit",
+        flush=True,
+    )
     return {
         "patch": patches,
         "latency_ms": latency,
+        "events": spreads,
         "histogram_ms": stats["histogram_ms"],
         "delivery": delivery_summary(stats, expected),
         "server_metrics": {
@@ -509,6 +518,23 @@ async def steady_run(
             event_load.counter_delta(b, a, "jangteo_ws_deliveries_total") or 0.0
             for b, a in zip(before, after, strict=True)
         ),
+    }
+
+
+def event_spreads(stats: Mapping[str, Any], slowest: int = 5) -> dict[str, Any]:
+    """When each event's first and last frames arrived, in ms after its commit (or stamp):
+    the first is what came before the first write, the last adds the spread of the writes
+    and reads; and the ``slowest`` events by their last frame, as [frames, first, last]. A
+    p99 over every frame is set by the slowest one or two events of a hundred."""
+    spreads = list(stats["per_event"].values())
+    firsts = Counter(round(first, 1) for _, first, _ in spreads)
+    lasts = Counter(round(last, 1) for _, _, last in spreads)
+    worst = sorted(spreads, key=lambda spread: spread[2], reverse=True)[:slowest]
+    return {
+        "count": len(spreads),
+        "first_ms": summary(firsts),
+        "last_ms": summary(lasts),
+        "slowest": [[int(n), round(first, 1), round(last, 1)] for n, first, last in worst],
     }
 
 
@@ -531,6 +557,7 @@ async def steady_bare(bench: Bench, bares: Sequence[Server], receivers: int) -> 
     return {
         "events": events,
         "latency_ms": latency,
+        "spreads": event_spreads(stats),
         "histogram_ms": stats["histogram_ms"],
         "delivery": delivery_summary(stats, events * receivers, names),
     }

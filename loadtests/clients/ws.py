@@ -40,6 +40,7 @@ import uvloop
 from aiohttp.http import WS_KEY
 
 HISTOGRAM_MS = 60_000  # latencies above go to "overflow"
+EVENTS_TRACKED = 10_000  # events whose spread is kept (by their ts), per process and run
 CONCURRENT_CONNECTS = 64  # per client process
 TIMEOUT_S = 60.0  # to connect, upgrade and subscribe
 SOCKETS_PER_SOURCE = 10_000  # loopback source addresses: well below ~28k ephemeral ports each
@@ -204,6 +205,9 @@ class Fleet:
     gaps: int = 0
     repeats: int = 0
     per_second: dict[int, list[float]] = field(default_factory=dict)  # [count, sum, max] ms
+    # Each event (by its ts): [frames, first, last] latency in ms, what the pipeline before
+    # the first write took and how far the writes and reads spread it.
+    per_event: dict[float, list[float]] = field(default_factory=dict)
     cpu_mark: float = field(default_factory=time.process_time)
     wall_mark: float = field(default_factory=time.monotonic)
 
@@ -216,6 +220,7 @@ class Fleet:
         self.errors.clear()
         self.closes.clear()
         self.per_second = {}
+        self.per_event = {}
         self.cpu_mark, self.wall_mark = time.process_time(), time.monotonic()
 
     def snapshot(self) -> dict[str, Any]:
@@ -231,6 +236,7 @@ class Fleet:
             "repeats": self.repeats,
             "open": sum(1 for s in self.sockets if s.open),
             "per_second": {second: list(v) for second, v in self.per_second.items()},
+            "per_event": {stamp: list(v) for stamp, v in self.per_event.items()},
             "cpu_seconds": time.process_time() - self.cpu_mark,
             "wall_seconds": time.monotonic() - self.wall_mark,
         }
@@ -293,6 +299,13 @@ class Fleet:
             second[1] += latency
             if latency > second[2]:
                 second[2] = latency
+        spread = self.per_event.get(frame["ts"])
+        if spread is not None:
+            spread[0] += 1
+            spread[1] = min(spread[1], latency)
+            spread[2] = max(spread[2], latency)
+        elif len(self.per_event) < EVENTS_TRACKED:
+            self.per_event[frame["ts"]] = [1.0, latency, latency]
         if socket.check_offsets:
             offset = frame.get("offset")
             if isinstance(offset, int):
@@ -743,6 +756,7 @@ def merge_stats(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     tallies: dict[str, dict[str, float]] = {}
     histogram: Counter[int] = Counter()
     per_second: dict[int, list[float]] = {}  # [count, sum, max]
+    per_event: dict[float, list[float]] = {}  # [frames, first, last]
     totals: dict[str, Counter[str]] = {"ops": Counter(), "errors": Counter(), "closes": Counter()}
     sums = dict.fromkeys(("overflow", "gaps", "repeats", "open"), 0)
     cpu: list[float] = []
@@ -757,6 +771,9 @@ def merge_stats(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         for second, (count, total, peak) in part["per_second"].items():
             was = per_second.get(second, [0.0, 0.0, 0.0])
             per_second[second] = [was[0] + count, was[1] + total, max(was[2], peak)]
+        for stamp, (frames, first, last) in part["per_event"].items():
+            was = per_event.get(stamp, [0.0, math.inf, 0.0])
+            per_event[stamp] = [was[0] + frames, min(was[1], first), max(was[2], last)]
         for key, counter in totals.items():
             counter.update(part[key])
         for key in sums:
@@ -767,6 +784,7 @@ def merge_stats(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "events": int(sum(t["events"] for t in tallies.values())),
         "histogram_ms": dict(sorted(histogram.items())),
         "per_second": dict(sorted(per_second.items())),
+        "per_event": dict(sorted(per_event.items())),
         **{key: dict(counter) for key, counter in totals.items()},
         **sums,
         "client_cpu_share": [round(share, 3) for share in cpu],
