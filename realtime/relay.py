@@ -11,13 +11,14 @@ for the lock; it never waits inside PostgreSQL: see ``take_when_free``). Leaders
 spreads: an instance that leads more than its share (partitions / instances with a relay,
 rounded up) hands its highest partition to an instance waiting for it, one at a time.
 
-A partition's leader wakes on NOTIFY for one of its slots (sent after commit) or after a
-slow poll, takes the partition's committed rows that have no position yet, gives them
-positions drawn from one sequence shared by all partitions (so offsets are unique and
-increase along each channel, and offsets clients hold stay valid whatever the count)
-with each channel's previous position as ``prev``, commits that on the lock connection
-(so a relay that lost its lock cannot assign anything), then publishes them through the
-broker in one pipeline.
+A partition's leader wakes on NOTIFY for one of its slots (sent after commit; each
+instance hears them on one session of its own, the one that follows the configuration,
+and wakes its leaders) or after a slow poll, takes the partition's committed rows that
+have no position yet, gives them positions drawn from one sequence shared by all
+partitions (so offsets are unique and increase along each channel, and offsets clients
+hold stay valid whatever the count) with each channel's previous position as ``prev``,
+commits that on the lock connection (so a relay that lost its lock cannot assign
+anything), then publishes them through the broker in one pipeline.
 
 A row that commits late simply has no position yet when a later one is published, so it
 is picked up by a later batch with a larger position: nothing is skipped, and nothing
@@ -71,7 +72,7 @@ from db.lock_session import (
 )
 from db.pool import connect
 from db.queries import relay as queries
-from db.queries.outbox import notify_channel
+from db.queries.outbox import NOTIFY_PREFIX, SLOTS, notify_channel
 from db.queries.relay import RelayConfig, partition_slots, read_config, slot_partition
 from realtime.broker import Broker, encode_message, encode_traced
 from realtime.frames import event_json
@@ -161,12 +162,20 @@ class OutboxRelay:
     async def _follow_config(self) -> None:
         name = {"application_name": f"jangteo-relay:{self.instance}"}
         conn = await connect(self.settings.database_url, name, 10)
+        # It wakes the leaders: a session that silently died must be noticed (its reads
+        # time out, its socket has the lock sessions' keepalives) and opened again.
+        set_socket_keepalive(conn, self.settings.lock_timeout)
         try:
             await conn.add_listener(queries.CONFIG_NOTIFY_CHANNEL, self._config_notified)
+            # The leaders' wake-ups too: PostgreSQL signals every listening session of the
+            # database at each NOTIFY, whatever its channel, so a LISTEN per leader would
+            # multiply the sessions woken per commit by the partitions.
+            for slot in range(SLOTS):
+                await conn.add_listener(notify_channel(slot), self._slot_notified)
             while not self.stopping:
                 self.config_changed.clear()
                 timeout = self.settings.lock_timeout
-                config = await read_config(conn)
+                config = await read_config(conn, timeout)
                 self.instances = max(
                     1, await conn.fetchval(queries.RELAY_INSTANCES, timeout=timeout)
                 )
@@ -182,6 +191,9 @@ class OutboxRelay:
 
     def _config_notified(self, *_: object) -> None:
         self.config_changed.set()
+
+    def _slot_notified(self, _conn: object, _pid: int, channel: str, _payload: object) -> None:
+        self.wake_here({int(channel.removeprefix(NOTIFY_PREFIX))})
 
     async def _switch(self, config: RelayConfig) -> None:
         """Drop the leaders of the old configuration, start those of the new one."""
@@ -322,9 +334,7 @@ class PartitionLeader:
         if not await self._take_lock(conn):
             return
         await conn.execute(queries.LEADER_SESSION, timeout=timeout)
-        for slot in self.slots:
-            await conn.add_listener(notify_channel(slot), self._notified)
-        self._set_leader(True)
+        self._set_leader(True)  # from now on its instance's listener wakes it
         published = await conn.fetchval(
             queries.PUBLISHED_THROUGH,
             self.config.generation,
@@ -413,9 +423,6 @@ class PartitionLeader:
         )
         if recorded is not None:
             self.published_through = self.last_position = recorded
-
-    def _notified(self, *_: object) -> None:
-        self.wake.set()
 
     async def _assign(self, conn: asyncpg.Connection, assign_sql: str) -> list[asyncpg.Record]:
         rows: list[asyncpg.Record] = await conn.fetch(

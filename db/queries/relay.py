@@ -156,11 +156,17 @@ class RelayConfig:
     generation: int
 
 
-async def read_config(conn: asyncpg.Connection) -> RelayConfig:
-    row = await conn.fetchrow("SELECT partitions, generation FROM relay_config")
+async def read_config(
+    conn: asyncpg.Connection,
+    timeout: float | None = None,  # noqa: ASYNC109 - asyncpg's per-call timeout
+) -> RelayConfig:
+    query = "SELECT partitions, generation FROM relay_config"
+    row = await conn.fetchrow(query, timeout=timeout)
     if row is None:  # a database emptied by hand: start over with one partition
-        await conn.execute("INSERT INTO relay_config DEFAULT VALUES ON CONFLICT DO NOTHING")
-        row = await conn.fetchrow("SELECT partitions, generation FROM relay_config")
+        await conn.execute(
+            "INSERT INTO relay_config DEFAULT VALUES ON CONFLICT DO NOTHING", timeout=timeout
+        )
+        row = await conn.fetchrow(query, timeout=timeout)
         assert row is not None
     return RelayConfig(row["partitions"], row["generation"])
 

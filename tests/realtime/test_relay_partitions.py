@@ -45,6 +45,7 @@ from tests.realtime.relay_support import (
 )
 
 CHANNELS = [f"listing:{n}" for n in range(1, 41)]
+TIMEOUT_S = 10.0
 # Well under the poll (POLL): a switch this fast came from NOTIFY.
 SWITCH_TIMEOUT = POLL / 4
 
@@ -220,6 +221,42 @@ async def test_two_relays_lead_two_of_four_partitions_each_and_publish_every_pos
     assert sum(len(chain) for chain in chains.values()) == len(rows)
     await check_messages_match_rows(db, messages)
     assert [r.relay.leading for r in both] == leading  # nobody lost a partition meanwhile
+
+
+async def listening_channels(leader: relay_module.PartitionLeader) -> list[str] | None:
+    """What the leader's own session LISTENs to, asked on it while the leader waits; None
+    when it stopped leading meanwhile."""
+    while leader.is_leader and (conn := leader.connection) is not None:
+        try:
+            return [row[0] for row in await conn.fetch("SELECT pg_listening_channels()")]
+        except asyncpg.InterfaceError:  # the leader is using it, or just closed it
+            await asyncio.sleep(0.01)
+    return None
+
+
+async def test_leaders_listen_on_no_session_of_their_own(
+    relays: Relays, db: asyncpg.Connection
+) -> None:
+    """PostgreSQL signals every listening session of the database at each NOTIFY, whatever
+    its channel, so a session per leader would multiply the sessions woken per commit by
+    the partitions: each relay hears every slot on its configuration session instead, and
+    wakes its own leaders (every relay test here is woken that way: they never poll)."""
+    await set_partitions(db, 4)
+    both = [relays.start(), relays.start()]
+    asked: dict[int, list[str]] = {}  # partition: what its leader's session listens to
+    async with asyncio.timeout(TIMEOUT_S):
+        while len(asked) < 4:
+            for leader in [leader for r in both for leader in r.relay.leaders.values()]:
+                if leader.partition not in asked and leader.is_leader:
+                    channels = await listening_channels(leader)
+                    if channels is not None:
+                        asked[leader.partition] = channels
+            await asyncio.sleep(0.01)
+    assert asked == {0: [], 1: [], 2: [], 3: []}
+    partitions = await partition_of(db, CHANNELS, 4)
+    one_each = [next(c for c in CHANNELS if partitions[c] == p) for p in range(4)]
+    await insert_many(db, [(channel, n) for n, channel in enumerate(one_each)])  # the trigger
+    await until(lambda: sorted(m.n for r in both for m in sent(r.bus)) == [0, 1, 2, 3])
 
 
 async def test_changing_the_count_during_traffic_loses_nothing_and_reorders_nothing(

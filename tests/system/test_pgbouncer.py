@@ -3,7 +3,7 @@ connection (request pools and the relay's lock session) goes through pgbouncer.
 
 The relay's fallback poll is set far beyond every timeout here, so an event that arrives
 was published because its commit woke the relay: NOTIFY from the writer's connection,
-through pgbouncer, to the leader's LISTEN, through pgbouncer.
+through pgbouncer, to the LISTEN of the leader's relay, through pgbouncer.
 """
 
 from __future__ import annotations
