@@ -44,12 +44,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import shlex
 import sys
 import time
-from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -102,7 +100,6 @@ OPTIONS = (  # flag, default (its type is the option's), help
     ("--sweep-start", 2000.0, "first offered rate of the sweep, rows/s"),
     ("--sweep-factor", 1.41, "each offered rate is the last times this"),
     ("--sweep-max", 128_000.0, "no offered rate above this"),
-    ("--refine", 2, "rates tried between the fastest kept and the slowest missed twice"),
     ("--step-seconds", 8.0, "seconds of each sweep step"),
     ("--step-rows", 50, "rows per commit in the sweep"),
     ("--step-connections", 16, "inserting connections in the sweep"),
@@ -157,45 +154,23 @@ def misses(
     return why
 
 
-def next_rate(
-    steps: Sequence[Mapping[str, Any]], series: Sequence[float], refine: int = 0
-) -> float | None:
+def next_rate(steps: Sequence[Mapping[str, Any]], series: Sequence[float]) -> float | None:
     """The offered rate of the sweep's next step (None: the sweep is over).
 
-    Steps go up the series; a step that did not keep up is run once more at its rate, and
-    a rate missed twice ends the climb. Then up to ``refine`` rates are tried between the
-    fastest rate kept and the slowest missed twice (their geometric mean each time), under
-    the same rule, so the sustained rate is known to within the series' factor to the
-    ``1 / 2**refine``. The sweep stops at once when the commits fell short of the offered
-    rate (a higher one cannot be offered either), or at the series' end.
+    Steps go up the series; a step that did not keep up is run once more at its rate and
+    the sweep stops when that misses too; it stops at once when the commits fell short of
+    the offered rate (a higher one cannot be offered either), or at the series' end.
     """
     if not steps:
         return series[0] if series else None
     last = steps[-1]
     if not last["reached"]:
         return None
-    if not last["kept_up"] and _tries(steps, last["offered"]) < 2:
-        return float(last["offered"])
-    failed = _failed_twice(steps)
-    if failed is None:
-        higher = [rate for rate in series if rate > last["offered"]]
-        return higher[0] if higher else None
-    kept = [float(step["offered"]) for step in steps if step["kept_up"]]
-    between = {float(step["offered"]) for step in steps} - set(series)
-    if not kept or len(between) >= refine:
-        return None
-    middle = round(math.sqrt(max(kept) * failed), -1)
-    return middle if max(kept) < middle < failed else None
-
-
-def _tries(steps: Sequence[Mapping[str, Any]], offered: float) -> int:
-    return sum(1 for step in steps if step["offered"] == offered)
-
-
-def _failed_twice(steps: Sequence[Mapping[str, Any]]) -> float | None:
-    """The slowest offered rate missed twice, if any."""
-    missed = Counter(float(step["offered"]) for step in steps if not step["kept_up"])
-    return min((rate for rate, count in missed.items() if count >= 2), default=None)
+    if not last["kept_up"]:
+        tries = sum(1 for step in steps if step["offered"] == last["offered"])
+        return last["offered"] if tries < 2 else None
+    higher = [rate for rate in series if rate > last["offered"]]
+    return higher[0] if higher else None
 
 
 def stop_reason(steps: Sequence[Mapping[str, Any]]) -> str:
@@ -205,10 +180,8 @@ def stop_reason(steps: Sequence[Mapping[str, Any]]) -> str:
     last = steps[-1]
     if not last["reached"]:
         return f"the commits reached only {last['committed']:,.0f} of {last['offered']:,.0f}/s"
-    failed = _failed_twice(steps)
-    if failed is not None:
-        why = next(s["why"] for s in reversed(steps) if s["offered"] == failed)
-        return f"fell behind twice at {failed:,.0f}/s: {'; '.join(why)}"
+    if not last["kept_up"]:
+        return f"fell behind twice at {last['offered']:,.0f}/s: {'; '.join(last['why'])}"
     return "the top of the series"
 
 
@@ -619,7 +592,7 @@ async def one_count(
     result["paced"] = paced
     series = geometric(args.sweep_start, args.sweep_factor, args.sweep_max)
     steps: list[dict[str, Any]] = []
-    while (rate := next_rate(steps, series, args.refine)) is not None:
+    while (rate := next_rate(steps, series)) is not None:
         await asyncio.sleep(args.pause)
         step = await measure(
             bench, servers, load, meter, rate=rate, seconds=args.step_seconds,
@@ -944,7 +917,6 @@ async def run(args: argparse.Namespace) -> ScalingResult:
             "sweep": {
                 "start": args.sweep_start,
                 "factor": args.sweep_factor,
-                "refine": args.refine,
                 "max": args.sweep_max,
                 "step_seconds": args.step_seconds,
                 "rows_per_commit": args.step_rows,

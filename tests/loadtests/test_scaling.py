@@ -53,24 +53,6 @@ def test_a_miss_is_run_once_more_and_a_second_miss_ends_the_sweep() -> None:
     assert sustained(twice) == step(2000)
 
 
-def test_after_a_rate_missed_twice_rates_between_it_and_the_fastest_kept_are_tried() -> None:
-    climbed = [step(2000), step(4000, kept_up=False), step(4000, kept_up=False)]
-    assert next_rate(climbed, SERIES, refine=2) == 2830  # sqrt(2000 * 4000), to 10/s
-    kept = [*climbed, step(2830)]
-    assert next_rate(kept, SERIES, refine=2) == 3360  # between 2,830 kept and 4,000
-    assert next_rate([*kept, step(3360)], SERIES, refine=2) is None  # two tried: done
-    assert sustained([*kept, step(3360)]) == step(3360)
-    # A rate between is missed once: run again; missed twice: the range closes below it.
-    once = [*climbed, step(2830, kept_up=False)]
-    assert next_rate(once, SERIES, refine=2) == 2830
-    twice = [*once, step(2830, kept_up=False)]
-    assert next_rate(twice, SERIES, refine=2) == 2380  # sqrt(2000 * 2830)
-    assert stop_reason([*twice, step(2380)]).startswith("fell behind twice at 2,830/s")
-    assert sustained([*twice, step(2380)]) == step(2380)
-    # Nothing kept at all: nothing to refine from.
-    assert next_rate([step(2000, kept_up=False)] * 2, SERIES, refine=2) is None
-
-
 def test_commits_short_of_the_offered_rate_end_the_sweep_at_once() -> None:
     short = [step(2000), step(4000, reached=False)]
     assert next_rate(short, SERIES) is None
