@@ -68,3 +68,44 @@ async def test_assign_planned_on_an_empty_outbox_reads_its_batch_once_the_table_
         await conn.execute("DELETE FROM outbox WHERE channel LIKE 'relay-plan:%'")
         await conn.execute("DELETE FROM channel_heads WHERE channel LIKE 'relay-plan:%'")
         await conn.close()
+
+
+BACKLOG = 40_000
+BACKLOG_BATCH = 100
+
+
+async def test_assign_behind_a_backlog_reads_at_most_a_batch_per_slot(database_url: str) -> None:
+    """Statistics taken while a few rows were pending, then a backlog arrives (a leader
+    that fell behind): a batch reads at most the batch size of each slot's pending rows,
+    never the whole backlog (which made a behind leader drain slower the further behind
+    it was)."""
+    conn = await connect(database_url, {}, 10, statement_lifetime=queries.PLAN_LIFETIME_S)
+    try:
+        await conn.execute(queries.LEADER_SESSION)
+        await conn.execute("TRUNCATE outbox, channel_heads")
+        config = await queries.read_config(conn)
+        slots = queries.partition_slots(config.partitions, 0)
+        sql = queries.ASSIGN.format(commit_time=queries.COMMIT_TIME)
+        arguments = (BATCH, 0, config.generation, slots, 0)
+        await conn.execute(ADD, NUMBERED_BEFORE, CHANNELS)
+        while len(await conn.fetch(sql, *arguments)) == BATCH:
+            pass
+        await conn.execute(ADD, 50, CHANNELS)  # a few pending when the statistics are taken
+        await conn.execute("VACUUM ANALYZE outbox")
+        await conn.execute("VACUUM ANALYZE channel_heads")
+        await conn.execute(ADD, BACKLOG, CHANNELS)
+        await asyncio.sleep(queries.PLAN_LIFETIME_S + 0.5)  # planned on those statistics
+        arguments = (BACKLOG_BATCH, 0, config.generation, slots, 0)
+
+        async with conn.transaction():  # the counts include statements not yet reported
+            before = await conn.fetchval(ROWS_READ, "outbox")
+            assert len(await conn.fetch(sql, *arguments)) == BACKLOG_BATCH
+            outbox_rows = await conn.fetchval(ROWS_READ, "outbox") - before
+
+        # Each slot's oldest rows up to a batch, then the batch itself: far from the
+        # 40,000 pending rows.
+        assert outbox_rows <= len(slots) * BACKLOG_BATCH + 5 * BACKLOG_BATCH
+    finally:
+        await conn.execute("DELETE FROM outbox WHERE channel LIKE 'relay-plan:%'")
+        await conn.execute("DELETE FROM channel_heads WHERE channel LIKE 'relay-plan:%'")
+        await conn.close()
