@@ -215,7 +215,7 @@ async def test_a_silent_subscriber_is_disconnected_and_the_others_kept(
         assert near.enabled
         assert _unconfirmed(writer) == 1
     finally:
-        await silent_pubsub.aclose()  # type: ignore[no-untyped-call]
+        await silent_pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
         await silent.aclose()
 
 
