@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import gc
 import time
-from bisect import bisect_left
 from collections.abc import Iterator, Sequence
-from itertools import accumulate
 from typing import Any
 
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from server.request_stats import LoopHistogram, bucket_labels
 
 NAME = "jangteo_gc_pause_seconds"
 GENERATIONS = 3
@@ -30,10 +30,9 @@ class GcPauses(Collector):
     installed (one app's lifetime: tests run many apps in one process)."""
 
     def __init__(self, buckets: Sequence[float] = PAUSE_BUCKETS) -> None:
-        self.bounds = tuple(sorted(buckets))
-        self.labels = [repr(float(bound)) for bound in self.bounds] + ["+Inf"]
-        # Per generation: a count per bucket (not cumulative), then the sum of seconds.
-        self.buckets = [[0.0] * (len(self.bounds) + 2) for _ in range(GENERATIONS)]
+        bounds = tuple(sorted(buckets))
+        self.labels = bucket_labels(bounds)
+        self.generations = [LoopHistogram(bounds) for _ in range(GENERATIONS)]
         self._started = 0.0
 
     def install(self) -> None:
@@ -48,18 +47,12 @@ class GcPauses(Collector):
         if phase == "start":
             self._started = time.perf_counter()
             return
-        seconds = time.perf_counter() - self._started
-        buckets = self.buckets[info["generation"]]
-        buckets[bisect_left(self.bounds, seconds)] += 1  # the first bucket with le >= seconds
-        buckets[-1] += seconds
+        self.generations[info["generation"]].observe(time.perf_counter() - self._started)
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(
             NAME, "Garbage collection pauses of this process by generation", labels=["generation"]
         )
-        for generation, buckets in enumerate(self.buckets):
-            cumulative = list(accumulate(buckets[:-1]))
-            family.add_metric(
-                [str(generation)], list(zip(self.labels, cumulative, strict=True)), buckets[-1]
-            )
+        for generation, histogram in enumerate(self.generations):
+            histogram.add_to(family, [str(generation)], self.labels)
         yield family

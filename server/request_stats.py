@@ -25,20 +25,44 @@ DURATION_NAME = "jangteo_http_request_duration_seconds"
 REQUESTS_NAME = "jangteo_http_requests"
 
 
-class RouteStats:
-    """One route and method's latency histogram and response counts by status."""
+def bucket_labels(bounds: Sequence[float]) -> list[str]:
+    """Bucket bounds as prometheus_client writes them (0.001, 2.5, 5.0), then +Inf."""
+    return [repr(float(bound)) for bound in bounds] + ["+Inf"]
 
-    __slots__ = ("bounds", "buckets", "statuses")
+
+class LoopHistogram:
+    """One histogram's count per bucket (not cumulative) and its sum, updated without a
+    lock by the only code that observes it."""
+
+    __slots__ = ("bounds", "buckets")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
-        self.buckets: list[float] = [0] * (len(bounds) + 2)  # per bucket (not cumulative), sum
-        self.statuses: dict[int, int] = {}
+        self.buckets: list[float] = [0] * (len(bounds) + 2)  # per bucket, then the sum
 
-    def observe(self, status: int, seconds: float) -> None:
+    def observe(self, seconds: float) -> None:
         buckets = self.buckets
         buckets[bisect_left(self.bounds, seconds)] += 1  # the first bucket with le >= seconds
         buckets[-1] += seconds
+
+    def add_to(self, family: HistogramMetricFamily, values: list[str], labels: list[str]) -> None:
+        """Add this histogram to ``family`` as its series ``values`` (``labels``: the
+        buckets' ``le``, from ``bucket_labels``)."""
+        cumulative = list(accumulate(self.buckets[:-1]))
+        family.add_metric(values, list(zip(labels, cumulative, strict=True)), self.buckets[-1])
+
+
+class RouteStats(LoopHistogram):
+    """One route and method's latency histogram and response counts by status."""
+
+    __slots__ = ("statuses",)
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        super().__init__(bounds)
+        self.statuses: dict[int, int] = {}
+
+    def count(self, status: int, seconds: float) -> None:
+        self.observe(seconds)
         self.statuses[status] = self.statuses.get(status, 0) + 1
 
 
@@ -47,8 +71,7 @@ class RequestStats(Collector):
 
     def __init__(self, buckets: Sequence[float]) -> None:
         self.bounds = tuple(sorted(buckets))
-        # As prometheus_client writes them: 0.001, 2.5, 5.0
-        self.labels = [repr(float(bound)) for bound in self.bounds] + ["+Inf"]
+        self.labels = bucket_labels(self.bounds)
         self._routes: dict[tuple[str, str], RouteStats] = {}
 
     def route(self, method: str, route: str) -> RouteStats:
@@ -59,7 +82,7 @@ class RequestStats(Collector):
         return found
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.route(method, route).observe(status, seconds)
+        self.route(method, route).count(status, seconds)
 
     def collect(self) -> Iterator[Metric]:
         durations = HistogramMetricFamily(
@@ -71,10 +94,7 @@ class RequestStats(Collector):
             labels=["method", "route", "status"],
         )
         for (method, route), stats in self._routes.items():
-            cumulative = list(accumulate(stats.buckets[:-1]))
-            durations.add_metric(
-                [method, route], list(zip(self.labels, cumulative, strict=True)), stats.buckets[-1]
-            )
+            stats.add_to(durations, [method, route], self.labels)
             for status, value in stats.statuses.items():
                 counts.add_metric([method, route, str(status)], value)
         yield durations

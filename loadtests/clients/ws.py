@@ -285,7 +285,8 @@ class Fleet:
             tally.first = now
         tally.events += 1
         tally.last = now
-        latency = max(0.0, now * 1000.0 - frame["ts"])  # stamped after its receipt: 0
+        stamp = frame["ts"]
+        latency = max(0.0, now * 1000.0 - stamp)  # stamped after its receipt: 0
         millis = int(latency)
         if millis <= HISTOGRAM_MS:
             self.histogram[millis] += 1
@@ -299,13 +300,13 @@ class Fleet:
             second[1] += latency
             if latency > second[2]:
                 second[2] = latency
-        spread = self.per_event.get(frame["ts"])
+        spread = self.per_event.get(stamp)
         if spread is not None:
             spread[0] += 1
             spread[1] = min(spread[1], latency)
             spread[2] = max(spread[2], latency)
         elif len(self.per_event) < EVENTS_TRACKED:
-            self.per_event[frame["ts"]] = [1.0, latency, latency]
+            self.per_event[stamp] = [1.0, latency, latency]
         if socket.check_offsets:
             offset = frame.get("offset")
             if isinstance(offset, int):

@@ -75,7 +75,7 @@ class ListingFastPath:
             response.headers.update(EVERY_RESPONSE)
         response.headers[REQUEST_ID_HEADER] = request_id_of(request)
         self._local.inc()
-        self._stats.observe(response.status, time.perf_counter() - started)
+        self._stats.count(response.status, time.perf_counter() - started)
         return response
 
     def _copy(self, request: web.Request) -> bytes | None:

@@ -61,7 +61,8 @@ def test_installing_twice_counts_once(no_automatic_collections: None) -> None:
     finally:
         pauses.uninstall()
     assert pauses._on_collection not in gc.callbacks
-    assert pauses.buckets[0][:-1].count(1.0) == 1 and sum(pauses.buckets[0][:-1]) == 1
+    buckets = pauses.generations[0].buckets[:-1]
+    assert buckets.count(1.0) == 1 and sum(buckets) == 1
 
 
 async def test_a_running_app_exports_its_pauses_and_stops_counting_when_cleaned_up(
